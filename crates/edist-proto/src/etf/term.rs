@@ -206,7 +206,7 @@ impl Term {
     /// Elements of a list seen as an iterator-friendly view without copying, when proper.
     fn list_view(&self) -> Option<ListView<'_>> {
         match self {
-            Term::Nil => Some(ListView::Terms(&[], &Term::Nil)),
+            Term::Nil => Some(ListView::Bytes(&[])),
             Term::String(s) => Some(ListView::Bytes(s)),
             Term::List(items, tail) => Some(ListView::Terms(items, tail)),
             _ => None,
