@@ -77,6 +77,16 @@ pub fn encode_into(out: &mut Vec<u8>, t: &Term) {
         }
         Term::Nil => out.push(tag::NIL),
         Term::String(s) => string_or_list(out, s),
+        Term::List(items, tail) if matches!(**tail, Term::Nil) && is_byte_list(items) => {
+            // OTP writes a proper list of small integers as STRING_EXT, whatever its origin;
+            // equal terms must encode equally.
+            out.push(tag::STRING);
+            out.extend_from_slice(&(items.len() as u16).to_be_bytes());
+            out.extend(items.iter().filter_map(|i| match i {
+                Term::Int(b) => u8::try_from(*b).ok(),
+                _ => None,
+            }));
+        }
         Term::List(items, tail) => {
             out.push(tag::LIST);
             out.extend_from_slice(&(items.len() as u32).to_be_bytes());
@@ -175,6 +185,13 @@ fn big(out: &mut Vec<u8>, negative: bool, digits: &[u8]) {
     }
     out.push(u8::from(negative));
     out.extend_from_slice(digits);
+}
+
+/// Whether a proper list's elements fit STRING_EXT: 1 to 65535 integers in 0..=255.
+fn is_byte_list(items: &[Term]) -> bool {
+    !items.is_empty()
+        && items.len() <= usize::from(u16::MAX)
+        && items.iter().all(|i| matches!(i, Term::Int(0..=255)))
 }
 
 /// A byte list goes out as STRING_EXT when it fits (as OTP does), else as a LIST_EXT of ints.

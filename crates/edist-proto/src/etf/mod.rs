@@ -18,6 +18,7 @@ pub use encode::{encode, encode_into, encode_versioned, encoded_len_hint};
 pub use error::DecodeError;
 pub use reader::Reader;
 pub use term::{Atom, Fun, Pid, Port, Ref, Term};
+pub use text::{parse, ParseError};
 pub use walk::{skip, walk, NoopVisitor, Visitor};
 
 /// Bounds applied while decoding untrusted terms.

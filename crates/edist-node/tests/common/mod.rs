@@ -1,0 +1,134 @@
+//! Test harness: a private epmd and real `erl` nodes, all killed when dropped.
+#![allow(dead_code)]
+
+use anyhow::{bail, Context, Result};
+use edist_node::epmd::EpmdClient;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::time::{sleep, Instant};
+
+/// Fails with install instructions when Erlang/OTP is missing.
+pub fn require_erl() {
+    let ok = std::process::Command::new("erl").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    assert!(ok, "these tests need a real Erlang/OTP 25+: install it (Debian: apt-get install erlang-base)");
+}
+
+/// The short host name as `erl -sname` sees it.
+pub fn host() -> String {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    h.trim().split('.').next().unwrap_or("localhost").to_string()
+}
+
+/// A name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn free_port() -> Result<u16> {
+    let l = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A private epmd on a free port (killed on drop), so tests neither need nor disturb 4369.
+pub struct Epmd {
+    _child: Child,
+    pub port: u16,
+}
+
+impl Epmd {
+    pub async fn start() -> Result<Epmd> {
+        require_erl();
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut child = Command::new("epmd")
+                .args(["-port", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("spawning epmd")?;
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait()?.is_some() {
+                    break; // port taken; epmd exits with status 0
+                }
+                if EpmdClient::new(addr).with_timeout(Duration::from_secs(1)).names().await.is_ok() {
+                    return Ok(Epmd { _child: child, port });
+                }
+                sleep(Duration::from_millis(20)).await;
+            }
+        }
+        bail!("could not start a private epmd")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+}
+
+/// A real OTP node running `erl -sname ... -eval EVAL`.
+pub struct Erl {
+    child: Child,
+    pub name: String,
+    pub stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Erl {
+    /// Starts `erl` and waits until it is registered with `epmd`.
+    pub async fn start(epmd: &Epmd, sname: &str, cookie: &str, eval: &str) -> Result<Erl> {
+        Self::start_with(epmd, sname, cookie, eval, &[]).await
+    }
+
+    pub async fn start_with(epmd: &Epmd, sname: &str, cookie: &str, eval: &str, extra: &[&str]) -> Result<Erl> {
+        let mut cmd = Command::new("erl");
+        cmd.args(["-sname", sname, "-setcookie", cookie, "-noshell", "-noinput"])
+            .args(extra)
+            .env("ERL_EPMD_PORT", epmd.port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if !eval.is_empty() {
+            cmd.args(["-eval", eval]);
+        }
+        let mut child = cmd.spawn().context("spawning erl")?;
+        let stdout = BufReader::new(child.stdout.take().context("erl stdout")?).lines();
+        let client = EpmdClient::new(epmd.addr());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                bail!("erl {sname} exited early: {st}");
+            }
+            if client.port_please(sname).await?.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("erl {sname} did not register with epmd");
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Erl { child, name: format!("{sname}@{}", host()), stdout })
+    }
+
+    /// Next line the node printed, within `within`.
+    pub async fn line(&mut self, within: Duration) -> Result<String> {
+        match tokio::time::timeout(within, self.stdout.next_line()).await {
+            Ok(Ok(Some(l))) => Ok(l),
+            Ok(Ok(None)) => bail!("erl {} closed its stdout", self.name),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => bail!("erl {} printed nothing within {within:?}", self.name),
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}

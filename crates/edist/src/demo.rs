@@ -1,0 +1,76 @@
+//! `edist demo`: a local show of the Rust node talking to a real OTP node.
+
+use anyhow::{bail, Context, Result};
+use edist_node::{Event, Node, NodeConfig};
+use edist_proto::Term;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+
+pub async fn run() -> Result<()> {
+    if which("erl").is_none() {
+        bail!("`erl` was not found. Install Erlang/OTP 25+ (Debian/Ubuntu: `sudo apt-get install erlang-base`) and try again.");
+    }
+    let host = short_host();
+    let cookie = format!("demo{}", std::process::id());
+    let otp = format!("edist_demo_otp{}@{host}", std::process::id());
+    println!("edist demo: starting an OTP node {otp} ...");
+    let (alive, _) = otp.split_once('@').unwrap_or_default();
+    let mut child = Command::new("erl")
+        .args(["-sname", alive, "-setcookie", &cookie, "-noshell", "-noinput", "-hidden"])
+        .args(["-eval", "register(demo_echo, spawn(fun Loop() -> receive {From, Msg} -> From ! {echo, Msg}, Loop() end end))"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting erl")?;
+    let result = show(&otp, &cookie, &host).await;
+    let _ = child.kill().await;
+    result?;
+    println!("edist demo: done, OTP node stopped.");
+    Ok(())
+}
+
+async fn show(otp: &str, cookie: &str, host: &str) -> Result<()> {
+    let node = Node::start(NodeConfig::new(format!("edist_demo_rust{}@{host}", std::process::id()), cookie))
+        .await
+        .context("starting the Rust node (is epmd running? `erl` starts it)")?;
+    let started = Instant::now();
+    while !node.ping(otp).await {
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("the OTP node {otp} did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("  ping {otp}                       -> pong ({} ms until up)", started.elapsed().as_millis());
+    let t = Instant::now();
+    let v = node.rpc(otp, "erlang", "list_to_binary", vec![Term::list([Term::String(b"abc".to_vec())])], Duration::from_secs(5)).await?;
+    println!("  rpc erlang:list_to_binary([\"abc\"]) -> {v} ({} µs)", t.elapsed().as_micros());
+    let v = node.rpc(otp, "lists", "seq", vec![Term::Int(1), Term::Int(10)], Duration::from_secs(5)).await?;
+    println!("  rpc lists:seq(1, 10)               -> {v}");
+    let mut mb = node.register("demo_inbox")?;
+    let big = Term::Binary(vec![7u8; 20 << 20]);
+    let t = Instant::now();
+    mb.send_named("demo_echo", otp, Term::tuple([Term::Pid(mb.pid().clone()), big.clone()])).await?;
+    match mb.recv_timeout(Duration::from_secs(30)).await? {
+        Event::Message { msg, .. } if msg == Term::tuple([Term::atom("echo"), big]) => {
+            println!("  20 MB binary to demo_echo and back  -> intact ({} ms, fragmented both ways)", t.elapsed().as_millis())
+        }
+        other => bail!("unexpected answer from demo_echo: {other:?}"),
+    }
+    let v = node.rpc(otp, "erlang", "nodes", vec![Term::atom("hidden")], Duration::from_secs(5)).await?;
+    println!("  rpc erlang:nodes(hidden)           -> {v}");
+    Ok(())
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(cmd)).find(|p| p.is_file())
+}
+
+/// The short host name, as `erl -sname` uses it.
+pub fn short_host() -> String {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    h.trim().split('.').next().unwrap_or("localhost").to_string()
+}
