@@ -8,7 +8,8 @@ use edist_proto::dist::control::{decode_message, encode_message, Control, Messag
 use edist_proto::dist::fragment::{frame_message, Reassembler, FRAGMENT_SIZE};
 use edist_proto::dist::frame::{Frame, FrameDecoder, TICK};
 use edist_proto::dist::handshake::{
-    Acceptor, AcceptorConfig, AcceptorEvent, Connected, HandshakeError, Initiator, InitiatorConfig, InitiatorEvent, Status,
+    Acceptor, AcceptorConfig, AcceptorEvent, Connected, HandshakeError, Initiator, InitiatorConfig, InitiatorEvent,
+    Status,
 };
 use edist_proto::dist::header::{parse_packet, AtomCache, Packet};
 use edist_proto::dist::DFlags;
@@ -76,7 +77,9 @@ impl Conn {
         let old = match ctrl {
             Control::PayloadExit { from, to } => Control::Exit { from, to, reason },
             Control::PayloadExit2 { from, to } => Control::Exit2 { from, to, reason },
-            Control::PayloadMonitorPExit { from, to, reference } => Control::MonitorPExit { from, to, reference, reason },
+            Control::PayloadMonitorPExit { from, to, reference } => {
+                Control::MonitorPExit { from, to, reference, reason }
+            }
             other => other,
         };
         self.send(&old, None).await
@@ -116,7 +119,8 @@ pub(crate) async fn dial(inner: Arc<Inner>, node: Atom) -> Result<Conn, NodeErro
         .map_err(|e| NodeError::Epmd { host: host.to_string(), source: e })?
         .ok_or_else(|| NodeError::NoSuchNode(node.to_string()))?;
     let addr = SocketAddr::new(host_addr.ip(), info.port);
-    let mut stream = timeout(to, TcpStream::connect(addr)).await.map_err(|_| NodeError::Timeout)?.map_err(io_err(&node))?;
+    let mut stream =
+        timeout(to, TcpStream::connect(addr)).await.map_err(|_| NodeError::Timeout)?.map_err(io_err(&node))?;
     let _ = stream.set_nodelay(true);
     let hs = Initiator::new(InitiatorConfig {
         name: inner.name.to_string(),
@@ -152,7 +156,12 @@ async fn read_some(stream: &mut TcpStream, buf: &mut [u8], to: Duration, node: &
     }
 }
 
-async fn initiate(stream: &mut TcpStream, mut hs: Initiator, to: Duration, node: &Atom) -> Result<(Connected, Vec<u8>), NodeError> {
+async fn initiate(
+    stream: &mut TcpStream,
+    mut hs: Initiator,
+    to: Duration,
+    node: &Atom,
+) -> Result<(Connected, Vec<u8>), NodeError> {
     let herr = |e| NodeError::Handshake { node: node.to_string(), source: e };
     let mut buf = vec![0u8; 4096];
     let mut replied = false;
@@ -222,11 +231,7 @@ async fn accept(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), NodeErro
         match ev.map_err(herr)? {
             Some(AcceptorEvent::Name { name, .. }) => {
                 peer = Atom::from(name.as_str());
-                let status = if inner.conn_if_up(&peer).is_some() {
-                    Status::Alive
-                } else {
-                    Status::Ok
-                };
+                let status = if inner.conn_if_up(&peer).is_some() { Status::Alive } else { Status::Ok };
                 hs.respond(status).map_err(|e| NodeError::Handshake { node: peer.to_string(), source: e })?;
             }
             Some(AcceptorEvent::AliveAnswer(true)) => {
@@ -244,7 +249,8 @@ async fn accept(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), NodeErro
             }
             None => {
                 let n = read_some(&mut stream, &mut buf, to, &peer).await?;
-                hs.handle(buf.get(..n).unwrap_or_default()).map_err(|e| NodeError::Handshake { node: peer.to_string(), source: e })?;
+                hs.handle(buf.get(..n).unwrap_or_default())
+                    .map_err(|e| NodeError::Handshake { node: peer.to_string(), source: e })?;
             }
         }
     }
@@ -272,7 +278,7 @@ fn start_connection(inner: Arc<Inner>, stream: TcpStream, c: Connected, rest: Ve
     tokio::spawn(async move {
         let res = reader(inner2.clone(), r, conn2.clone(), rest).await;
         match res {
-            Ok(()) => info!(peer = %conn2.peer, "connection closed"),
+            Ok(()) | Err(ReadError::Eof | ReadError::Closed) => info!(peer = %conn2.peer, "connection closed"),
             Err(e) => warn!(peer = %conn2.peer, "connection dropped: {e}"),
         }
         conn2.close();
@@ -281,7 +287,12 @@ fn start_connection(inner: Arc<Inner>, stream: TcpStream, c: Connected, rest: Ve
     conn
 }
 
-async fn writer(w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<Vec<u8>>>, closed: Arc<Closed>, tick: Duration) {
+async fn writer(
+    w: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<Vec<u8>>>,
+    closed: Arc<Closed>,
+    tick: Duration,
+) {
     let mut w = BufWriter::with_capacity(64 * 1024, w);
     let mut last = Instant::now();
     loop {
@@ -344,7 +355,12 @@ enum ReadError {
     Message(#[from] edist_proto::dist::ControlError),
 }
 
-async fn reader(inner: Arc<Inner>, mut r: tokio::net::tcp::OwnedReadHalf, conn: Conn, rest: Vec<u8>) -> Result<(), ReadError> {
+async fn reader(
+    inner: Arc<Inner>,
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    conn: Conn,
+    rest: Vec<u8>,
+) -> Result<(), ReadError> {
     let max = inner.cfg.max_message;
     let decoder = FrameDecoder::new(max + 64);
     let mut reasm = Reassembler::new(4096, max, max.saturating_mul(2));
@@ -356,15 +372,19 @@ async fn reader(inner: Arc<Inner>, mut r: tokio::net::tcp::OwnedReadHalf, conn: 
         while let Some(frame) = decoder.decode(&mut buf)? {
             let Frame::Data(data) = frame else { continue };
             let msg = match parse_packet(&data, conn.flags, &mut cache)? {
-                Packet::Message { atom_refs, body, versioned } => Some(decode_message(body, &atom_refs, versioned, &limits)?),
-                Packet::FragmentStart { seq, fragments, atom_refs, body } => match reasm.start(seq, fragments, atom_refs, body)? {
-                    Some(m) => Some(decode_message(&m.body, &m.atom_refs, false, &limits)?),
-                    None => {
-                        inner.stats.fragmented_received.fetch_add(1, Ordering::Relaxed);
-                        inner.stats.peak_open_reassemblies.fetch_max(reasm.open() as u64, Ordering::Relaxed);
-                        None
+                Packet::Message { atom_refs, body, versioned } => {
+                    Some(decode_message(body, &atom_refs, versioned, &limits)?)
+                }
+                Packet::FragmentStart { seq, fragments, atom_refs, body } => {
+                    match reasm.start(seq, fragments, atom_refs, body)? {
+                        Some(m) => Some(decode_message(&m.body, &m.atom_refs, false, &limits)?),
+                        None => {
+                            inner.stats.fragmented_received.fetch_add(1, Ordering::Relaxed);
+                            inner.stats.peak_open_reassemblies.fetch_max(reasm.open() as u64, Ordering::Relaxed);
+                            None
+                        }
                     }
-                },
+                }
                 Packet::FragmentCont { seq, fragment, body } => match reasm.cont(seq, fragment, body)? {
                     Some(m) => Some(decode_message(&m.body, &m.atom_refs, false, &limits)?),
                     None => None,
@@ -429,8 +449,12 @@ async fn dispatch(inner: &Arc<Inner>, conn: &Conn, m: Message) {
         UnlinkIdAck { .. } | NodeLink | GroupLeader { .. } => {}
         Exit { from, to, reason } | ExitTT { from, to, reason, .. } => inner.incoming_exit(&from, &to, reason, false),
         Exit2 { from, to, reason } | Exit2TT { from, to, reason, .. } => inner.incoming_exit(&from, &to, reason, true),
-        PayloadExit { from, to } | PayloadExitTT { from, to, .. } => inner.incoming_exit(&from, &to, payload_or(payload), false),
-        PayloadExit2 { from, to } | PayloadExit2TT { from, to, .. } => inner.incoming_exit(&from, &to, payload_or(payload), true),
+        PayloadExit { from, to } | PayloadExitTT { from, to, .. } => {
+            inner.incoming_exit(&from, &to, payload_or(payload), false)
+        }
+        PayloadExit2 { from, to } | PayloadExit2TT { from, to, .. } => {
+            inner.incoming_exit(&from, &to, payload_or(payload), true)
+        }
         MonitorP { from, to, reference } => {
             if !inner.incoming_monitor(&from, &to, &reference) {
                 let down = PayloadMonitorPExit { from: to, to: from, reference };
@@ -442,7 +466,8 @@ async fn dispatch(inner: &Arc<Inner>, conn: &Conn, m: Message) {
         PayloadMonitorPExit { from, to, reference } => inner.incoming_down(&to, from, reference, payload_or(payload)),
         SpawnRequest { req_id, from, module, function, arity, opts, .. }
         | SpawnRequestTT { req_id, from, module, function, arity, opts, .. } => {
-            crate::rpc::serve_spawn(inner.clone(), conn.clone(), req_id, from, module, function, arity, opts, payload).await;
+            crate::rpc::serve_spawn(inner.clone(), conn.clone(), req_id, from, module, function, arity, opts, payload)
+                .await;
         }
         SpawnReply { req_id, to, flags, result } | SpawnReplyTT { req_id, to, flags, result, .. } => {
             if let Some(id) = inner.resolve(&to) {
@@ -451,4 +476,3 @@ async fn dispatch(inner: &Arc<Inner>, conn: &Conn, m: Message) {
         }
     }
 }
-

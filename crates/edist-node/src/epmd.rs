@@ -14,9 +14,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use edist_proto::epmd::{
-    self as codec, Alive2Req, Alive2Resp, EpmdError, NamesResp, Port2Resp, Request,
-};
+use edist_proto::epmd::{self as codec, Alive2Req, Alive2Resp, EpmdError, NamesResp, Port2Resp, Request};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -66,11 +64,7 @@ pub enum EpmdClientError {
     },
     /// epmd did not complete the operation in time.
     #[error("epmd at {addr} did not complete {op} within {timeout:?}")]
-    Timeout {
-        addr: SocketAddr,
-        op: &'static str,
-        timeout: Duration,
-    },
+    Timeout { addr: SocketAddr, op: &'static str, timeout: Duration },
     /// Sending or receiving failed.
     #[error("i/o error during {op} with epmd at {addr}: {source}")]
     Io {
@@ -84,14 +78,8 @@ pub enum EpmdClientError {
     #[error("epmd at {addr} closed the connection without a complete answer to {op}")]
     Closed { addr: SocketAddr, op: &'static str },
     /// epmd refused the registration: the name is already registered by another node.
-    #[error(
-        "epmd at {addr} refused to register {name:?} (result {result}): the name is already taken"
-    )]
-    NameTaken {
-        addr: SocketAddr,
-        name: String,
-        result: u8,
-    },
+    #[error("epmd at {addr} refused to register {name:?} (result {result}): the name is already taken")]
+    NameTaken { addr: SocketAddr, name: String, result: u8 },
     /// The request could not be built (invalid name, extra field too long).
     #[error("invalid {op} request: {source}")]
     InvalidRequest {
@@ -109,11 +97,7 @@ pub enum EpmdClientError {
     },
     /// epmd's answer exceeds the size this client accepts.
     #[error("answer to {op} from epmd at {addr} exceeds {limit} bytes")]
-    ResponseTooLarge {
-        addr: SocketAddr,
-        op: &'static str,
-        limit: usize,
-    },
+    ResponseTooLarge { addr: SocketAddr, op: &'static str, limit: usize },
 }
 
 /// A live registration of a node name with epmd.
@@ -176,10 +160,7 @@ pub struct EpmdClient {
 impl EpmdClient {
     /// A client for the epmd at `addr` with [`DEFAULT_TIMEOUT`].
     pub fn new(addr: SocketAddr) -> Self {
-        EpmdClient {
-            addr,
-            timeout: DEFAULT_TIMEOUT,
-        }
+        EpmdClient { addr, timeout: DEFAULT_TIMEOUT }
     }
 
     /// The same client with another per-operation timeout.
@@ -194,12 +175,7 @@ impl EpmdClient {
 
     /// Registers `name` (the part before `@`) for distribution port `port`, as a hidden node if
     /// `hidden`, announcing distribution versions 6..5 like OTP 25.
-    pub async fn register(
-        &self,
-        name: &str,
-        port: u16,
-        hidden: bool,
-    ) -> Result<Registration, EpmdClientError> {
+    pub async fn register(&self, name: &str, port: u16, hidden: bool) -> Result<Registration, EpmdClientError> {
         self.register_req(Alive2Req::new(name, port, hidden)).await
     }
 
@@ -211,25 +187,13 @@ impl EpmdClient {
         let name = req.name.clone();
         let port = req.port;
         let mut stream = self.send(OP, &Request::Alive2(req), deadline).await?;
-        let resp = self
-            .read_decoded(&mut stream, OP, deadline, Alive2Resp::decode)
-            .await?;
+        let resp = self.read_decoded(&mut stream, OP, deadline, Alive2Resp::decode).await?;
         if resp.result != 0 {
             // epmd keeps even a refused ALIVE2 connection open; dropping `stream` closes it.
-            return Err(EpmdClientError::NameTaken {
-                addr: self.addr,
-                name,
-                result: resp.result,
-            });
+            return Err(EpmdClientError::NameTaken { addr: self.addr, name, result: resp.result });
         }
         tracing::debug!(epmd = %self.addr, %name, port, creation = resp.creation, "registered with epmd");
-        Ok(Registration {
-            creation: resp.creation,
-            name,
-            port,
-            epmd: self.addr,
-            stream,
-        })
+        Ok(Registration { creation: resp.creation, name, port, epmd: self.addr, stream })
     }
 
     /// Looks up `name` (the part before `@`); `None` when epmd does not know it.
@@ -237,19 +201,8 @@ impl EpmdClient {
         const OP: &str = "PORT_PLEASE2";
         check_alive_name(name, OP)?;
         let deadline = Instant::now() + self.timeout;
-        let mut stream = self
-            .send(
-                OP,
-                &Request::PortPlease2 {
-                    name: name.to_owned(),
-                },
-                deadline,
-            )
-            .await?;
-        match self
-            .read_decoded(&mut stream, OP, deadline, Port2Resp::decode)
-            .await?
-        {
+        let mut stream = self.send(OP, &Request::PortPlease2 { name: name.to_owned() }, deadline).await?;
+        match self.read_decoded(&mut stream, OP, deadline, Port2Resp::decode).await? {
             Port2Resp::Ok(info) => Ok(Some(info)),
             Port2Resp::Err(code) => {
                 tracing::debug!(epmd = %self.addr, name, code, "epmd does not know the name");
@@ -272,50 +225,26 @@ impl EpmdClient {
                 break;
             }
             if buf.len() + n > MAX_NAMES_RESPONSE {
-                return Err(EpmdClientError::ResponseTooLarge {
-                    addr: self.addr,
-                    op: OP,
-                    limit: MAX_NAMES_RESPONSE,
-                });
+                return Err(EpmdClientError::ResponseTooLarge { addr: self.addr, op: OP, limit: MAX_NAMES_RESPONSE });
             }
             buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         }
         match NamesResp::decode_complete(&buf) {
             Ok(resp) => Ok(resp.entries),
             // Nothing at all: epmd closed without answering.
-            Err(EpmdError::Truncated(_)) if buf.is_empty() => Err(EpmdClientError::Closed {
-                addr: self.addr,
-                op: OP,
-            }),
-            Err(source) => Err(EpmdClientError::Protocol {
-                addr: self.addr,
-                op: OP,
-                source,
-            }),
+            Err(EpmdError::Truncated(_)) if buf.is_empty() => Err(EpmdClientError::Closed { addr: self.addr, op: OP }),
+            Err(source) => Err(EpmdClientError::Protocol { addr: self.addr, op: OP, source }),
         }
     }
 
     /// Connects and sends `req`.
-    async fn send(
-        &self,
-        op: &'static str,
-        req: &Request,
-        deadline: Instant,
-    ) -> Result<TcpStream, EpmdClientError> {
-        let bytes = req
-            .encode()
-            .map_err(|source| EpmdClientError::InvalidRequest { op, source })?;
-        let mut stream =
-            match tokio::time::timeout_at(deadline, TcpStream::connect(self.addr)).await {
-                Err(_) => return Err(self.timed_out(op)),
-                Ok(Err(source)) => {
-                    return Err(EpmdClientError::Connect {
-                        addr: self.addr,
-                        source,
-                    })
-                }
-                Ok(Ok(s)) => s,
-            };
+    async fn send(&self, op: &'static str, req: &Request, deadline: Instant) -> Result<TcpStream, EpmdClientError> {
+        let bytes = req.encode().map_err(|source| EpmdClientError::InvalidRequest { op, source })?;
+        let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(self.addr)).await {
+            Err(_) => return Err(self.timed_out(op)),
+            Ok(Err(source)) => return Err(EpmdClientError::Connect { addr: self.addr, source }),
+            Ok(Ok(s)) => s,
+        };
         // Requests and responses are tiny; nodelay only avoids a Nagle delay on odd stacks.
         let _ = stream.set_nodelay(true);
         self.io(op, deadline, stream.write_all(&bytes)).await?;
@@ -340,36 +269,17 @@ impl EpmdClient {
                     return Ok(value);
                 }
                 Ok(None) => {}
-                Err(source) => {
-                    return Err(EpmdClientError::Protocol {
-                        addr: self.addr,
-                        op,
-                        source,
-                    })
-                }
+                Err(source) => return Err(EpmdClientError::Protocol { addr: self.addr, op, source }),
             }
             let room = MAX_SMALL_RESPONSE.saturating_sub(buf.len());
             if room == 0 {
-                return Err(EpmdClientError::ResponseTooLarge {
-                    addr: self.addr,
-                    op,
-                    limit: MAX_SMALL_RESPONSE,
-                });
+                return Err(EpmdClientError::ResponseTooLarge { addr: self.addr, op, limit: MAX_SMALL_RESPONSE });
             }
             let mut chunk = [0u8; 512];
             let want = room.min(chunk.len());
-            let n = self
-                .io(
-                    op,
-                    deadline,
-                    stream.read(chunk.get_mut(..want).unwrap_or_default()),
-                )
-                .await?;
+            let n = self.io(op, deadline, stream.read(chunk.get_mut(..want).unwrap_or_default())).await?;
             if n == 0 {
-                return Err(EpmdClientError::Closed {
-                    addr: self.addr,
-                    op,
-                });
+                return Err(EpmdClientError::Closed { addr: self.addr, op });
             }
             buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         }
@@ -384,21 +294,13 @@ impl EpmdClient {
     ) -> Result<T, EpmdClientError> {
         match tokio::time::timeout_at(deadline, fut).await {
             Err(_) => Err(self.timed_out(op)),
-            Ok(Err(source)) => Err(EpmdClientError::Io {
-                addr: self.addr,
-                op,
-                source,
-            }),
+            Ok(Err(source)) => Err(EpmdClientError::Io { addr: self.addr, op, source }),
             Ok(Ok(v)) => Ok(v),
         }
     }
 
     fn timed_out(&self, op: &'static str) -> EpmdClientError {
-        EpmdClientError::Timeout {
-            addr: self.addr,
-            op,
-            timeout: self.timeout,
-        }
+        EpmdClientError::Timeout { addr: self.addr, op, timeout: self.timeout }
     }
 }
 
@@ -418,20 +320,12 @@ fn check_alive_name(name: &str, op: &'static str) -> Result<(), EpmdClientError>
 /// as a normal node (`'M'`) or a hidden one (`'H'`), protocol TCP, versions 6..5. The name stays
 /// registered while the returned [`Registration`] lives. A name already in use gives
 /// [`EpmdClientError::NameTaken`].
-pub async fn register(
-    epmd: SocketAddr,
-    name: &str,
-    port: u16,
-    hidden: bool,
-) -> Result<Registration, EpmdClientError> {
+pub async fn register(epmd: SocketAddr, name: &str, port: u16, hidden: bool) -> Result<Registration, EpmdClientError> {
     EpmdClient::new(epmd).register(name, port, hidden).await
 }
 
 /// Looks up `name` (the part before `@`) at the epmd at `epmd`; `None` when it is not registered.
-pub async fn port_please(
-    epmd: SocketAddr,
-    name: &str,
-) -> Result<Option<NodeInfo>, EpmdClientError> {
+pub async fn port_please(epmd: SocketAddr, name: &str) -> Result<Option<NodeInfo>, EpmdClientError> {
     EpmdClient::new(epmd).port_please(name).await
 }
 

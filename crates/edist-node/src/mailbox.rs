@@ -3,8 +3,8 @@
 use crate::node::Inner;
 use crate::NodeError;
 use edist_proto::dist::control::{Control, ProcRef};
-use edist_proto::{Atom, Term};
 use edist_proto::etf::{Pid, Ref};
+use edist_proto::{Atom, Term};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;

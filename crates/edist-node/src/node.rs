@@ -301,7 +301,11 @@ impl Inner {
 
     pub(crate) fn make_ref(&self) -> Ref {
         let n = self.next_ref.fetch_add(1, Ordering::Relaxed);
-        Ref { node: self.name.clone(), creation: self.creation, ids: vec![n as u32 & 0x3ffff, (n >> 18) as u32, rand::random()] }
+        Ref {
+            node: self.name.clone(),
+            creation: self.creation,
+            ids: vec![n as u32 & 0x3ffff, (n >> 18) as u32, rand::random()],
+        }
     }
 
     fn is_local(&self, pid: &Pid) -> bool {
@@ -357,7 +361,13 @@ impl Inner {
         c.send(&ctrl, Some(&msg)).await
     }
 
-    pub(crate) async fn send_to_name(self: &Arc<Self>, from: &Pid, name: &Atom, node: &Atom, msg: Term) -> Result<(), NodeError> {
+    pub(crate) async fn send_to_name(
+        self: &Arc<Self>,
+        from: &Pid,
+        name: &Atom,
+        node: &Atom,
+        msg: Term,
+    ) -> Result<(), NodeError> {
         if *node == self.name {
             if let Some(id) = self.whereis(name) {
                 self.deliver(id, Event::Message { from: Some(from.clone()), msg });
@@ -465,7 +475,13 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) async fn send_exit(self: &Arc<Self>, from: &Pid, to: &Pid, reason: Term, exit2: bool) -> Result<(), NodeError> {
+    pub(crate) async fn send_exit(
+        self: &Arc<Self>,
+        from: &Pid,
+        to: &Pid,
+        reason: Term,
+        exit2: bool,
+    ) -> Result<(), NodeError> {
         if self.is_local(to) {
             self.deliver(to.id, Event::Exit { from: from.clone(), reason, exit2 });
             return Ok(());
@@ -504,10 +520,17 @@ impl Inner {
                 None => ProcRef::Pid(pid.clone()),
             };
             if self.is_local(&watcher) {
-                self.deliver(watcher.id, Event::Down { reference, from: ProcRef::Pid(pid.clone()), reason: reason.clone() });
+                self.deliver(
+                    watcher.id,
+                    Event::Down { reference, from: ProcRef::Pid(pid.clone()), reason: reason.clone() },
+                );
             } else {
                 let node = watcher.node.clone();
-                remote.push((node, Control::PayloadMonitorPExit { from, to: watcher, reference }, Some(reason.clone())));
+                remote.push((
+                    node,
+                    Control::PayloadMonitorPExit { from, to: watcher, reference },
+                    Some(reason.clone()),
+                ));
             }
         }
         for (reference, (target, node)) in p.monitoring {
@@ -546,10 +569,14 @@ impl Inner {
                     p.links.remove(&l);
                     events.push((*id, Event::Exit { from: l, reason: Term::atom("noconnection"), exit2: false }));
                 }
-                let refs: Vec<Ref> = p.monitoring.iter().filter(|(_, (_, n))| n == node).map(|(r, _)| r.clone()).collect();
+                let refs: Vec<Ref> =
+                    p.monitoring.iter().filter(|(_, (_, n))| n == node).map(|(r, _)| r.clone()).collect();
                 for r in refs {
                     if let Some((target, _)) = p.monitoring.remove(&r) {
-                        events.push((*id, Event::Down { reference: r, from: target, reason: Term::atom("noconnection") }));
+                        events.push((
+                            *id,
+                            Event::Down { reference: r, from: target, reason: Term::atom("noconnection") },
+                        ));
                     }
                 }
                 p.monitored_by.retain(|_, w| w.node != *node);
@@ -621,7 +648,8 @@ impl Inner {
     }
 
     pub(crate) fn incoming_down(&self, to: &Pid, from: ProcRef, reference: Ref, reason: Term) {
-        let known = self.lock().procs.get_mut(&to.id).map(|p| p.monitoring.remove(&reference).is_some()).unwrap_or(false);
+        let known =
+            self.lock().procs.get_mut(&to.id).map(|p| p.monitoring.remove(&reference).is_some()).unwrap_or(false);
         if known && self.is_local(to) {
             self.deliver(to.id, Event::Down { reference, from, reason });
         }

@@ -73,7 +73,8 @@ pub(crate) async fn call(
         arity: 4,
         opts: Term::list([Term::atom("monitor")]),
     };
-    let call_args = Term::list([Term::Ref(res_ref.clone()), Term::atom(module), Term::atom(function), Term::list(args)]);
+    let call_args =
+        Term::list([Term::Ref(res_ref.clone()), Term::atom(module), Term::atom(function), Term::list(args)]);
     conn.send(&ctrl, Some(&call_args)).await?;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -176,7 +177,8 @@ pub(crate) async fn serve_spawn(
             return;
         }
         if monitor {
-            let down = Control::PayloadMonitorPExit { from: ProcRef::Pid(pid.clone()), to: from.clone(), reference: req_id };
+            let down =
+                Control::PayloadMonitorPExit { from: ProcRef::Pid(pid.clone()), to: from.clone(), reference: req_id };
             let _ = conn.send_signal(down, Some(reason.clone())).await;
         }
         if link {
@@ -197,8 +199,13 @@ pub(crate) async fn system_process(inner: Weak<Inner>, mut rx: mpsc::UnboundedRe
             [call, from, req] if *call == Term::atom("$gen_call") => {
                 let Some([pid, tag]) = from.as_tuple().and_then(|t| <&[Term; 2]>::try_from(t).ok()) else { continue };
                 let Some(pid) = pid.as_pid() else { continue };
-                let is_auth = req.as_tuple().and_then(|t| t.first()).map(|t| *t == Term::atom("is_auth")).unwrap_or(false);
-                let answer = if is_auth { Term::atom("yes") } else { Term::tuple([Term::atom("error"), Term::atom("unsupported")]) };
+                let is_auth =
+                    req.as_tuple().and_then(|t| t.first()).map(|t| *t == Term::atom("is_auth")).unwrap_or(false);
+                let answer = if is_auth {
+                    Term::atom("yes")
+                } else {
+                    Term::tuple([Term::atom("error"), Term::atom("unsupported")])
+                };
                 let _ = reply(&inner, pid, tag, answer).await;
             }
             // {io_request, From, ReplyAs, Request}
@@ -220,7 +227,9 @@ async fn reply(inner: &Arc<Inner>, pid: &Pid, tag: &Term, answer: Term) -> Resul
         if let (Some(Term::Atom(a)), Term::Ref(alias)) = (head.first(), tail.as_ref()) {
             if *a == "alias" && !pid.node.as_str().is_empty() {
                 let conn = inner.connection(&pid.node).await?;
-                return conn.send(&Control::AliasSend { from: inner.sys.clone(), alias: alias.clone() }, Some(&msg)).await;
+                return conn
+                    .send(&Control::AliasSend { from: inner.sys.clone(), alias: alias.clone() }, Some(&msg))
+                    .await;
             }
         }
     }
@@ -232,8 +241,14 @@ fn io_answer(request: &Term) -> Term {
         Some([op, _enc, chars]) if *op == Term::atom("put_chars") => chardata(chars),
         Some([op, chars]) if *op == Term::atom("put_chars") => chardata(chars),
         Some([op, _enc, m, f, a]) if *op == Term::atom("put_chars") => {
-            // Formatting happens on the caller's side in practice; show the raw call.
-            Some(format!("{m}:{f}({a})"))
+            // io:format sends {put_chars, Enc, io_lib, format, [Format, Args]}: the group
+            // leader formats. We do the common directives.
+            match (m.as_atom(), f.as_atom(), a.to_proper_list().as_deref()) {
+                (Some(m), Some(f), Some([fmt, args])) if *m == "io_lib" && *f == "format" => {
+                    chardata(fmt).map(|fmt| io_format(&fmt, &args.to_proper_list().unwrap_or_default()))
+                }
+                _ => None,
+            }
         }
         _ => None,
     };
@@ -271,4 +286,70 @@ fn chardata(t: &Term) -> Option<String> {
         Some(())
     }
     go(t, &mut s, 0).map(|_| s)
+}
+
+/// A subset of `io_lib:format/2`: `~p ~w ~s ~n ~c ~b ~B ~f ~e ~g ~i ~~` with modifiers and
+/// field widths skipped. Unknown directives print as written.
+fn io_format(fmt: &str, args: &[Term]) -> String {
+    let mut out = String::new();
+    let mut args = args.iter();
+    let mut chars = fmt.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '~' {
+            out.push(c);
+            continue;
+        }
+        let mut spec = String::from("~");
+        while let Some(&d) = chars.peek() {
+            if d.is_ascii_digit() || matches!(d, '.' | '*' | '-' | 't' | 'l') {
+                spec.push(d);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let Some(d) = chars.next() else {
+            out.push_str(&spec);
+            break;
+        };
+        match d {
+            'n' => out.push('\n'),
+            '~' => out.push('~'),
+            'p' | 'P' | 'w' | 'W' | 'b' | 'B' | 'f' | 'e' | 'g' => {
+                if let Some(a) = args.next() {
+                    out.push_str(&a.to_string());
+                }
+            }
+            's' => match args.next() {
+                Some(Term::Atom(a)) => out.push_str(a.as_str()),
+                Some(a) => out.push_str(&chardata(a).unwrap_or_else(|| a.to_string())),
+                None => {}
+            },
+            'c' => {
+                if let Some(ch) = args.next().and_then(Term::as_int).and_then(|i| char::from_u32(i as u32)) {
+                    out.push(ch);
+                }
+            }
+            'i' => {
+                args.next();
+            }
+            other => {
+                out.push_str(&spec);
+                out.push(other);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_format_subset() {
+        let args = [Term::atom("world"), Term::binary(b"bin".to_vec()), Term::Int(42)];
+        assert_eq!(io_format("hello ~p ~s ~w~n~~", &args), "hello world bin 42\n~");
+        assert_eq!(io_format("~10.3f|~q", &[Term::Float(1.5)]), "1.5|~q");
+    }
 }

@@ -36,7 +36,8 @@ async fn rust_dials_otp_ping_rpc_and_named_sends() -> Result<()> {
     let node = rust_node(&epmd, "c1").await?;
 
     ensure!(node.ping(&erl.name).await, "ping should give pong");
-    let v = node.rpc(&erl.name, "erlang", "list_to_binary", vec![Term::list([Term::String(b"abc".to_vec())])], T).await?;
+    let v =
+        node.rpc(&erl.name, "erlang", "list_to_binary", vec![Term::list([Term::String(b"abc".to_vec())])], T).await?;
     assert_eq!(v, Term::binary(b"abc".to_vec()));
     assert_eq!(v.to_string(), "<<\"abc\">>");
     let v = node.rpc(&erl.name, "erlang", "node", vec![], T).await?;
@@ -222,7 +223,8 @@ async fn fifty_megabytes_both_ways_and_interleaved_fragments() -> Result<()> {
     let epmd = Epmd::start().await?;
     // `md5er` answers {md5, erlang:md5(Bin), Bin}; `twins` has four processes build their
     // binaries, then send them all at the same moment.
-    let eval = "register(md5er, spawn(fun L() -> receive {From, Bin} -> From ! {md5, erlang:md5(Bin), Bin}, L() end end)), \
+    let eval =
+        "register(md5er, spawn(fun L() -> receive {From, Bin} -> From ! {md5, erlang:md5(Bin), Bin}, L() end end)), \
                 register(twins, spawn(fun L() -> receive {From, N} -> Self = self(), \
                     Ps = [spawn(fun() -> B = binary:copy(<<I>>, N), M = erlang:md5(B), Self ! ready, \
                                          receive go -> From ! {twin, I, M, B} end end) || I <- [1, 2, 3, 4]], \
@@ -279,7 +281,8 @@ async fn wrong_cookie_is_refused_both_ways() -> Result<()> {
     let epmd = Epmd::start().await?;
     let node = rust_node(&epmd, "right").await?;
     let me = node.name().to_string();
-    let mut erl = Erl::start(&epmd, &unique("otp"), "wrong", &format!("io:format(\"~p~n\", [net_adm:ping('{me}')])")).await?;
+    let mut erl =
+        Erl::start(&epmd, &unique("otp"), "wrong", &format!("io:format(\"~p~n\", [net_adm:ping('{me}')])")).await?;
     assert_eq!(erl.line(T).await?, "pang", "OTP with another cookie must not get in");
     match node.ping_result(&erl.name).await {
         Err(NodeError::CookieRejected(n)) => assert_eq!(n, erl.name),

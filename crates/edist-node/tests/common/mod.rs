@@ -12,7 +12,8 @@ use tokio::time::{sleep, Instant};
 
 /// Fails with install instructions when Erlang/OTP is missing.
 pub fn require_erl() {
-    let ok = std::process::Command::new("erl").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let ok =
+        std::process::Command::new("erl").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     assert!(ok, "these tests need a real Erlang/OTP 25+: install it (Debian: apt-get install erlang-base)");
 }
 

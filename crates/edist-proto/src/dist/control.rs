@@ -45,29 +45,114 @@ impl ProcRef {
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)]
 pub enum Control {
-    Link { from: Pid, to: Pid },
-    Send { to: Pid },
-    Exit { from: Pid, to: Pid, reason: Term },
-    Unlink { from: Pid, to: Pid },
+    Link {
+        from: Pid,
+        to: Pid,
+    },
+    Send {
+        to: Pid,
+    },
+    Exit {
+        from: Pid,
+        to: Pid,
+        reason: Term,
+    },
+    Unlink {
+        from: Pid,
+        to: Pid,
+    },
     NodeLink,
-    RegSend { from: Pid, to: Atom },
-    GroupLeader { from: Pid, to: Pid },
-    Exit2 { from: Pid, to: Pid, reason: Term },
-    SendTT { to: Pid, token: Term },
-    ExitTT { from: Pid, to: Pid, token: Term, reason: Term },
-    RegSendTT { from: Pid, to: Atom, token: Term },
-    Exit2TT { from: Pid, to: Pid, token: Term, reason: Term },
-    MonitorP { from: Pid, to: ProcRef, reference: Ref },
-    DemonitorP { from: Pid, to: ProcRef, reference: Ref },
-    MonitorPExit { from: ProcRef, to: Pid, reference: Ref, reason: Term },
-    SendSender { from: Pid, to: Pid },
-    SendSenderTT { from: Pid, to: Pid, token: Term },
-    PayloadExit { from: Pid, to: Pid },
-    PayloadExitTT { from: Pid, to: Pid, token: Term },
-    PayloadExit2 { from: Pid, to: Pid },
-    PayloadExit2TT { from: Pid, to: Pid, token: Term },
-    PayloadMonitorPExit { from: ProcRef, to: Pid, reference: Ref },
-    SpawnRequest { req_id: Ref, from: Pid, group_leader: Pid, module: Atom, function: Atom, arity: u8, opts: Term },
+    RegSend {
+        from: Pid,
+        to: Atom,
+    },
+    GroupLeader {
+        from: Pid,
+        to: Pid,
+    },
+    Exit2 {
+        from: Pid,
+        to: Pid,
+        reason: Term,
+    },
+    SendTT {
+        to: Pid,
+        token: Term,
+    },
+    ExitTT {
+        from: Pid,
+        to: Pid,
+        token: Term,
+        reason: Term,
+    },
+    RegSendTT {
+        from: Pid,
+        to: Atom,
+        token: Term,
+    },
+    Exit2TT {
+        from: Pid,
+        to: Pid,
+        token: Term,
+        reason: Term,
+    },
+    MonitorP {
+        from: Pid,
+        to: ProcRef,
+        reference: Ref,
+    },
+    DemonitorP {
+        from: Pid,
+        to: ProcRef,
+        reference: Ref,
+    },
+    MonitorPExit {
+        from: ProcRef,
+        to: Pid,
+        reference: Ref,
+        reason: Term,
+    },
+    SendSender {
+        from: Pid,
+        to: Pid,
+    },
+    SendSenderTT {
+        from: Pid,
+        to: Pid,
+        token: Term,
+    },
+    PayloadExit {
+        from: Pid,
+        to: Pid,
+    },
+    PayloadExitTT {
+        from: Pid,
+        to: Pid,
+        token: Term,
+    },
+    PayloadExit2 {
+        from: Pid,
+        to: Pid,
+    },
+    PayloadExit2TT {
+        from: Pid,
+        to: Pid,
+        token: Term,
+    },
+    PayloadMonitorPExit {
+        from: ProcRef,
+        to: Pid,
+        reference: Ref,
+    },
+    SpawnRequest {
+        req_id: Ref,
+        from: Pid,
+        group_leader: Pid,
+        module: Atom,
+        function: Atom,
+        arity: u8,
+        opts: Term,
+    },
     SpawnRequestTT {
         req_id: Ref,
         from: Pid,
@@ -79,12 +164,38 @@ pub enum Control {
         token: Term,
     },
     /// `result` is the new pid, or an error atom.
-    SpawnReply { req_id: Ref, to: Pid, flags: u32, result: Term },
-    SpawnReplyTT { req_id: Ref, to: Pid, flags: u32, result: Term, token: Term },
-    AliasSend { from: Pid, alias: Ref },
-    AliasSendTT { from: Pid, alias: Ref, token: Term },
-    UnlinkId { id: u64, from: Pid, to: Pid },
-    UnlinkIdAck { id: u64, from: Pid, to: Pid },
+    SpawnReply {
+        req_id: Ref,
+        to: Pid,
+        flags: u32,
+        result: Term,
+    },
+    SpawnReplyTT {
+        req_id: Ref,
+        to: Pid,
+        flags: u32,
+        result: Term,
+        token: Term,
+    },
+    AliasSend {
+        from: Pid,
+        alias: Ref,
+    },
+    AliasSendTT {
+        from: Pid,
+        alias: Ref,
+        token: Term,
+    },
+    UnlinkId {
+        id: u64,
+        from: Pid,
+        to: Pid,
+    },
+    UnlinkIdAck {
+        id: u64,
+        from: Pid,
+        to: Pid,
+    },
 }
 
 /// Op codes (`enum dop` in dist.h).
@@ -179,7 +290,9 @@ impl Control {
             }
             PayloadExit { from, to } | PayloadExit2 { from, to } => vec![o(self.op()), p(from), p(to)],
             Send { to } => vec![o(self.op()), unused(), p(to)],
-            Exit { from, to, reason } | Exit2 { from, to, reason } => vec![o(self.op()), p(from), p(to), reason.clone()],
+            Exit { from, to, reason } | Exit2 { from, to, reason } => {
+                vec![o(self.op()), p(from), p(to), reason.clone()]
+            }
             NodeLink => vec![o(self.op())],
             RegSend { from, to } => vec![o(self.op()), p(from), unused(), a(to)],
             SendTT { to, token } => vec![o(self.op()), unused(), p(to), token.clone()],
@@ -193,7 +306,9 @@ impl Control {
             MonitorPExit { from, to, reference, reason } => {
                 vec![o(self.op()), from.to_term(), p(to), r(reference), reason.clone()]
             }
-            SendSenderTT { from, to, token } | PayloadExitTT { from, to, token } | PayloadExit2TT { from, to, token } => {
+            SendSenderTT { from, to, token }
+            | PayloadExitTT { from, to, token }
+            | PayloadExit2TT { from, to, token } => {
                 vec![o(self.op()), p(from), p(to), token.clone()]
             }
             PayloadMonitorPExit { from, to, reference } => vec![o(self.op()), from.to_term(), p(to), r(reference)],
@@ -451,7 +566,12 @@ pub struct Message {
 
 /// Decodes a message body (control then payload), as found after a dist header (`versioned`
 /// false) or after a 112 pass-through byte (`versioned` true: each term has its 131).
-pub fn decode_message(body: &[u8], atom_refs: &[Atom], versioned: bool, limits: &Limits) -> Result<Message, ControlError> {
+pub fn decode_message(
+    body: &[u8],
+    atom_refs: &[Atom],
+    versioned: bool,
+    limits: &Limits,
+) -> Result<Message, ControlError> {
     let mut r = Reader::new(body);
     let dec = Decoder::with_atom_refs(limits, atom_refs);
     let term = |r: &mut Reader<'_>| -> Result<Term, ControlError> {
@@ -515,7 +635,12 @@ mod tests {
             Control::Exit2TT { from: pid(1), to: pid(2), token: t(), reason: Term::Nil },
             Control::MonitorP { from: pid(1), to: ProcRef::Name(Atom::from("n")), reference: rf() },
             Control::DemonitorP { from: pid(1), to: ProcRef::Pid(pid(3)), reference: rf() },
-            Control::MonitorPExit { from: ProcRef::Pid(pid(3)), to: pid(1), reference: rf(), reason: Term::atom("noproc") },
+            Control::MonitorPExit {
+                from: ProcRef::Pid(pid(3)),
+                to: pid(1),
+                reference: rf(),
+                reason: Term::atom("noproc"),
+            },
             Control::SendSender { from: pid(1), to: pid(2) },
             Control::SendSenderTT { from: pid(1), to: pid(2), token: t() },
             Control::PayloadExit { from: pid(1), to: pid(2) },
@@ -572,15 +697,24 @@ mod tests {
         let Control::RegSend { from, to } = &m.control else { panic!() };
         assert_eq!((from.id, from.creation, to.as_str()), (1, 0x11223344, "sink"));
         assert_eq!(m.payload, Some(Term::tuple([Term::atom("hello"), Term::Int(1)])));
-        assert_eq!(encode_message(&m.control, m.payload.as_ref()), (body[..body.len() - 11].to_vec(), body[body.len() - 11..].to_vec()));
+        assert_eq!(
+            encode_message(&m.control, m.payload.as_ref()),
+            (body[..body.len() - 11].to_vec(), body[body.len() - 11..].to_vec())
+        );
     }
 
     #[test]
     fn bad_arity_unknown_op_and_missing_payload() {
         let enc = |t: Term| etf::encode(&t);
         let l = Limits::default();
-        assert!(matches!(decode_message(&enc(Term::tuple([Term::Int(1), Term::Pid(pid(1))])), &[], false, &l), Err(ControlError::BadField { .. })));
-        assert_eq!(decode_message(&enc(Term::tuple([Term::Int(99)])), &[], false, &l), Err(ControlError::UnknownOp(99)));
+        assert!(matches!(
+            decode_message(&enc(Term::tuple([Term::Int(1), Term::Pid(pid(1))])), &[], false, &l),
+            Err(ControlError::BadField { .. })
+        ));
+        assert_eq!(
+            decode_message(&enc(Term::tuple([Term::Int(99)])), &[], false, &l),
+            Err(ControlError::UnknownOp(99))
+        );
         assert_eq!(decode_message(&enc(Term::atom("x")), &[], false, &l), Err(ControlError::NotAControl));
         let send = Control::Send { to: pid(1) }.to_term();
         assert_eq!(decode_message(&enc(send), &[], false, &l), Err(ControlError::MissingPayload(2)));

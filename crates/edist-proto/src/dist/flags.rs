@@ -71,11 +71,7 @@ impl DFlags {
     /// The mandatory bits (of `required`) that `self` lacks, by name.
     pub fn missing(self, required: u64) -> Vec<&'static str> {
         let have = self.expand().0;
-        NAMES
-            .iter()
-            .filter(|(bit, _)| required & bit != 0 && have & bit == 0)
-            .map(|(_, name)| *name)
-            .collect()
+        NAMES.iter().filter(|(bit, _)| required & bit != 0 && have & bit == 0).map(|(_, name)| *name).collect()
     }
 
     /// Whether the connection is visible (both sides published).

@@ -4,9 +4,9 @@
 //! different senders interleave freely, and a sequence id may be reused once its message is
 //! complete. Reassembly is bounded: a cap on open sequences and on bytes buffered in all of them.
 
+use super::flags::DFlags;
 use super::frame::put_len;
 use super::header::{put_fragment_cont, put_fragment_start, put_message_header};
-use super::flags::DFlags;
 use crate::etf::Atom;
 use std::collections::HashMap;
 use thiserror::Error;
@@ -189,7 +189,9 @@ mod tests {
         let mut done = Vec::new();
         for p in pkts {
             let m = match parse_packet(&p[4..], F, &mut cache).unwrap() {
-                Packet::FragmentStart { seq, fragments, atom_refs, body } => r.start(seq, fragments, atom_refs, body).unwrap(),
+                Packet::FragmentStart { seq, fragments, atom_refs, body } => {
+                    r.start(seq, fragments, atom_refs, body).unwrap()
+                }
                 Packet::FragmentCont { seq, fragment, body } => r.cont(seq, fragment, body).unwrap(),
                 Packet::Message { atom_refs, body, .. } => Some(Reassembled { atom_refs, body: body.to_vec() }),
             };

@@ -47,7 +47,10 @@ pub enum Status {
     NotAllowed,
     Alive,
     /// A dynamic name given to the initiator, with its creation.
-    Named { name: String, creation: u32 },
+    Named {
+        name: String,
+        creation: u32,
+    },
 }
 
 impl Status {
@@ -550,7 +553,9 @@ impl Acceptor {
                 self.state = AState::AwaitRespond;
                 Ok(Some(AcceptorEvent::Name { name, flags, creation }))
             }
-            (AState::AwaitName, b'n') => Err(HandshakeError::Malformed("old 'n' handshake (OTP <= 24) is not supported")),
+            (AState::AwaitName, b'n') => {
+                Err(HandshakeError::Malformed("old 'n' handshake (OTP <= 24) is not supported"))
+            }
             (AState::AwaitAliveAnswer, b's') => {
                 let cont = match body {
                     b"true" => true,

@@ -110,7 +110,7 @@ fn atom_refs(r: &mut Reader<'_>, cache: &mut AtomCache) -> Result<Vec<Atom>, Hea
     let flag_bytes = r.take(n / 2 + 1)?;
     let nibble = |i: usize| -> u8 {
         let b = flag_bytes.get(i / 2).copied().unwrap_or(0);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             b & 0x0f
         } else {
             b >> 4

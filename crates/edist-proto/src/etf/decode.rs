@@ -49,11 +49,7 @@ impl<'l> Decoder<'l> {
     fn atom(&self, a: AtomText<'_>) -> Result<Atom, DecodeError> {
         match a {
             AtomText::Text(t) => Ok(Atom::from(t.as_ref())),
-            AtomText::CacheRef(i) => self
-                .atom_refs
-                .get(usize::from(i))
-                .cloned()
-                .ok_or(DecodeError::BadAtomCacheRef(i)),
+            AtomText::CacheRef(i) => self.atom_refs.get(usize::from(i)).cloned().ok_or(DecodeError::BadAtomCacheRef(i)),
         }
     }
 
@@ -80,16 +76,14 @@ impl<'l> Decoder<'l> {
                 Term::from_bigint(BigInt::from_bytes_le(sign, digits))
             }
             Token::Float(f) => Term::Float(f),
-            Token::Pid { node, id, serial, creation } => Term::Pid(Pid { node: self.atom(node)?, id, serial, creation }),
+            Token::Pid { node, id, serial, creation } => {
+                Term::Pid(Pid { node: self.atom(node)?, id, serial, creation })
+            }
             Token::Port { node, id, creation } => Term::Port(Port { node: self.atom(node)?, id, creation }),
             Token::Ref { node, creation, ids } => Term::Ref(Ref {
                 node: self.atom(node)?,
                 creation,
-                ids: ids
-                    .chunks_exact(4)
-                    .filter_map(|c| <[u8; 4]>::try_from(c).ok())
-                    .map(u32::from_be_bytes)
-                    .collect(),
+                ids: ids.chunks_exact(4).filter_map(|c| <[u8; 4]>::try_from(c).ok()).map(u32::from_be_bytes).collect(),
             }),
             Token::Tuple(n) => Term::Tuple(self.children(r, u64::from(n), depth)?),
             Token::Map(n) => {
@@ -120,11 +114,9 @@ impl<'l> Decoder<'l> {
                     Term::BitBinary { data: data.to_vec(), bits }
                 }
             }
-            Token::Export { module, function, arity } => Term::Export {
-                module: self.atom(module)?,
-                function: self.atom(function)?,
-                arity,
-            },
+            Token::Export { module, function, arity } => {
+                Term::Export { module: self.atom(module)?, function: self.atom(function)?, arity }
+            }
             Token::Fun { arity, uniq, index, module, old_index, old_uniq, pid, num_free } => {
                 let free_vars = self.children(r, u64::from(num_free), depth)?;
                 Term::Fun(Box::new(Fun {

@@ -189,9 +189,7 @@ fn big(out: &mut Vec<u8>, negative: bool, digits: &[u8]) {
 
 /// Whether a proper list's elements fit STRING_EXT: 1 to 65535 integers in 0..=255.
 fn is_byte_list(items: &[Term]) -> bool {
-    !items.is_empty()
-        && items.len() <= usize::from(u16::MAX)
-        && items.iter().all(|i| matches!(i, Term::Int(0..=255)))
+    !items.is_empty() && items.len() <= usize::from(u16::MAX) && items.iter().all(|i| matches!(i, Term::Int(0..=255)))
 }
 
 /// A byte list goes out as STRING_EXT when it fits (as OTP does), else as a LIST_EXT of ints.

@@ -32,10 +32,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_depth: 1024,
-            max_inflated: 64 << 20,
-        }
+        Limits { max_depth: 1024, max_inflated: 64 << 20 }
     }
 }
 
@@ -55,7 +52,11 @@ pub(crate) fn inflate(size: u32, data: &[u8], limits: &Limits) -> Result<Vec<u8>
                 let mut probe = Vec::with_capacity(1);
                 let consumed = z.total_in() as usize;
                 let st = z
-                    .decompress_vec(data.get(consumed..).unwrap_or_default(), &mut probe, flate2::FlushDecompress::Finish)
+                    .decompress_vec(
+                        data.get(consumed..).unwrap_or_default(),
+                        &mut probe,
+                        flate2::FlushDecompress::Finish,
+                    )
                     .map_err(|_| DecodeError::BadCompression)?;
                 return if st == flate2::Status::StreamEnd && probe.is_empty() {
                     Ok(out)

@@ -43,10 +43,7 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(DecodeError::Truncated {
-                offset: self.pos,
-                needed: n - self.remaining(),
-            }),
+            None => Err(DecodeError::Truncated { offset: self.pos, needed: n - self.remaining() }),
         }
     }
 
@@ -83,10 +80,7 @@ impl<'a> Reader<'a> {
     pub fn check_count(&self, count: u64, min_size: u64) -> Result<(), DecodeError> {
         match count.checked_mul(min_size) {
             Some(n) if n <= self.remaining() as u64 => Ok(()),
-            _ => Err(DecodeError::LengthTooLarge {
-                claimed: count,
-                offset: self.pos,
-            }),
+            _ => Err(DecodeError::LengthTooLarge { claimed: count, offset: self.pos }),
         }
     }
 
@@ -98,11 +92,7 @@ impl<'a> Reader<'a> {
             tag::SMALL_INTEGER => Token::Int(i64::from(self.u8()?)),
             tag::INTEGER => Token::Int(i64::from(self.i32()?)),
             tag::SMALL_BIG | tag::LARGE_BIG => {
-                let n = if t == tag::SMALL_BIG {
-                    u32::from(self.u8()?)
-                } else {
-                    self.u32()?
-                };
+                let n = if t == tag::SMALL_BIG { u32::from(self.u8()?) } else { self.u32()? };
                 let sign = self.u8()?;
                 if sign > 1 {
                     return Err(DecodeError::Malformed { what: "bignum sign", offset: at });
@@ -313,12 +303,28 @@ pub enum Token<'a> {
     Atom(AtomText<'a>),
     Int(i64),
     /// A bignum; `digits` are little-endian base-256.
-    Big { negative: bool, digits: &'a [u8] },
+    Big {
+        negative: bool,
+        digits: &'a [u8],
+    },
     Float(f64),
-    Pid { node: AtomText<'a>, id: u32, serial: u32, creation: u32 },
-    Port { node: AtomText<'a>, id: u64, creation: u32 },
+    Pid {
+        node: AtomText<'a>,
+        id: u32,
+        serial: u32,
+        creation: u32,
+    },
+    Port {
+        node: AtomText<'a>,
+        id: u64,
+        creation: u32,
+    },
     /// A reference; `ids` holds the id words as big-endian bytes (4 per word).
-    Ref { node: AtomText<'a>, creation: u32, ids: &'a [u8] },
+    Ref {
+        node: AtomText<'a>,
+        creation: u32,
+        ids: &'a [u8],
+    },
     /// A tuple of this arity; its elements follow.
     Tuple(u32),
     /// A map of this arity; key, value, key, value... follow.
@@ -328,8 +334,15 @@ pub enum Token<'a> {
     /// A list of this many elements; the elements, then the tail, follow.
     List(u32),
     Binary(&'a [u8]),
-    BitBinary { data: &'a [u8], bits: u8 },
-    Export { module: AtomText<'a>, function: AtomText<'a>, arity: u8 },
+    BitBinary {
+        data: &'a [u8],
+        bits: u8,
+    },
+    Export {
+        module: AtomText<'a>,
+        function: AtomText<'a>,
+        arity: u8,
+    },
     /// A fun; `num_free` free-variable terms follow.
     Fun {
         arity: u8,
@@ -342,7 +355,10 @@ pub enum Token<'a> {
         num_free: u32,
     },
     /// A zlib-compressed term inflating to `size` bytes; `data` is the rest of the input.
-    Compressed { size: u32, data: &'a [u8] },
+    Compressed {
+        size: u32,
+        data: &'a [u8],
+    },
 }
 
 impl Token<'_> {

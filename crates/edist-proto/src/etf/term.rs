@@ -114,9 +114,16 @@ pub enum Term {
     Map(Vec<(Term, Term)>),
     Binary(Vec<u8>),
     /// A bitstring: `bits` (1..=8) of the last byte are used.
-    BitBinary { data: Vec<u8>, bits: u8 },
+    BitBinary {
+        data: Vec<u8>,
+        bits: u8,
+    },
     Fun(Box<Fun>),
-    Export { module: Atom, function: Atom, arity: u8 },
+    Export {
+        module: Atom,
+        function: Atom,
+        arity: u8,
+    },
 }
 
 impl Term {
@@ -235,23 +242,20 @@ impl PartialEq for Term {
             (Binary(a), Binary(b)) => a == b,
             (BitBinary { data: a, bits: x }, BitBinary { data: b, bits: y }) => a == b && x == y,
             (Fun(a), Fun(b)) => a == b,
-            (
-                Export { module: m1, function: f1, arity: a1 },
-                Export { module: m2, function: f2, arity: a2 },
-            ) => m1 == m2 && f1 == f2 && a1 == a2,
-            (Nil | String(_) | List(..), Nil | String(_) | List(..)) => {
-                match (self.list_view(), other.list_view()) {
-                    (Some(ListView::Bytes(a)), Some(ListView::Bytes(b))) => a == b,
-                    (Some(ListView::Terms(a, ta)), Some(ListView::Terms(b, tb))) => a == b && ta == tb,
-                    (Some(ListView::Bytes(s)), Some(ListView::Terms(t, tail)))
-                    | (Some(ListView::Terms(t, tail)), Some(ListView::Bytes(s))) => {
-                        matches!(tail, Nil)
-                            && s.len() == t.len()
-                            && s.iter().zip(t).all(|(b, t)| matches!(t, Int(i) if *i == i64::from(*b)))
-                    }
-                    _ => false,
-                }
+            (Export { module: m1, function: f1, arity: a1 }, Export { module: m2, function: f2, arity: a2 }) => {
+                m1 == m2 && f1 == f2 && a1 == a2
             }
+            (Nil | String(_) | List(..), Nil | String(_) | List(..)) => match (self.list_view(), other.list_view()) {
+                (Some(ListView::Bytes(a)), Some(ListView::Bytes(b))) => a == b,
+                (Some(ListView::Terms(a, ta)), Some(ListView::Terms(b, tb))) => a == b && ta == tb,
+                (Some(ListView::Bytes(s)), Some(ListView::Terms(t, tail)))
+                | (Some(ListView::Terms(t, tail)), Some(ListView::Bytes(s))) => {
+                    matches!(tail, Nil)
+                        && s.len() == t.len()
+                        && s.iter().zip(t).all(|(b, t)| matches!(t, Int(i) if *i == i64::from(*b)))
+                }
+                _ => false,
+            },
             _ => false,
         }
     }

@@ -585,7 +585,9 @@ impl<'a> Parser<'a> {
                 check_bare_atom(word, at)?;
                 Ok(Term::Atom(Atom::from(word)))
             }
-            c if c.is_ascii_uppercase() || c == '_' || (('À'..='Þ').contains(&c) && c != '×') => Err(ParseError::Variable { offset: at, name: self.bare_word().to_owned() }),
+            c if c.is_ascii_uppercase() || c == '_' || (('À'..='Þ').contains(&c) && c != '×') => {
+                Err(ParseError::Variable { offset: at, name: self.bare_word().to_owned() })
+            }
             _ => Err(self.unexpected("a term")),
         }
     }
@@ -827,11 +829,7 @@ impl<'a> Parser<'a> {
                     text.push_str(&self.digit_run(10)?);
                 }
             }
-            let f = text
-                .parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite())
-                .ok_or(ParseError::BadNumber { offset: at })?;
+            let f = text.parse::<f64>().ok().filter(|f| f.is_finite()).ok_or(ParseError::BadNumber { offset: at })?;
             return Ok(Number::Float(f));
         }
         if digits.len() <= 18 {
@@ -1153,7 +1151,13 @@ impl Bits {
     }
 }
 
-fn apply_segment(bits: &mut Bits, value: SegValue, size: Option<u64>, spec: &Spec, at: usize) -> Result<(), ParseError> {
+fn apply_segment(
+    bits: &mut Bits,
+    value: SegValue,
+    size: Option<u64>,
+    spec: &Spec,
+    at: usize,
+) -> Result<(), ParseError> {
     let bad = |reason| ParseError::BadSegment { offset: at, reason };
     let utf = matches!(spec.kind, Kind::Utf8 | Kind::Utf16 | Kind::Utf32);
     if utf && (size.is_some() || spec.unit.is_some()) {
@@ -1482,10 +1486,7 @@ mod tests {
         assert_eq!(p("#{a => 1, b => 2, a => 3}"), Term::Map(vec![(a("a"), i(3)), (a("b"), i(2))]));
         assert_eq!(p("#{\"ab\" => 1, [97,98] => 2}"), Term::Map(vec![(Term::String(b"ab".to_vec()), i(2))]));
         assert_eq!(p("#{1 => a, 1.0 => b}").to_string(), "#{1 => a,1.0 => b}");
-        assert_eq!(
-            p("fun 'a b':c/3"),
-            Term::Export { module: Atom::from("a b"), function: Atom::from("c"), arity: 3 }
-        );
+        assert_eq!(p("fun 'a b':c/3"), Term::Export { module: Atom::from("a b"), function: Atom::from("c"), arity: 3 });
     }
 
     #[test]
@@ -1604,7 +1605,10 @@ mod tests {
             Term::tuple([]),
             Term::tuple([a("a"), Term::tuple([Term::tuple([])]), Term::Nil]),
             Term::Map(vec![]),
-            Term::Map(vec![(a("k"), Term::Map(vec![(i(1), Term::String(b"v".to_vec()))])), (Term::Nil, Term::tuple([]))]),
+            Term::Map(vec![
+                (a("k"), Term::Map(vec![(i(1), Term::String(b"v".to_vec()))])),
+                (Term::Nil, Term::tuple([])),
+            ]),
             Term::binary([]),
             Term::binary(*b"plain text"),
             Term::binary("ünïcødé ☃ 日本".as_bytes()),

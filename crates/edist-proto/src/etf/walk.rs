@@ -76,7 +76,9 @@ fn check_atoms(token: &Token<'_>, atom_refs: usize) -> Result<(), DecodeError> {
         _ => Ok(()),
     };
     match token {
-        Token::Atom(a) | Token::Pid { node: a, .. } | Token::Port { node: a, .. } | Token::Ref { node: a, .. } => check(a),
+        Token::Atom(a) | Token::Pid { node: a, .. } | Token::Port { node: a, .. } | Token::Ref { node: a, .. } => {
+            check(a)
+        }
         Token::Export { module, function, .. } => {
             check(module)?;
             check(function)
