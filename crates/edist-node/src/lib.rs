@@ -12,8 +12,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A node is hidden by default: it connects to OTP nodes without taking part in `global`'s
-//! name syncing (reference §9.2), so `global:sync()` on its peers never waits for it.
+//! The node is always hidden: it appears in `nodes(hidden)` on its peers and takes no part in
+//! `global`'s name syncing (reference §9.2), so `global:sync()` on its peers never waits for it
+//! (a visible node that does not speak `global`'s protocol would block `global:sync()`).
 
 mod conn;
 pub mod cookie;

@@ -22,9 +22,6 @@ pub struct NodeConfig {
     pub name: String,
     /// The cookie shared with the peers.
     pub cookie: String,
-    /// Hidden nodes (the default) are not part of `nodes()` on their peers and take no part in
-    /// `global`'s name syncing, so they never make `global:sync()` wait on them.
-    pub hidden: bool,
     /// Listen for incoming connections and register with the local epmd.
     pub listen: bool,
     /// Port of the epmd daemons (ours and the peers'); default `ERL_EPMD_PORT` or 4369.
@@ -38,12 +35,11 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// A hidden, listening node with default timeouts.
+    /// A listening node with default timeouts.
     pub fn new(name: impl Into<String>, cookie: impl Into<String>) -> Self {
         NodeConfig {
             name: name.into(),
             cookie: cookie.into(),
-            hidden: true,
             listen: true,
             epmd_port: epmd::default_epmd_port(),
             setup_timeout: Duration::from_secs(7),
@@ -137,7 +133,7 @@ impl Node {
                 .map_err(|e| NodeError::Io { node: cfg.name.clone(), source: e })?;
             let port = l.local_addr().map_err(|e| NodeError::Io { node: cfg.name.clone(), source: e })?.port();
             let epmd_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.epmd_port));
-            let reg = epmd::register(epmd_addr, alive, port, cfg.hidden).await.map_err(|e| match e {
+            let reg = epmd::register(epmd_addr, alive, port, true).await.map_err(|e| match e {
                 epmd::EpmdClientError::NameTaken { .. } => NodeError::NameTaken(cfg.name.clone()),
                 e => NodeError::Epmd { host: "localhost".into(), source: e },
             })?;
@@ -150,7 +146,7 @@ impl Node {
         let inner = Arc::new(Inner {
             name,
             creation,
-            flags: DFlags::edist_default(!cfg.hidden),
+            flags: DFlags::edist_default(false),
             cfg,
             next_id: AtomicU32::new(1),
             next_ref: AtomicU64::new(1),
@@ -594,10 +590,7 @@ impl Inner {
     }
 
     pub(crate) fn incoming_link(&self, from: &Pid, to: &Pid) -> bool {
-        match self.resolve(to).and_then(|id| self.lock().procs.get_mut(&id).map(|p| p.links.insert(from.clone()))) {
-            Some(_) => true,
-            None => false,
-        }
+        self.resolve(to).and_then(|id| self.lock().procs.get_mut(&id).map(|p| p.links.insert(from.clone()))).is_some()
     }
 
     pub(crate) fn incoming_unlink(&self, from: &Pid, to: &Pid) {

@@ -80,10 +80,8 @@ pub(crate) async fn call(
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match mb.recv_timeout(left).await? {
-            Event::SpawnReply { req_id: r, result, .. } if r == req_id => {
-                if result.as_pid().is_none() {
-                    return Err(RpcError::SpawnRefused(result));
-                }
+            Event::SpawnReply { req_id: r, result, .. } if r == req_id && result.as_pid().is_none() => {
+                return Err(RpcError::SpawnRefused(result));
             }
             Event::Down { reference, reason, .. } if reference == req_id => return erpc_result(&res_ref, reason),
             _ => {}

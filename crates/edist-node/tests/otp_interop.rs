@@ -46,6 +46,10 @@ async fn rust_dials_otp_ping_rpc_and_named_sends() -> Result<()> {
     let v = node.rpc(&erl.name, "erlang", "nodes", vec![atom("hidden")], T).await?;
     assert_eq!(v, Term::list([atom(node.name())]));
 
+    // A hidden peer never holds up global's name syncing.
+    let v = node.rpc(&erl.name, "global", "sync", vec![], T).await?;
+    assert_eq!(v, atom("ok"));
+
     // Exceptions come back typed.
     match node.rpc(&erl.name, "erlang", "binary_to_atom", vec![Term::Int(1)], T).await {
         Err(RpcError::Raised { class, reason }) => assert_eq!((class.as_str(), reason), ("error", atom("badarg"))),
@@ -206,7 +210,7 @@ async fn links_and_monitors_both_ways_and_noconnection() -> Result<()> {
     // Make sure both signals reached OTP before the kill (a round trip on the same connection).
     node.rpc(&erl.name, "erlang", "node", vec![], T).await?;
     erl.kill().await?;
-    let mut events = vec![mb3.recv_timeout(T).await?, mb3.recv_timeout(T).await?];
+    let mut events = [mb3.recv_timeout(T).await?, mb3.recv_timeout(T).await?];
     events.sort_by_key(|e| matches!(e, Event::Down { .. }));
     assert_eq!(events[0], Event::Exit { from: victim3.clone(), reason: atom("noconnection"), exit2: false });
     assert_eq!(events[1], Event::Down { reference: r3, from: ProcRef::Pid(victim3), reason: atom("noconnection") });

@@ -19,7 +19,7 @@ pub async fn run() -> Result<()> {
     println!("edist demo: starting an OTP node {otp} ...");
     let (alive, _) = otp.split_once('@').unwrap_or_default();
     let mut child = Command::new("erl")
-        .args(["-sname", alive, "-setcookie", &cookie, "-noshell", "-noinput", "-hidden"])
+        .args(["-sname", alive, "-setcookie", &cookie, "-noshell", "-noinput"])
         .args([
             "-eval",
             "register(demo_echo, spawn(fun Loop() -> receive {From, Msg} -> From ! {echo, Msg}, Loop() end end))",

@@ -43,7 +43,7 @@ impl<'l> Decoder<'l> {
 
     /// Decodes one term from the reader's position.
     pub fn term(&self, r: &mut Reader<'_>) -> Result<Term, DecodeError> {
-        self.term_at(r, 1)
+        self.term_at(r, 1, true)
     }
 
     fn atom(&self, a: AtomText<'_>) -> Result<Atom, DecodeError> {
@@ -53,21 +53,83 @@ impl<'l> Decoder<'l> {
         }
     }
 
-    fn children(&self, r: &mut Reader<'_>, n: u64, depth: u32) -> Result<Vec<Term>, DecodeError> {
-        if depth >= self.limits.max_depth {
-            return Err(DecodeError::TooDeep(self.limits.max_depth));
+    /// Decodes the term at `depth`. Nesting is handled with an explicit stack, not recursion:
+    /// a term `max_depth` deep must not need `max_depth` call frames (a few KiB each in debug
+    /// builds, which overflowed a 2 MiB thread stack). A compressed term is only allowed at the
+    /// top (`compressed_ok`), as in OTP; its inflated content may not be compressed again.
+    fn term_at(&self, r: &mut Reader<'_>, depth: u32, compressed_ok: bool) -> Result<Term, DecodeError> {
+        let mut stack: Vec<Open> = Vec::new();
+        loop {
+            let level = depth.saturating_add(stack.len() as u32);
+            let tok = r.token()?;
+            let mut done = match tok {
+                Token::Tuple(_) | Token::Map(_) | Token::List(_) | Token::Fun { .. } => {
+                    let n = tok.children();
+                    // Only a compound with children nests deeper, as `walk` counts: an empty
+                    // tuple, map or fun at the limit is within it (fuzz finding etf_term #1).
+                    if n > 0 && level >= self.limits.max_depth {
+                        return Err(DecodeError::TooDeep(self.limits.max_depth));
+                    }
+                    let kind = match tok {
+                        Token::Tuple(_) => Kind::Tuple,
+                        Token::Map(_) => Kind::Map,
+                        Token::List(_) => Kind::List,
+                        Token::Fun { arity, uniq, index, module, old_index, old_uniq, pid, .. } => {
+                            Kind::Fun(Box::new(Fun {
+                                arity,
+                                uniq,
+                                index,
+                                module: self.atom(module)?,
+                                old_index,
+                                old_uniq,
+                                pid: Pid { node: self.atom(pid.0)?, id: pid.1, serial: pid.2, creation: pid.3 },
+                                free_vars: Vec::new(),
+                            }))
+                        }
+                        _ => return Err(DecodeError::Malformed { what: "compound", offset: r.position() }),
+                    };
+                    // The count was checked against the input; still grow gradually (a term
+                    // is larger than its encoding).
+                    let open = Open { kind, items: Vec::with_capacity(n.min(1024) as usize), total: n };
+                    if n > 0 {
+                        stack.push(open);
+                        continue;
+                    }
+                    open.close()
+                }
+                Token::Compressed { size, data } => {
+                    if level > 1 || !compressed_ok {
+                        return Err(DecodeError::UnknownTag { tag: tag::COMPRESSED, offset: r.position() });
+                    }
+                    let inner = inflate(size, data, self.limits)?;
+                    let mut ir = Reader::new(&inner);
+                    let t = self.term_at(&mut ir, level, false)?;
+                    if ir.remaining() != 0 {
+                        return Err(DecodeError::TrailingBytes(ir.remaining()));
+                    }
+                    t
+                }
+                scalar => self.scalar(scalar)?,
+            };
+            // Hand the finished term to its parent, closing every parent it completes.
+            loop {
+                let Some(top) = stack.last_mut() else {
+                    return Ok(done);
+                };
+                top.items.push(done);
+                if (top.items.len() as u64) < top.total {
+                    break;
+                }
+                match stack.pop() {
+                    Some(open) => done = open.close(),
+                    None => return Err(DecodeError::Malformed { what: "compound", offset: r.position() }),
+                }
+            }
         }
-        // The count was checked against the input; still grow gradually (a term is larger
-        // than its encoding).
-        let mut v = Vec::with_capacity(n.min(1024) as usize);
-        for _ in 0..n {
-            v.push(self.term_at(r, depth + 1)?);
-        }
-        Ok(v)
     }
 
-    fn term_at(&self, r: &mut Reader<'_>, depth: u32) -> Result<Term, DecodeError> {
-        let tok = r.token()?;
+    /// A token without children as a term.
+    fn scalar(&self, tok: Token<'_>) -> Result<Term, DecodeError> {
         Ok(match tok {
             Token::Atom(a) => Term::Atom(self.atom(a)?),
             Token::Int(i) => Term::Int(i),
@@ -85,27 +147,8 @@ impl<'l> Decoder<'l> {
                 creation,
                 ids: ids.chunks_exact(4).filter_map(|c| <[u8; 4]>::try_from(c).ok()).map(u32::from_be_bytes).collect(),
             }),
-            Token::Tuple(n) => Term::Tuple(self.children(r, u64::from(n), depth)?),
-            Token::Map(n) => {
-                let mut flat = self.children(r, 2 * u64::from(n), depth)?.into_iter();
-                let mut pairs = Vec::with_capacity(n.min(1024) as usize);
-                while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
-                    pairs.push((k, v));
-                }
-                Term::Map(pairs)
-            }
             Token::Nil => Term::Nil,
             Token::String(s) => Term::String(s.to_vec()),
-            Token::List(n) => {
-                let mut items = self.children(r, u64::from(n) + 1, depth)?;
-                let tail = items.pop().unwrap_or(Term::Nil);
-                if items.is_empty() {
-                    // LIST_EXT with zero elements: only the tail is the term.
-                    tail
-                } else {
-                    Term::List(items, Box::new(tail))
-                }
-            }
             Token::Binary(b) => Term::Binary(b.to_vec()),
             Token::BitBinary { data, bits } => {
                 if bits == 8 {
@@ -117,31 +160,57 @@ impl<'l> Decoder<'l> {
             Token::Export { module, function, arity } => {
                 Term::Export { module: self.atom(module)?, function: self.atom(function)?, arity }
             }
-            Token::Fun { arity, uniq, index, module, old_index, old_uniq, pid, num_free } => {
-                let free_vars = self.children(r, u64::from(num_free), depth)?;
-                Term::Fun(Box::new(Fun {
-                    arity,
-                    uniq,
-                    index,
-                    module: self.atom(module)?,
-                    old_index,
-                    old_uniq,
-                    pid: Pid { node: self.atom(pid.0)?, id: pid.1, serial: pid.2, creation: pid.3 },
-                    free_vars,
-                }))
-            }
-            Token::Compressed { size, data } => {
-                if depth > 1 {
-                    return Err(DecodeError::UnknownTag { tag: tag::COMPRESSED, offset: r.position() });
-                }
-                let inner = inflate(size, data, self.limits)?;
-                let mut ir = Reader::new(&inner);
-                let t = self.term_at(&mut ir, depth)?;
-                if ir.remaining() != 0 {
-                    return Err(DecodeError::TrailingBytes(ir.remaining()));
-                }
-                t
+            Token::Tuple(_) | Token::Map(_) | Token::List(_) | Token::Fun { .. } | Token::Compressed { .. } => {
+                return Err(DecodeError::Malformed { what: "compound", offset: 0 })
             }
         })
+    }
+}
+
+/// A compound term whose children are being decoded.
+struct Open {
+    kind: Kind,
+    items: Vec<Term>,
+    /// How many children it has (for a list: its elements and the tail).
+    total: u64,
+}
+
+enum Kind {
+    Tuple,
+    /// Keys and values alternate in `items`.
+    Map,
+    /// The last item is the tail.
+    List,
+    /// `items` are the free variables.
+    Fun(Box<Fun>),
+}
+
+impl Open {
+    fn close(self) -> Term {
+        let Open { kind, mut items, .. } = self;
+        match kind {
+            Kind::Tuple => Term::Tuple(items),
+            Kind::Map => {
+                let mut pairs = Vec::with_capacity(items.len() / 2);
+                let mut flat = items.into_iter();
+                while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                    pairs.push((k, v));
+                }
+                Term::Map(pairs)
+            }
+            Kind::List => {
+                let tail = items.pop().unwrap_or(Term::Nil);
+                if items.is_empty() {
+                    // LIST_EXT with zero elements: only the tail is the term.
+                    tail
+                } else {
+                    Term::List(items, Box::new(tail))
+                }
+            }
+            Kind::Fun(mut f) => {
+                f.free_vars = items;
+                Term::Fun(f)
+            }
+        }
     }
 }

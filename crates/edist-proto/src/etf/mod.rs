@@ -16,7 +16,7 @@ mod walk;
 pub use decode::{decode, decode_versioned, Decoder};
 pub use encode::{encode, encode_into, encode_versioned, encoded_len_hint};
 pub use error::DecodeError;
-pub use reader::Reader;
+pub use reader::{AtomText, Reader, Token};
 pub use term::{Atom, Fun, Pid, Port, Ref, Term};
 pub use text::{parse, ParseError};
 pub use walk::{skip, walk, NoopVisitor, Visitor};

@@ -27,6 +27,18 @@ pub fn walk<'a, V: Visitor<'a>>(
     atom_refs: usize,
     visitor: &mut V,
 ) -> Result<(), DecodeError> {
+    walk_in(r, limits, atom_refs, visitor, true)
+}
+
+/// [`walk`]; `compressed_ok` is false inside an inflated term, which may not be compressed
+/// again (as in OTP; nested compression would also recurse once per level).
+fn walk_in<'a, V: Visitor<'a>>(
+    r: &mut Reader<'a>,
+    limits: &Limits,
+    atom_refs: usize,
+    visitor: &mut V,
+    compressed_ok: bool,
+) -> Result<(), DecodeError> {
     // Remaining children at each open level; its length is the current depth.
     let mut stack: Vec<u64> = Vec::with_capacity(16);
     stack.push(1);
@@ -40,12 +52,12 @@ pub fn walk<'a, V: Visitor<'a>>(
         let token = r.token()?;
         check_atoms(&token, atom_refs)?;
         if let Token::Compressed { size, data } = &token {
-            if depth > 1 {
+            if depth > 1 || !compressed_ok {
                 return Err(DecodeError::UnknownTag { tag: super::tag::COMPRESSED, offset: r.position() });
             }
             let inner = inflate(*size, data, limits)?;
             let mut ir = Reader::new(&inner);
-            walk(&mut ir, limits, atom_refs, &mut NoopVisitor)?;
+            walk_in(&mut ir, limits, atom_refs, &mut NoopVisitor, false)?;
             if ir.remaining() != 0 {
                 return Err(DecodeError::TrailingBytes(ir.remaining()));
             }
