@@ -12,6 +12,7 @@ use edist_proto::dist::handshake::{
     Status,
 };
 use edist_proto::dist::header::{parse_packet, AtomCache, Packet};
+use edist_proto::dist::lane::{LaneId, Lanes};
 use edist_proto::dist::DFlags;
 use edist_proto::etf::{Limits, Pid};
 use edist_proto::{Atom, Term};
@@ -33,7 +34,7 @@ pub(crate) struct Conn {
     pub(crate) id: u64,
     pub(crate) peer: Atom,
     pub(crate) flags: DFlags,
-    tx: mpsc::Sender<Vec<Vec<u8>>>,
+    tx: mpsc::Sender<(LaneId, Vec<Vec<u8>>)>,
     seq: Arc<AtomicU64>,
     closed: Arc<Closed>,
 }
@@ -65,7 +66,8 @@ impl Conn {
         let mut packets = Vec::with_capacity(1 + p.len() / FRAGMENT_SIZE);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         frame_message(&mut packets, self.flags, seq, &c, &p, FRAGMENT_SIZE);
-        self.tx.send(packets).await.map_err(|_| NodeError::ConnectionClosed(self.peer.to_string()))
+        let lane = ctrl.sender().map(|p| LaneId::from(p.id)).unwrap_or(0);
+        self.tx.send((lane, packets)).await.map_err(|_| NodeError::ConnectionClosed(self.peer.to_string()))
     }
 
     /// Sends a signal built for EXIT_PAYLOAD peers, downgrading it for old peers.
@@ -272,7 +274,7 @@ fn start_connection(inner: Arc<Inner>, stream: TcpStream, c: Connected, rest: Ve
     inner.add_conn(peer.clone(), conn.clone());
     let (r, w) = stream.into_split();
     let tick = (inner.cfg.tick_time / 4).min(Duration::from_secs(15));
-    tokio::spawn(writer(w, rx, conn.closed.clone(), tick));
+    tokio::spawn(writer(w, rx, conn.closed.clone(), tick, Arc::downgrade(&inner)));
     let inner2 = inner.clone();
     let conn2 = conn.clone();
     tokio::spawn(async move {
@@ -287,51 +289,53 @@ fn start_connection(inner: Arc<Inner>, stream: TcpStream, c: Connected, rest: Ve
     conn
 }
 
+/// Writes queued messages, interleaving the fragments of different senders (see [`Lanes`]),
+/// and ticks when idle.
 async fn writer(
     w: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Vec<Vec<u8>>>,
+    mut rx: mpsc::Receiver<(LaneId, Vec<Vec<u8>>)>,
     closed: Arc<Closed>,
     tick: Duration,
+    inner: Weak<Inner>,
 ) {
     let mut w = BufWriter::with_capacity(64 * 1024, w);
+    let mut lanes = Lanes::new();
     let mut last = Instant::now();
-    loop {
+    'run: loop {
         tokio::select! {
             m = rx.recv() => {
-                let Some(packets) = m else { break };
-                let mut ok = write_all(&mut w, &packets).await;
-                // Batch whatever else is queued before one flush.
-                while ok {
-                    match rx.try_recv() {
-                        Ok(more) => ok = write_all(&mut w, &more).await,
-                        Err(_) => break,
-                    }
-                }
-                if !ok || w.flush().await.is_err() {
-                    break;
-                }
-                last = Instant::now();
+                let Some((lane, packets)) = m else { break };
+                lanes.push(lane, packets);
             }
             _ = tokio::time::sleep_until(last + tick) => {
                 if w.write_all(&TICK).await.is_err() || w.flush().await.is_err() {
                     break;
                 }
                 last = Instant::now();
+                continue;
             }
             _ = closed.wait() => break,
         }
+        // Drain the lanes one packet at a time, taking in whatever else gets queued meanwhile.
+        while !lanes.is_empty() {
+            while let Ok((lane, packets)) = rx.try_recv() {
+                lanes.push(lane, packets);
+            }
+            if let Some(i) = inner.upgrade() {
+                i.stats.peak_active_lanes.fetch_max(lanes.active() as u64, Ordering::Relaxed);
+            }
+            let Some(p) = lanes.pop() else { break };
+            if w.write_all(&p).await.is_err() || closed.flag.load(Ordering::SeqCst) {
+                break 'run;
+            }
+        }
+        if w.flush().await.is_err() {
+            break;
+        }
+        last = Instant::now();
     }
     let _ = w.shutdown().await;
     closed.close();
-}
-
-async fn write_all(w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>, packets: &[Vec<u8>]) -> bool {
-    for p in packets {
-        if w.write_all(p).await.is_err() {
-            return false;
-        }
-    }
-    true
 }
 
 /// Errors that end a connection from the reading side.

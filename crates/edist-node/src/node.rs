@@ -88,6 +88,7 @@ pub(crate) struct Inner {
 pub(crate) struct Stats {
     pub(crate) fragmented_received: AtomicU64,
     pub(crate) peak_open_reassemblies: AtomicU64,
+    pub(crate) peak_active_lanes: AtomicU64,
 }
 
 /// A snapshot of a node's counters.
@@ -98,6 +99,9 @@ pub struct NodeStats {
     /// Most fragmented messages being reassembled at once on one connection (above 1 means
     /// a peer interleaved fragments of different messages).
     pub peak_open_reassemblies: u64,
+    /// Most senders with packets waiting at once on one connection (above 1 means our
+    /// writer interleaved their fragments).
+    pub peak_active_lanes: u64,
 }
 
 /// A Rust-native Erlang node. Cheap to clone; the node lives while a clone does.
@@ -177,6 +181,7 @@ impl Node {
         NodeStats {
             fragmented_received: s.fragmented_received.load(Ordering::Relaxed),
             peak_open_reassemblies: s.peak_open_reassemblies.load(Ordering::Relaxed),
+            peak_active_lanes: s.peak_active_lanes.load(Ordering::Relaxed),
         }
     }
 

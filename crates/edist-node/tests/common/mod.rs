@@ -1,7 +1,7 @@
 //! Test harness: a private epmd and real `erl` nodes, all killed when dropped.
 #![allow(dead_code)]
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use edist_node::epmd::EpmdClient;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::process::Stdio;
@@ -78,11 +78,13 @@ impl Epmd {
 pub struct Erl {
     child: Child,
     pub name: String,
-    pub stdout: Lines<BufReader<ChildStdout>>,
+    stdout: Lines<BufReader<ChildStdout>>,
+    /// Lines printed before the node reported ready.
+    early: std::collections::VecDeque<String>,
 }
 
 impl Erl {
-    /// Starts `erl` and waits until it is registered with `epmd`.
+    /// Starts `erl`, runs `eval` (which must not block) and waits until it has finished.
     pub async fn start(epmd: &Epmd, sname: &str, cookie: &str, eval: &str) -> Result<Erl> {
         Self::start_with(epmd, sname, cookie, eval, &[]).await
     }
@@ -95,30 +97,32 @@ impl Erl {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true);
-        if !eval.is_empty() {
-            cmd.args(["-eval", eval]);
-        }
+        // The node registers with epmd before -eval runs: wait for the eval to finish instead.
+        let eval = if eval.is_empty() { String::new() } else { format!("{eval}, ") };
+        cmd.args(["-eval", &format!("{eval}io:format(\"edist_ready~n\")")]);
         let mut child = cmd.spawn().context("spawning erl")?;
         let stdout = BufReader::new(child.stdout.take().context("erl stdout")?).lines();
-        let client = EpmdClient::new(epmd.addr());
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut erl = Erl { child, name: format!("{sname}@{}", host()), stdout, early: Default::default() };
         loop {
-            if let Some(st) = child.try_wait()? {
-                bail!("erl {sname} exited early: {st}");
-            }
-            if client.port_please(sname).await?.is_some() {
+            let line = erl.next_line(Duration::from_secs(60)).await.with_context(|| format!("erl {sname} starting"))?;
+            if line == "edist_ready" {
                 break;
             }
-            if Instant::now() > deadline {
-                bail!("erl {sname} did not register with epmd");
-            }
-            sleep(Duration::from_millis(50)).await;
+            erl.early.push_back(line);
         }
-        Ok(Erl { child, name: format!("{sname}@{}", host()), stdout })
+        ensure!(EpmdClient::new(epmd.addr()).port_please(sname).await?.is_some(), "erl {sname} is not in epmd");
+        Ok(erl)
     }
 
     /// Next line the node printed, within `within`.
     pub async fn line(&mut self, within: Duration) -> Result<String> {
+        match self.early.pop_front() {
+            Some(l) => Ok(l),
+            None => self.next_line(within).await,
+        }
+    }
+
+    async fn next_line(&mut self, within: Duration) -> Result<String> {
         match tokio::time::timeout(within, self.stdout.next_line()).await {
             Ok(Ok(Some(l))) => Ok(l),
             Ok(Ok(None)) => bail!("erl {} closed its stdout", self.name),

@@ -271,6 +271,42 @@ impl Control {
         }
     }
 
+    /// The process a signal comes from, where the message names one (SEND and SEND_TT do not).
+    /// A spawn reply comes from the new process, so it stays ordered before that process's
+    /// later signals.
+    pub fn sender(&self) -> Option<&Pid> {
+        use Control::*;
+        match self {
+            Link { from, .. }
+            | Exit { from, .. }
+            | Unlink { from, .. }
+            | RegSend { from, .. }
+            | GroupLeader { from, .. }
+            | Exit2 { from, .. }
+            | ExitTT { from, .. }
+            | RegSendTT { from, .. }
+            | Exit2TT { from, .. }
+            | MonitorP { from, .. }
+            | DemonitorP { from, .. }
+            | SendSender { from, .. }
+            | SendSenderTT { from, .. }
+            | PayloadExit { from, .. }
+            | PayloadExitTT { from, .. }
+            | PayloadExit2 { from, .. }
+            | PayloadExit2TT { from, .. }
+            | SpawnRequest { from, .. }
+            | SpawnRequestTT { from, .. }
+            | AliasSend { from, .. }
+            | AliasSendTT { from, .. }
+            | UnlinkId { from, .. }
+            | UnlinkIdAck { from, .. } => Some(from),
+            MonitorPExit { from: ProcRef::Pid(p), .. } | PayloadMonitorPExit { from: ProcRef::Pid(p), .. } => Some(p),
+            Send { .. } | SendTT { .. } | NodeLink | MonitorPExit { .. } | PayloadMonitorPExit { .. } => None,
+            SpawnReply { result: Term::Pid(p), .. } | SpawnReplyTT { result: Term::Pid(p), .. } => Some(p),
+            SpawnReply { .. } | SpawnReplyTT { .. } => None,
+        }
+    }
+
     /// Whether a payload term follows this control message.
     pub fn has_payload(&self) -> bool {
         op_has_payload(self.op())

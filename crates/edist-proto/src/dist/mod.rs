@@ -6,6 +6,7 @@
 //! * [`frame`]: u32 length framing of a connected channel (len 0 = tick).
 //! * [`header`]: the `131,68/69/70` dist headers and the receiver's atom cache.
 //! * [`fragment`]: reassembly of fragmented messages and splitting of large ones.
+//! * [`lane`]: per-sender queues drained round-robin, so senders' fragments interleave.
 //! * [`control`]: every control message as a typed value.
 
 pub mod control;
@@ -14,6 +15,7 @@ pub mod fragment;
 pub mod frame;
 pub mod handshake;
 pub mod header;
+pub mod lane;
 
 pub use control::{Control, ControlError};
 pub use flags::DFlags;

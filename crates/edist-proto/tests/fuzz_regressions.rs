@@ -1,0 +1,31 @@
+//! Regression tests for inputs found by the fuzz targets in `fuzz/` (see `fuzz/README.md`).
+//! Each test names its target and holds the minimised input.
+
+use edist_proto::etf::{self, decode_versioned, Limits};
+
+fn walk_accepts(data: &[u8], limits: &Limits) -> bool {
+    match data.split_first() {
+        Some((&131, body)) => etf::skip(body, limits) == Ok(body.len()),
+        _ => false,
+    }
+}
+
+/// etf_term: `{{{}}}` under `max_depth: 3`. The walker accepted it (the empty tuple sits at
+/// depth 3, within the limit) but the decoder refused every compound at the limit, even one
+/// without children. Decoder and walker must accept the same terms.
+#[test]
+fn etf_term_empty_compound_at_the_depth_limit() {
+    let data = [131, 104, 1, 104, 1, 104, 0];
+    let limits = Limits { max_depth: 3, max_inflated: 1 << 16 };
+    assert!(walk_accepts(&data, &limits));
+    assert!(decode_versioned(&data, &limits).is_ok());
+    // One level more is over the limit for both.
+    let deeper = [131, 104, 1, 104, 1, 104, 1, 104, 0];
+    assert!(!walk_accepts(&deeper, &limits));
+    assert!(decode_versioned(&deeper, &limits).is_err());
+    // Empty maps and funs without free variables likewise.
+    for leaf in [&[116, 0, 0, 0, 0][..]] {
+        let data = [&[131, 104, 1, 104, 1][..], leaf].concat();
+        assert_eq!(walk_accepts(&data, &limits), decode_versioned(&data, &limits).is_ok());
+    }
+}
