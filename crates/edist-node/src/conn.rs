@@ -34,6 +34,8 @@ pub(crate) struct Conn {
     pub(crate) id: u64,
     pub(crate) peer: Atom,
     pub(crate) flags: DFlags,
+    /// Whether we dialled (rather than accepted) this connection.
+    pub(crate) outgoing: bool,
     tx: mpsc::Sender<(LaneId, Vec<Vec<u8>>)>,
     seq: Arc<AtomicU64>,
     closed: Arc<Closed>,
@@ -106,8 +108,36 @@ fn io_err(node: &Atom) -> impl Fn(std::io::Error) -> NodeError + '_ {
     move |e| NodeError::Io { node: node.to_string(), source: e }
 }
 
-/// Dials `node`: epmd lookup on its host, then the handshake as initiator.
-pub(crate) async fn dial(inner: Arc<Inner>, node: Atom) -> Result<Conn, NodeError> {
+/// Dials `node`: epmd lookup on its host, then the handshake as initiator. `abort` fires when
+/// the peer dialled us at the same moment and we let its attempt win (`ok_simultaneous`).
+pub(crate) async fn dial(inner: Arc<Inner>, node: Atom, abort: Arc<Notify>) -> Result<Conn, NodeError> {
+    let to = inner.cfg.setup_timeout;
+    let attempt = tokio::select! {
+        r = dial_attempt(&inner, &node) => r,
+        _ = abort.notified() => Err(NodeError::Handshake { node: node.to_string(), source: HandshakeError::Rejected(Status::OkSimultaneous) }),
+    };
+    match attempt {
+        Ok(c) => Ok(c),
+        // Simultaneous connect and the other attempt wins: wait for it to arrive.
+        Err(NodeError::Handshake {
+            source: HandshakeError::Rejected(Status::Nok | Status::OkSimultaneous | Status::Alive),
+            ..
+        }) => {
+            let deadline = Instant::now() + to;
+            while Instant::now() < deadline {
+                if let Some(c) = inner.conn_if_up(&node) {
+                    return Ok(c);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(NodeError::HandshakeTimeout(node.to_string()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn dial_attempt(inner: &Arc<Inner>, node: &Atom) -> Result<Conn, NodeError> {
+    let node = node.clone();
     let (alive, host) = split_node(node.as_str())?;
     let to = inner.cfg.setup_timeout;
     let host_addr = timeout(to, tokio::net::lookup_host((host, inner.cfg.epmd_port)))
@@ -132,21 +162,8 @@ pub(crate) async fn dial(inner: Arc<Inner>, node: Atom) -> Result<Conn, NodeErro
         challenge: rand::random(),
         peer: node.to_string(),
     });
-    match initiate(&mut stream, hs, to, &node).await {
-        Ok((c, rest)) => Ok(start_connection(inner, stream, c, rest)),
-        Err(NodeError::Handshake { source: HandshakeError::Rejected(Status::Nok), .. }) => {
-            // Simultaneous connect and the peer keeps its own attempt: wait for it to arrive.
-            let deadline = Instant::now() + to;
-            while Instant::now() < deadline {
-                if let Some(c) = inner.conn_if_up(&node) {
-                    return Ok(c);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(NodeError::HandshakeTimeout(node.to_string()))
-        }
-        Err(e) => Err(e),
-    }
+    let (c, rest) = initiate(inner, &mut stream, hs, to, &node).await?;
+    Ok(start_connection(inner.clone(), stream, c, rest, true))
 }
 
 async fn read_some(stream: &mut TcpStream, buf: &mut [u8], to: Duration, node: &Atom) -> Result<usize, NodeError> {
@@ -159,6 +176,7 @@ async fn read_some(stream: &mut TcpStream, buf: &mut [u8], to: Duration, node: &
 }
 
 async fn initiate(
+    inner: &Inner,
     stream: &mut TcpStream,
     mut hs: Initiator,
     to: Duration,
@@ -173,7 +191,20 @@ async fn initiate(
             stream.write_all(&out).await.map_err(io_err(node))?;
         }
         match hs.poll().map_err(herr)? {
-            Some(InitiatorEvent::Status(Status::Alive)) => hs.answer_alive(true).map_err(herr)?,
+            Some(InitiatorEvent::Status(Status::Alive)) => {
+                let busy = {
+                    let st = inner.lock();
+                    st.conns.contains_key(node) || st.accepting.contains(node)
+                };
+                if busy {
+                    // A connection from the peer is up or coming up: keep that one.
+                    hs.answer_alive(false).map_err(herr)?;
+                    let _ = stream.write_all(&hs.take_output()).await;
+                    return Err(herr(HandshakeError::Rejected(Status::Alive)));
+                }
+                // The peer still holds a connection we no longer have: it is dead, replace it.
+                hs.answer_alive(true).map_err(herr)?;
+            }
             Some(InitiatorEvent::Status(st @ (Status::Nok | Status::NotAllowed))) => {
                 return Err(herr(HandshakeError::Rejected(st)));
             }
@@ -210,7 +241,21 @@ pub(crate) async fn accept_loop(inner: Weak<Inner>, listener: TcpListener) {
     }
 }
 
-async fn accept(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), NodeError> {
+async fn accept(inner: Arc<Inner>, stream: TcpStream) -> Result<(), NodeError> {
+    let mut peer = None;
+    let r = accept_handshake(&inner, stream, &mut peer).await;
+    if let Some(p) = peer {
+        inner.lock().accepting.remove(&p);
+    }
+    r
+}
+
+/// The acceptor's handshake; `accepting` names the peer once known (for simultaneous connects).
+async fn accept_handshake(
+    inner: &Arc<Inner>,
+    mut stream: TcpStream,
+    accepting: &mut Option<Atom>,
+) -> Result<(), NodeError> {
     let _ = stream.set_nodelay(true);
     let to = inner.cfg.setup_timeout;
     let unknown = Atom::from("(incoming)");
@@ -233,8 +278,31 @@ async fn accept(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), NodeErro
         match ev.map_err(herr)? {
             Some(AcceptorEvent::Name { name, .. }) => {
                 peer = Atom::from(name.as_str());
-                let status = if inner.conn_if_up(&peer).is_some() { Status::Alive } else { Status::Ok };
+                let status = {
+                    let mut st = inner.lock();
+                    st.accepting.insert(peer.clone());
+                    *accepting = Some(peer.clone());
+                    if st.conns.contains_key(&peer) {
+                        Status::Alive
+                    } else if let Some(abort) = st.dialing.get(&peer) {
+                        // Both sides dial at once: the greater name keeps its own attempt
+                        // (net_kernel's rule); the smaller gives way and drops its own.
+                        if inner.name.as_str() > peer.as_str() {
+                            Status::Nok
+                        } else {
+                            abort.notify_one();
+                            Status::OkSimultaneous
+                        }
+                    } else {
+                        Status::Ok
+                    }
+                };
+                let stop = status == Status::Nok;
                 hs.respond(status).map_err(|e| NodeError::Handshake { node: peer.to_string(), source: e })?;
+                if stop {
+                    stream.write_all(&hs.take_output()).await.map_err(io_err(&peer))?;
+                    return Ok(());
+                }
             }
             Some(AcceptorEvent::AliveAnswer(true)) => {
                 if let Some(old) = inner.conn_if_up(&peer) {
@@ -246,7 +314,7 @@ async fn accept(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), NodeErro
                 let c = hs.complete().map_err(herr)?;
                 stream.write_all(&hs.take_output()).await.map_err(io_err(&peer))?;
                 let rest = hs.take_remaining();
-                start_connection(inner, stream, c, rest);
+                start_connection(inner.clone(), stream, c, rest, false);
                 return Ok(());
             }
             None => {
@@ -259,7 +327,7 @@ async fn accept(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), NodeErro
 }
 
 /// Registers a connected stream and starts its reader and writer.
-fn start_connection(inner: Arc<Inner>, stream: TcpStream, c: Connected, rest: Vec<u8>) -> Conn {
+fn start_connection(inner: Arc<Inner>, stream: TcpStream, c: Connected, rest: Vec<u8>, outgoing: bool) -> Conn {
     let peer = Atom::from(c.peer.as_str());
     info!(peer = %peer, flags = format!("{:#x}", c.flags.0), "connected");
     let (tx, rx) = mpsc::channel(64);
@@ -267,11 +335,12 @@ fn start_connection(inner: Arc<Inner>, stream: TcpStream, c: Connected, rest: Ve
         id: CONN_IDS.fetch_add(1, Ordering::Relaxed),
         peer: peer.clone(),
         flags: c.flags,
+        outgoing,
         tx,
         seq: Arc::new(AtomicU64::new(1)),
         closed: Arc::new(Closed::default()),
     };
-    inner.add_conn(peer.clone(), conn.clone());
+    let winner = inner.add_conn(peer.clone(), conn.clone());
     let (r, w) = stream.into_split();
     let tick = (inner.cfg.tick_time / 4).min(Duration::from_secs(15));
     tokio::spawn(writer(w, rx, conn.closed.clone(), tick, Arc::downgrade(&inner)));
@@ -286,7 +355,7 @@ fn start_connection(inner: Arc<Inner>, stream: TcpStream, c: Connected, rest: Ve
         conn2.close();
         inner2.connection_lost(&conn2.peer, conn2.id);
     });
-    conn
+    winner
 }
 
 /// Writes queued messages, interleaving the fragments of different senders (see [`Lanes`]),
@@ -367,7 +436,8 @@ async fn reader(
 ) -> Result<(), ReadError> {
     let max = inner.cfg.max_message;
     let decoder = FrameDecoder::new(max + 64);
-    let mut reasm = Reassembler::new(4096, max, max.saturating_mul(2));
+    // At most `max` bytes buffered across all messages being reassembled on this connection.
+    let mut reasm = Reassembler::new(4096, max, max);
     let mut cache = AtomCache::default();
     let limits = Limits { max_inflated: max, ..Limits::default() };
     let mut buf = BytesMut::with_capacity(64 * 1024);

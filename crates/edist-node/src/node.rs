@@ -44,7 +44,7 @@ impl NodeConfig {
             epmd_port: epmd::default_epmd_port(),
             setup_timeout: Duration::from_secs(7),
             tick_time: Duration::from_secs(60),
-            max_message: 1 << 30,
+            max_message: 256 << 20,
         }
     }
 }
@@ -64,6 +64,10 @@ pub(crate) struct State {
     procs: HashMap<u32, Proc>,
     names: HashMap<Atom, u32>,
     pub(crate) conns: HashMap<Atom, Conn>,
+    /// Nodes we are dialling right now (for simultaneous-connect resolution).
+    pub(crate) dialing: HashMap<Atom, Arc<tokio::sync::Notify>>,
+    /// Nodes whose incoming handshake is in progress.
+    pub(crate) accepting: HashSet<Atom>,
 }
 
 /// Shared state of a node; connection tasks and mailboxes hold an `Arc` of it.
@@ -335,17 +339,35 @@ impl Inner {
         if let Some(c) = self.lock().conns.get(node) {
             return Ok(c.clone());
         }
-        conn::dial(self.clone(), node.clone()).await
+        let abort = Arc::new(tokio::sync::Notify::new());
+        self.lock().dialing.insert(node.clone(), abort.clone());
+        let r = conn::dial(self.clone(), node.clone(), abort).await;
+        self.lock().dialing.remove(node);
+        r
     }
 
     pub(crate) fn conn_if_up(&self, node: &Atom) -> Option<Conn> {
         self.lock().conns.get(node).cloned()
     }
 
-    pub(crate) fn add_conn(&self, node: Atom, c: Conn) {
-        if let Some(old) = self.lock().conns.insert(node, c) {
+    /// Registers a new connection. When both nodes dialled each other and both attempts got
+    /// through, both sides keep the one the greater node name initiated and close the other;
+    /// otherwise the new connection replaces the old (a reconnect).
+    pub(crate) fn add_conn(&self, node: Atom, c: Conn) -> Conn {
+        let mut st = self.lock();
+        if let Some(old) = st.conns.get(&node) {
+            let we_are_greater = self.name.as_str() > node.as_str();
+            if old.outgoing != c.outgoing && old.outgoing == we_are_greater {
+                let old = old.clone();
+                drop(st);
+                c.close();
+                return old;
+            }
+        }
+        if let Some(old) = st.conns.insert(node, c.clone()) {
             old.close();
         }
+        c
     }
 
     pub(crate) async fn send_to_pid(self: &Arc<Self>, from: &Pid, to: &Pid, msg: Term) -> Result<(), NodeError> {
@@ -561,8 +583,14 @@ impl Inner {
         let mut events = Vec::new();
         {
             let mut st = self.lock();
-            if st.conns.get(node).map(|c| c.id) == Some(conn_id) {
-                st.conns.remove(node);
+            match st.conns.get(node).map(|c| c.id) {
+                Some(id) if id == conn_id => {
+                    st.conns.remove(node);
+                }
+                // A duplicate that lost to another connection to the same node: the links
+                // and monitors live on the other one.
+                Some(_) => return,
+                None => {}
             }
             for (id, p) in st.procs.iter_mut() {
                 let gone: Vec<Pid> = p.links.iter().filter(|l| l.node == *node).cloned().collect();

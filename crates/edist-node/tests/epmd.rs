@@ -96,14 +96,9 @@ async fn register_lookup_duplicate_unregister() -> Result<()> {
     assert_eq!(reg.port(), 9999);
 
     let names = epmd::names(addr).await?;
-    assert!(
-        names.contains(&("edist_probe".to_string(), 9999)),
-        "{names:?}"
-    );
+    assert!(names.contains(&("edist_probe".to_string(), 9999)), "{names:?}");
 
-    let info = epmd::port_please(addr, "edist_probe")
-        .await?
-        .context("registered name not found")?;
+    let info = epmd::port_please(addr, "edist_probe").await?.context("registered name not found")?;
     assert_eq!(info.port, 9999);
     assert_eq!(info.node_type, NODE_TYPE_NORMAL);
     assert_eq!(info.protocol, 0);
@@ -119,27 +114,16 @@ async fn register_lookup_duplicate_unregister() -> Result<()> {
         }
         other => panic!("expected NameTaken, got {other:?}"),
     }
-    let err = epmd::register(addr, "edist_probe", 10000, false)
-        .await
-        .err()
-        .context("second register succeeded")?;
+    let err = epmd::register(addr, "edist_probe", 10000, false).await.err().context("second register succeeded")?;
     assert!(err.to_string().contains("already taken"), "{err}");
     // The refused attempt did not disturb the original.
-    assert_eq!(
-        epmd::port_please(addr, "edist_probe")
-            .await?
-            .map(|i| i.port),
-        Some(9999)
-    );
+    assert_eq!(epmd::port_please(addr, "edist_probe").await?.map(|i| i.port), Some(9999));
 
     // Dropping the registration closes the socket and epmd forgets the name.
     let first_creation = reg.creation;
     drop(reg);
     poll_until(Duration::from_secs(5), "name to disappear", || async {
-        let gone = !epmd::names(addr)
-            .await?
-            .iter()
-            .any(|(n, _)| n == "edist_probe");
+        let gone = !epmd::names(addr).await?.iter().any(|(n, _)| n == "edist_probe");
         let unknown = epmd::port_please(addr, "edist_probe").await?.is_none();
         Ok((gone && unknown).then_some(()))
     })
@@ -148,12 +132,7 @@ async fn register_lookup_duplicate_unregister() -> Result<()> {
     // The name is free again, and the new incarnation gets a different creation.
     let again = epmd::register(addr, "edist_probe", 9998, false).await?;
     assert_ne!(again.creation, first_creation);
-    assert_eq!(
-        epmd::port_please(addr, "edist_probe")
-            .await?
-            .map(|i| i.port),
-        Some(9998)
-    );
+    assert_eq!(epmd::port_please(addr, "edist_probe").await?.map(|i| i.port), Some(9998));
     drop(again);
 
     epmd.stop().await
@@ -168,9 +147,7 @@ async fn unknown_name_and_hidden_node() -> Result<()> {
     assert_eq!(epmd::names(addr).await?, vec![]);
 
     let reg = epmd::register(addr, "edist_hidden", 4242, true).await?;
-    let info = epmd::port_please(addr, "edist_hidden")
-        .await?
-        .context("hidden node not found")?;
+    let info = epmd::port_please(addr, "edist_hidden").await?.context("hidden node not found")?;
     assert_eq!(info.node_type, NODE_TYPE_HIDDEN);
     assert!(info.is_hidden());
     assert_eq!(info.port, 4242);
@@ -180,10 +157,7 @@ async fn unknown_name_and_hidden_node() -> Result<()> {
         epmd::port_please(addr, "edist_hidden@localhost").await,
         Err(EpmdClientError::InvalidRequest { .. })
     ));
-    assert!(matches!(
-        epmd::register(addr, "", 1, false).await,
-        Err(EpmdClientError::InvalidRequest { .. })
-    ));
+    assert!(matches!(epmd::register(addr, "", 1, false).await, Err(EpmdClientError::InvalidRequest { .. })));
 
     // epmd going away ends the registration, and `closed` reports it.
     let mut reg = reg;
@@ -220,35 +194,18 @@ async fn real_erl_node_is_found() -> Result<()> {
     .await?;
     assert_ne!(info.port, 0);
     assert_eq!(info.node_type, NODE_TYPE_NORMAL);
-    assert!(
-        info.high >= 6,
-        "OTP 25+ registers high version 6, got {}",
-        info.high
-    );
+    assert!(info.high >= 6, "OTP 25+ registers high version 6, got {}", info.high);
     assert_eq!(info.name, "edist_epmd_x");
     let names = epmd::names(addr).await?;
-    assert!(
-        names.contains(&("edist_epmd_x".to_string(), info.port)),
-        "{names:?}"
-    );
+    assert!(names.contains(&("edist_epmd_x".to_string(), info.port)), "{names:?}");
 
     // The name is taken while erl runs.
-    assert!(matches!(
-        epmd::register(addr, "edist_epmd_x", 1, false).await,
-        Err(EpmdClientError::NameTaken { .. })
-    ));
+    assert!(matches!(epmd::register(addr, "edist_epmd_x", 1, false).await, Err(EpmdClientError::NameTaken { .. })));
 
     erl.kill().await?;
-    poll_until(
-        Duration::from_secs(5),
-        "erl's name to disappear",
-        || async {
-            Ok(epmd::port_please(addr, "edist_epmd_x")
-                .await?
-                .is_none()
-                .then_some(()))
-        },
-    )
+    poll_until(Duration::from_secs(5), "erl's name to disappear", || async {
+        Ok(epmd::port_please(addr, "edist_epmd_x").await?.is_none().then_some(()))
+    })
     .await?;
     epmd.stop().await
 }
@@ -256,10 +213,7 @@ async fn real_erl_node_is_found() -> Result<()> {
 #[tokio::test]
 async fn env_port_default() {
     // Only reads the environment; other tests never set ERL_EPMD_PORT in-process.
-    let expected = std::env::var("ERL_EPMD_PORT")
-        .ok()
-        .and_then(|v| v.trim().parse::<u16>().ok())
-        .filter(|p| *p != 0);
+    let expected = std::env::var("ERL_EPMD_PORT").ok().and_then(|v| v.trim().parse::<u16>().ok()).filter(|p| *p != 0);
     assert_eq!(epmd::default_epmd_port(), expected.unwrap_or(4369));
     assert_eq!(epmd::default_epmd_addr().port(), epmd::default_epmd_port());
 }
@@ -289,11 +243,7 @@ async fn silent_or_closing_server_gives_errors_not_hangs() -> Result<()> {
             other => panic!("expected Timeout, got {other:?}"),
         }
     }
-    ensure!(
-        started.elapsed() < Duration::from_secs(3),
-        "timeouts took {:?}",
-        started.elapsed()
-    );
+    ensure!(started.elapsed() < Duration::from_secs(3), "timeouts took {:?}", started.elapsed());
     hold.abort();
 
     // A "server" that accepts and closes at once.
@@ -305,21 +255,12 @@ async fn silent_or_closing_server_gives_errors_not_hangs() -> Result<()> {
         }
     });
     let client = EpmdClient::new(closing_addr).with_timeout(Duration::from_secs(2));
-    assert!(matches!(
-        client.port_please("x").await,
-        Err(EpmdClientError::Closed { .. } | EpmdClientError::Io { .. })
-    ));
-    assert!(matches!(
-        client.names().await,
-        Err(EpmdClientError::Closed { .. } | EpmdClientError::Io { .. })
-    ));
+    assert!(matches!(client.port_please("x").await, Err(EpmdClientError::Closed { .. } | EpmdClientError::Io { .. })));
+    assert!(matches!(client.names().await, Err(EpmdClientError::Closed { .. } | EpmdClientError::Io { .. })));
     closer.abort();
 
     // Nothing listening at all.
     let nobody = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-    assert!(matches!(
-        epmd::names(nobody).await,
-        Err(EpmdClientError::Connect { .. })
-    ));
+    assert!(matches!(epmd::names(nobody).await, Err(EpmdClientError::Connect { .. })));
     Ok(())
 }

@@ -78,9 +78,8 @@ async fn hostile_peers_lose_only_their_own_connection() -> Result<()> {
     let port = node_port(&epmd, &node).await?;
     // A well-behaved OTP peer stays connected throughout and keeps sending.
     let me = node.name().to_string();
-    let eval = format!(
-        "spawn(fun L() -> {{inbox, '{me}'}} ! {{tick, self()}}, receive stop -> ok after 50 -> L() end end)"
-    );
+    let eval =
+        format!("spawn(fun L() -> {{inbox, '{me}'}} ! {{tick, self()}}, receive stop -> ok after 50 -> L() end end)");
     let erl = Erl::start(&epmd, &unique("otp"), "hc", &eval).await?;
     ensure!(matches!(inbox.recv_message(T).await?.as_tuple(), Some([t, _]) if *t == Term::atom("tick")));
 

@@ -88,10 +88,7 @@ pub enum EpmdError {
     ExtraTooLong(usize),
     /// A length field inside a request points beyond the request's end.
     #[error("malformed {what}: {reason}")]
-    Malformed {
-        what: &'static str,
-        reason: &'static str,
-    },
+    Malformed { what: &'static str, reason: &'static str },
     /// Bytes remain inside a request frame after the request.
     #[error("{count} trailing bytes after {what}")]
     TrailingBytes { what: &'static str, count: usize },
@@ -207,11 +204,7 @@ impl Alive2Req {
     pub fn new(name: impl Into<String>, port: u16, hidden: bool) -> Self {
         Alive2Req {
             port,
-            node_type: if hidden {
-                NODE_TYPE_HIDDEN
-            } else {
-                NODE_TYPE_NORMAL
-            },
+            node_type: if hidden { NODE_TYPE_HIDDEN } else { NODE_TYPE_NORMAL },
             protocol: PROTOCOL_TCP,
             high: DIST_HIGH,
             low: DIST_LOW,
@@ -275,10 +268,8 @@ impl Request {
             Request::Names | Request::Dump | Request::Kill => {}
         }
         // The limits above keep the body far below MAX_REQUEST_LEN.
-        let len = u16::try_from(body.len()).map_err(|_| EpmdError::RequestTooLarge {
-            len: body.len(),
-            max: MAX_REQUEST_LEN,
-        })?;
+        let len = u16::try_from(body.len())
+            .map_err(|_| EpmdError::RequestTooLarge { len: body.len(), max: MAX_REQUEST_LEN })?;
         let mut out = Vec::with_capacity(body.len() + 2);
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&body);
@@ -296,10 +287,7 @@ impl Request {
             return Err(EpmdError::EmptyRequest);
         }
         if len > MAX_REQUEST_LEN {
-            return Err(EpmdError::RequestTooLarge {
-                len,
-                max: MAX_REQUEST_LEN,
-            });
+            return Err(EpmdError::RequestTooLarge { len, max: MAX_REQUEST_LEN });
         }
         let Some(body) = c.take(len) else {
             return Ok(None);
@@ -314,10 +302,7 @@ impl Request {
         let req = match tag {
             ALIVE2_REQ => {
                 const WHAT: &str = "ALIVE2_REQ";
-                let short = EpmdError::Malformed {
-                    what: WHAT,
-                    reason: "shorter than its fields",
-                };
+                let short = EpmdError::Malformed { what: WHAT, reason: "shorter than its fields" };
                 let port = c.u16().ok_or_else(|| short.clone())?;
                 let node_type = c.u8().ok_or_else(|| short.clone())?;
                 let protocol = c.u8().ok_or_else(|| short.clone())?;
@@ -327,10 +312,8 @@ impl Request {
                 if nlen > MAX_NAME_LEN {
                     return Err(EpmdError::InvalidName("longer than 255 characters"));
                 }
-                let name = c.take(nlen).ok_or(EpmdError::Malformed {
-                    what: WHAT,
-                    reason: "name length beyond the end",
-                })?;
+                let name =
+                    c.take(nlen).ok_or(EpmdError::Malformed { what: WHAT, reason: "name length beyond the end" })?;
                 let name = name_from_bytes(name)?;
                 let elen = usize::from(c.u16().ok_or_else(|| short.clone())?);
                 if elen > MAX_EXTRA_LEN {
@@ -338,21 +321,10 @@ impl Request {
                 }
                 let extra = c
                     .take(elen)
-                    .ok_or(EpmdError::Malformed {
-                        what: WHAT,
-                        reason: "extra length beyond the end",
-                    })?
+                    .ok_or(EpmdError::Malformed { what: WHAT, reason: "extra length beyond the end" })?
                     .to_vec();
                 no_trailing(&c, WHAT)?;
-                Request::Alive2(Alive2Req {
-                    port,
-                    node_type,
-                    protocol,
-                    high,
-                    low,
-                    name,
-                    extra,
-                })
+                Request::Alive2(Alive2Req { port, node_type, protocol, high, low, name, extra })
             }
             PORT_PLEASE2_REQ => {
                 let mut name = c.rest();
@@ -360,13 +332,9 @@ impl Request {
                 if let Some((0, head)) = name.split_last() {
                     name = head;
                 }
-                Request::PortPlease2 {
-                    name: name_from_bytes(name)?,
-                }
+                Request::PortPlease2 { name: name_from_bytes(name)? }
             }
-            STOP_REQ => Request::Stop {
-                name: name_from_bytes(c.rest())?,
-            },
+            STOP_REQ => Request::Stop { name: name_from_bytes(c.rest())? },
             NAMES_REQ | DUMP_REQ | KILL_REQ => {
                 let (req, what) = match tag {
                     NAMES_REQ => (Request::Names, "NAMES_REQ"),
@@ -417,8 +385,7 @@ impl Alive2Resp {
 
     /// Server side: the old ALIVE2_RESP (`'y'`) form with a 16-bit creation.
     pub fn encode_v5(&self) -> Result<Vec<u8>, EpmdError> {
-        let creation =
-            u16::try_from(self.creation).map_err(|_| EpmdError::CreationTooLarge(self.creation))?;
+        let creation = u16::try_from(self.creation).map_err(|_| EpmdError::CreationTooLarge(self.creation))?;
         let mut out = Vec::with_capacity(4);
         out.push(ALIVE2_RESP);
         out.push(self.result);
@@ -433,21 +400,13 @@ impl Alive2Resp {
         let Some(result) = c.u8() else {
             return match tag {
                 ALIVE2_X_RESP | ALIVE2_RESP => Ok(None),
-                got => Err(EpmdError::UnexpectedTag {
-                    what: "ALIVE2 response",
-                    got,
-                }),
+                got => Err(EpmdError::UnexpectedTag { what: "ALIVE2 response", got }),
             };
         };
         let creation = match tag {
             ALIVE2_X_RESP => c.u32(),
             ALIVE2_RESP => c.u16().map(u32::from),
-            got => {
-                return Err(EpmdError::UnexpectedTag {
-                    what: "ALIVE2 response",
-                    got,
-                })
-            }
+            got => return Err(EpmdError::UnexpectedTag { what: "ALIVE2 response", got }),
         };
         Ok(creation.map(|creation| (Alive2Resp { result, creation }, c.pos)))
     }
@@ -497,8 +456,7 @@ impl Port2Resp {
             Port2Resp::Ok(info) => {
                 validate_name(&info.name)?;
                 check_extra(&info.extra)?;
-                let mut out =
-                    Vec::with_capacity(PORT2_FIXED + 2 + info.name.len() + info.extra.len());
+                let mut out = Vec::with_capacity(PORT2_FIXED + 2 + info.name.len() + info.extra.len());
                 out.extend_from_slice(&[PORT2_RESP, 0]);
                 out.extend_from_slice(&info.port.to_be_bytes());
                 out.push(info.node_type);
@@ -517,10 +475,7 @@ impl Port2Resp {
         let mut c = Cursor::new(buf);
         let Some(tag) = c.u8() else { return Ok(None) };
         if tag != PORT2_RESP {
-            return Err(EpmdError::UnexpectedTag {
-                what: "PORT2_RESP",
-                got: tag,
-            });
+            return Err(EpmdError::UnexpectedTag { what: "PORT2_RESP", got: tag });
         }
         let Some(result) = c.u8() else {
             return Ok(None);
@@ -549,15 +504,7 @@ impl Port2Resp {
         let Some(extra) = c.take(elen) else {
             return Ok(None);
         };
-        let info = NodeInfo {
-            port,
-            node_type,
-            protocol,
-            high,
-            low,
-            name,
-            extra: extra.to_vec(),
-        };
+        let info = NodeInfo { port, node_type, protocol, high, low, name, extra: extra.to_vec() };
         Ok(Some((Port2Resp::Ok(info), c.pos)))
     }
 }
@@ -620,12 +567,7 @@ impl NamesResp {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -660,52 +602,28 @@ mod tests {
 
     #[test]
     fn alive2_hidden_node_type() {
-        let bytes = Request::Alive2(Alive2Req::new("h", 1, true))
-            .encode()
-            .unwrap();
+        let bytes = Request::Alive2(Alive2Req::new("h", 1, true)).encode().unwrap();
         assert_eq!(bytes[5], NODE_TYPE_HIDDEN);
     }
 
     #[test]
     fn alive2_resp_v_matches_capture() {
         let bytes = hex("76 00 6b057b3e");
-        let resp = Alive2Resp {
-            result: 0,
-            creation: 1_795_521_342,
-        };
+        let resp = Alive2Resp { result: 0, creation: 1_795_521_342 };
         assert_eq!(Alive2Resp::decode(&bytes).unwrap(), Some((resp, 6)));
         assert_eq!(resp.encode(), bytes);
         // duplicate name
-        let dup = Alive2Resp::decode(&hex("76 01 00000063"))
-            .unwrap()
-            .unwrap()
-            .0;
-        assert_eq!(
-            dup,
-            Alive2Resp {
-                result: 1,
-                creation: 99
-            }
-        );
+        let dup = Alive2Resp::decode(&hex("76 01 00000063")).unwrap().unwrap().0;
+        assert_eq!(dup, Alive2Resp { result: 1, creation: 99 });
     }
 
     #[test]
     fn alive2_resp_old_y() {
         let bytes = hex("79 00 0003");
-        let resp = Alive2Resp {
-            result: 0,
-            creation: 3,
-        };
+        let resp = Alive2Resp { result: 0, creation: 3 };
         assert_eq!(Alive2Resp::decode(&bytes).unwrap(), Some((resp, 4)));
         assert_eq!(resp.encode_v5().unwrap(), bytes);
-        assert_eq!(
-            Alive2Resp {
-                result: 0,
-                creation: 70_000
-            }
-            .encode_v5(),
-            Err(EpmdError::CreationTooLarge(70_000))
-        );
+        assert_eq!(Alive2Resp { result: 0, creation: 70_000 }.encode_v5(), Err(EpmdError::CreationTooLarge(70_000)));
     }
 
     #[test]
@@ -716,10 +634,7 @@ mod tests {
         }
         // consumed excludes what follows
         assert_eq!(Alive2Resp::decode(&bytes).unwrap().unwrap().1, 6);
-        assert!(matches!(
-            Alive2Resp::decode(&[0x77]),
-            Err(EpmdError::UnexpectedTag { got: 0x77, .. })
-        ));
+        assert!(matches!(Alive2Resp::decode(&[0x77]), Err(EpmdError::UnexpectedTag { got: 0x77, .. })));
         assert!(Alive2Resp::decode(b"\x00\x00\x00\x00\x00\x00").is_err());
     }
 
@@ -727,10 +642,7 @@ mod tests {
     fn port2_resp_matches_capture() {
         let bytes = hex(PORT2_PROBE);
         let resp = Port2Resp::Ok(probe_info());
-        assert_eq!(
-            Port2Resp::decode(&bytes).unwrap(),
-            Some((resp.clone(), bytes.len()))
-        );
+        assert_eq!(Port2Resp::decode(&bytes).unwrap(), Some((resp.clone(), bytes.len())));
         assert_eq!(resp.encode().unwrap(), bytes);
         for n in 0..bytes.len() {
             assert_eq!(Port2Resp::decode(&bytes[..n]).unwrap(), None, "prefix {n}");
@@ -740,10 +652,7 @@ mod tests {
     #[test]
     fn port2_resp_unknown_matches_capture() {
         let bytes = hex("77 01");
-        assert_eq!(
-            Port2Resp::decode(&bytes).unwrap(),
-            Some((Port2Resp::Err(1), 2))
-        );
+        assert_eq!(Port2Resp::decode(&bytes).unwrap(), Some((Port2Resp::Err(1), 2)));
         assert_eq!(Port2Resp::Err(1).encode().unwrap(), bytes);
         assert_eq!(Port2Resp::Err(0).encode(), Err(EpmdError::ZeroErrorCode));
         assert!(Port2Resp::decode(&hex("76 01")).is_err());
@@ -757,20 +666,14 @@ mod tests {
         info.node_type = NODE_TYPE_HIDDEN;
         let resp = Port2Resp::Ok(info);
         let bytes = resp.encode().unwrap();
-        assert_eq!(
-            Port2Resp::decode(&bytes).unwrap(),
-            Some((resp, bytes.len()))
-        );
+        assert_eq!(Port2Resp::decode(&bytes).unwrap(), Some((resp, bytes.len())));
     }
 
     #[test]
     fn names_resp_matches_capture() {
         let mut bytes = hex("00001111");
         bytes.extend_from_slice(b"name probe at port 9999\n");
-        let resp = NamesResp {
-            epmd_port: 4369,
-            entries: vec![("probe".into(), 9999)],
-        };
+        let resp = NamesResp { epmd_port: 4369, entries: vec![("probe".into(), 9999)] };
         assert_eq!(NamesResp::decode_complete(&bytes).unwrap(), resp);
         assert_eq!(resp.encode().unwrap(), bytes);
     }
@@ -779,19 +682,11 @@ mod tests {
     fn names_resp_empty_and_several() {
         assert_eq!(
             NamesResp::decode_complete(&hex("00001111")).unwrap(),
-            NamesResp {
-                epmd_port: 4369,
-                entries: vec![]
-            }
+            NamesResp { epmd_port: 4369, entries: vec![] }
         );
-        let resp = NamesResp {
-            epmd_port: 4400,
-            entries: vec![("a".into(), 1), ("b_c".into(), 65535), ("d".into(), 40000)],
-        };
-        assert_eq!(
-            NamesResp::decode_complete(&resp.encode().unwrap()).unwrap(),
-            resp
-        );
+        let resp =
+            NamesResp { epmd_port: 4400, entries: vec![("a".into(), 1), ("b_c".into(), 65535), ("d".into(), 40000)] };
+        assert_eq!(NamesResp::decode_complete(&resp.encode().unwrap()).unwrap(), resp);
     }
 
     #[test]
@@ -801,38 +696,14 @@ mod tests {
             b.extend_from_slice(text);
             NamesResp::decode_complete(&b)
         };
-        assert_eq!(
-            with(b"name probe at port 9999"),
-            Err(EpmdError::Truncated("NAMES response"))
-        );
-        assert_eq!(
-            with(b"name probe at port 99999\n"),
-            Err(EpmdError::BadNamesLine { line: 1 })
-        );
-        assert_eq!(
-            with(b"name a at port 1\nnam b at port 2\n"),
-            Err(EpmdError::BadNamesLine { line: 2 })
-        );
-        assert_eq!(
-            with(b"name  at port 1\n"),
-            Err(EpmdError::BadNamesLine { line: 1 })
-        );
-        assert_eq!(
-            with(b"name a at port +1\n"),
-            Err(EpmdError::BadNamesLine { line: 1 })
-        );
-        assert_eq!(
-            with(b"name \xff at port 1\n"),
-            Err(EpmdError::BadNamesLine { line: 1 })
-        );
-        assert_eq!(
-            NamesResp::decode_complete(&[0, 0, 0x11]),
-            Err(EpmdError::Truncated("NAMES response"))
-        );
-        let bad = NamesResp {
-            epmd_port: 1,
-            entries: vec![("a\nb".into(), 1)],
-        };
+        assert_eq!(with(b"name probe at port 9999"), Err(EpmdError::Truncated("NAMES response")));
+        assert_eq!(with(b"name probe at port 99999\n"), Err(EpmdError::BadNamesLine { line: 1 }));
+        assert_eq!(with(b"name a at port 1\nnam b at port 2\n"), Err(EpmdError::BadNamesLine { line: 2 }));
+        assert_eq!(with(b"name  at port 1\n"), Err(EpmdError::BadNamesLine { line: 1 }));
+        assert_eq!(with(b"name a at port +1\n"), Err(EpmdError::BadNamesLine { line: 1 }));
+        assert_eq!(with(b"name \xff at port 1\n"), Err(EpmdError::BadNamesLine { line: 1 }));
+        assert_eq!(NamesResp::decode_complete(&[0, 0, 0x11]), Err(EpmdError::Truncated("NAMES response")));
+        let bad = NamesResp { epmd_port: 1, entries: vec![("a\nb".into(), 1)] };
         assert!(bad.encode().is_err());
     }
 
@@ -844,30 +715,18 @@ mod tests {
             Request::Alive2(Alive2Req::new("n", 0, false)),
             Request::Alive2(Alive2Req::new("ü".repeat(MAX_NAME_CHARS), 1, false)),
             Request::Alive2(full),
-            Request::PortPlease2 {
-                name: "probe".into(),
-            },
+            Request::PortPlease2 { name: "probe".into() },
             Request::Names,
             Request::Dump,
             Request::Kill,
-            Request::Stop {
-                name: "probe".into(),
-            },
+            Request::Stop { name: "probe".into() },
         ];
         for req in reqs {
             let bytes = req.encode().unwrap();
             assert!(bytes.len() - 2 <= MAX_REQUEST_LEN);
-            assert_eq!(
-                Request::decode(&bytes).unwrap(),
-                Some((req.clone(), bytes.len())),
-                "{req:?}"
-            );
+            assert_eq!(Request::decode(&bytes).unwrap(), Some((req.clone(), bytes.len())), "{req:?}");
             for n in 0..bytes.len() {
-                assert_eq!(
-                    Request::decode(&bytes[..n]).unwrap(),
-                    None,
-                    "{req:?} prefix {n}"
-                );
+                assert_eq!(Request::decode(&bytes[..n]).unwrap(), None, "{req:?} prefix {n}");
             }
             // A following request stays unconsumed.
             let mut two = bytes.clone();
@@ -881,34 +740,15 @@ mod tests {
         assert_eq!(Request::Names.encode().unwrap(), [0, 1, b'n']);
         assert_eq!(Request::Dump.encode().unwrap(), [0, 1, b'd']);
         assert_eq!(Request::Kill.encode().unwrap(), [0, 1, b'k']);
-        assert_eq!(
-            Request::PortPlease2 {
-                name: "probe".into()
-            }
-            .encode()
-            .unwrap(),
-            b"\x00\x06zprobe"
-        );
-        assert_eq!(
-            Request::Stop {
-                name: "probe".into()
-            }
-            .encode()
-            .unwrap(),
-            b"\x00\x06sprobe"
-        );
+        assert_eq!(Request::PortPlease2 { name: "probe".into() }.encode().unwrap(), b"\x00\x06zprobe");
+        assert_eq!(Request::Stop { name: "probe".into() }.encode().unwrap(), b"\x00\x06sprobe");
     }
 
     #[test]
     fn port_please_accepts_nul_terminator() {
         assert_eq!(
             Request::decode(b"\x00\x07zprobe\x00").unwrap(),
-            Some((
-                Request::PortPlease2 {
-                    name: "probe".into()
-                },
-                9
-            ))
+            Some((Request::PortPlease2 { name: "probe".into() }, 9))
         );
     }
 
@@ -917,85 +757,42 @@ mod tests {
         let enc = |name: &str| Request::PortPlease2 { name: name.into() }.encode();
         assert!(matches!(enc(""), Err(EpmdError::InvalidName(_))));
         assert!(matches!(enc("a\0b"), Err(EpmdError::InvalidName(_))));
-        assert!(matches!(
-            enc(&"x".repeat(256)),
-            Err(EpmdError::InvalidName(_))
-        ));
+        assert!(matches!(enc(&"x".repeat(256)), Err(EpmdError::InvalidName(_))));
         assert!(enc(&"x".repeat(255)).is_ok());
         let mut req = Alive2Req::new("n", 1, false);
         req.extra = vec![0; MAX_EXTRA_LEN + 1];
-        assert_eq!(
-            Request::Alive2(req).encode(),
-            Err(EpmdError::ExtraTooLong(MAX_EXTRA_LEN + 1))
-        );
-        assert!(
-            Request::Alive2(Alive2Req::new("x".repeat(70_000), 1, false))
-                .encode()
-                .is_err()
-        );
+        assert_eq!(Request::Alive2(req).encode(), Err(EpmdError::ExtraTooLong(MAX_EXTRA_LEN + 1)));
+        assert!(Request::Alive2(Alive2Req::new("x".repeat(70_000), 1, false)).encode().is_err());
     }
 
     #[test]
     fn decode_rejects_bad_requests() {
         assert_eq!(Request::decode(&[0, 0]), Err(EpmdError::EmptyRequest));
-        assert!(matches!(
-            Request::decode(&[0xff, 0xff]),
-            Err(EpmdError::RequestTooLarge { .. })
-        ));
-        assert_eq!(
-            Request::decode(b"\x00\x01q"),
-            Err(EpmdError::UnknownRequest(b'q'))
-        );
-        assert!(matches!(
-            Request::decode(b"\x00\x02nn"),
-            Err(EpmdError::TrailingBytes { .. })
-        ));
-        assert!(matches!(
-            Request::decode(b"\x00\x01z"),
-            Err(EpmdError::InvalidName(_))
-        ));
-        assert!(matches!(
-            Request::decode(b"\x00\x03za\xff"),
-            Err(EpmdError::InvalidName(_))
-        ));
-        assert!(matches!(
-            Request::decode(b"\x00\x04za\x00b"),
-            Err(EpmdError::InvalidName(_))
-        ));
+        assert!(matches!(Request::decode(&[0xff, 0xff]), Err(EpmdError::RequestTooLarge { .. })));
+        assert_eq!(Request::decode(b"\x00\x01q"), Err(EpmdError::UnknownRequest(b'q')));
+        assert!(matches!(Request::decode(b"\x00\x02nn"), Err(EpmdError::TrailingBytes { .. })));
+        assert!(matches!(Request::decode(b"\x00\x01z"), Err(EpmdError::InvalidName(_))));
+        assert!(matches!(Request::decode(b"\x00\x03za\xff"), Err(EpmdError::InvalidName(_))));
+        assert!(matches!(Request::decode(b"\x00\x04za\x00b"), Err(EpmdError::InvalidName(_))));
         // ALIVE2 whose name length points past the frame
         let mut b = hex(ALIVE2_PROBE);
         b[12] = 0x40;
-        assert!(matches!(
-            Request::decode(&b),
-            Err(EpmdError::Malformed { .. })
-        ));
+        assert!(matches!(Request::decode(&b), Err(EpmdError::Malformed { .. })));
         // ALIVE2 with an over-long name length
         b[11] = 0x04;
         b[12] = 0x00;
-        assert!(matches!(
-            Request::decode(&b),
-            Err(EpmdError::InvalidName(_))
-        ));
+        assert!(matches!(Request::decode(&b), Err(EpmdError::InvalidName(_))));
         // ALIVE2 with an empty name
         let b = hex("000d 78 270f 4d 00 0006 0005 0000 0000");
-        assert!(matches!(
-            Request::decode(&b),
-            Err(EpmdError::InvalidName(_))
-        ));
+        assert!(matches!(Request::decode(&b), Err(EpmdError::InvalidName(_))));
         // ALIVE2 shorter than its fixed part
         let b = hex("0005 78 270f 4d 00");
-        assert!(matches!(
-            Request::decode(&b),
-            Err(EpmdError::Malformed { .. })
-        ));
+        assert!(matches!(Request::decode(&b), Err(EpmdError::Malformed { .. })));
         // ALIVE2 with bytes after the extra field
         let mut b = hex(ALIVE2_PROBE);
         b[1] += 1;
         b.push(0);
-        assert!(matches!(
-            Request::decode(&b),
-            Err(EpmdError::TrailingBytes { .. })
-        ));
+        assert!(matches!(Request::decode(&b), Err(EpmdError::TrailingBytes { .. })));
     }
 
     /// Deterministic xorshift so the garbage test needs no extra crate.

@@ -642,7 +642,6 @@ pub fn encode_message(control: &Control, payload: Option<&Term>) -> (Vec<u8>, Ve
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -177,7 +177,6 @@ pub fn frame_message(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::header::{parse_packet, AtomCache, Packet};
     use super::*;

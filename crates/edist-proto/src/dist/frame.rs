@@ -63,7 +63,6 @@ pub fn put_len(out: &mut Vec<u8>, len: usize) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

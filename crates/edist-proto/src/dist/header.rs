@@ -167,7 +167,6 @@ pub fn put_fragment_cont(out: &mut Vec<u8>, seq: u64, fragment: u64) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
