@@ -24,7 +24,8 @@ fn etf_term_empty_compound_at_the_depth_limit() {
     assert!(!walk_accepts(&deeper, &limits));
     assert!(decode_versioned(&deeper, &limits).is_err());
     // Empty maps and funs without free variables likewise.
-    for leaf in [&[116, 0, 0, 0, 0][..]] {
+    {
+        let leaf = &[116u8, 0, 0, 0, 0][..];
         let data = [&[131, 104, 1, 104, 1][..], leaf].concat();
         assert_eq!(walk_accepts(&data, &limits), decode_versioned(&data, &limits).is_ok());
     }
