@@ -3,69 +3,18 @@
 //! Every test runs its own private `epmd -port <free port>` as a child process (killed on drop),
 //! so the tests neither depend on nor disturb a system epmd on 4369.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+mod common;
+use common::{free_port, Epmd};
+
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use edist_node::epmd::{self, EpmdClient, EpmdClientError};
 use edist_proto::epmd::{NODE_TYPE_HIDDEN, NODE_TYPE_NORMAL};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::{sleep, Instant};
-
-/// A private epmd; killed when dropped.
-struct Epmd {
-    child: Child,
-    addr: SocketAddr,
-}
-
-fn free_port() -> Result<u16> {
-    let l = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(l.local_addr()?.port())
-}
-
-impl Epmd {
-    async fn start() -> Result<Epmd> {
-        // Picking a free port races with other processes; epmd exits at once (status 0) when
-        // its port is taken, so retry on that.
-        for _ in 0..5 {
-            let port = free_port()?;
-            let mut child = Command::new("epmd")
-                .args(["-port", &port.to_string(), "-relaxed_command_check"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .context("spawning epmd (is Erlang/OTP installed?)")?;
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if child.try_wait()?.is_some() {
-                    break; // port taken: try another
-                }
-                let client = EpmdClient::new(addr).with_timeout(Duration::from_secs(1));
-                if client.names().await.is_ok() {
-                    // Make sure it is *our* epmd that answered, not one already on that port.
-                    if child.try_wait()?.is_none() {
-                        return Ok(Epmd { child, addr });
-                    }
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("epmd on port {port} did not come up");
-                }
-                sleep(Duration::from_millis(20)).await;
-            }
-        }
-        bail!("could not start a private epmd")
-    }
-
-    async fn stop(mut self) -> Result<()> {
-        self.child.kill().await?;
-        Ok(())
-    }
-}
 
 /// Polls `f` until it returns `Some`, or fails after `within`.
 async fn poll_until<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Result<T>
@@ -88,7 +37,7 @@ where
 #[tokio::test]
 async fn register_lookup_duplicate_unregister() -> Result<()> {
     let epmd = Epmd::start().await?;
-    let addr = epmd.addr;
+    let addr = epmd.addr();
 
     let reg = epmd::register(addr, "edist_probe", 9999, false).await?;
     assert_ne!(reg.creation, 0, "creation 0 is reserved");
@@ -141,7 +90,7 @@ async fn register_lookup_duplicate_unregister() -> Result<()> {
 #[tokio::test]
 async fn unknown_name_and_hidden_node() -> Result<()> {
     let epmd = Epmd::start().await?;
-    let addr = epmd.addr;
+    let addr = epmd.addr();
 
     assert_eq!(epmd::port_please(addr, "no_such_node").await?, None);
     assert_eq!(epmd::names(addr).await?, vec![]);
@@ -171,7 +120,7 @@ async fn unknown_name_and_hidden_node() -> Result<()> {
 #[tokio::test]
 async fn real_erl_node_is_found() -> Result<()> {
     let epmd = Epmd::start().await?;
-    let addr = epmd.addr;
+    let addr = epmd.addr();
     let mut erl = Command::new("erl")
         .args(["-sname", "edist_epmd_x", "-setcookie", "c", "-noshell"])
         .env("ERL_EPMD_PORT", addr.port().to_string())

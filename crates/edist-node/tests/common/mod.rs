@@ -30,14 +30,14 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let l = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(l.local_addr()?.port())
 }
 
 /// A private epmd on a free port (killed on drop), so tests neither need nor disturb 4369.
 pub struct Epmd {
-    _child: Child,
+    child: Child,
     pub port: u16,
 }
 
@@ -47,7 +47,7 @@ impl Epmd {
         for _ in 0..5 {
             let port = free_port()?;
             let mut child = Command::new("epmd")
-                .args(["-port", &port.to_string()])
+                .args(["-port", &port.to_string(), "-relaxed_command_check"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -61,7 +61,11 @@ impl Epmd {
                     break; // port taken; epmd exits with status 0
                 }
                 if EpmdClient::new(addr).with_timeout(Duration::from_secs(1)).names().await.is_ok() {
-                    return Ok(Epmd { _child: child, port });
+                    // Make sure it is *our* epmd that answered, not one already on that port.
+                    if child.try_wait()?.is_none() {
+                        return Ok(Epmd { child, port });
+                    }
+                    break;
                 }
                 sleep(Duration::from_millis(20)).await;
             }
@@ -71,6 +75,12 @@ impl Epmd {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Kills it now (dropping does too).
+    pub async fn stop(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
     }
 }
 
