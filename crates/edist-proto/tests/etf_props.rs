@@ -58,7 +58,13 @@ fn leaf() -> impl Strategy<Value = Term> {
         2 => vec(any::<u8>(), 1..40).prop_map(Term::String),
         1 => "[ -~]{1,20}".prop_map(|s| Term::String(s.into_bytes())),
         2 => vec(any::<u8>(), 0..40).prop_map(Term::Binary),
-        1 => (vec(any::<u8>(), 1..8), 1u8..8).prop_map(|(data, bits)| Term::BitBinary { data, bits }),
+        1 => (vec(any::<u8>(), 1..8), 1u8..8).prop_map(|(mut data, bits)| {
+            // Canonical form: the padding bits of the last byte are zero (as OTP makes them).
+            if let Some(last) = data.last_mut() {
+                *last &= 0xffu8 << (8 - bits);
+            }
+            Term::BitBinary { data, bits }
+        }),
         1 => (atom(), atom(), any::<u8>()).prop_map(|(module, function, arity)| Term::Export { module, function, arity }),
     ]
 }

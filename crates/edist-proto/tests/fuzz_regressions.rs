@@ -30,3 +30,16 @@ fn etf_term_empty_compound_at_the_depth_limit() {
         assert_eq!(walk_accepts(&data, &limits), decode_versioned(&data, &limits).is_ok());
     }
 }
+
+/// Differences from OTP's binary_to_term found by the fuzzers' round-trip checks.
+#[test]
+fn decoder_normalises_like_otp() {
+    use edist_proto::Term;
+    let limits = Limits::default();
+    // <<7:3>> with garbage in the padding bits.
+    let t = decode_versioned(&[131, 77, 0, 0, 0, 1, 3, 255], &limits).unwrap();
+    assert_eq!(t, Term::BitBinary { data: vec![0xe0], bits: 3 });
+    // [1 | "ab"] is [1, 97, 98].
+    let t = decode_versioned(&[131, 108, 0, 0, 0, 1, 97, 1, 107, 0, 2, 97, 98], &limits).unwrap();
+    assert_eq!(t, Term::list([Term::Int(1), Term::Int(97), Term::Int(98)]));
+}

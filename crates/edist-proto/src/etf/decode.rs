@@ -154,7 +154,12 @@ impl<'l> Decoder<'l> {
                 if bits == 8 {
                     Term::Binary(data.to_vec())
                 } else {
-                    Term::BitBinary { data: data.to_vec(), bits }
+                    // Unused low bits of the last byte are padding: OTP zeroes them.
+                    let mut data = data.to_vec();
+                    if let Some(last) = data.last_mut() {
+                        *last &= 0xffu8 << (8 - bits);
+                    }
+                    Term::BitBinary { data, bits }
                 }
             }
             Token::Export { module, function, arity } => {
@@ -204,7 +209,19 @@ impl Open {
                     // LIST_EXT with zero elements: only the tail is the term.
                     tail
                 } else {
-                    Term::List(items, Box::new(tail))
+                    // `[1 | [2]]` and `[1 | "ab"]` are the lists `[1,2]` and `[1,97,98]`, as
+                    // OTP decodes them: a list tail joins the list.
+                    match tail {
+                        Term::List(more, t) => {
+                            items.extend(more);
+                            Term::List(items, t)
+                        }
+                        Term::String(s) => {
+                            items.extend(s.into_iter().map(|b| Term::Int(i64::from(b))));
+                            Term::List(items, Box::new(Term::Nil))
+                        }
+                        t => Term::List(items, Box::new(t)),
+                    }
                 }
             }
             Kind::Fun(mut f) => {
