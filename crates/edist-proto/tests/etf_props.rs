@@ -75,7 +75,9 @@ fn term() -> impl Strategy<Value = Term> {
             3 => vec(inner.clone(), 0..8).prop_map(Term::Tuple),
             3 => vec(inner.clone(), 1..8).prop_map(|items| Term::List(items, Box::new(Term::Nil))),
             1 => vec(-2i64..300, 1..8).prop_map(|v| Term::list(v.into_iter().map(Term::Int).collect::<Vec<_>>())),
-            2 => (vec(inner.clone(), 1..6), inner.clone()).prop_map(|(items, tail)| Term::List(items, Box::new(tail))),
+            // An improper tail is not itself a list: `[a | [b]]` is the proper list `[a, b]`.
+            2 => (vec(inner.clone(), 1..6), inner.clone().prop_filter("non-list tail", |t| !matches!(t, Term::Nil | Term::List(..) | Term::String(_))))
+                .prop_map(|(items, tail)| Term::List(items, Box::new(tail))),
             2 => vec((inner.clone(), inner.clone()), 0..6).prop_map(Term::Map),
             1 => (
                 any::<u8>(),
