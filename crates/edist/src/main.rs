@@ -7,6 +7,8 @@ use edist_proto::etf::text;
 use std::time::Duration;
 
 mod demo;
+mod erl_flags;
+mod status;
 
 #[derive(Parser)]
 #[command(name = "edist", version, about = "Erlang distribution through a Rust fabric")]
@@ -48,8 +50,36 @@ enum Cmd {
         #[command(flatten)]
         opts: NodeOpts,
     },
+    /// Manage the cluster PKI: one CA per cluster, one certificate per gateway.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
     /// Start a throw-away OTP node, then ping it and call into it from Rust (needs `erl`).
     Demo,
+    /// Run the gateway of this host (no config: a single host on defaults).
+    Gateway {
+        /// TOML configuration (see the README for every field).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+    /// Show a running gateway: local nodes, peer gateways, relays, bytes in/out.
+    Status {
+        /// The gateway's local control address.
+        #[arg(long, default_value = "127.0.0.1:4370")]
+        gateway: std::net::SocketAddr,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the VM flags that plug a stock `erl` into the local edist gateway, e.g.
+    /// `erl $(edist erl-flags) -sname a` or `export ERL_FLAGS="$(edist erl-flags)"`
+    /// (compiles the embedded edist_epmd module with `erlc` once, into ~/.cache/edist).
+    ErlFlags {
+        /// The gateway's local control address (default 127.0.0.1:4370).
+        #[arg(long, value_name = "HOST:PORT")]
+        gateway: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -89,7 +119,25 @@ fn run() -> Result<()> {
                 let v = me.rpc(&node, &module, &function, args, Duration::from_secs(opts.timeout)).await?;
                 println!("{v}");
             }
+            Cmd::Certs { cmd } => certs(cmd)?,
             Cmd::Demo => demo::run().await?,
+            Cmd::Gateway { config } => {
+                let cfg = match config {
+                    Some(p) => edist_gateway::config::Config::load(&p)?,
+                    None => edist_gateway::config::Config::default(),
+                };
+                let gw = edist_gateway::gateway::Gateway::start(cfg).await?;
+                eprintln!(
+                    "edist gateway {} listening: local {}, fabric {:?}",
+                    gw.status().name,
+                    gw.control_addr(),
+                    gw.fabric_addr()
+                );
+                tokio::signal::ctrl_c().await?;
+                gw.shutdown();
+            }
+            Cmd::Status { gateway, json } => status::run(gateway, json).await?,
+            Cmd::ErlFlags { gateway } => erl_flags::run(gateway.as_deref())?,
         }
         Ok(())
     })
@@ -108,4 +156,52 @@ async fn start_client(target: &str, opts: &NodeOpts) -> Result<Node> {
     cfg.listen = false;
     cfg.setup_timeout = Duration::from_secs(opts.timeout);
     Ok(Node::start(cfg).await?)
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create the cluster CA: DIR/ca.pem (give it to every gateway) and DIR/ca.key (keep it safe).
+    Init {
+        /// The certificate directory.
+        #[arg(long, default_value = "./edist-certs")]
+        dir: std::path::PathBuf,
+        /// The cluster name, recorded in the CA certificate.
+        #[arg(long, default_value = "edist")]
+        cluster: String,
+        /// Replace an existing CA (every certificate it issued stops being trusted).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue the certificate of gateway NAME from the CA in DIR: DIR/NAME.pem and DIR/NAME.key.
+    Issue {
+        /// The gateway name (a DNS name; the identity its peers see).
+        name: String,
+        /// The certificate directory.
+        #[arg(long, default_value = "./edist-certs")]
+        dir: std::path::PathBuf,
+        /// Days of validity.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Replace an existing certificate and key of that name.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn certs(cmd: CertsCmd) -> Result<()> {
+    use edist_gateway::pki;
+    match cmd {
+        CertsCmd::Init { dir, cluster, force } => {
+            let p = pki::init_ca(&dir, &cluster, &pki::CaOptions { force, ..Default::default() })?;
+            println!("wrote {} (cluster CA certificate for {cluster:?}: copy it to every gateway)", p.cert.display());
+            println!("wrote {} (CA private key, mode 0600: keep it off the gateways)", p.key.display());
+        }
+        CertsCmd::Issue { name, dir, days, force } => {
+            let p = pki::issue(&dir, &name, days, pki::IssueOptions { force, ..Default::default() })?;
+            println!("wrote {} (certificate of gateway {name:?}, valid {days} days)", p.cert.display());
+            println!("wrote {} (its private key, mode 0600)", p.key.display());
+            println!("gateway {name:?} needs {}, {} and {}", p.ca.display(), p.cert.display(), p.key.display());
+        }
+    }
+    Ok(())
 }

@@ -458,6 +458,11 @@ impl Acceptor {
         self.cfg.flags = flags;
     }
 
+    /// Replaces the creation we announce in the challenge (a relay announces the far side's).
+    pub fn set_creation(&mut self, creation: u32) {
+        self.cfg.creation = creation;
+    }
+
     /// Sends our status. For `Ok`, `OkSimultaneous` and `Named` the challenge follows at once;
     /// after `Alive` the initiator's answer comes as [`AcceptorEvent::AliveAnswer`]; `Nok` and
     /// `NotAllowed` end the handshake.

@@ -1,0 +1,439 @@
+%% edist_epmd: the `-epmd_module' that sends a stock OTP (25+) node's discovery to the local
+%% edist gateway instead of epmd.
+%%
+%%   erl -epmd_module edist_epmd -start_epmd false -pa DIR [-edist_gateway HOST:PORT] ...
+%%
+%% The gateway's local control port (default 127.0.0.1:4370) speaks the EPMD wire protocol,
+%% with one edist-specific meaning: PORT_PLEASE2_REQ carries the FULL node name ("b@hostB")
+%% and the answer is the loopback port where that node, or the gateway impersonating it,
+%% accepts distribution connections.
+%%
+%% * register_node/2,3: ALIVE2_REQ over a connection that stays open for the node's lifetime
+%%   (owned by the `edist_epmd' process); closing it unregisters the node. When the gateway
+%%   closes it, the process re-registers every 2 s, like erl_epmd does with epmd.
+%% * address_please/3: PORT_PLEASE2_REQ "Name@Host" on a fresh connection, short timeouts,
+%%   answers {ok, Loopback, Port, 6} so that port_please is never called.
+%% * names/0,1: NAMES_REQ.
+%%
+%% This module runs very early in boot: it uses only gen_tcp/inet, gen_server and plain term
+%% handling (no `file').
+-module(edist_epmd).
+-behaviour(gen_server).
+
+-export([start_link/0, register_node/2, register_node/3, listen_port_please/2,
+         address_please/3, port_please/2, port_please/3, names/0, names/1]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2, code_change/3]).
+
+-define(DEFAULT_GATEWAY, "127.0.0.1:4370").
+%% Registration: connect and answer timeouts.
+-define(REG_TIMEOUT, 2000).
+%% Look-ups (address_please, port_please, names): whole exchange.
+-define(LOOKUP_TIMEOUT, 1000).
+%% Re-registration period after the gateway closed the registration socket.
+-define(RETRY_MS, 2000).
+%% Largest NAMES answer accepted.
+-define(MAX_NAMES_BYTES, 1048576).
+-define(ALIVE2_REQ, $x).
+-define(ALIVE2_X_RESP, $v).
+-define(ALIVE2_RESP, $y).
+-define(PORT_PLEASE2_REQ, $z).
+-define(PORT2_RESP, $w).
+-define(NAMES_REQ, $n).
+
+-record(state, {socket = undefined, name, port}).
+
+%%% ---------------------------------------------------------------------------------------
+%%% -epmd_module callbacks
+
+start_link() ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+register_node(Name, Port) ->
+    register_node(Name, Port, inet_tcp).
+
+register_node(Name, Port, _Driver) ->
+    gen_server:call(?MODULE, {register, to_string(Name), Port}, infinity).
+
+listen_port_please(_Name, _Host) ->
+    {ok, 0}.
+
+address_please(Name, Host, Family) ->
+    case lookup(full_name(Name, Host)) of
+        {ok, Port} -> {ok, loopback(Family), Port, 6};
+        error -> {error, nxdomain}
+    end.
+
+port_please(Name, Host) ->
+    port_please(Name, Host, ?LOOKUP_TIMEOUT).
+
+port_please(Name, Host, _Timeout) ->
+    case lookup(full_name(Name, Host)) of
+        {ok, Port} -> {port, Port, 6};
+        error -> noport
+    end.
+
+names() ->
+    names(local_host()).
+
+names(Host) ->
+    case is_local_host(Host) of
+        true -> gateway_names();
+        false -> {error, address}
+    end.
+
+%%% ---------------------------------------------------------------------------------------
+%%% gen_server: owns the registration socket
+
+init([]) ->
+    {ok, #state{}}.
+
+handle_call({register, Name, Port}, _From, #state{socket = undefined} = State) ->
+    case do_register(Name, Port) of
+        {ok, Socket, Creation} ->
+            {reply, {ok, Creation}, State#state{socket = Socket, name = Name, port = Port}};
+        {error, duplicate_name} = Error ->
+            {reply, Error, State};
+        {error, Reason} ->
+            log_unreachable(Reason),
+            {reply, {error, {edist_gateway_unreachable, gateway_string(), Reason}}, State}
+    end;
+handle_call({register, _Name, _Port}, _From, State) ->
+    {reply, {error, already_registered}, State};
+handle_call(_Request, _From, State) ->
+    {reply, {error, badarg}, State}.
+
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+handle_info({tcp_closed, Socket}, #state{socket = Socket} = State) ->
+    lost(State);
+handle_info({tcp_error, Socket, _Reason}, #state{socket = Socket} = State) ->
+    gen_tcp:close(Socket),
+    lost(State);
+handle_info({tcp, Socket, _Data}, #state{socket = Socket} = State) ->
+    %% The gateway has nothing to say on this socket; ignore whatever arrives.
+    {noreply, State};
+handle_info(reregister, #state{socket = undefined, name = Name, port = Port} = State)
+  when Name =/= undefined ->
+    case do_register(Name, Port) of
+        {ok, Socket, _Creation} ->
+            error_logger:info_msg("edist_epmd: registered ~ts again with the edist gateway at ~ts~n",
+                                  [Name, gateway_string()]),
+            {noreply, State#state{socket = Socket}};
+        {error, _} ->
+            erlang:send_after(?RETRY_MS, self(), reregister),
+            {noreply, State}
+    end;
+handle_info(_Msg, State) ->
+    {noreply, State}.
+
+terminate(_Reason, #state{socket = undefined}) ->
+    ok;
+terminate(_Reason, #state{socket = Socket}) ->
+    gen_tcp:close(Socket),
+    ok.
+
+code_change(_OldVsn, State, _Extra) ->
+    {ok, State}.
+
+lost(#state{name = Name} = State) ->
+    error_logger:warning_msg("edist_epmd: the edist gateway at ~ts closed the registration of ~ts; "
+                             "re-registering every ~b ms~n",
+                             [gateway_string(), Name, ?RETRY_MS]),
+    erlang:send_after(?RETRY_MS, self(), reregister),
+    {noreply, State#state{socket = undefined}}.
+
+log_unreachable(Reason) ->
+    Line = io_lib:format("edist_epmd: cannot reach the edist gateway at ~ts: ~0p "
+                         "(is `edist gateway` running?)~n",
+                         [gateway_string(), Reason]),
+    case boot_time_distribution() of
+        true ->
+            %% erl -sname/-name: net_kernel halts the VM right after this error, before the
+            %% logger prints anything, so write straight to stderr.
+            catch erlang:display_string(lists:flatten(Line)),
+            ok;
+        false ->
+            error_logger:error_msg("~ts", [Line])
+    end.
+
+%% Whether distribution is being started from the command line (net_kernel then halts the
+%% node when registration fails) rather than by net_kernel:start/1 at run time.
+boot_time_distribution() ->
+    init:get_argument(sname) =/= error orelse init:get_argument(name) =/= error.
+
+%%% ---------------------------------------------------------------------------------------
+%%% Protocol
+
+do_register(Name, Port) ->
+    NameBin = unicode:characters_to_binary(Name),
+    Req = <<?ALIVE2_REQ, Port:16, $M, 0, 6:16, 5:16,
+            (byte_size(NameBin)):16, NameBin/binary, 0:16>>,
+    case connect(?REG_TIMEOUT) of
+        {ok, Socket} ->
+            Deadline = deadline(?REG_TIMEOUT),
+            Result = case gen_tcp:send(Socket, framed(Req)) of
+                         ok -> read_alive_resp(Socket, Deadline);
+                         {error, _} = E -> E
+                     end,
+            case Result of
+                {ok, Creation} ->
+                    case inet:setopts(Socket, [{active, true}]) of
+                        ok ->
+                            {ok, Socket, Creation};
+                        {error, _} = E2 ->
+                            gen_tcp:close(Socket),
+                            E2
+                    end;
+                {error, _} = E3 ->
+                    gen_tcp:close(Socket),
+                    E3
+            end;
+        {error, _} = E ->
+            E
+    end.
+
+read_alive_resp(Socket, Deadline) ->
+    case recv_exactly(Socket, 2, Deadline) of
+        {ok, <<?ALIVE2_X_RESP, 0>>} ->
+            case recv_exactly(Socket, 4, Deadline) of
+                {ok, <<Creation:32>>} -> {ok, Creation};
+                {error, _} = E -> E
+            end;
+        {ok, <<?ALIVE2_RESP, 0>>} ->
+            case recv_exactly(Socket, 2, Deadline) of
+                {ok, <<Creation:16>>} -> {ok, Creation};
+                {error, _} = E -> E
+            end;
+        {ok, <<Tag, _Result>>} when Tag =:= ?ALIVE2_X_RESP; Tag =:= ?ALIVE2_RESP ->
+            {error, duplicate_name};
+        {ok, Other} ->
+            {error, {bad_answer_from_gateway, Other}};
+        {error, closed} ->
+            {error, closed_by_gateway};
+        {error, _} = E ->
+            E
+    end.
+
+%% {ok, Port} | error
+lookup(FullName) ->
+    Bin = unicode:characters_to_binary(FullName),
+    case is_binary(Bin) andalso Bin =/= <<>> andalso byte_size(Bin) < 1021 of
+        true -> lookup_bin(Bin);
+        false -> error
+    end.
+
+lookup_bin(Bin) ->
+    Deadline = deadline(?LOOKUP_TIMEOUT),
+    case connect(?LOOKUP_TIMEOUT) of
+        {ok, Socket} ->
+            Result = case gen_tcp:send(Socket, framed(<<?PORT_PLEASE2_REQ, Bin/binary>>)) of
+                         ok ->
+                             case recv_exactly(Socket, 2, Deadline) of
+                                 {ok, <<?PORT2_RESP, 0>>} ->
+                                     case recv_exactly(Socket, 2, Deadline) of
+                                         {ok, <<Port:16>>} when Port > 0 -> {ok, Port};
+                                         _ -> error
+                                     end;
+                                 _ ->
+                                     error
+                             end;
+                         {error, _} ->
+                             error
+                     end,
+            gen_tcp:close(Socket),
+            Result;
+        {error, _} ->
+            error
+    end.
+
+gateway_names() ->
+    Deadline = deadline(?LOOKUP_TIMEOUT),
+    case connect(?LOOKUP_TIMEOUT) of
+        {ok, Socket} ->
+            Result = case gen_tcp:send(Socket, framed(<<?NAMES_REQ>>)) of
+                         ok -> recv_all(Socket, Deadline, []);
+                         {error, _} -> {error, address}
+                     end,
+            gen_tcp:close(Socket),
+            case Result of
+                {ok, <<_GatewayPort:32, Text/binary>>} -> {ok, parse_names(Text)};
+                _ -> {error, address}
+            end;
+        {error, _} ->
+            {error, address}
+    end.
+
+parse_names(Text) ->
+    Lines = binary:split(Text, <<"\n">>, [global, trim_all]),
+    lists:foldr(fun(Line, Acc) ->
+                        case parse_names_line(Line) of
+                            {ok, Entry} -> [Entry | Acc];
+                            error -> Acc
+                        end
+                end, [], Lines).
+
+parse_names_line(<<"name ", Rest/binary>>) ->
+    case binary:matches(Rest, <<" at port ">>) of
+        [] ->
+            error;
+        Matches ->
+            {Pos, Len} = lists:last(Matches),
+            Name = binary:part(Rest, 0, Pos),
+            PortBin = binary:part(Rest, Pos + Len, byte_size(Rest) - Pos - Len),
+            case catch binary_to_integer(PortBin) of
+                Port when is_integer(Port), Port > 0, Port < 65536 ->
+                    case unicode:characters_to_list(Name) of
+                        NameStr when is_list(NameStr) -> {ok, {NameStr, Port}};
+                        _ -> {ok, {binary_to_list(Name), Port}}
+                    end;
+                _ ->
+                    error
+            end
+    end;
+parse_names_line(_) ->
+    error.
+
+%%% ---------------------------------------------------------------------------------------
+%%% Sockets
+
+framed(Bin) ->
+    [<<(byte_size(Bin)):16>>, Bin].
+
+connect(Timeout) ->
+    case gateway() of
+        {ok, Host, Port} ->
+            Family = case Host of
+                         {_, _, _, _, _, _, _, _} -> [inet6];
+                         _ -> []
+                     end,
+            gen_tcp:connect(Host, Port,
+                            Family ++ [binary, {active, false}, {packet, raw}, {nodelay, true}],
+                            Timeout);
+        {error, _} = E ->
+            E
+    end.
+
+deadline(Ms) ->
+    erlang:monotonic_time(millisecond) + Ms.
+
+remaining(Deadline) ->
+    max(0, Deadline - erlang:monotonic_time(millisecond)).
+
+recv_exactly(Socket, N, Deadline) ->
+    gen_tcp:recv(Socket, N, remaining(Deadline)).
+
+recv_all(Socket, Deadline, Acc) ->
+    case gen_tcp:recv(Socket, 0, remaining(Deadline)) of
+        {ok, Data} ->
+            Acc1 = [Data | Acc],
+            case iolist_size(Acc1) > ?MAX_NAMES_BYTES of
+                true -> {error, too_large};
+                false -> recv_all(Socket, Deadline, Acc1)
+            end;
+        {error, closed} ->
+            {ok, iolist_to_binary(lists:reverse(Acc))};
+        {error, _} = E ->
+            E
+    end.
+
+%%% ---------------------------------------------------------------------------------------
+%%% Names and addresses
+
+%% The gateway address: -edist_gateway HOST:PORT (also [IPv6]:PORT), default 127.0.0.1:4370.
+gateway() ->
+    parse_gateway(gateway_string()).
+
+gateway_string() ->
+    case init:get_argument(edist_gateway) of
+        {ok, [[Arg | _] | _]} -> Arg;
+        _ -> ?DEFAULT_GATEWAY
+    end.
+
+parse_gateway(Str) ->
+    Split = case Str of
+                "[" ++ Rest ->
+                    case string:split(Rest, "]:") of
+                        [H, P] -> {H, P};
+                        _ -> error
+                    end;
+                _ ->
+                    case string:split(Str, ":", trailing) of
+                        [H, P] -> {H, P};
+                        _ -> error
+                    end
+            end,
+    case Split of
+        {HostStr, PortStr} when HostStr =/= "" ->
+            case catch list_to_integer(PortStr) of
+                Port when is_integer(Port), Port > 0, Port < 65536 ->
+                    case inet:parse_address(HostStr) of
+                        {ok, Ip} -> {ok, Ip, Port};
+                        {error, _} -> {ok, HostStr, Port}
+                    end;
+                _ ->
+                    {error, {bad_edist_gateway_argument, Str}}
+            end;
+        _ ->
+            {error, {bad_edist_gateway_argument, Str}}
+    end.
+
+%% Where the gateway (or the node) accepts distribution connections for the given family.
+loopback(inet6) -> {0, 0, 0, 0, 0, 16#ffff, 16#7f00, 1};
+loopback(_) -> {127, 0, 0, 1}.
+
+%% "Name@Host". Name may already be a full name. An IP address as Host (port_please/2 after an
+%% address_please that returned only an address: never happens with this module) stands for
+%% this host.
+full_name(Name, Host) ->
+    NameStr = to_string(Name),
+    case lists:member($@, NameStr) of
+        true -> NameStr;
+        false -> NameStr ++ "@" ++ host_string(Host)
+    end.
+
+host_string(Host) when is_tuple(Host) -> local_host();
+host_string(Host) -> to_string(Host).
+
+local_host() ->
+    case atom_to_list(node()) of
+        "nonode@nohost" ->
+            case inet:gethostname() of
+                {ok, H} -> H;
+                _ -> "localhost"
+            end;
+        Node ->
+            case string:split(Node, "@") of
+                [_, H] -> H;
+                _ -> "localhost"
+            end
+    end.
+
+is_local_host(Host) when is_tuple(Host) ->
+    case Host of
+        {127, _, _, _} -> true;
+        {0, 0, 0, 0, 0, 0, 0, 1} -> true;
+        {0, 0, 0, 0, 0, 16#ffff, 16#7f00, 1} -> true;
+        _ -> false
+    end;
+is_local_host(Host) ->
+    H = string:lowercase(to_string(Host)),
+    case inet:parse_address(H) of
+        {ok, Ip} ->
+            is_local_host(Ip);
+        {error, _} ->
+            Mine = [local_host(), "localhost"
+                    | case inet:gethostname() of
+                          {ok, G} -> [G];
+                          _ -> []
+                      end],
+            Short = fun(S) -> hd(string:split(S, ".")) end,
+            lists:any(fun(M) ->
+                              L = string:lowercase(M),
+                              L =:= H orelse Short(L) =:= Short(H)
+                      end, Mine)
+    end.
+
+to_string(A) when is_atom(A) -> atom_to_list(A);
+to_string(B) when is_binary(B) -> unicode:characters_to_list(B);
+to_string(L) when is_list(L) -> L.

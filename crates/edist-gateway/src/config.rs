@@ -1,0 +1,190 @@
+//! The gateway's TOML configuration. Every field has a default, so an empty file (or none)
+//! serves a single host: local nodes find each other through the gateway, no fabric.
+//!
+//! ```toml
+//! name = "gw-a"                    # this gateway's identity; must match its certificate
+//! host = "hosta"                   # host part of local node names (default: short hostname)
+//! cookie = "secret"                # cookie of the local BEAM nodes (default: $EDIST_COOKIE,
+//!                                  # then ~/.erlang.cookie); it never leaves this host
+//!
+//! [local]
+//! control = "127.0.0.1:4370"       # where the edist_epmd plug registers and resolves
+//! max_listeners = 1024             # loopback listeners impersonating remote nodes
+//!
+//! [fabric]
+//! listen = "0.0.0.0:4371"          # QUIC (UDP) for other gateways
+//! certs = "./edist-certs"          # ca.pem, <name>.pem, <name>.key from `edist certs`
+//! keep_alive_ms = 500              # QUIC keep-alive
+//! idle_timeout_ms = 2000           # a silent peer gateway is dead after this
+//!
+//! [[peers]]                        # other gateways (static list for now)
+//! name = "gw-b"
+//! addr = "10.0.0.2:4371"
+//! ```
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This gateway's identity (default: `gw-<host>`); must match its certificate's name.
+    pub name: String,
+    /// Host part of the local nodes' names (default: the short host name).
+    pub host: String,
+    /// Cookie of the local BEAM nodes (default: `$EDIST_COOKIE`, then `~/.erlang.cookie`).
+    pub cookie: Option<String>,
+    /// The local side.
+    pub local: LocalConfig,
+    /// The side towards other gateways.
+    pub fabric: FabricConfig,
+    /// Other gateways.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// The local side: where BEAM nodes register and which remote nodes get impersonated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Control address for the `edist_epmd` plug (default `127.0.0.1:4370`). Loopback only.
+    pub control: SocketAddr,
+    /// Most loopback listeners impersonating remote nodes at once (default 1024).
+    pub max_listeners: usize,
+}
+
+/// The fabric side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FabricConfig {
+    /// UDP address for QUIC (default `0.0.0.0:4371`).
+    pub listen: SocketAddr,
+    /// Directory with `ca.pem`, `<name>.pem`, `<name>.key` (default `./edist-certs`).
+    pub certs: PathBuf,
+    /// QUIC keep-alive interval in ms (default 500).
+    pub keep_alive_ms: u64,
+    /// A silent peer gateway counts as dead after this many ms (default 2000).
+    pub idle_timeout_ms: u64,
+}
+
+/// Another gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its identity (the name in its certificate).
+    pub name: String,
+    /// Its fabric address.
+    pub addr: SocketAddr,
+}
+
+/// The short host name, as `erl -sname` uses it.
+pub fn short_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().split('.').next().unwrap_or_default().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let host = short_hostname();
+        Config {
+            name: format!("gw-{host}"),
+            host,
+            cookie: None,
+            local: LocalConfig::default(),
+            fabric: FabricConfig::default(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig { control: SocketAddr::from(([127, 0, 0, 1], 4370)), max_listeners: 1024 }
+    }
+}
+
+impl Default for FabricConfig {
+    fn default() -> Self {
+        FabricConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4371)),
+            certs: PathBuf::from("./edist-certs"),
+            keep_alive_ms: 500,
+            idle_timeout_ms: 2000,
+        }
+    }
+}
+
+/// Errors reading a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Config, ConfigError> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(e) })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_path_buf(), source: e })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.local.control.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "local.control {} must be a loopback address",
+                self.local.control
+            )));
+        }
+        if self.name.is_empty() || self.host.is_empty() || self.host.contains('@') {
+            return Err(ConfigError::Invalid("name and host must be non-empty (and host without '@')".into()));
+        }
+        if self.peers.iter().any(|p| p.name == self.name) {
+            return Err(ConfigError::Invalid(format!("peer {} has this gateway's own name", self.name)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_and_empty_means_defaults() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml(&example, "example".as_ref()).unwrap();
+        assert_eq!((c.name.as_str(), c.peers.len(), c.fabric.idle_timeout_ms), ("gw-a", 1, 2000));
+        let d = Config::from_toml("", "empty".as_ref()).unwrap();
+        assert_eq!(d.local.control.port(), 4370);
+        assert!(Config::from_toml("[local]\ncontrol = \"0.0.0.0:1\"", "x".as_ref()).is_err());
+        assert!(Config::from_toml("bogus = 1", "x".as_ref()).is_err());
+    }
+}

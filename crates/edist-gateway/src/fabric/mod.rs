@@ -1,0 +1,3 @@
+//! The fabric between gateways: QUIC links authenticated by the cluster PKI.
+
+pub mod quic;

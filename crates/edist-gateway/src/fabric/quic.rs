@@ -1,0 +1,580 @@
+//! QUIC links between gateways, with mutual TLS against the cluster CA.
+//!
+//! One [`quinn::Endpoint`] per gateway both accepts and dials ([`endpoint`]). Both directions
+//! require a certificate issued by the cluster CA ([`crate::pki`]); TLS 1.3 only, ALPN
+//! `edist/1`, no session resumption (every link re-verifies the full chain).
+//!
+//! A TLS handshake is not enough to call a peer up: with mutual TLS over QUIC the client's
+//! handshake completes before the server has checked the client's certificate, so a refused
+//! client only learns it on its first stream. A link is therefore up only once an
+//! application-level hello has been answered:
+//!
+//! ```text
+//! dialer                                     acceptor
+//!   | -- bi stream 0: Hello{version, name} ---> |  name must equal the dialer's certificate
+//!   | <-- HelloAck{version, name} ------------- |  identity, else CLOSE_NAME_MISMATCH
+//!   |  name must equal the acceptor's certificate identity
+//! ```
+//!
+//! Hello frames are `u16 length` + body, body = `u8 kind`, `u16 version`, `u16 length` + name
+//! (UTF-8); all integers big-endian, bodies at most [`MAX_HELLO_BODY`] bytes. The codec is
+//! sans-IO ([`Hello::encode`], [`Hello::decode`]).
+//!
+//! Refusals close the connection with an application error code (`CLOSE_*`) and a reason,
+//! which the other side sees as [`FabricError::Refused`].
+
+use crate::pki::{self, NodePaths, PkiError};
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
+use quinn::{ConnectionError, Endpoint, IdleTimeout, TransportConfig, VarInt};
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::time::Instant;
+
+/// The ALPN protocol of gateway links.
+pub const ALPN: &[u8] = b"edist/1";
+/// The hello protocol version this gateway speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest hello body accepted (a gateway name is at most [`pki::MAX_NAME_LEN`] bytes).
+pub const MAX_HELLO_BODY: usize = 512;
+/// Time allowed from the start of [`dial`] / [`accept`] to an answered hello (TLS included).
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+
+// Application close codes below 0x100 are reserved for this module; users of a link (the
+// gateway) pick theirs from 0x100 up, so a peer can tell a handshake refusal from the rest.
+
+/// Application close code: orderly close.
+pub const CLOSE_NORMAL: VarInt = VarInt::from_u32(0);
+/// Application close code: the hello was malformed or not a hello.
+pub const CLOSE_BAD_HELLO: VarInt = VarInt::from_u32(1);
+/// Application close code: the hello's name differs from the certificate identity.
+pub const CLOSE_NAME_MISMATCH: VarInt = VarInt::from_u32(2);
+/// Application close code: unsupported hello protocol version.
+pub const CLOSE_VERSION: VarInt = VarInt::from_u32(3);
+/// Application close code: no hello (or no answer) within [`HELLO_TIMEOUT`].
+pub const CLOSE_HELLO_TIMEOUT: VarInt = VarInt::from_u32(4);
+/// Application close code: the peer's certificate carries no usable identity.
+pub const CLOSE_NO_IDENTITY: VarInt = VarInt::from_u32(5);
+
+/// Errors of the QUIC fabric.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FabricError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error(transparent)]
+    NoInitialCipherSuite(#[from] NoInitialCipherSuite),
+    #[error("invalid QUIC option: {0}")]
+    Options(String),
+    #[error("cannot bind a QUIC endpoint to {addr}: {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
+    #[error(transparent)]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed or was lost: TLS failure (e.g. certificate refused by either
+    /// side), timeout, reset.
+    #[error("connection failed: {0}")]
+    Connection(ConnectionError),
+    /// The peer closed the connection with an application code (one of the `CLOSE_*`).
+    #[error("refused by peer (code {code}): {reason}")]
+    Refused { code: u64, reason: String },
+    #[error("no hello answered within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("bad hello: {0}")]
+    BadHello(HelloError),
+    #[error("unsupported protocol version {0} (we speak {PROTOCOL_VERSION})")]
+    Version(u16),
+    #[error("peer says it is {hello:?} but its certificate says {certificate:?}")]
+    NameMismatch { hello: String, certificate: String },
+    #[error("the peer's certificate carries no usable identity")]
+    NoPeerIdentity,
+    #[error("stream error: {0}")]
+    Stream(String),
+}
+
+impl From<HelloError> for FabricError {
+    fn from(e: HelloError) -> Self {
+        FabricError::BadHello(e)
+    }
+}
+
+/// Shorthand for results of this module.
+pub type Result<T, E = FabricError> = std::result::Result<T, E>;
+
+/// Errors of the hello codec.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HelloError {
+    #[error("frame of {0} bytes exceeds {MAX_HELLO_BODY}")]
+    TooLong(usize),
+    #[error("truncated")]
+    Truncated,
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+    #[error("unknown kind {0}")]
+    UnknownKind(u8),
+    #[error("expected {expected:?}, got {got:?}")]
+    UnexpectedKind { expected: HelloKind, got: HelloKind },
+    #[error("name is not UTF-8")]
+    NotUtf8,
+    #[error("empty name")]
+    EmptyName,
+}
+
+/// What a hello frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloKind {
+    /// Sent by the dialer.
+    Hello = 1,
+    /// The acceptor's answer.
+    HelloAck = 2,
+}
+
+/// A hello frame (see the module docs for the layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub kind: HelloKind,
+    pub version: u16,
+    /// The sender's gateway name; must equal its certificate identity.
+    pub name: String,
+}
+
+impl Hello {
+    /// The whole frame, length prefix included. Names longer than the body limit are the
+    /// caller's bug; they are encoded anyway and refused by the receiver.
+    pub fn encode(&self) -> Vec<u8> {
+        let name = self.name.as_bytes();
+        let body_len = 1 + 2 + 2 + name.len();
+        let mut out = Vec::with_capacity(2 + body_len);
+        out.extend_from_slice(&(body_len.min(u16::MAX as usize) as u16).to_be_bytes());
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_be_bytes());
+        out.extend_from_slice(name);
+        out
+    }
+
+    /// Checks a body length read from the wire before anything is allocated for it.
+    pub fn check_len(len: u16) -> Result<usize, HelloError> {
+        let len = usize::from(len);
+        if len > MAX_HELLO_BODY {
+            return Err(HelloError::TooLong(len));
+        }
+        Ok(len)
+    }
+
+    /// Decodes a body (the bytes after the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Hello, HelloError> {
+        if body.len() > MAX_HELLO_BODY {
+            return Err(HelloError::TooLong(body.len()));
+        }
+        let mut r = Reader(body);
+        let kind = match r.u8()? {
+            1 => HelloKind::Hello,
+            2 => HelloKind::HelloAck,
+            k => return Err(HelloError::UnknownKind(k)),
+        };
+        let version = r.u16()?;
+        let name = r.field()?;
+        if !r.0.is_empty() {
+            return Err(HelloError::Trailing(r.0.len()));
+        }
+        let name = std::str::from_utf8(name).map_err(|_| HelloError::NotUtf8)?;
+        if name.is_empty() {
+            return Err(HelloError::EmptyName);
+        }
+        Ok(Hello { kind, version, name: name.to_owned() })
+    }
+}
+
+/// A bounded reader over a borrowed slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], HelloError> {
+        if self.0.len() < n {
+            return Err(HelloError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, HelloError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, HelloError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn field(&mut self) -> Result<&'a [u8], HelloError> {
+        let n = self.u16()?;
+        self.take(n.into())
+    }
+}
+
+/// Our TLS identity: the cluster CA to trust, our certificate chain and key.
+pub struct TlsIdentity {
+    /// Trust anchors: the cluster CA certificate(s).
+    pub ca: Vec<CertificateDer<'static>>,
+    /// Our certificate first, then any intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Our private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("ca", &self.ca.len())
+            .field("identity", &self.identity())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Clone for TlsIdentity {
+    fn clone(&self) -> Self {
+        TlsIdentity { ca: self.ca.clone(), chain: self.chain.clone(), key: self.key.clone_key() }
+    }
+}
+
+impl TlsIdentity {
+    /// Loads `ca.pem`, `<name>.pem` and `<name>.key` from a certificate directory (the layout
+    /// written by [`pki::init_ca`] and [`pki::issue`]).
+    pub fn load(dir: &Path, name: &str) -> Result<Self> {
+        Self::from_paths(&pki::node_paths(dir, name))
+    }
+
+    /// Loads the files written by [`pki::issue`].
+    pub fn from_paths(paths: &NodePaths) -> Result<Self> {
+        Self::load_files(&paths.ca, &paths.cert, &paths.key)
+    }
+
+    /// Loads the CA certificate(s), our certificate chain and our key from PEM files.
+    pub fn load_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self> {
+        Ok(TlsIdentity { ca: pki::load_certs(ca)?, chain: pki::load_certs(cert)?, key: pki::load_key(key)? })
+    }
+
+    /// The identity (CN, else first DNS SAN) of our own certificate.
+    pub fn identity(&self) -> Option<String> {
+        certificate_identity(self.chain.first()?)
+    }
+}
+
+/// Transport and timing options of gateway links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicOptions {
+    /// Interval of QUIC keep-alive (PING) frames on an otherwise idle link. Default 500 ms.
+    pub keep_alive: Duration,
+    /// A link that hears nothing for this long is dead ([`ConnectionError::TimedOut`]); the
+    /// effective value is the smaller of both peers'. Default 2 s.
+    pub idle_timeout: Duration,
+    /// Concurrent bidirectional streams (lanes) a peer may open. Default 1024.
+    pub max_bidi_streams: u32,
+    /// Concurrent unidirectional streams a peer may open. Default 1024.
+    pub max_uni_streams: u32,
+}
+
+impl Default for QuicOptions {
+    fn default() -> Self {
+        QuicOptions {
+            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(2),
+            max_bidi_streams: 1024,
+            max_uni_streams: 1024,
+        }
+    }
+}
+
+/// The crypto provider used everywhere (ring), independent of any process-wide default.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The QUIC transport configuration for `opts`.
+pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
+    if opts.keep_alive >= opts.idle_timeout {
+        return Err(FabricError::Options(format!(
+            "keep_alive {:?} must be shorter than idle_timeout {:?}",
+            opts.keep_alive, opts.idle_timeout
+        )));
+    }
+    let idle = IdleTimeout::try_from(opts.idle_timeout)
+        .map_err(|_| FabricError::Options(format!("idle_timeout {:?} is too large", opts.idle_timeout)))?;
+    let mut t = TransportConfig::default();
+    t.keep_alive_interval(Some(opts.keep_alive))
+        .max_idle_timeout(Some(idle))
+        .max_concurrent_bidi_streams(opts.max_bidi_streams.into())
+        .max_concurrent_uni_streams(opts.max_uni_streams.into());
+    Ok(t)
+}
+
+fn root_store(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    for cert in ca {
+        roots.add(cert.clone())?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The server half: requires a client certificate chaining to the cluster CA.
+pub fn server_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ServerConfig> {
+    let provider = crypto_provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(&id.ca)?, provider.clone()).build()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(id.chain.clone(), id.key.clone_key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No resumption: every link verifies the full client chain (and its validity) again.
+    tls.session_storage = Arc::new(NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    cfg.transport_config(Arc::new(transport_config(opts)?));
+    Ok(cfg)
+}
+
+/// The client half: verifies the server against the cluster CA and presents our certificate.
+pub fn client_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ClientConfig> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(root_store(&id.ca)?)
+        .with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.resumption = Resumption::disabled();
+    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    cfg.transport_config(Arc::new(transport_config(opts)?));
+    Ok(cfg)
+}
+
+/// One UDP endpoint that accepts links (mutual TLS required) and dials them (with
+/// [`client_config`] as its default). Must be called inside a tokio runtime.
+pub fn endpoint(bind: SocketAddr, id: &TlsIdentity, opts: &QuicOptions) -> Result<Endpoint> {
+    let server = server_config(id, opts)?;
+    let client = client_config(id, opts)?;
+    let mut ep = Endpoint::server(server, bind).map_err(|error| FabricError::Bind { addr: bind, error })?;
+    ep.set_default_client_config(client);
+    Ok(ep)
+}
+
+/// The identity (CN, else first DNS SAN) of the peer's verified certificate.
+pub fn peer_identity(conn: &quinn::Connection) -> Option<String> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certificate_identity(certs.first()?)
+}
+
+/// The identity of a certificate: its subject CN, else its first DNS SAN.
+pub fn certificate_identity(der: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    if let Some(cn) = cert.subject().iter_common_name().next().and_then(|a| a.as_str().ok()) {
+        if !cn.is_empty() {
+            return Some(cn.to_owned());
+        }
+    }
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::DNSName(s) if !s.is_empty() => Some((*s).to_owned()),
+        _ => None,
+    })
+}
+
+/// A link to another gateway whose hello has been answered.
+#[derive(Debug, Clone)]
+pub struct PeerLink {
+    pub conn: quinn::Connection,
+    /// The name the peer gave in its hello.
+    pub peer_name: String,
+    /// The identity of the peer's verified certificate (equal to `peer_name`).
+    pub peer_identity: String,
+}
+
+/// Dials `addr` (whose certificate must carry `server_name`) with the endpoint's default client
+/// config, sends our hello and waits for the answer, all within [`HELLO_TIMEOUT`].
+pub async fn dial(endpoint: &Endpoint, addr: SocketAddr, server_name: &str, our_name: &str) -> Result<PeerLink> {
+    let connecting = endpoint.connect(addr, server_name)?;
+    dial_connecting(connecting, our_name).await
+}
+
+/// [`dial`] with an explicit client configuration.
+pub async fn dial_with_config(
+    endpoint: &Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+    our_name: &str,
+) -> Result<PeerLink> {
+    let connecting = endpoint.connect_with(config, addr, server_name)?;
+    dial_connecting(connecting, our_name).await
+}
+
+async fn dial_connecting(connecting: quinn::Connecting, our_name: &str) -> Result<PeerLink> {
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    let conn = match tokio::time::timeout_at(deadline, connecting).await {
+        Ok(conn) => conn.map_err(from_conn)?,
+        Err(_) => return Err(FabricError::HelloTimeout(HELLO_TIMEOUT)),
+    };
+    let result = match tokio::time::timeout_at(deadline, dial_hello(&conn, our_name)).await {
+        Ok(r) => r,
+        Err(_) => Err(FabricError::HelloTimeout(HELLO_TIMEOUT)),
+    };
+    result.map_err(|e| refuse(&conn, e))
+}
+
+async fn dial_hello(conn: &quinn::Connection, our_name: &str) -> Result<PeerLink> {
+    let identity = peer_identity(conn).ok_or(FabricError::NoPeerIdentity)?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(from_conn)?;
+    let hello = Hello { kind: HelloKind::Hello, version: PROTOCOL_VERSION, name: our_name.to_owned() };
+    send.write_all(&hello.encode()).await.map_err(from_write)?;
+    send.finish().map_err(|e| FabricError::Stream(e.to_string()))?;
+    let answer = read_hello(&mut recv, HelloKind::HelloAck).await?;
+    if answer.version != PROTOCOL_VERSION {
+        return Err(FabricError::Version(answer.version));
+    }
+    if answer.name != identity {
+        return Err(FabricError::NameMismatch { hello: answer.name, certificate: identity });
+    }
+    Ok(PeerLink { conn: conn.clone(), peer_name: answer.name, peer_identity: identity })
+}
+
+/// Completes an incoming link: TLS handshake (the client certificate must chain to the
+/// cluster CA), then the dialer's hello on its first bi stream, whose name must equal its
+/// certificate identity; answers with our own hello. All within [`HELLO_TIMEOUT`].
+pub async fn accept(incoming: quinn::Incoming, our_name: &str) -> Result<PeerLink> {
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(conn) => conn.map_err(from_conn)?,
+        Err(_) => return Err(FabricError::HelloTimeout(HELLO_TIMEOUT)),
+    };
+    let result = match tokio::time::timeout_at(deadline, accept_hello(&conn, our_name)).await {
+        Ok(r) => r,
+        Err(_) => Err(FabricError::HelloTimeout(HELLO_TIMEOUT)),
+    };
+    result.map_err(|e| refuse(&conn, e))
+}
+
+async fn accept_hello(conn: &quinn::Connection, our_name: &str) -> Result<PeerLink> {
+    let identity = peer_identity(conn).ok_or(FabricError::NoPeerIdentity)?;
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(from_conn)?;
+    let hello = read_hello(&mut recv, HelloKind::Hello).await?;
+    if hello.version != PROTOCOL_VERSION {
+        return Err(FabricError::Version(hello.version));
+    }
+    if hello.name != identity {
+        return Err(FabricError::NameMismatch { hello: hello.name, certificate: identity });
+    }
+    let answer = Hello { kind: HelloKind::HelloAck, version: PROTOCOL_VERSION, name: our_name.to_owned() };
+    send.write_all(&answer.encode()).await.map_err(from_write)?;
+    send.finish().map_err(|e| FabricError::Stream(e.to_string()))?;
+    Ok(PeerLink { conn: conn.clone(), peer_name: hello.name, peer_identity: identity })
+}
+
+/// Reads one hello frame of kind `expected` (bounded: at most 2 + [`MAX_HELLO_BODY`] bytes).
+async fn read_hello(recv: &mut quinn::RecvStream, expected: HelloKind) -> Result<Hello> {
+    let mut len = [0u8; 2];
+    recv.read_exact(&mut len).await.map_err(from_read)?;
+    let len = Hello::check_len(u16::from_be_bytes(len))?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(from_read)?;
+    let hello = Hello::decode(&body)?;
+    if hello.kind != expected {
+        return Err(HelloError::UnexpectedKind { expected, got: hello.kind }.into());
+    }
+    Ok(hello)
+}
+
+/// Closes `conn` with the application code matching `e` (a no-op if it is already closed)
+/// and hands `e` back.
+fn refuse(conn: &quinn::Connection, e: FabricError) -> FabricError {
+    let code = match &e {
+        FabricError::BadHello(_) => CLOSE_BAD_HELLO,
+        FabricError::NameMismatch { .. } => CLOSE_NAME_MISMATCH,
+        FabricError::Version(_) => CLOSE_VERSION,
+        FabricError::HelloTimeout(_) => CLOSE_HELLO_TIMEOUT,
+        FabricError::NoPeerIdentity => CLOSE_NO_IDENTITY,
+        _ => CLOSE_NORMAL,
+    };
+    tracing::debug!(remote = %conn.remote_address(), error = %e, "refusing gateway link");
+    let reason = e.to_string();
+    conn.close(code, &reason.as_bytes()[..reason.len().min(200)]);
+    e
+}
+
+fn from_conn(e: ConnectionError) -> FabricError {
+    match e {
+        ConnectionError::ApplicationClosed(c) => FabricError::Refused {
+            code: c.error_code.into_inner(),
+            reason: String::from_utf8_lossy(&c.reason).into_owned(),
+        },
+        e => FabricError::Connection(e),
+    }
+}
+
+fn from_write(e: quinn::WriteError) -> FabricError {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => from_conn(c),
+        e => FabricError::Stream(e.to_string()),
+    }
+}
+
+fn from_read(e: quinn::ReadExactError) -> FabricError {
+    match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => from_conn(c),
+        quinn::ReadExactError::FinishedEarly(_) => FabricError::BadHello(HelloError::Truncated),
+        e => FabricError::Stream(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trip() {
+        for kind in [HelloKind::Hello, HelloKind::HelloAck] {
+            let h = Hello { kind, version: PROTOCOL_VERSION, name: "gw-a.example".into() };
+            let frame = h.encode();
+            let len = Hello::check_len(u16::from_be_bytes([frame[0], frame[1]])).expect("len");
+            assert_eq!(len, frame.len() - 2);
+            assert_eq!(Hello::decode(&frame[2..]), Ok(h));
+        }
+    }
+
+    #[test]
+    fn hello_rejects_garbage() {
+        let good = Hello { kind: HelloKind::Hello, version: 1, name: "a".into() }.encode();
+        let body = &good[2..];
+        for cut in 0..body.len() {
+            assert_eq!(Hello::decode(&body[..cut]), Err(HelloError::Truncated), "cut {cut}");
+        }
+        let mut trailing = body.to_vec();
+        trailing.push(0);
+        assert_eq!(Hello::decode(&trailing), Err(HelloError::Trailing(1)));
+        assert_eq!(Hello::decode(&[9, 0, 1, 0, 1, b'a']), Err(HelloError::UnknownKind(9)));
+        assert_eq!(Hello::decode(&[1, 0, 1, 0, 0]), Err(HelloError::EmptyName));
+        assert_eq!(Hello::decode(&[1, 0, 1, 0, 1, 0xff]), Err(HelloError::NotUtf8));
+        // A name length far beyond the body is truncation, not an allocation.
+        assert_eq!(Hello::decode(&[1, 0, 1, 0xff, 0xff, b'a']), Err(HelloError::Truncated));
+        assert_eq!(Hello::check_len(u16::MAX), Err(HelloError::TooLong(65535)));
+        assert_eq!(Hello::decode(&vec![1; MAX_HELLO_BODY + 1]), Err(HelloError::TooLong(MAX_HELLO_BODY + 1)));
+    }
+
+    #[test]
+    fn options_are_checked() {
+        transport_config(&QuicOptions::default()).expect("defaults");
+        let bad = QuicOptions { keep_alive: Duration::from_secs(5), ..Default::default() };
+        assert!(matches!(transport_config(&bad), Err(FabricError::Options(_))));
+    }
+}

@@ -1,0 +1,519 @@
+//! The gateway: local registrations, the registry of remote nodes, impersonation listeners,
+//! links to other gateways, and the relays between them.
+
+use crate::config::Config;
+use crate::fabric::quic::{self, PeerLink, QuicOptions, TlsIdentity};
+use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
+use crate::relay::{self, MsgReader, RELAY_MASK};
+use crate::stats::LinkCounters;
+use crate::wire::{Msg, NodeInfo};
+use edist_proto::dist::handshake::Status;
+use edist_proto::dist::DFlags;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
+
+/// Errors starting a gateway.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    #[error("binding {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("no cookie for the local nodes: set `cookie` in the config, $EDIST_COOKIE, or ~/.erlang.cookie")]
+    NoCookie,
+    #[error("fabric: {0}")]
+    Fabric(String),
+}
+
+struct LocalNode {
+    port: u16,
+    creation: u32,
+}
+
+struct RemoteNode {
+    creation: u32,
+    gateway: String,
+}
+
+struct Peer {
+    link_id: u64,
+    conn: quinn::Connection,
+    we_dialled: bool,
+    control: mpsc::UnboundedSender<Msg>,
+}
+
+struct Impersonator {
+    port: u16,
+    task: AbortHandle,
+}
+
+#[derive(Default)]
+struct State {
+    local: HashMap<String, LocalNode>,
+    remote: HashMap<String, RemoteNode>,
+    peers: HashMap<String, Peer>,
+    impersonators: HashMap<String, Impersonator>,
+}
+
+pub(crate) struct Inner {
+    cfg: Config,
+    cookie: String,
+    state: Mutex<State>,
+    counters: LinkCounters,
+    next_link: AtomicU64,
+    relays: AtomicU64,
+}
+
+/// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    endpoint: Option<quinn::Endpoint>,
+    control_addr: std::net::SocketAddr,
+}
+
+/// A snapshot for `edist status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    pub name: String,
+    pub local_nodes: Vec<(String, u16)>,
+    pub remote_nodes: Vec<(String, String)>,
+    pub peers: Vec<String>,
+    pub impersonated: Vec<(String, u16)>,
+    pub relays_open: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Gateway {
+    /// Starts the local control server and, when certificates for `cfg.name` exist, the fabric.
+    pub async fn start(cfg: Config) -> Result<Gateway, GatewayError> {
+        let cookie = cfg.cookie.clone().or_else(edist_node::cookie::default_cookie).ok_or(GatewayError::NoCookie)?;
+        let control_listener = TcpListener::bind(cfg.local.control).await.map_err(|e| GatewayError::Bind {
+            what: "local control",
+            addr: cfg.local.control,
+            source: e,
+        })?;
+        let control_addr = control_listener.local_addr().unwrap_or(cfg.local.control);
+        let inner = Arc::new(Inner {
+            cfg: cfg.clone(),
+            cookie,
+            state: Mutex::new(State::default()),
+            counters: LinkCounters::default(),
+            next_link: AtomicU64::new(1),
+            relays: AtomicU64::new(0),
+        });
+        let mut tasks = vec![];
+        let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
+        tasks.push(tokio::spawn(control::serve(control_listener, dir)).abort_handle());
+
+        let mut endpoint = None;
+        let certs = &cfg.fabric.certs;
+        let have_certs = certs.join(format!("{}.pem", cfg.name)).exists();
+        if have_certs {
+            let id = TlsIdentity::load(certs, &cfg.name).map_err(|e| GatewayError::Fabric(e.to_string()))?;
+            let opts = QuicOptions {
+                keep_alive: Duration::from_millis(cfg.fabric.keep_alive_ms),
+                idle_timeout: Duration::from_millis(cfg.fabric.idle_timeout_ms),
+                ..QuicOptions::default()
+            };
+            let ep = quic::endpoint(cfg.fabric.listen, &id, &opts).map_err(|e| GatewayError::Fabric(e.to_string()))?;
+            tasks.push(tokio::spawn(accept_loop(inner.clone(), ep.clone())).abort_handle());
+            for p in &cfg.peers {
+                tasks.push(tokio::spawn(dial_loop(inner.clone(), ep.clone(), p.name.clone(), p.addr)).abort_handle());
+            }
+            endpoint = Some(ep);
+        } else if !cfg.peers.is_empty() {
+            return Err(GatewayError::Fabric(format!(
+                "peers are configured but {} has no certificate for {} (run `edist certs issue {}`)",
+                certs.display(),
+                cfg.name,
+                cfg.name
+            )));
+        }
+        info!(name = %cfg.name, control = %control_addr, fabric = have_certs, "gateway started");
+        Ok(Gateway { inner, tasks: Arc::new(Mutex::new(tasks)), endpoint, control_addr })
+    }
+
+    /// The local control address (for `-edist_gateway`).
+    pub fn control_addr(&self) -> std::net::SocketAddr {
+        self.control_addr
+    }
+
+    /// The fabric address actually bound.
+    pub fn fabric_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
+    /// What the gateway knows right now.
+    pub fn status(&self) -> StatusReport {
+        self.inner.status()
+    }
+
+    /// Stops everything: links close (peers see this gateway's nodes go down), listeners close.
+    pub fn shutdown(&self) {
+        if let Some(ep) = &self.endpoint {
+            ep.close(0u32.into(), b"shutdown");
+        }
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+        let mut st = self.inner.lock();
+        for (_, imp) in st.impersonators.drain() {
+            imp.task.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn status(&self) -> StatusReport {
+        let st = self.lock();
+        let mut local_nodes: Vec<_> = st.local.iter().map(|(n, l)| (n.clone(), l.port)).collect();
+        let mut remote_nodes: Vec<_> = st.remote.iter().map(|(n, r)| (n.clone(), r.gateway.clone())).collect();
+        let mut peers: Vec<_> = st.peers.keys().cloned().collect();
+        let mut impersonated: Vec<_> = st.impersonators.iter().map(|(n, i)| (n.clone(), i.port)).collect();
+        local_nodes.sort();
+        remote_nodes.sort();
+        peers.sort();
+        impersonated.sort();
+        let (bytes_in, bytes_out) = self.counters.get();
+        StatusReport {
+            name: self.cfg.name.clone(),
+            local_nodes,
+            remote_nodes,
+            peers,
+            impersonated,
+            relays_open: self.relays.load(Ordering::Relaxed),
+            bytes_in,
+            bytes_out,
+        }
+    }
+
+    fn local_list(&self) -> Vec<NodeInfo> {
+        self.lock().local.iter().map(|(n, l)| NodeInfo { name: n.clone(), creation: l.creation }).collect()
+    }
+
+    fn broadcast(&self, m: Msg) {
+        for p in self.lock().peers.values() {
+            let _ = p.control.send(m.clone());
+        }
+    }
+
+    /// Forgets remote nodes and closes their impersonators.
+    fn forget_remote(&self, pred: impl Fn(&str, &RemoteNode) -> bool) {
+        let mut st = self.lock();
+        let gone: Vec<String> = st.remote.iter().filter(|(n, r)| pred(n, r)).map(|(n, _)| n.clone()).collect();
+        for n in gone {
+            st.remote.remove(&n);
+            if let Some(imp) = st.impersonators.remove(&n) {
+                imp.task.abort();
+            }
+        }
+    }
+}
+
+/// The control server's view of the gateway.
+struct Directory(Weak<Inner>);
+
+struct LocalGuard {
+    inner: Weak<Inner>,
+    name: String,
+}
+
+impl Drop for LocalGuard {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        if inner.lock().local.remove(&self.name).is_some() {
+            info!(node = %self.name, "local node gone");
+            inner.broadcast(Msg::NodeDown(self.name.clone()));
+        }
+    }
+}
+
+impl LocalDirectory for Directory {
+    fn register(&self, alive: &str, port: u16) -> Result<Registration, RegisterError> {
+        let inner = self.0.upgrade().ok_or(RegisterError::Unavailable)?;
+        let name = format!("{alive}@{}", inner.cfg.host);
+        let creation = rand::random::<u32>().max(4);
+        {
+            let mut st = inner.lock();
+            if st.local.contains_key(&name) || st.remote.contains_key(&name) {
+                return Err(RegisterError::Duplicate);
+            }
+            st.local.insert(name.clone(), LocalNode { port, creation });
+        }
+        info!(node = %name, port, "local node registered");
+        inner.broadcast(Msg::NodeUp(NodeInfo { name: name.clone(), creation }));
+        Ok(Registration::new(creation, Box::new(LocalGuard { inner: self.0.clone(), name })))
+    }
+
+    fn resolve(&self, full_name: &str) -> Option<u16> {
+        let inner = self.0.upgrade()?;
+        let mut st = inner.lock();
+        if let Some(l) = st.local.get(full_name) {
+            return Some(l.port);
+        }
+        if let Some(i) = st.impersonators.get(full_name) {
+            return Some(i.port);
+        }
+        if !st.remote.contains_key(full_name) || st.impersonators.len() >= inner.cfg.local.max_listeners {
+            return None;
+        }
+        // Open a loopback listener impersonating this node (std, so this stays synchronous).
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
+        listener.set_nonblocking(true).ok()?;
+        let port = listener.local_addr().ok()?.port();
+        let listener = TcpListener::from_std(listener).ok()?;
+        let task = tokio::spawn(impersonate(self.0.clone(), listener, full_name.to_string())).abort_handle();
+        st.impersonators.insert(full_name.to_string(), Impersonator { port, task });
+        debug!(node = %full_name, port, "impersonating");
+        Some(port)
+    }
+
+    fn status_json(&self) -> String {
+        self.0.upgrade().and_then(|i| serde_json::to_string(&i.status()).ok()).unwrap_or_else(|| "{}".into())
+    }
+
+    fn names(&self) -> Vec<(String, u16)> {
+        let Some(inner) = self.0.upgrade() else { return vec![] };
+        let st = inner.lock();
+        st.local.iter().map(|(n, l)| (n.split('@').next().unwrap_or_default().to_string(), l.port)).collect()
+    }
+}
+
+/// Accepts local nodes' connections to a remote node `target`.
+async fn impersonate(inner: Weak<Inner>, listener: TcpListener, target: String) {
+    loop {
+        let Ok((sock, peer)) = listener.accept().await else { continue };
+        if !peer.ip().is_loopback() {
+            continue;
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let target = target.clone();
+        tokio::spawn(async move {
+            inner.relays.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = relay_from_local(&inner, sock, &target).await {
+                info!(%target, "relay ended: {e}");
+            }
+            inner.relays.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str) -> Result<(), relay::RelayError> {
+    let _ = sock.set_nodelay(true);
+    let (creation, conn) = {
+        let st = inner.lock();
+        let r = st.remote.get(target).ok_or_else(|| relay::RelayError::Refused(format!("{target} is unknown")))?;
+        let p =
+            st.peers.get(&r.gateway).ok_or_else(|| relay::RelayError::Refused(format!("no link to {}", r.gateway)))?;
+        (r.creation, p.conn.clone())
+    };
+    let mut acc = relay::impersonating_acceptor(target, creation, &inner.cookie);
+    let dial = relay::read_local_name(&mut sock, &mut acc).await?;
+    // Only registered local nodes may dial out, under their own name and creation.
+    let registered = inner.lock().local.get(&dial.from).map(|l| l.creation);
+    if registered != Some(dial.creation) {
+        acc.respond(Status::NotAllowed)?;
+        sock.write_all(&acc.take_output()).await?;
+        return Err(relay::RelayError::Refused(format!("{} is not a node registered here", dial.from)));
+    }
+    let (mut tx, rx) = conn.open_bi().await.map_err(|e| relay::RelayError::Refused(e.to_string()))?;
+    let open = Msg::Open {
+        from: dial.from.clone(),
+        to: target.to_string(),
+        flags: dial.flags.0 & RELAY_MASK,
+        creation: dial.creation,
+    };
+    AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
+    let mut msgs = MsgReader::new(rx);
+    let leftover = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx).await?;
+    info!(from = %dial.from, to = %target, "relayed connection up");
+    let (rx, buf) = msgs.into_parts();
+    relay::pump(sock, rx, tx, &leftover, &buf, &inner.counters).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_to_local(
+    inner: Arc<Inner>,
+    peer_gateway: String,
+    mut tx: quinn::SendStream,
+    mut msgs: MsgReader<quinn::RecvStream>,
+    from: String,
+    to: String,
+    flags: u64,
+    creation: u32,
+) -> Result<(), relay::RelayError> {
+    let port = {
+        let st = inner.lock();
+        // The dialler must be a node its own gateway announced (no claiming others' names).
+        let announced = st.remote.get(&from).map(|r| r.gateway == peer_gateway && r.creation == creation);
+        if announced != Some(true) {
+            None
+        } else {
+            st.local.get(&to).map(|l| l.port)
+        }
+    };
+    let Some(port) = port else {
+        let _ =
+            tx.write_all(&Msg::Refused(format!("{to} is not here or {from} is not {peer_gateway}'s")).encode()).await;
+        return Err(relay::RelayError::Refused(format!("{from} -> {to}")));
+    };
+    let (sock, leftover) =
+        relay::dial_local_target(port, &from, &to, DFlags(flags), creation, &inner.cookie, &mut msgs, &mut tx).await?;
+    info!(%from, %to, "relayed connection up");
+    let (rx, buf) = msgs.into_parts();
+    relay::pump(sock, rx, tx, &leftover, &buf, &inner.counters).await
+}
+
+async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
+    while let Some(incoming) = ep.accept().await {
+        let inner = inner.clone();
+        let name = inner.cfg.name.clone();
+        tokio::spawn(async move {
+            match quic::accept(incoming, &name).await {
+                Ok(link) => run_link(inner, link, false).await,
+                Err(e) => warn!("refused a fabric connection: {e}"),
+            }
+        });
+    }
+}
+
+async fn dial_loop(inner: Arc<Inner>, ep: quinn::Endpoint, peer: String, addr: std::net::SocketAddr) {
+    loop {
+        if !inner.lock().peers.contains_key(&peer) {
+            match quic::dial(&ep, addr, &peer, &inner.cfg.name).await {
+                Ok(link) => run_link(inner.clone(), link, true).await,
+                Err(e) => debug!(%peer, %addr, "dial failed: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Serves one link to another gateway until it closes.
+async fn run_link(inner: Arc<Inner>, link: PeerLink, we_dialled: bool) {
+    let peer = link.peer_name.clone();
+    let conn = link.conn.clone();
+    let link_id = inner.next_link.fetch_add(1, Ordering::Relaxed);
+    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Msg>();
+    {
+        let mut st = inner.lock();
+        if let Some(old) = st.peers.get(&peer) {
+            // Both gateways dialled each other: keep the link the smaller name dialled.
+            let keep_old = old.we_dialled == (inner.cfg.name < peer);
+            if keep_old && old.we_dialled != we_dialled {
+                conn.close(1u32.into(), b"duplicate link");
+                return;
+            }
+            old.conn.close(1u32.into(), b"replaced");
+        }
+        st.peers.insert(peer.clone(), Peer { link_id, conn: conn.clone(), we_dialled, control: ctl_tx.clone() });
+    }
+    info!(%peer, "gateway link up");
+    let _ = ctl_tx.send(Msg::Control);
+    let _ = ctl_tx.send(Msg::Nodes(inner.local_list()));
+    // Our announcements go out on our own control stream.
+    let writer_conn = conn.clone();
+    let writer = tokio::spawn(async move {
+        let Ok(mut s) = writer_conn.open_uni().await else { return };
+        while let Some(m) = ctl_rx.recv().await {
+            if s.write_all(&m.encode()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let uni = {
+        let (inner, peer, conn) = (inner.clone(), peer.clone(), conn.clone());
+        tokio::spawn(async move {
+            while let Ok(rx) = conn.accept_uni().await {
+                let (inner, peer) = (inner.clone(), peer.clone());
+                tokio::spawn(read_control(inner, peer, rx));
+            }
+        })
+    };
+    while let Ok((tx, rx)) = conn.accept_bi().await {
+        let (inner, peer) = (inner.clone(), peer.clone());
+        tokio::spawn(async move {
+            let mut msgs = MsgReader::new(rx);
+            match msgs.next("open").await {
+                Ok(Msg::Open { from, to, flags, creation }) => {
+                    inner.relays.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) =
+                        relay_to_local(inner.clone(), peer, tx, msgs, from, to.clone(), flags, creation).await
+                    {
+                        info!(%to, "relay ended: {e}");
+                    }
+                    inner.relays.fetch_sub(1, Ordering::Relaxed);
+                }
+                Ok(other) => warn!(%peer, "unexpected first frame {other:?}"),
+                Err(e) => debug!(%peer, "relay stream: {e}"),
+            }
+        });
+    }
+    writer.abort();
+    uni.abort();
+    info!(%peer, reason = ?conn.close_reason(), "gateway link down");
+    let mut st = inner.lock();
+    if st.peers.get(&peer).map(|p| p.link_id) == Some(link_id) {
+        st.peers.remove(&peer);
+        drop(st);
+        inner.forget_remote(|_, r| r.gateway == peer);
+    }
+}
+
+async fn read_control(inner: Arc<Inner>, peer: String, rx: quinn::RecvStream) {
+    let mut msgs = MsgReader::new(rx);
+    match msgs.next("control").await {
+        Ok(Msg::Control) => {}
+        _ => return,
+    }
+    loop {
+        // Control streams are long-lived: wait as long as it takes.
+        let m = loop {
+            match msgs.next("control").await {
+                Err(relay::RelayError::Timeout(_)) => continue,
+                other => break other,
+            }
+        };
+        match m {
+            Ok(Msg::Nodes(nodes)) => {
+                inner.forget_remote(|_, r| r.gateway == peer);
+                let mut st = inner.lock();
+                for n in nodes {
+                    if !st.local.contains_key(&n.name) {
+                        st.remote.insert(n.name, RemoteNode { creation: n.creation, gateway: peer.clone() });
+                    }
+                }
+            }
+            Ok(Msg::NodeUp(n)) => {
+                let mut st = inner.lock();
+                if !st.local.contains_key(&n.name) {
+                    st.remote.insert(n.name, RemoteNode { creation: n.creation, gateway: peer.clone() });
+                }
+            }
+            Ok(Msg::NodeDown(name)) => inner.forget_remote(|n, r| n == name && r.gateway == peer),
+            Ok(other) => warn!(%peer, "unexpected control message {other:?}"),
+            Err(e) => {
+                debug!(%peer, "control stream ended: {e}");
+                return;
+            }
+        }
+    }
+}

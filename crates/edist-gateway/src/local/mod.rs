@@ -1,0 +1,3 @@
+//! The gateway's side facing the BEAM nodes of its own host.
+
+pub mod control;

@@ -1,0 +1,375 @@
+//! The cluster PKI: one CA per cluster, one certificate per gateway.
+//!
+//! Gateways authenticate each other with mutual TLS (see [`crate::fabric::quic`]). Every gateway
+//! holds a certificate issued by the cluster CA whose common name and DNS subject alternative
+//! name are the gateway's identity (e.g. `gw-a`); a gateway trusts exactly the certificates
+//! issued by its cluster CA.
+//!
+//! Layout of a certificate directory (default `./edist-certs`):
+//!
+//! | file          | content                                   | mode |
+//! |---------------|-------------------------------------------|------|
+//! | `ca.pem`      | the cluster CA certificate                | 0644 |
+//! | `ca.key`      | the CA private key (keep it off gateways) | 0600 |
+//! | `<name>.pem`  | the certificate of gateway `<name>`       | 0644 |
+//! | `<name>.key`  | its private key                           | 0600 |
+//!
+//! Keys are ECDSA P-256 (PKCS#8 PEM). Files are written to a temporary name and renamed, so a
+//! crash never leaves half a key behind.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use time::{Duration, OffsetDateTime};
+
+/// File name of the CA certificate in a certificate directory.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// File name of the CA private key in a certificate directory.
+pub const CA_KEY_FILE: &str = "ca.key";
+/// Longest accepted gateway name (a DNS label limit would be too tight for dotted names).
+pub const MAX_NAME_LEN: usize = 253;
+/// Certificates start this long before "now", to tolerate clock skew between hosts.
+const BACKDATE: Duration = Duration::hours(1);
+
+/// Errors of the PKI functions. Each names the file or name involved.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    #[error("a CA already exists in {0}; refusing to replace it without force (every certificate it issued would stop being trusted)")]
+    CaExists(PathBuf),
+    #[error("a certificate for {name:?} already exists at {path}; refusing to replace it without force")]
+    CertExists { name: String, path: PathBuf },
+    #[error("no CA in {0} (create one first: `edist certs init`)")]
+    NoCa(PathBuf),
+    #[error("invalid gateway name {name:?}: {why}")]
+    BadName { name: String, why: &'static str },
+    #[error("invalid validity: {0}")]
+    BadValidity(String),
+    // The underlying errors are part of the message, not `source()`, so that both `{}` and
+    // anyhow's `{:#}` print them exactly once.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: not a valid PEM file: {error}")]
+    Pem { path: PathBuf, error: rustls_pki_types::pem::Error },
+    #[error("{0}: contains no certificate")]
+    NoCertificate(PathBuf),
+    #[error("{path}: {error}")]
+    Rcgen { path: PathBuf, error: rcgen::Error },
+    #[error("certificate generation failed: {0}")]
+    Generate(rcgen::Error),
+}
+
+/// Shorthand for results of this module.
+pub type Result<T, E = PkiError> = std::result::Result<T, E>;
+
+/// Where [`init_ca`] wrote the CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaPaths {
+    /// The CA certificate (`ca.pem`).
+    pub cert: PathBuf,
+    /// The CA private key (`ca.key`, mode 0600).
+    pub key: PathBuf,
+}
+
+/// Where [`issue`] wrote a gateway's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePaths {
+    /// The CA certificate the gateway must trust (`ca.pem`, already present).
+    pub ca: PathBuf,
+    /// The gateway certificate (`<name>.pem`).
+    pub cert: PathBuf,
+    /// The gateway private key (`<name>.key`, mode 0600).
+    pub key: PathBuf,
+}
+
+/// Options of [`init_ca`].
+#[derive(Debug, Clone)]
+pub struct CaOptions {
+    /// Replace an existing CA. Default `false`.
+    pub force: bool,
+    /// Validity of the CA certificate in days. Default 3650 (ten years).
+    pub validity_days: u32,
+}
+
+impl Default for CaOptions {
+    fn default() -> Self {
+        CaOptions { force: false, validity_days: 3650 }
+    }
+}
+
+/// Options of [`issue`]. The default issues a certificate valid from one hour ago for
+/// `validity_days`, and refuses to overwrite an existing one.
+#[derive(Debug, Clone, Default)]
+pub struct IssueOptions {
+    /// Replace an existing certificate and key of the same name. Default `false`.
+    pub force: bool,
+    /// Overrides the start of validity (default: now minus one hour).
+    pub not_before: Option<OffsetDateTime>,
+    /// Overrides the end of validity (default: now + `validity_days`). With `not_before` it
+    /// makes an expired certificate, for tests.
+    pub not_after: Option<OffsetDateTime>,
+}
+
+/// Paths of the CA files in `dir`.
+pub fn ca_paths(dir: &Path) -> CaPaths {
+    CaPaths { cert: dir.join(CA_CERT_FILE), key: dir.join(CA_KEY_FILE) }
+}
+
+/// Paths of the files of gateway `name` in `dir` (no check that they exist).
+pub fn node_paths(dir: &Path, name: &str) -> NodePaths {
+    NodePaths {
+        ca: dir.join(CA_CERT_FILE),
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    }
+}
+
+/// Creates the cluster CA in `dir` (created with mode 0700 if missing): an ECDSA P-256 key and
+/// a self-signed CA certificate whose subject names `cluster_name`. Refuses to replace an
+/// existing `ca.pem` or `ca.key` unless `opts.force`.
+pub fn init_ca(dir: &Path, cluster_name: &str, opts: &CaOptions) -> Result<CaPaths> {
+    if cluster_name.is_empty() || cluster_name.len() > 64 || cluster_name.chars().any(char::is_control) {
+        return Err(PkiError::BadName {
+            name: cluster_name.to_owned(),
+            why: "a cluster name has 1 to 64 printable characters",
+        });
+    }
+    if opts.validity_days == 0 {
+        return Err(PkiError::BadValidity("a CA needs at least one day of validity".into()));
+    }
+    let paths = ca_paths(dir);
+    if !opts.force && (exists(&paths.cert)? || exists(&paths.key)?) {
+        return Err(PkiError::CaExists(dir.to_owned()));
+    }
+    create_dir(dir)?;
+
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::days(opts.validity_days.into());
+    params.serial_number = Some(random_serial());
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("edist cluster CA {cluster_name}"));
+    dn.push(DnType::OrganizationName, cluster_name);
+    params.distinguished_name = dn;
+    // Path length 0: the CA signs gateway certificates only, never another CA.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::Generate)?;
+    let cert = params.self_signed(&key).map_err(PkiError::Generate)?;
+    // Key first: a certificate without its key is useless, a key without its certificate harmless.
+    write_file(&paths.key, key.serialize_pem().as_bytes(), true)?;
+    write_file(&paths.cert, cert.pem().as_bytes(), false)?;
+    Ok(paths)
+}
+
+/// Issues a certificate for gateway `name` signed by the CA in `dir`: CN and DNS SAN = `name`,
+/// usable for both TLS server and client authentication, valid `validity_days` from now (see
+/// [`IssueOptions`] for overrides). Writes `<name>.pem` and `<name>.key` (mode 0600) into `dir`.
+pub fn issue(dir: &Path, name: &str, validity_days: u32, extra: IssueOptions) -> Result<NodePaths> {
+    check_name(name)?;
+    let paths = node_paths(dir, name);
+    if !extra.force && (exists(&paths.cert)? || exists(&paths.key)?) {
+        return Err(PkiError::CertExists { name: name.to_owned(), path: paths.cert });
+    }
+    let now = OffsetDateTime::now_utc();
+    let not_before = extra.not_before.unwrap_or(now - BACKDATE);
+    let not_after = extra.not_after.unwrap_or(now + Duration::days(validity_days.into()));
+    if not_after <= not_before {
+        return Err(PkiError::BadValidity(format!("not_after {not_after} is not after not_before {not_before}")));
+    }
+    if extra.not_after.is_none() && validity_days == 0 {
+        return Err(PkiError::BadValidity("a certificate needs at least one day of validity".into()));
+    }
+
+    let ca = ca_paths(dir);
+    if !exists(&ca.key)? && !exists(&ca.cert)? {
+        return Err(PkiError::NoCa(dir.to_owned()));
+    }
+    let ca_key_pem = read_to_string(&ca.key)?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|error| PkiError::Rcgen { path: ca.key.clone(), error })?;
+    let ca_cert_pem = read_to_string(&ca.cert)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key)
+        .map_err(|error| PkiError::Rcgen { path: ca.cert.clone(), error })?;
+
+    let mut params = CertificateParams::default();
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(random_serial());
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    let dns = name.try_into().map_err(|_| PkiError::BadName { name: name.to_owned(), why: "not an IA5 string" })?;
+    params.subject_alt_names = vec![SanType::DnsName(dns)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::Generate)?;
+    let cert = params.signed_by(&key, &issuer).map_err(PkiError::Generate)?;
+    write_file(&paths.key, key.serialize_pem().as_bytes(), true)?;
+    write_file(&paths.cert, cert.pem().as_bytes(), false)?;
+    Ok(paths)
+}
+
+/// Checks that `name` can be a gateway identity: a DNS name (it is the certificate's DNS SAN
+/// and the TLS server name), not an IP address, not `ca` (it would clobber the CA files).
+pub fn check_name(name: &str) -> Result<()> {
+    let bad = |why| Err(PkiError::BadName { name: name.to_owned(), why });
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return bad("a gateway name has 1 to 253 characters");
+    }
+    if name.eq_ignore_ascii_case("ca") {
+        return bad("\"ca\" is reserved for the CA files");
+    }
+    if name.contains('*') {
+        return bad("wildcards are not allowed");
+    }
+    match ServerName::try_from(name) {
+        Ok(ServerName::DnsName(_)) => Ok(()),
+        Ok(_) => bad("an IP address cannot be a gateway name"),
+        Err(_) => bad("a gateway name must be a DNS name (letters, digits, '-', '.')"),
+    }
+}
+
+/// Loads every certificate of a PEM file (other PEM sections are skipped). Fails if there is
+/// none.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| pem_error(path, e))?;
+    let certs = iter.collect::<Result<Vec<_>, _>>().map_err(|e| pem_error(path, e))?;
+    if certs.is_empty() {
+        return Err(PkiError::NoCertificate(path.to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Loads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, e))
+}
+
+fn pem_error(path: &Path, e: rustls_pki_types::pem::Error) -> PkiError {
+    match e {
+        rustls_pki_types::pem::Error::Io(error) => PkiError::Io { path: path.to_owned(), error },
+        error => PkiError::Pem { path: path.to_owned(), error },
+    }
+}
+
+/// A positive 127-bit serial number (RFC 5280 allows up to 20 octets; the high bit stays clear
+/// so the DER integer is never negative).
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01; // no leading zero octet to strip
+    SerialNumber::from_slice(&bytes)
+}
+
+fn exists(path: &Path) -> Result<bool> {
+    path.try_exists().map_err(|error| PkiError::Io { path: path.to_owned(), error })
+}
+
+fn read_to_string(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|error| PkiError::Io { path: path.to_owned(), error })
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir).map_err(|error| PkiError::Io { path: dir.to_owned(), error })
+}
+
+/// Writes `data` to `path` through a temporary file in the same directory and a rename, so
+/// the file is either the old or the new content. `secret` files get mode 0600 from creation.
+fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<()> {
+    let io_err = |error| PkiError::Io { path: path.to_owned(), error };
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, if secret { 0o600 } else { 0o644 });
+    #[cfg(not(unix))]
+    let _ = secret;
+    let result = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("edist-pki-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn init_issue_load() {
+        let dir = tempdir("basic");
+        let ca = init_ca(&dir, "test", &CaOptions::default()).expect("init");
+        assert!(matches!(init_ca(&dir, "test", &CaOptions::default()), Err(PkiError::CaExists(_))));
+        let node = issue(&dir, "gw-a", 30, IssueOptions::default()).expect("issue");
+        assert!(matches!(issue(&dir, "gw-a", 30, IssueOptions::default()), Err(PkiError::CertExists { .. })));
+        issue(&dir, "gw-a", 30, IssueOptions { force: true, ..Default::default() }).expect("reissue");
+        #[cfg(unix)]
+        for key in [&ca.key, &node.key] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(key).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+        }
+        assert_eq!(load_certs(&ca.cert).expect("ca").len(), 1);
+        assert_eq!(load_certs(&node.cert).expect("cert").len(), 1);
+        load_key(&node.key).expect("key");
+        init_ca(&dir, "test", &CaOptions { force: true, ..Default::default() }).expect("forced init");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["gw-a", "a", "host1.example.org", "gw_1"] {
+            check_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["", "ca", "CA", "a/b", "../x", "1.2.3.4", "*.x", "a b", "é"] {
+            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempdir("errs");
+        let e = load_certs(&dir.join("missing.pem")).expect_err("missing");
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let p = dir.join("empty.pem");
+        std::fs::write(&p, "hello\n").expect("write");
+        let e = load_certs(&p).expect_err("empty");
+        assert!(e.to_string().contains("empty.pem"), "{e}");
+        let e = load_key(&p).expect_err("no key");
+        assert!(e.to_string().contains("empty.pem"), "{e}");
+        let e = issue(&dir, "gw", 1, IssueOptions::default()).expect_err("no CA");
+        assert!(matches!(e, PkiError::NoCa(_)), "{e}");
+        std::fs::write(dir.join(CA_CERT_FILE), "x").expect("write");
+        let e = issue(&dir, "gw", 1, IssueOptions::default()).expect_err("no CA key");
+        assert!(e.to_string().contains("ca.key"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

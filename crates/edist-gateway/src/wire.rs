@@ -1,0 +1,259 @@
+//! Messages between gateways (sans IO).
+//!
+//! Every QUIC stream between two gateways starts with one of these frames, `[u32 len][u8 tag]
+//! [fields]`: a [`Msg::Control`] stream carries node announcements for the life of the link; an
+//! [`Msg::Open`] stream carries one relayed distribution connection — a few handshake frames,
+//! then, after [`Msg::Connected`], the raw distribution bytes of both nodes.
+
+use bytes::{Buf, BytesMut};
+use thiserror::Error;
+
+/// Largest frame accepted (a full node list of a large host fits easily).
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// A node as announced by its gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Full node name, `alive@host`.
+    pub name: String,
+    /// Its creation (pids it makes carry it).
+    pub creation: u32,
+}
+
+/// One message between gateways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// First frame of the control stream.
+    Control,
+    /// The sender's complete list of local nodes (replaces what was known).
+    Nodes(Vec<NodeInfo>),
+    /// A local node registered.
+    NodeUp(NodeInfo),
+    /// A local node went away.
+    NodeDown(String),
+    /// First frame of a relay stream: `from` (behind the sender) dials `to` (behind the receiver)
+    /// with these handshake flags and creation.
+    Open { from: String, to: String, flags: u64, creation: u32 },
+    /// The target node's handshake status (`ok`, `nok`, `alive`, ...).
+    Status(String),
+    /// The target node's challenge: its flags and creation (the challenge itself stays local).
+    Challenge { flags: u64, creation: u32 },
+    /// The initiator's answer to `alive`.
+    AliveAnswer(bool),
+    /// The initiator proved its cookie to its own gateway: finish the target leg.
+    Proceed,
+    /// The target leg is connected; raw distribution bytes follow on this stream.
+    Connected,
+    /// The relay is refused (unknown node, target unreachable, policy...).
+    Refused(String),
+}
+
+/// Decoding errors: the peer gateway broke the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("frame of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("unknown message tag {0}")]
+    UnknownTag(u8),
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+}
+
+mod tag {
+    pub const CONTROL: u8 = 1;
+    pub const NODES: u8 = 2;
+    pub const NODE_UP: u8 = 3;
+    pub const NODE_DOWN: u8 = 4;
+    pub const OPEN: u8 = 10;
+    pub const STATUS: u8 = 11;
+    pub const CHALLENGE: u8 = 12;
+    pub const ALIVE_ANSWER: u8 = 13;
+    pub const PROCEED: u8 = 14;
+    pub const CONNECTED: u8 = 15;
+    pub const REFUSED: u8 = 16;
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    out.extend_from_slice(b.get(..n).unwrap_or_default());
+}
+
+impl Msg {
+    /// The frame, with its length prefix.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0, 0, 0, 0];
+        match self {
+            Msg::Control => b.push(tag::CONTROL),
+            Msg::Nodes(nodes) => {
+                b.push(tag::NODES);
+                b.extend_from_slice(&(nodes.len() as u32).to_be_bytes());
+                for n in nodes {
+                    put_str(&mut b, &n.name);
+                    b.extend_from_slice(&n.creation.to_be_bytes());
+                }
+            }
+            Msg::NodeUp(n) => {
+                b.push(tag::NODE_UP);
+                put_str(&mut b, &n.name);
+                b.extend_from_slice(&n.creation.to_be_bytes());
+            }
+            Msg::NodeDown(name) => {
+                b.push(tag::NODE_DOWN);
+                put_str(&mut b, name);
+            }
+            Msg::Open { from, to, flags, creation } => {
+                b.push(tag::OPEN);
+                put_str(&mut b, from);
+                put_str(&mut b, to);
+                b.extend_from_slice(&flags.to_be_bytes());
+                b.extend_from_slice(&creation.to_be_bytes());
+            }
+            Msg::Status(s) => {
+                b.push(tag::STATUS);
+                put_str(&mut b, s);
+            }
+            Msg::Challenge { flags, creation } => {
+                b.push(tag::CHALLENGE);
+                b.extend_from_slice(&flags.to_be_bytes());
+                b.extend_from_slice(&creation.to_be_bytes());
+            }
+            Msg::AliveAnswer(a) => {
+                b.push(tag::ALIVE_ANSWER);
+                b.push(u8::from(*a));
+            }
+            Msg::Proceed => b.push(tag::PROCEED),
+            Msg::Connected => b.push(tag::CONNECTED),
+            Msg::Refused(r) => {
+                b.push(tag::REFUSED);
+                put_str(&mut b, r);
+            }
+        }
+        let len = (b.len() - 4) as u32;
+        if let Some(p) = b.get_mut(..4) {
+            p.copy_from_slice(&len.to_be_bytes());
+        }
+        b
+    }
+
+    /// Takes one message off the front of `buf`, or `None` if it is not complete yet.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Msg>, WireError> {
+        let Some(hdr) = buf.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()) else { return Ok(None) };
+        let len = u32::from_be_bytes(hdr) as usize;
+        if len > MAX_FRAME {
+            return Err(WireError::TooLarge(len));
+        }
+        if buf.len() < 4 + len {
+            return Ok(None);
+        }
+        buf.advance(4);
+        let body = buf.split_to(len);
+        let mut r = Fields(&body);
+        let t = r.u8("frame")?;
+        let msg = match t {
+            tag::CONTROL => Msg::Control,
+            tag::NODES => {
+                let n = r.u32("nodes")?;
+                // Each entry takes at least 6 bytes: no allocation beyond what is there.
+                if u64::from(n) * 6 > r.0.len() as u64 {
+                    return Err(WireError::Malformed("nodes"));
+                }
+                let mut nodes = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    nodes.push(NodeInfo { name: r.str("nodes")?, creation: r.u32("nodes")? });
+                }
+                Msg::Nodes(nodes)
+            }
+            tag::NODE_UP => Msg::NodeUp(NodeInfo { name: r.str("node_up")?, creation: r.u32("node_up")? }),
+            tag::NODE_DOWN => Msg::NodeDown(r.str("node_down")?),
+            tag::OPEN => {
+                Msg::Open { from: r.str("open")?, to: r.str("open")?, flags: r.u64("open")?, creation: r.u32("open")? }
+            }
+            tag::STATUS => Msg::Status(r.str("status")?),
+            tag::CHALLENGE => Msg::Challenge { flags: r.u64("challenge")?, creation: r.u32("challenge")? },
+            tag::ALIVE_ANSWER => Msg::AliveAnswer(r.u8("alive_answer")? != 0),
+            tag::PROCEED => Msg::Proceed,
+            tag::CONNECTED => Msg::Connected,
+            tag::REFUSED => Msg::Refused(r.str("refused")?),
+            other => return Err(WireError::UnknownTag(other)),
+        };
+        if !r.0.is_empty() {
+            return Err(WireError::Malformed("trailing bytes"));
+        }
+        Ok(Some(msg))
+    }
+}
+
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Malformed(what));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
+        Ok(self.take(1, what)?.first().copied().unwrap_or(0))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes(<[u8; 4]>::try_from(b).map_err(|_| WireError::Malformed(what))?))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
+        let b = self.take(8, what)?;
+        Ok(u64::from_be_bytes(<[u8; 8]>::try_from(b).map_err(|_| WireError::Malformed(what))?))
+    }
+    fn str(&mut self, what: &'static str) -> Result<String, WireError> {
+        let n = usize::from(u16::from_be_bytes(
+            <[u8; 2]>::try_from(self.take(2, what)?).map_err(|_| WireError::Malformed(what))?,
+        ));
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError::Malformed(what))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_round_trips_and_garbage_is_an_error() {
+        let all = vec![
+            Msg::Control,
+            Msg::Nodes(vec![
+                NodeInfo { name: "a@h".into(), creation: 7 },
+                NodeInfo { name: "b@h".into(), creation: 8 },
+            ]),
+            Msg::NodeUp(NodeInfo { name: "c@h".into(), creation: 9 }),
+            Msg::NodeDown("c@h".into()),
+            Msg::Open { from: "a@h".into(), to: "b@g".into(), flags: 0xD07DF5FBC, creation: 42 },
+            Msg::Status("ok_simultaneous".into()),
+            Msg::Challenge { flags: 1, creation: 2 },
+            Msg::AliveAnswer(true),
+            Msg::Proceed,
+            Msg::Connected,
+            Msg::Refused("no such node".into()),
+        ];
+        let mut buf = BytesMut::new();
+        for m in &all {
+            buf.extend_from_slice(&m.encode());
+        }
+        buf.extend_from_slice(&[0, 0]);
+        for m in &all {
+            assert_eq!(Msg::decode(&mut buf).unwrap().as_ref(), Some(m));
+        }
+        assert_eq!(Msg::decode(&mut buf).unwrap(), None);
+        let mut bad = BytesMut::from(&[0u8, 0, 0, 1, 99][..]);
+        assert_eq!(Msg::decode(&mut bad), Err(WireError::UnknownTag(99)));
+        let mut huge = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(Msg::decode(&mut huge), Err(WireError::TooLarge(_))));
+        let mut lie = BytesMut::from(&[0u8, 0, 0, 5, 2, 0xff, 0xff, 0xff, 0xff][..]);
+        assert_eq!(Msg::decode(&mut lie), Err(WireError::Malformed("nodes")));
+    }
+}
