@@ -327,9 +327,10 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     };
     let mut acc = relay::impersonating_acceptor(target, creation, &inner.cookie);
     let dial = relay::read_local_name(&mut sock, &mut acc).await?;
-    // Only registered local nodes may dial out, under their own name and creation.
-    let registered = inner.lock().local.get(&dial.from).map(|l| l.creation);
-    if registered != Some(dial.creation) {
+    // Only registered local nodes may dial out, under their own name. (Not checked against the
+    // creation we handed out: a node that re-registered after a gateway restart keeps the
+    // creation it started with.)
+    if !inner.lock().local.contains_key(&dial.from) {
         acc.respond(Status::NotAllowed)?;
         sock.write_all(&acc.take_output()).await?;
         return Err(relay::RelayError::Refused(format!("{} is not a node registered here", dial.from)));
@@ -363,7 +364,7 @@ async fn relay_to_local(
     let port = {
         let st = inner.lock();
         // The dialler must be a node its own gateway announced (no claiming others' names).
-        let announced = st.remote.get(&from).map(|r| r.gateway == peer_gateway && r.creation == creation);
+        let announced = st.remote.get(&from).map(|r| r.gateway == peer_gateway);
         if announced != Some(true) {
             None
         } else {
