@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Installs what edist's demo and tests need on a fresh Debian/Ubuntu machine, if missing:
-# Erlang/OTP (erlang-base, 25+) and a Rust toolchain. Safe to run again.
+# Erlang/OTP (erlang-base, 25+), for the tests also Elixir and iproute2, and a Rust toolchain. Safe to run again.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v erl >/dev/null 2>&1; then
-  echo "setup: installing Erlang/OTP (erlang-base) ..." >&2
+# erlang-base: real OTP nodes; elixir: the second real client in the tests; iproute2: network
+# namespaces for multi-host tests.
+missing=""
+command -v erl >/dev/null 2>&1 || missing="$missing erlang-base"
+[ "${EDIST_WITH_TEST_DEPS:-0}" = 1 ] && { command -v elixir >/dev/null 2>&1 || missing="$missing elixir"; }
+[ "${EDIST_WITH_TEST_DEPS:-0}" = 1 ] && { command -v ip >/dev/null 2>&1 || missing="$missing iproute2"; }
+if [ -n "$missing" ]; then
+  echo "setup: installing$missing ..." >&2
   export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update -qq
-  as_root apt-get install -y -qq erlang-base >/dev/null
+  # shellcheck disable=SC2086
+  as_root apt-get install -y -qq $missing >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
