@@ -536,7 +536,6 @@ mod tests {
             b"\x00\x02nn",
             b"\x00\x01z",
             b"\x00\x01k",
-            b"\x00\x01d",
             b"\x00\x02sa",
             b"\x00\x05x\x00\x01M",
         ] {
@@ -552,6 +551,12 @@ mod tests {
         }
         // Still serving.
         assert!(names(addr).await.entries.is_empty());
+        // DUMP is edist's status request: the port, then the directory's JSON.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"\x00\x01d").await.unwrap();
+        let mut out = Vec::new();
+        timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.unwrap().unwrap();
+        assert_eq!(out.get(4..), Some(&b"{}"[..]));
     }
 
     #[tokio::test]
