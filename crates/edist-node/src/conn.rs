@@ -140,17 +140,30 @@ async fn dial_attempt(inner: &Arc<Inner>, node: &Atom) -> Result<Conn, NodeError
     let node = node.clone();
     let (alive, host) = split_node(node.as_str())?;
     let to = inner.cfg.setup_timeout;
-    let host_addr = timeout(to, tokio::net::lookup_host((host, inner.cfg.epmd_port)))
-        .await
-        .map_err(|_| NodeError::Timeout)?
-        .map_err(io_err(&node))?
-        .find(|a| a.is_ipv4())
-        .ok_or_else(|| NodeError::BadNodeName(node.to_string()))?;
-    let info = epmd::port_please(host_addr, alive)
-        .await
-        .map_err(|e| NodeError::Epmd { host: host.to_string(), source: e })?
-        .ok_or_else(|| NodeError::NoSuchNode(node.to_string()))?;
-    let addr = SocketAddr::new(host_addr.ip(), info.port);
+    let addr = match inner.cfg.gateway {
+        // Through a gateway: it knows every node by its full name and answers a loopback port.
+        Some(gw) => {
+            let info = epmd::EpmdClient::new(gw)
+                .gateway_port_please(node.as_str())
+                .await
+                .map_err(|e| NodeError::Epmd { host: gw.to_string(), source: e })?
+                .ok_or_else(|| NodeError::NoSuchNode(node.to_string()))?;
+            SocketAddr::new(gw.ip(), info.port)
+        }
+        None => {
+            let host_addr = timeout(to, tokio::net::lookup_host((host, inner.cfg.epmd_port)))
+                .await
+                .map_err(|_| NodeError::Timeout)?
+                .map_err(io_err(&node))?
+                .find(|a| a.is_ipv4())
+                .ok_or_else(|| NodeError::BadNodeName(node.to_string()))?;
+            let info = epmd::port_please(host_addr, alive)
+                .await
+                .map_err(|e| NodeError::Epmd { host: host.to_string(), source: e })?
+                .ok_or_else(|| NodeError::NoSuchNode(node.to_string()))?;
+            SocketAddr::new(host_addr.ip(), info.port)
+        }
+    };
     let mut stream =
         timeout(to, TcpStream::connect(addr)).await.map_err(|_| NodeError::Timeout)?.map_err(io_err(&node))?;
     let _ = stream.set_nodelay(true);

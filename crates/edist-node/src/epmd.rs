@@ -198,8 +198,20 @@ impl EpmdClient {
 
     /// Looks up `name` (the part before `@`); `None` when epmd does not know it.
     pub async fn port_please(&self, name: &str) -> Result<Option<NodeInfo>, EpmdClientError> {
+        check_alive_name(name, "PORT_PLEASE2")?;
+        self.port_please_unchecked(name).await
+    }
+
+    /// Looks up a full node name `alive@host` at an edist gateway's control port, which answers
+    /// PORT_PLEASE2 for full names with the loopback port to dial.
+    pub async fn gateway_port_please(&self, full_name: &str) -> Result<Option<NodeInfo>, EpmdClientError> {
+        codec::validate_name(full_name)
+            .map_err(|source| EpmdClientError::InvalidRequest { op: "PORT_PLEASE2", source })?;
+        self.port_please_unchecked(full_name).await
+    }
+
+    async fn port_please_unchecked(&self, name: &str) -> Result<Option<NodeInfo>, EpmdClientError> {
         const OP: &str = "PORT_PLEASE2";
-        check_alive_name(name, OP)?;
         let deadline = Instant::now() + self.timeout;
         let mut stream = self.send(OP, &Request::PortPlease2 { name: name.to_owned() }, deadline).await?;
         match self.read_decoded(&mut stream, OP, deadline, Port2Resp::decode).await? {

@@ -26,6 +26,9 @@ pub struct NodeConfig {
     pub listen: bool,
     /// Port of the epmd daemons (ours and the peers'); default `ERL_EPMD_PORT` or 4369.
     pub epmd_port: u16,
+    /// Join through an edist gateway instead of epmd: register at its local control address and
+    /// resolve every node name there, as BEAM nodes with the `edist_epmd` plug do.
+    pub gateway: Option<SocketAddr>,
     /// Per-step handshake timeout (`net_setuptime`).
     pub setup_timeout: Duration,
     /// A peer silent this long is considered dead (`net_ticktime`).
@@ -42,6 +45,7 @@ impl NodeConfig {
             cookie: cookie.into(),
             listen: true,
             epmd_port: epmd::default_epmd_port(),
+            gateway: None,
             setup_timeout: Duration::from_secs(7),
             tick_time: Duration::from_secs(60),
             max_message: 256 << 20,
@@ -136,11 +140,13 @@ impl Node {
         let mut listener = None;
         let mut creation = rand::random::<u32>() | 4;
         if cfg.listen {
-            let l = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
+            // Behind a gateway, only the gateway (on loopback) may reach us.
+            let ip = if cfg.gateway.is_some() { Ipv4Addr::LOCALHOST } else { Ipv4Addr::UNSPECIFIED };
+            let l = tokio::net::TcpListener::bind((ip, 0))
                 .await
                 .map_err(|e| NodeError::Io { node: cfg.name.clone(), source: e })?;
             let port = l.local_addr().map_err(|e| NodeError::Io { node: cfg.name.clone(), source: e })?.port();
-            let epmd_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.epmd_port));
+            let epmd_addr = cfg.gateway.unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.epmd_port)));
             let reg = epmd::register(epmd_addr, alive, port, true).await.map_err(|e| match e {
                 epmd::EpmdClientError::NameTaken { .. } => NodeError::NameTaken(cfg.name.clone()),
                 e => NodeError::Epmd { host: "localhost".into(), source: e },

@@ -1,0 +1,101 @@
+//! Two gateways in one process, Rust-native nodes behind each (joined through the gateways'
+//! control ports, as the `edist_epmd` plug does): the relay path without starting `erl`.
+
+use anyhow::{ensure, Result};
+use edist_gateway::config::{Config, PeerConfig};
+use edist_gateway::gateway::Gateway;
+use edist_gateway::pki;
+use edist_node::{Event, Node, NodeConfig, RpcFailure};
+use edist_proto::Term;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+fn certs() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("edist-relay-{}-{}", std::process::id(), rand_suffix()));
+    pki::init_ca(&dir, "test", &pki::CaOptions::default())?;
+    for gw in ["gw-a", "gw-b"] {
+        pki::issue(&dir, gw, 1, pki::IssueOptions::default())?;
+    }
+    Ok(dir)
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn config(name: &str, host: &str, certs: &Path) -> Result<Config> {
+    let mut c = Config { name: name.into(), host: host.into(), cookie: Some("relay".into()), ..Config::default() };
+    c.local.control = "127.0.0.1:0".parse()?;
+    c.fabric.listen = "127.0.0.1:0".parse()?;
+    c.fabric.certs = certs.to_path_buf();
+    Ok(c)
+}
+
+async fn node(gw: &Gateway, name: &str) -> Result<Node> {
+    let mut cfg = NodeConfig::new(name, "relay");
+    cfg.gateway = Some(gw.control_addr());
+    Ok(Node::start(cfg).await?)
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + T;
+    while !f() {
+        ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_nodes_talk_across_two_gateways() -> Result<()> {
+    let dir = certs()?;
+    let ga = Gateway::start(config("gw-a", "hosta", &dir)?).await?;
+    let mut cb = config("gw-b", "hostb", &dir)?;
+    cb.peers.push(PeerConfig { name: "gw-a".into(), addr: ga.fabric_addr().expect("fabric") });
+    let gb = Gateway::start(cb).await?;
+    let r1 = node(&ga, "r1@hosta").await?;
+    let r2 = node(&gb, "r2@hostb").await?;
+    r2.register_rpc("m", "double", |args| match args.as_slice() {
+        [Term::Int(i)] => Ok(Term::Int(2 * i)),
+        _ => Err(RpcFailure::Error(Term::atom("badarg"))),
+    });
+    until("gw-a to learn r2", || ga.status().remote_nodes.iter().any(|(n, g)| n == "r2@hostb" && g == "gw-b")).await?;
+
+    // Handshake relayed by both gateways, then rpc and messages both ways.
+    ensure!(r1.ping("r2@hostb").await, "ping through the fabric");
+    assert_eq!(r1.rpc("r2@hostb", "m", "double", vec![Term::Int(21)], T).await?, Term::Int(42));
+    let mut inbox2 = r2.register("inbox")?;
+    let mut inbox1 = r1.register("inbox")?;
+    let big = Term::binary(vec![7u8; 10 << 20]);
+    inbox1.send_named("inbox", "r2@hostb", Term::tuple([Term::Pid(inbox1.pid().clone()), big.clone()])).await?;
+    let m = inbox2.recv_message(T).await?;
+    let Some([Term::Pid(from), payload]) = m.as_tuple().and_then(|t| <&[Term; 2]>::try_from(t).ok()) else {
+        anyhow::bail!("unexpected {m}")
+    };
+    ensure!(*payload == big, "10 MB arrived intact");
+    inbox2.send(from, Term::atom("thanks")).await?;
+    assert_eq!(inbox1.recv_message(T).await?, Term::atom("thanks"));
+    let st = ga.status();
+    ensure!(st.bytes_out >= 10 << 20 && st.relays_open == 1, "{st:?}");
+
+    // A link across the fabric; the far gateway dies: noconnection within the idle timeout.
+    let mb = r1.mailbox();
+    let mut watcher = r1.mailbox();
+    watcher.link(inbox2.pid()).await?;
+    r1.rpc("r2@hostb", "erlang", "node", vec![], T).await?; // the link reached r2
+    let t0 = std::time::Instant::now();
+    gb.shutdown();
+    match watcher.recv_timeout(Duration::from_secs(5)).await? {
+        Event::Exit { reason, .. } => assert_eq!(reason, Term::atom("noconnection")),
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+    eprintln!("noconnection {} ms after the far gateway stopped", t0.elapsed().as_millis());
+    until("gw-a to forget r2", || ga.status().remote_nodes.is_empty()).await?;
+    drop(mb);
+    ga.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
