@@ -183,6 +183,29 @@ where
         sock.write_all(&acc.take_output()).await?;
         return Err(RelayError::Refused(format!("far node answered {}", status_text(&status))));
     }
+    let mut buf = [0u8; 1024];
+    let alive = status == Status::Alive;
+    if alive {
+        // The far node still holds a connection from ours: forward `alive` faithfully and
+        // carry the local node's answer back; the challenge follows once the far side sends it.
+        acc.set_defer_challenge(true);
+        acc.respond(Status::Alive)?;
+        sock.write_all(&acc.take_output()).await?;
+        let answer = loop {
+            match acc.poll()? {
+                Some(AcceptorEvent::AliveAnswer(a)) => break a,
+                Some(_) => return Err(RelayError::Handshake(HandshakeError::OutOfOrder("expected the alive answer"))),
+                None => {
+                    let n = read_sock(sock, &mut buf, "alive answer").await?;
+                    acc.handle(buf.get(..n).unwrap_or_default())?;
+                }
+            }
+        };
+        tx.write_all(&Msg::AliveAnswer(answer).encode()).await?;
+        if !answer {
+            return Err(RelayError::Refused("the local node kept its old connection".into()));
+        }
+    }
     match msgs.next("challenge").await? {
         Msg::Challenge { flags, creation } => {
             acc.set_flags(DFlags(flags & RELAY_MASK));
@@ -190,9 +213,12 @@ where
         }
         m => return Err(RelayError::Unexpected(m)),
     }
-    acc.respond(status)?;
+    if alive {
+        acc.send_challenge_now()?;
+    } else {
+        acc.respond(status)?;
+    }
     sock.write_all(&acc.take_output()).await?;
-    let mut buf = [0u8; 1024];
     loop {
         match acc.poll()? {
             Some(AcceptorEvent::Authenticated) => break,
@@ -252,10 +278,18 @@ where
         }
         match init.poll()? {
             Some(InitiatorEvent::Status(Status::Alive)) => {
-                // The node still holds a connection from `from` that `from` no longer has
-                // (it is dialling afresh): that one is dead.
-                init.answer_alive(true)?;
-                tx.write_all(&Msg::Status("ok".into()).encode()).await?;
+                // Forwarded faithfully: the dialling node decides (fact 6).
+                tx.write_all(&Msg::Status("alive".into()).encode()).await?;
+                match msgs.next("alive answer").await? {
+                    Msg::AliveAnswer(a) => {
+                        init.answer_alive(a)?;
+                        if !a {
+                            sock.write_all(&init.take_output()).await?;
+                            return Err(RelayError::Refused(format!("{from} kept its old connection to {to}")));
+                        }
+                    }
+                    m => return Err(RelayError::Unexpected(m)),
+                }
             }
             Some(InitiatorEvent::Status(st)) => {
                 tx.write_all(&Msg::Status(status_text(&st).into()).encode()).await?;

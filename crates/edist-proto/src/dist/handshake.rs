@@ -404,6 +404,7 @@ enum AState {
     AwaitName,
     AwaitRespond,
     AwaitAliveAnswer,
+    AwaitChallengeCall,
     AwaitReply,
     AwaitComplete,
     Done,
@@ -421,6 +422,7 @@ pub struct Acceptor {
     peer_flags: DFlags,
     peer_creation: u32,
     peer_challenge: u32,
+    defer_challenge: bool,
 }
 
 impl Acceptor {
@@ -435,6 +437,7 @@ impl Acceptor {
             peer_flags: DFlags(0),
             peer_creation: 0,
             peer_challenge: 0,
+            defer_challenge: false,
         }
     }
 
@@ -446,6 +449,21 @@ impl Acceptor {
     /// Buffers bytes received from the peer.
     pub fn handle(&mut self, data: &[u8]) -> Result<(), HandshakeError> {
         self.input.push(data)
+    }
+
+    /// After an `alive` status answered `true`, wait for [`Acceptor::send_challenge_now`]
+    /// instead of sending the challenge at once (a relay first learns the far side's flags).
+    pub fn set_defer_challenge(&mut self, defer: bool) {
+        self.defer_challenge = defer;
+    }
+
+    /// Sends the deferred challenge (see [`Acceptor::set_defer_challenge`]).
+    pub fn send_challenge_now(&mut self) -> Result<(), HandshakeError> {
+        if self.state != AState::AwaitChallengeCall {
+            return Err(HandshakeError::OutOfOrder("no deferred challenge"));
+        }
+        self.send_challenge();
+        Ok(())
     }
 
     /// Bytes received after the handshake's last message.
@@ -526,7 +544,10 @@ impl Acceptor {
     /// Processes buffered input; returns the next event, or `None` when more input (or a call
     /// from the user) is needed.
     pub fn poll(&mut self) -> Result<Option<AcceptorEvent>, HandshakeError> {
-        if matches!(self.state, AState::AwaitRespond | AState::AwaitComplete | AState::Done | AState::Over) {
+        if matches!(
+            self.state,
+            AState::AwaitRespond | AState::AwaitChallengeCall | AState::AwaitComplete | AState::Done | AState::Over
+        ) {
             return Ok(None);
         }
         let Some(frame) = self.input.next() else { return Ok(None) };
@@ -567,11 +588,14 @@ impl Acceptor {
                     b"false" => false,
                     _ => return Err(HandshakeError::Malformed("alive answer")),
                 };
-                if cont {
-                    self.send_challenge();
-                } else {
-                    self.state = AState::Over;
-                }
+                self.state = match (cont, self.defer_challenge) {
+                    (true, false) => {
+                        self.send_challenge();
+                        AState::AwaitReply
+                    }
+                    (true, true) => AState::AwaitChallengeCall,
+                    (false, _) => AState::Over,
+                };
                 Ok(Some(AcceptorEvent::AliveAnswer(cont)))
             }
             (AState::AwaitReply, b'r') => {
@@ -688,6 +712,25 @@ mod tests {
         a.answer_alive(true).unwrap();
         b.handle(&a.take_output()).unwrap();
         assert_eq!(b.poll().unwrap(), Some(AcceptorEvent::AliveAnswer(true)));
+        a.handle(&b.take_output()).unwrap();
+        assert!(matches!(a.poll().unwrap(), Some(InitiatorEvent::Challenge { .. })));
+    }
+
+    #[test]
+    fn deferred_challenge_after_alive() {
+        let (mut a, mut b) = pair(b"c", b"c");
+        b.set_defer_challenge(true);
+        b.handle(&a.take_output()).unwrap();
+        b.poll().unwrap();
+        b.respond(Status::Alive).unwrap();
+        a.handle(&b.take_output()).unwrap();
+        a.poll().unwrap();
+        a.answer_alive(true).unwrap();
+        b.handle(&a.take_output()).unwrap();
+        assert_eq!(b.poll().unwrap(), Some(AcceptorEvent::AliveAnswer(true)));
+        assert!(b.take_output().is_empty(), "no challenge before send_challenge_now");
+        b.set_flags(DFlags::edist_default(false));
+        b.send_challenge_now().unwrap();
         a.handle(&b.take_output()).unwrap();
         assert!(matches!(a.poll().unwrap(), Some(InitiatorEvent::Challenge { .. })));
     }
