@@ -337,29 +337,26 @@ where
     if !pending_to_sock.is_empty() {
         sw.write_all(pending_to_sock).await?;
     }
-    let up = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = sr.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<(), std::io::Error>(());
-            }
-            tx.write_all(buf.get(..n).unwrap_or_default()).await?;
-            counters.add_out(n);
-        }
-    };
-    let down = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = rx.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<(), std::io::Error>(());
-            }
-            sw.write_all(buf.get(..n).unwrap_or_default()).await?;
-            counters.add_in(n);
-        }
-    };
+    let up = copy(&mut sr, &mut tx, |n| counters.add_out(n));
+    let down = copy(&mut rx, &mut sw, |n| counters.add_in(n));
     // Teardown together (fact 9): whichever side ends first ends the other.
     let r = tokio::select! { r = up => r, r = down => r };
     Ok(r?)
+}
+
+/// Copies until end of stream, counting bytes.
+async fn copy<R, W>(r: &mut R, w: &mut W, count: impl Fn(usize)) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        w.write_all(buf.get(..n).unwrap_or_default()).await?;
+        count(n);
+    }
 }
