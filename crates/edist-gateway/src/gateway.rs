@@ -420,10 +420,10 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink, we_dialled: bool) {
             // Both gateways dialled each other: keep the link the smaller name dialled.
             let keep_old = old.we_dialled == (inner.cfg.name < peer);
             if keep_old && old.we_dialled != we_dialled {
-                conn.close(1u32.into(), b"duplicate link");
+                conn.close(0x100u32.into(), b"duplicate link");
                 return;
             }
-            old.conn.close(1u32.into(), b"replaced");
+            old.conn.close(0x101u32.into(), b"replaced");
         }
         st.peers.insert(peer.clone(), Peer { link_id, conn: conn.clone(), we_dialled, control: ctl_tx.clone() });
     }
