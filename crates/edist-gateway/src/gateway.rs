@@ -45,7 +45,6 @@ struct RemoteNode {
 struct Peer {
     link_id: u64,
     conn: quinn::Connection,
-    we_dialled: bool,
     control: mpsc::UnboundedSender<Msg>,
 }
 
@@ -58,7 +57,10 @@ struct Impersonator {
 struct State {
     local: HashMap<String, LocalNode>,
     remote: HashMap<String, RemoteNode>,
-    peers: HashMap<String, Peer>,
+    /// Links to each peer gateway, oldest first. Normally one; when both gateways dial at
+    /// once there can briefly be two, and both are kept (closing either would cut the
+    /// connections it carries); new relays use the newest.
+    peers: HashMap<String, Vec<Peer>>,
     impersonators: HashMap<String, Impersonator>,
 }
 
@@ -210,7 +212,7 @@ impl Inner {
     }
 
     fn broadcast(&self, m: Msg) {
-        for p in self.lock().peers.values() {
+        for p in self.lock().peers.values().flatten() {
             let _ = p.control.send(m.clone());
         }
     }
@@ -321,8 +323,11 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     let (creation, conn) = {
         let st = inner.lock();
         let r = st.remote.get(target).ok_or_else(|| relay::RelayError::Refused(format!("{target} is unknown")))?;
-        let p =
-            st.peers.get(&r.gateway).ok_or_else(|| relay::RelayError::Refused(format!("no link to {}", r.gateway)))?;
+        let p = st
+            .peers
+            .get(&r.gateway)
+            .and_then(|links| links.last())
+            .ok_or_else(|| relay::RelayError::Refused(format!("no link to {}", r.gateway)))?;
         (r.creation, p.conn.clone())
     };
     let mut acc = relay::impersonating_acceptor(target, creation, &inner.cookie);
@@ -389,7 +394,7 @@ async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
         let name = inner.cfg.name.clone();
         tokio::spawn(async move {
             match quic::accept(incoming, &name).await {
-                Ok(link) => run_link(inner, link, false).await,
+                Ok(link) => run_link(inner, link).await,
                 Err(e) => warn!("refused a fabric connection: {e}"),
             }
         });
@@ -400,7 +405,7 @@ async fn dial_loop(inner: Arc<Inner>, ep: quinn::Endpoint, peer: String, addr: s
     loop {
         if !inner.lock().peers.contains_key(&peer) {
             match quic::dial(&ep, addr, &peer, &inner.cfg.name).await {
-                Ok(link) => run_link(inner.clone(), link, true).await,
+                Ok(link) => run_link(inner.clone(), link).await,
                 Err(e) => debug!(%peer, %addr, "dial failed: {e}"),
             }
         }
@@ -409,24 +414,16 @@ async fn dial_loop(inner: Arc<Inner>, ep: quinn::Endpoint, peer: String, addr: s
 }
 
 /// Serves one link to another gateway until it closes.
-async fn run_link(inner: Arc<Inner>, link: PeerLink, we_dialled: bool) {
+async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     let peer = link.peer_name.clone();
     let conn = link.conn.clone();
     let link_id = inner.next_link.fetch_add(1, Ordering::Relaxed);
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Msg>();
-    {
-        let mut st = inner.lock();
-        if let Some(old) = st.peers.get(&peer) {
-            // Both gateways dialled each other: keep the link the smaller name dialled.
-            let keep_old = old.we_dialled == (inner.cfg.name < peer);
-            if keep_old && old.we_dialled != we_dialled {
-                conn.close(0x100u32.into(), b"duplicate link");
-                return;
-            }
-            old.conn.close(0x101u32.into(), b"replaced");
-        }
-        st.peers.insert(peer.clone(), Peer { link_id, conn: conn.clone(), we_dialled, control: ctl_tx.clone() });
-    }
+    inner.lock().peers.entry(peer.clone()).or_default().push(Peer {
+        link_id,
+        conn: conn.clone(),
+        control: ctl_tx.clone(),
+    });
     info!(%peer, "gateway link up");
     let _ = ctl_tx.send(Msg::Control);
     let _ = ctl_tx.send(Msg::Nodes(inner.local_list()));
@@ -472,7 +469,14 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink, we_dialled: bool) {
     uni.abort();
     info!(%peer, reason = ?conn.close_reason(), "gateway link down");
     let mut st = inner.lock();
-    if st.peers.get(&peer).map(|p| p.link_id) == Some(link_id) {
+    let last = match st.peers.get_mut(&peer) {
+        Some(links) => {
+            links.retain(|l| l.link_id != link_id);
+            links.is_empty()
+        }
+        None => false,
+    };
+    if last {
         st.peers.remove(&peer);
         drop(st);
         inner.forget_remote(|_, r| r.gateway == peer);
@@ -495,7 +499,9 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: quinn::RecvStream) {
         };
         match m {
             Ok(Msg::Nodes(nodes)) => {
-                inner.forget_remote(|_, r| r.gateway == peer);
+                // Replace what this peer announced, keeping the listeners of nodes still there.
+                let names: std::collections::HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+                inner.forget_remote(|n, r| r.gateway == peer && !names.contains(n));
                 let mut st = inner.lock();
                 for n in nodes {
                     if !st.local.contains_key(&n.name) {

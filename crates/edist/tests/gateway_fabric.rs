@@ -1,0 +1,1016 @@
+//! Real BEAM nodes on separate "hosts" talking through `edist gateway`s over the QUIC fabric.
+//!
+//! A host is a network namespace (`edist-<pid>-<n>`) with `lo` up and a veth into a shared bridge
+//! (itself in a namespace of its own), addressed 10.213.<cluster>.<host+1>/24. Each host runs one
+//! `edist gateway` (built binary, control on the namespace's own 127.0.0.1:4370, fabric on its veth
+//! address, every other gateway as a static peer) and BEAM nodes plugged into it with
+//! `edist erl-flags`, listening on loopback only (`-kernel inet_dist_use_interface {127,0,0,1}`):
+//! the only way between hosts is the fabric.
+//!
+//! Every process is killed and every namespace deleted on drop, panics included. Tests run one at a
+//! time (two cores; the timing assertions and throughput figures need a quiet machine).
+//! Set `EDIST_TEST_LOG` to change the gateways' `EDIST_LOG` (default `info,edist_gateway=debug`);
+//! the logs of a failed test are printed and kept under `$CARGO_TARGET_TMPDIR/gateway-fabric/`
+//! (those of passed tests too with `EDIST_TEST_KEEP=1`).
+
+#[path = "../../edist-node/tests/common/mod.rs"]
+mod common;
+
+use anyhow::{bail, ensure, Context, Result};
+use common::{host, require_erl, unique};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::time::{sleep, timeout, Instant};
+
+const EDIST: &str = env!("CARGO_BIN_EXE_edist");
+/// Every host has its own loopback, so every gateway can use the default control address.
+const CONTROL: &str = "127.0.0.1:4370";
+const FABRIC_PORT: u16 = 4371;
+const MB: usize = 1024 * 1024;
+
+/// One test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// ------------------------------------------------------------------------------------------------
+// Erlang side: a helper module compiled once per test process, and a line REPL.
+
+const HELPER_MODULE: &str = r#"
+-module(edist_fabric_t).
+-behaviour(gen_server).
+-export([start_server/1, init/1, handle_call/3, handle_cast/2, handle_info/2]).
+-export([wait/2, start_sink/0, bulk/2, watch_nodedown/1]).
+
+%% A key-value gen_server, started unlinked and registered as Name.
+start_server(Name) ->
+    {ok, Pid} = gen_server:start({local, Name}, ?MODULE, #{}, []),
+    Pid.
+
+init(State) -> {ok, State}.
+handle_call({put, K, V}, _From, S) -> {reply, ok, S#{K => V}};
+handle_call({get, K}, _From, S) -> {reply, maps:get(K, S, undefined), S};
+handle_call(from, From, S) -> {reply, From, S}.
+handle_cast(_Msg, S) -> {noreply, S}.
+handle_info(_Msg, S) -> {noreply, S}.
+
+%% Calls F every 20 ms until it returns {ok, X} (then X), or Ms have passed (then {timeout, Last}).
+wait(F, Ms) -> wait(F, erlang:monotonic_time(millisecond) + Ms, undefined).
+wait(F, Deadline, _) ->
+    case F() of
+        {ok, X} -> X;
+        Other ->
+            case erlang:monotonic_time(millisecond) >= Deadline of
+                true -> {timeout, Other};
+                false -> timer:sleep(20), wait(F, Deadline, Other)
+            end
+    end.
+
+%% Registered as edist_sink: acknowledges a binary, sends it back, then sends its md5.
+start_sink() ->
+    register(edist_sink, spawn(fun sink/0)),
+    ok.
+sink() ->
+    receive
+        {From, Bin} when is_binary(Bin) ->
+            From ! {edist_sink, got},
+            From ! {edist_sink, echo, Bin},
+            From ! {edist_sink, md5, erlang:md5(Bin)},
+            sink()
+    end.
+
+%% Sends Bytes random bytes to edist_sink on Node and gets them back:
+%% {TheirMd5Ok, EchoMd5Ok, EchoSize, MicrosThere, MicrosBack}.
+bulk(Node, Bytes) ->
+    Bin = crypto:strong_rand_bytes(Bytes),
+    Md5 = erlang:md5(Bin),
+    true = erlang:monitor_node(Node, true),
+    T0 = erlang:monotonic_time(microsecond),
+    {edist_sink, Node} ! {self(), Bin},
+    receive {edist_sink, got} -> ok; {nodedown, Node} -> exit({nodedown, waiting_for_ack}) after 120000 -> exit(no_ack) end,
+    T1 = erlang:monotonic_time(microsecond),
+    Back = receive {edist_sink, echo, B} -> B; {nodedown, Node} -> exit({nodedown, waiting_for_echo}) after 120000 -> exit(no_echo) end,
+    T2 = erlang:monotonic_time(microsecond),
+    Theirs = receive {edist_sink, md5, M} -> M; {nodedown, Node} -> exit({nodedown, waiting_for_md5}) after 60000 -> exit(no_md5) end,
+    erlang:monitor_node(Node, false),
+    {Theirs =:= Md5, erlang:md5(Back) =:= Md5, byte_size(Back), T1 - T0, T2 - T1}.
+
+%% A process that prints "nodedown Node SystemMicros" when Node goes down.
+watch_nodedown(Node) ->
+    Me = self(),
+    spawn(fun() ->
+                  ok = net_kernel:monitor_nodes(true),
+                  Me ! {watching, self()},
+                  receive
+                      {nodedown, Node} ->
+                          io:format("nodedown ~s ~b~n", [Node, os:system_time(microsecond)])
+                  end
+          end),
+    receive {watching, _} -> ok end.
+"#;
+
+/// Reads one expression per line, prints `result <term>`.
+const REPL: &str = r#"Loop = fun L() ->
+    case io:get_line("") of
+        eof -> halt();
+        Line ->
+            R = try
+                    {ok, Toks, _} = erl_scan:string(Line),
+                    {ok, Exprs} = erl_parse:parse_exprs(Toks),
+                    {value, V, _} = erl_eval:exprs(Exprs, []),
+                    V
+                catch C:E -> {caught, C, E}
+                end,
+            io:format("result ~0p~n", [R]),
+            L()
+    end
+end,
+io:format("ready~n"),
+Loop()."#;
+
+/// What every test needs from outside: the plug flags and the helper module.
+struct Tools {
+    /// `edist erl-flags` (default gateway address), split.
+    flags: Vec<String>,
+    /// Holds `edist_fabric_t.beam`.
+    helper_dir: PathBuf,
+}
+
+fn tools() -> Result<&'static Tools> {
+    static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
+    TOOLS.get_or_init(|| make_tools().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn make_tools() -> Result<Tools> {
+    require_erl();
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let out = std::process::Command::new(EDIST)
+        .arg("erl-flags")
+        .env("XDG_CACHE_HOME", tmp.join("edist-fabric-cache"))
+        .output()
+        .context("running edist erl-flags")?;
+    ensure!(out.status.success(), "edist erl-flags: {}", String::from_utf8_lossy(&out.stderr));
+    let flags: Vec<String> = String::from_utf8(out.stdout)?.split_whitespace().map(str::to_owned).collect();
+    let helper_dir = tmp.join(format!("edist-fabric-erl-{}", std::process::id()));
+    std::fs::create_dir_all(&helper_dir)?;
+    let src = helper_dir.join("edist_fabric_t.erl");
+    std::fs::write(&src, HELPER_MODULE)?;
+    let out = std::process::Command::new("erlc").arg("-o").arg(&helper_dir).arg(&src).output().context("erlc")?;
+    ensure!(
+        out.status.success(),
+        "erlc: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(Tools { flags, helper_dir })
+}
+
+/// An atom literal.
+fn q(name: &str) -> String {
+    format!("'{name}'")
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// A real BEAM node evaluating expressions sent on its stdin (one per line).
+struct Node {
+    /// Full name, `alive@host`.
+    name: String,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+    /// Lines other than results, in order (see [`Node::event`]).
+    events: VecDeque<String>,
+}
+
+impl Node {
+    /// Spawns `cmd` (an `erl` command line without `-eval`) with the REPL and waits until it runs.
+    async fn spawn(mut cmd: Command, name: String, stderr_log: &Path) -> Result<Node> {
+        let log = std::fs::File::create(stderr_log)?;
+        cmd.arg("-noshell")
+            .arg("-eval")
+            .arg(REPL)
+            .env_remove("ERL_FLAGS")
+            .env_remove("ERL_AFLAGS")
+            .env_remove("ERL_ZFLAGS")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("spawning {name}"))?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let mut node = Node { name, child, stdin, stdout, events: VecDeque::new() };
+        loop {
+            let line = node.line(Duration::from_secs(60)).await.with_context(|| format!("{} starting", node.name))?;
+            if line == "ready" {
+                return Ok(node);
+            }
+            node.events.push_back(line);
+        }
+    }
+
+    async fn line(&mut self, within: Duration) -> Result<String> {
+        match timeout(within, self.stdout.next_line()).await {
+            Ok(Ok(Some(l))) => Ok(l),
+            Ok(Ok(None)) => bail!("{} closed its stdout", self.name),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => bail!("{} printed nothing within {within:?}", self.name),
+        }
+    }
+
+    /// Evaluates `expr` (Erlang expressions, no final dot); returns the printed result.
+    async fn eval(&mut self, expr: &str) -> Result<String> {
+        self.eval_within(expr, Duration::from_secs(60)).await
+    }
+
+    async fn eval_within(&mut self, expr: &str, within: Duration) -> Result<String> {
+        let one_line = expr.replace('\n', " ");
+        self.stdin.write_all(format!("{one_line}.\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.line(left).await.with_context(|| format!("{} evaluating {expr}", self.name))?;
+            match line.strip_prefix("result ") {
+                Some(r) => return Ok(r.to_owned()),
+                None => self.events.push_back(line),
+            }
+        }
+    }
+
+    /// The next printed line starting with `prefix` that is not a result.
+    async fn event(&mut self, prefix: &str, within: Duration) -> Result<String> {
+        if let Some(i) = self.events.iter().position(|l| l.starts_with(prefix)) {
+            return self.events.remove(i).context("event");
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.line(left).await.with_context(|| format!("{} waiting for {prefix:?}", self.name))?;
+            if line.starts_with(prefix) {
+                return Ok(line);
+            }
+            self.events.push_back(line);
+        }
+    }
+
+    /// Starts a process that prints the system time (µs) at which `node`'s nodedown arrives.
+    async fn watch_nodedown(&mut self, node: &str) -> Result<()> {
+        let r = self.eval(&format!("edist_fabric_t:watch_nodedown({})", q(node))).await?;
+        ensure!(r == "ok", "watch_nodedown: {r}");
+        Ok(())
+    }
+
+    /// The system time (µs) printed by the watcher of [`Node::watch_nodedown`].
+    async fn nodedown_at(&mut self, node: &str, within: Duration) -> Result<i64> {
+        let line = self.event(&format!("nodedown {node} "), within).await?;
+        line.rsplit(' ').next().context("time")?.parse().with_context(|| line.clone())
+    }
+
+    /// SIGKILL; returns the system time (µs) just before the signal.
+    async fn kill(&mut self) -> Result<i64> {
+        let t = now_us();
+        self.child.kill().await?;
+        Ok(t)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Hosts: network namespaces.
+
+/// A network namespace of ours; killing what still runs in it and deleting it on drop.
+struct Netns {
+    name: String,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip").args(args).output().context("running ip")?;
+    ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+impl Netns {
+    fn new() -> Result<Netns> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("edist-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `program` run inside the namespace.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Whatever is still running in here was started by this test (`ip netns exec`): end it
+        // by pid, so that the namespace really goes away.
+        if let Ok(out) = std::process::Command::new("ip").args(["netns", "pids", &self.name]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("kill").args(["-KILL", pid]).stderr(Stdio::null()).status();
+            }
+        }
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A host: a namespace with one gateway.
+struct Host {
+    idx: usize,
+    gw_name: String,
+    ip: Ipv4Addr,
+    config: PathBuf,
+    log: PathBuf,
+    gateway: Option<Child>,
+    /// Last: dropped after the gateway.
+    ns: Netns,
+}
+
+impl Host {
+    async fn start_gateway(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let level = std::env::var("EDIST_TEST_LOG").unwrap_or_else(|_| "info,edist_gateway=debug".into());
+        let mut cmd = self.ns.command(EDIST);
+        cmd.arg("gateway")
+            .arg("--config")
+            .arg(&self.config)
+            .env("EDIST_LOG", level)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        self.gateway = Some(cmd.spawn().context("spawning edist gateway")?);
+        Ok(())
+    }
+
+    /// SIGKILL of the gateway; returns the system time (µs) just before the signal.
+    async fn kill_gateway(&mut self) -> Result<i64> {
+        let mut child = self.gateway.take().context("no gateway running")?;
+        let t = now_us();
+        child.kill().await?;
+        Ok(t)
+    }
+
+    /// `edist status --json` of this host's gateway.
+    async fn status(&self) -> Result<Value> {
+        let out = self.ns.command(EDIST).args(["status", "--gateway", CONTROL, "--json"]).output().await?;
+        ensure!(out.status.success(), "edist status on {}: {}", self.gw_name, String::from_utf8_lossy(&out.stderr));
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The real distribution port of a local node, from the gateway's status.
+    async fn local_port(&self, node: &str) -> Result<u16> {
+        let st = self.status().await?;
+        pairs(&st, "local_nodes")
+            .into_iter()
+            .find(|(n, _)| n == node)
+            .and_then(|(_, p)| p.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .with_context(|| format!("{node} is not local to {}: {st}", self.gw_name))
+    }
+}
+
+/// `[[name, x], ...]` under `key`.
+fn pairs(st: &Value, key: &str) -> Vec<(String, Value)> {
+    st.get(key)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_owned(), p.get(1)?.clone()))).collect())
+        .unwrap_or_default()
+}
+
+fn strings(st: &Value, key: &str) -> Vec<String> {
+    st.get(key)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|s| Some(s.as_str()?.to_owned())).collect())
+        .unwrap_or_default()
+}
+
+/// Hosts on one bridge, each with a gateway that has all the others as peers.
+struct Cluster {
+    dir: PathBuf,
+    cookie: String,
+    passed: bool,
+    hosts: Vec<Host>,
+    /// Holds the bridge; deleted last.
+    switch: Netns,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Result<Cluster> {
+        Self::start_staggered(n, Duration::ZERO).await
+    }
+
+    /// Starts the gateways `stagger` apart (in host order), as hosts booting at different times do.
+    async fn start_staggered(n: usize, stagger: Duration) -> Result<Cluster> {
+        static SUBNET: AtomicU32 = AtomicU32::new(0);
+        let subnet = (SUBNET.fetch_add(1, Ordering::Relaxed) % 250) as u8;
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("gateway-fabric")
+            .join(format!("{}-{subnet}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let certs = dir.join("certs");
+        let run = |args: &[&str]| -> Result<()> {
+            let out = std::process::Command::new(EDIST).args(args).arg("--dir").arg(&certs).output()?;
+            ensure!(out.status.success(), "edist {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            Ok(())
+        };
+        run(&["certs", "init"])?;
+        for i in 0..n {
+            run(&["certs", "issue", &format!("gw-{i}")])?;
+        }
+
+        let switch = Netns::new()?;
+        ip(&["-n", &switch.name, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &switch.name, "link", "set", "br0", "up"])?;
+        let mut cluster =
+            Cluster { dir: dir.clone(), cookie: unique("cookie"), passed: false, hosts: Vec::new(), switch };
+        let ips: Vec<Ipv4Addr> = (0..n).map(|i| Ipv4Addr::new(10, 213, subnet, i as u8 + 1)).collect();
+        for (i, addr) in ips.iter().enumerate() {
+            let ns = Netns::new()?;
+            let port = format!("p{i}");
+            ip(&[
+                "-n",
+                &cluster.switch.name,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns.name,
+            ])?;
+            ip(&["-n", &cluster.switch.name, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&["-n", &ns.name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
+            let gw_name = format!("gw-{i}");
+            let mut toml = format!(
+                "name = \"{gw_name}\"\ncookie = \"{}\"\n\n[local]\ncontrol = \"{CONTROL}\"\n\n\
+                 [fabric]\nlisten = \"{addr}:{FABRIC_PORT}\"\ncerts = \"{}\"\n",
+                cluster.cookie,
+                certs.display()
+            );
+            for (j, other) in ips.iter().enumerate().filter(|(j, _)| *j != i) {
+                toml.push_str(&format!("\n[[peers]]\nname = \"gw-{j}\"\naddr = \"{other}:{FABRIC_PORT}\"\n"));
+            }
+            let config = dir.join(format!("{gw_name}.toml"));
+            std::fs::write(&config, toml)?;
+            let log = dir.join(format!("{gw_name}.log"));
+            cluster.hosts.push(Host { idx: i, gw_name, ip: *addr, config, log, gateway: None, ns });
+        }
+        for (i, h) in cluster.hosts.iter_mut().enumerate() {
+            if i > 0 && !stagger.is_zero() {
+                sleep(stagger).await;
+            }
+            h.start_gateway().await?;
+        }
+        cluster.wait_links().await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every gateway has a link to every other one.
+    async fn wait_links(&self) -> Result<()> {
+        for h in &self.hosts {
+            let mut want: Vec<String> =
+                self.hosts.iter().filter(|o| o.idx != h.idx).map(|o| o.gw_name.clone()).collect();
+            want.sort();
+            let want = &want;
+            self.wait(&format!("{} to link to {want:?}", h.gw_name), || async move {
+                Ok(h.status().await.map(|st| strings(&st, "peers") == *want).unwrap_or(false))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until `node` is local to host `at` and known to every other gateway as behind it.
+    async fn wait_known(&self, node: &str, at: usize) -> Result<()> {
+        let owner = self.hosts.get(at).context("no such host")?.gw_name.as_str();
+        for h in &self.hosts {
+            self.wait(&format!("{} to know {node}", h.gw_name), || async move {
+                let Ok(st) = h.status().await else { return Ok(false) };
+                Ok(if h.idx == at {
+                    pairs(&st, "local_nodes").iter().any(|(n, _)| n == node)
+                } else {
+                    pairs(&st, "remote_nodes").iter().any(|(n, g)| n == node && g.as_str() == Some(owner))
+                })
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn wait<F, Fut>(&self, what: &str, mut cond: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if cond().await? {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn host(&self, i: usize) -> Result<&Host> {
+        self.hosts.get(i).context("no such host")
+    }
+
+    /// A plugged-in BEAM node `<prefix><unique>` on host `i`, known to every gateway.
+    async fn erl(&self, i: usize, prefix: &str, extra: &[&str]) -> Result<Node> {
+        let t = tools()?;
+        let h = self.host(i)?;
+        let sname = unique(prefix);
+        let mut cmd = h.ns.command("erl");
+        cmd.args(&t.flags)
+            .args(["-kernel", "inet_dist_use_interface", "{127,0,0,1}"])
+            .args(["-sname", &sname, "-setcookie", &self.cookie])
+            .arg("-pa")
+            .arg(&t.helper_dir)
+            .args(extra)
+            // Nothing may fall back to a real epmd.
+            .env("ERL_EPMD_PORT", "1");
+        let node = Node::spawn(cmd, format!("{sname}@{}", host()), &self.dir.join(format!("{sname}.stderr"))).await?;
+        self.wait_known(&node.name, i).await?;
+        Ok(node)
+    }
+
+    /// Marks the test as passed: the logs are not printed and the directory goes away.
+    fn passed(mut self) {
+        self.passed = true;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.passed {
+            if std::env::var_os("EDIST_TEST_KEEP").is_none() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+            return;
+        }
+        eprintln!("---- test failed: logs kept in {}", self.dir.display());
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.sort();
+        for p in logs.iter().filter(|p| p.extension().is_some_and(|e| e == "log" || e == "stderr")) {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("---- {} (last 80 of {} lines)", p.display(), lines.len());
+            for l in lines.iter().skip(lines.len().saturating_sub(80)) {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn ms(us: i64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// Parses `{true,true,Size,UsThere,UsBack}` from `edist_fabric_t:bulk/2`; returns MB/s both ways.
+fn bulk_result(r: &str, size: usize) -> Result<(f64, f64)> {
+    let parts: Vec<&str> = r.trim_matches(|c| c == '{' || c == '}').split(',').collect();
+    ensure!(parts.len() == 5, "bulk: {r}");
+    ensure!(parts[0] == "true" && parts[1] == "true", "md5 mismatch: {r}");
+    ensure!(parts[2] == size.to_string(), "size: {r}");
+    let rate = |us: &str| -> Result<f64> { Ok(size as f64 / MB as f64 / (us.parse::<f64>()? / 1e6)) };
+    Ok((rate(parts[3])?, rate(parts[4])?))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tests
+
+/// Host B's gateway starts a moment after host A's: A's first dial goes nowhere (B is not bound
+/// yet) and is retried by QUIC, while B's dial to A makes the link. A connection relayed as soon
+/// as the link is up must survive whatever the gateways then do about the second link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_connection_survives_the_gateways_link_setup() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start_staggered(2, Duration::from_millis(200)).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let b = cluster.erl(1, "b", &[]).await?;
+    let qb = q(&b.name);
+    assert_eq!(a.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    // Proving an absence takes a while: QUIC retries a lost Initial after ~1 s, and a dial
+    // gives up after 3 s (HELLO_TIMEOUT).
+    assert_eq!(
+        a.eval(&format!(
+            "true = erlang:monitor_node({qb}, true), \
+             receive {{nodedown, {qb}}} -> nodedown after 4000 -> still_connected end"
+        ))
+        .await?,
+        "still_connected",
+        "the relayed connection a -> b was torn down while nobody touched it"
+    );
+    assert_eq!(a.eval(&format!("rpc:call({qb}, erlang, node, [])")).await?, b.name);
+    cluster.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_rpc_gen_server_links_monitors_global_pg_hidden() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b = cluster.erl(1, "b", &[]).await?;
+    let (an, bn) = (a.name.clone(), b.name.clone());
+    let (qa, qb) = (q(&an), q(&bn));
+
+    assert_eq!(a.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    assert_eq!(a.eval("nodes()").await?, format!("[{bn}]"));
+
+    // rpc and erpc, both ways.
+    assert_eq!(a.eval(&format!("rpc:call({qb}, erlang, node, [])")).await?, bn);
+    assert_eq!(a.eval(&format!("rpc:call({qb}, lists, seq, [1, 5])")).await?, "[1,2,3,4,5]");
+    assert_eq!(b.eval(&format!("rpc:call({qa}, erlang, node, [])")).await?, an);
+    assert_eq!(a.eval(&format!("erpc:call({qb}, erlang, node, [])")).await?, bn);
+    assert_eq!(a.eval(&format!("erpc:call({qb}, fun() -> {{node(), 6 * 7}} end)")).await?, format!("{{{bn},42}}"));
+    assert_eq!(
+        a.eval(&format!(
+            "try erpc:call({qb}, erlang, error, [oops]) catch error:{{exception, R, _}} -> {{caught, R}} end"
+        ))
+        .await?,
+        "{caught,oops}"
+    );
+
+    // gen_server:call to the other host; the reply comes back through an alias.
+    let pid = b.eval("edist_fabric_t:start_server(kv)").await?;
+    assert!(pid.starts_with('<'), "{pid}");
+    assert_eq!(a.eval(&format!("gen_server:call({{kv, {qb}}}, {{put, k, <<\"v\">>}})")).await?, "ok");
+    assert_eq!(a.eval(&format!("gen_server:call({{kv, {qb}}}, {{get, k}})")).await?, "<<\"v\">>");
+    assert_eq!(
+        a.eval(&format!(
+            "case gen_server:call({{kv, {qb}}}, from) of {{P, [alias | R]}} when P =:= self(), is_reference(R) -> alias; \
+             Other -> Other end"
+        ))
+        .await?,
+        "alias"
+    );
+    assert_eq!(
+        a.eval(&format!("try gen_server:call({{nokv, {qb}}}, x, 5000) catch exit:{{noproc, _}} -> noproc end")).await?,
+        "noproc"
+    );
+
+    // spawn_link / spawn_monitor across hosts; links with trap_exit.
+    // (The -eval process traps exits already; say so anyway.)
+    a.eval("process_flag(trap_exit, true)").await?;
+    assert_eq!(
+        a.eval(&format!(
+            "P = spawn_link({qb}, timer, sleep, [infinity]), N = node(P), true = exit(P, because), \
+             receive {{'EXIT', P, R}} -> {{N, R}} after 5000 -> timeout end"
+        ))
+        .await?,
+        format!("{{{bn},because}}")
+    );
+    assert_eq!(
+        a.eval(&format!(
+            "P = spawn_link({qb}, erlang, exit, [from_b]), receive {{'EXIT', P, R}} -> {{node(P), R}} after 5000 -> timeout end"
+        ))
+        .await?,
+        format!("{{{bn},from_b}}")
+    );
+    // A process on b linked to one on a, trapping exits, hears a's death.
+    assert_eq!(
+        a.eval(&format!(
+            "Me = self(), L = spawn(fun() -> receive stop -> exit(stopped_on_a) end end), \
+             spawn({qb}, fun() -> process_flag(trap_exit, true), link(L), Me ! linked, \
+                                  receive {{'EXIT', L, R}} -> Me ! {{on_b, node(), R}} end end), \
+             receive linked -> ok end, L ! stop, \
+             receive {{on_b, N, R}} -> {{N, R}} after 5000 -> timeout end"
+        ))
+        .await?,
+        format!("{{{bn},stopped_on_a}}")
+    );
+    assert_eq!(
+        a.eval(&format!(
+            "{{P, M}} = spawn_monitor({qb}, erlang, exit, [mon_reason]), \
+             receive {{'DOWN', M, process, P, R}} -> {{node(P), R}} after 5000 -> timeout end"
+        ))
+        .await?,
+        format!("{{{bn},mon_reason}}")
+    );
+    assert_eq!(
+        a.eval(&format!(
+            "P = spawn({qb}, timer, sleep, [infinity]), M = monitor(process, P), exit(P, kill), \
+             receive {{'DOWN', M, process, P, R}} -> R after 5000 -> timeout end"
+        ))
+        .await?,
+        "killed"
+    );
+
+    // Monitor by registered name, with the DOWN reason.
+    assert_eq!(b.eval("register(victim, spawn(fun() -> receive {die, R} -> exit(R) end end))").await?, "true");
+    assert_eq!(
+        a.eval(&format!(
+            "M = erlang:monitor(process, {{victim, {qb}}}), {{victim, {qb}}} ! {{die, custom_reason}}, \
+             receive {{'DOWN', M, process, Who, Why}} -> {{Who, Why}} after 5000 -> timeout end"
+        ))
+        .await?,
+        format!("{{{{victim,{bn}}},custom_reason}}")
+    );
+    assert_eq!(
+        a.eval(&format!(
+            "M = erlang:monitor(process, {{nobody, {qb}}}), \
+             receive {{'DOWN', M, process, _, Why}} -> Why after 5000 -> timeout end"
+        ))
+        .await?,
+        "noproc"
+    );
+
+    // global: registered on a, found and used from b.
+    let gname = unique("g");
+    assert_eq!(a.eval(&format!("global:register_name({gname}, self())")).await?, "yes");
+    assert_eq!(b.eval(&format!("global:sync(), node(global:whereis_name({gname}))")).await?, an);
+    assert_eq!(b.eval(&format!("global:send({gname}, {{hi, node()}}), ok")).await?, "ok");
+    assert_eq!(a.eval("receive {hi, N} -> N after 5000 -> timeout end").await?, bn);
+
+    // pg: joined on b, seen on a.
+    assert_eq!(b.eval("{ok, _} = pg:start_link(), pg:join(fabric_group, self())").await?, "ok");
+    assert_eq!(a.eval("{ok, _} = pg:start_link(), ok").await?, "ok");
+    assert_eq!(
+        a.eval(
+            "edist_fabric_t:wait(fun() -> case pg:get_members(fabric_group) of [] -> []; \
+             Ms -> {ok, [node(P) || P <- Ms]} end end, 10000)"
+        )
+        .await?,
+        format!("[{bn}]")
+    );
+
+    // A hidden node on host 0 reaches b on host 1.
+    let mut h = cluster.erl(0, "h", &["-hidden"]).await?;
+    let hn = h.name.clone();
+    assert_eq!(h.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    assert_eq!(h.eval(&format!("rpc:call({qb}, erlang, node, [])")).await?, bn);
+    assert_eq!(h.eval("{nodes(), nodes(hidden)}").await?, format!("{{[],[{bn}]}}"));
+    assert_eq!(
+        b.eval(&format!("{{lists:member({}, nodes(hidden)), lists:member({}, nodes())}}", q(&hn), q(&hn))).await?,
+        "{true,false}"
+    );
+    cluster.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beams_listen_on_loopback_only_and_the_fabric_is_the_way_in() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b = cluster.erl(1, "b", &[]).await?;
+    let qb = q(&b.name);
+    let b_ip = cluster.host(1)?.ip;
+    let b_tuple = format!("{{{}}}", b_ip.octets().map(|o| o.to_string()).join(","));
+    let port = cluster.host(1)?.local_port(&b.name).await?;
+
+    // b's real distribution port answers on b's loopback ...
+    assert_eq!(b.eval(&format!("element(1, gen_tcp:connect({{127,0,0,1}}, {port}, [], 2000))")).await?, "ok");
+    // ... but not on host B's veth address, although host B is reachable from host A over TCP.
+    assert_eq!(
+        a.eval(&format!("gen_tcp:connect({b_tuple}, {port}, [], 2000)")).await?,
+        "{error,econnrefused}",
+        "b's distribution port is reachable from host A"
+    );
+    // (The listener belongs to b's REPL process, which lives on.)
+    let open =
+        b.eval(&format!("{{ok, L}} = gen_tcp:listen(0, [{{ip, {b_tuple}}}]), {{ok, P}} = inet:port(L), P")).await?;
+    assert_eq!(a.eval(&format!("element(1, gen_tcp:connect({b_tuple}, {open}, [], 2000))")).await?, "ok");
+
+    // Through the fabric it works, and a's connection to b is to a loopback port of host A
+    // (the gateway impersonating b).
+    assert_eq!(a.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    let addr = a.eval(&format!("proplists:get_value(address, element(2, net_kernel:node_info({qb})))")).await?;
+    let st = cluster.host(0)?.status().await?;
+    let imp = pairs(&st, "impersonated")
+        .into_iter()
+        .find(|(n, _)| *n == b.name)
+        .and_then(|(_, p)| p.as_u64())
+        .with_context(|| format!("gw-0 does not impersonate b: {st}"))?;
+    assert!(addr.contains(&format!("{{{{127,0,0,1}},{imp}}}")), "{addr} (impersonator port {imp})");
+    assert_ne!(u64::from(port), imp);
+    cluster.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodedown_after_a_beam_or_a_gateway_dies_and_reconnect_after_restart() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(2).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b = cluster.erl(1, "b", &[]).await?;
+    let mut b2 = cluster.erl(1, "b2x", &[]).await?;
+    let (bn, b2n) = (b.name.clone(), b2.name.clone());
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&bn))).await?, "pong");
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&b2n))).await?, "pong");
+
+    // The BEAM of b dies.
+    a.watch_nodedown(&bn).await?;
+    let killed = b.kill().await?;
+    let seen = a.nodedown_at(&bn, Duration::from_secs(10)).await?;
+    let beam_delay = seen - killed;
+    assert!(beam_delay > 0, "nodedown arrived {:.1} ms before the kill", ms(-beam_delay));
+    eprintln!("fabric: nodedown on a {:.1} ms after SIGKILL of b's BEAM", ms(beam_delay));
+    assert!(beam_delay < 1_000_000, "nodedown took {:.1} ms", ms(beam_delay));
+
+    // Host B's gateway dies (b2 lives on).
+    a.watch_nodedown(&b2n).await?;
+    let killed = cluster.hosts[1].kill_gateway().await?;
+    let seen = a.nodedown_at(&b2n, Duration::from_secs(10)).await?;
+    let gw_delay = seen - killed;
+    assert!(gw_delay > 0, "nodedown arrived {:.1} ms before the kill", ms(-gw_delay));
+    eprintln!("fabric: nodedown on a {:.1} ms after SIGKILL of host B's gateway", ms(gw_delay));
+    assert!(gw_delay < 3_000_000, "nodedown took {:.1} ms", ms(gw_delay));
+    assert_eq!(a.eval("nodes()").await?, "[]");
+
+    // The gateway comes back; b2's plug registers again; a reaches b2 again, and b2 reaches a.
+    cluster.hosts[1].start_gateway().await?;
+    let t0 = Instant::now();
+    cluster.wait_links().await?;
+    cluster.wait_known(&b2n, 1).await?;
+    eprintln!("fabric: b2 known to both gateways again {:?} after the gateway restart", t0.elapsed());
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&b2n))).await?, "pong");
+    assert_eq!(b2.eval(&format!("rpc:call({}, erlang, node, [])", q(&a.name))).await?, a.name);
+    // A fresh node on the restarted host works too.
+    let mut c = cluster.erl(1, "c", &[]).await?;
+    assert_eq!(c.eval(&format!("net_adm:ping({})", q(&a.name))).await?, "pong");
+    cluster.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_global_connects_transitively() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b = cluster.erl(1, "b", &[]).await?;
+    let mut c = cluster.erl(2, "c", &[]).await?;
+    let (bn, cn) = (b.name.clone(), c.name.clone());
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&bn))).await?, "pong");
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&cn))).await?, "pong");
+    // b and c never pinged each other: global connects them, possibly from both ends at once.
+    let connected = |other: &str| {
+        format!(
+            "edist_fabric_t:wait(fun() -> global:sync(), case lists:member({0}, nodes()) of true -> {{ok, true}}; \
+             false -> nodes() end end, 15000)",
+            q(other)
+        )
+    };
+    assert_eq!(b.eval(&connected(&cn)).await?, "true");
+    assert_eq!(c.eval(&connected(&bn)).await?, "true");
+    assert_eq!(b.eval(&format!("rpc:call({}, erlang, node, [])", q(&cn))).await?, cn);
+    assert_eq!(c.eval(&format!("erpc:call({}, erlang, node, [])", q(&bn))).await?, bn);
+    let gname = unique("g");
+    assert_eq!(c.eval(&format!("global:register_name({gname}, self())")).await?, "yes");
+    for n in [&mut a, &mut b] {
+        assert_eq!(n.eval(&format!("global:sync(), node(global:whereis_name({gname}))")).await?, cn);
+    }
+    // Every gateway relays to both others.
+    for h in &cluster.hosts {
+        let st = h.status().await?;
+        assert_eq!(strings(&st, "peers").len(), 2, "{st}");
+    }
+    cluster.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_elixir_node_takes_part() -> Result<()> {
+    let have_elixir = std::process::Command::new("elixir")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_elixir {
+        eprintln!("elixir is not installed (apt-get install -y elixir): skipped");
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let mut x = cluster.erl(1, "x", &[]).await?;
+    let xn = x.name.clone();
+    assert!(x.eval("edist_fabric_t:start_server(kv)").await?.starts_with('<'));
+    assert_eq!(x.eval("gen_server:call(kv, {put, k, 42})").await?, "ok");
+
+    let t = tools()?;
+    let e = unique("e");
+    let script = format!(
+        r#"t = :"{xn}"
+IO.puts("ping #{{inspect(Node.ping(t))}}")
+IO.puts("node #{{inspect(:rpc.call(t, :erlang, :node, []))}}")
+IO.puts("reverse #{{inspect(:rpc.call(t, :lists, :reverse, [[1, 2, 3]]))}}")
+IO.puts("genserver #{{inspect(GenServer.call({{:kv, t}}, {{:get, :k}}))}}")
+IO.puts("back #{{inspect(:rpc.call(t, :rpc, :call, [node(), String, :upcase, ["abc"]]))}}")
+"#
+    );
+    let mut cmd = cluster.host(0)?.ns.command("elixir");
+    cmd.arg("--erl")
+        .arg(format!(
+            "{} -kernel inet_dist_use_interface {{127,0,0,1}} -pa {}",
+            t.flags.join(" "),
+            t.helper_dir.display()
+        ))
+        .args(["--sname", &e, "--cookie", &cluster.cookie, "-e", &script])
+        .env("ERL_EPMD_PORT", "1")
+        .env_remove("ERL_FLAGS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().context("spawning elixir")?;
+    let (mut out, mut err) = (child.stdout.take().context("stdout")?, child.stderr.take().context("stderr")?);
+    let (mut o, mut e_) = (Vec::new(), Vec::new());
+    let status = timeout(Duration::from_secs(60), async {
+        let (r1, r2) = tokio::join!(out.read_to_end(&mut o), err.read_to_end(&mut e_));
+        r1?;
+        r2?;
+        child.wait().await
+    })
+    .await
+    .context("elixir still running after 60 s")??;
+    let text = format!("{}{}", String::from_utf8_lossy(&o), String::from_utf8_lossy(&e_));
+    assert!(status.success(), "{text}");
+    let line = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).unwrap_or("<missing>").to_owned();
+    assert_eq!(line("ping"), ":pong", "{text}");
+    assert_eq!(line("node"), format!(":{xn}"), "{text}");
+    assert_eq!(line("reverse"), "[3, 2, 1]", "{text}");
+    assert_eq!(line("genserver"), "42", "{text}");
+    assert_eq!(line("back"), "\"ABC\"", "{text}");
+    cluster.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_megabytes_both_ways_fabric_and_plain_otp() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    const SIZE: usize = 100 * MB;
+    let cluster = Cluster::start(2).await?;
+
+    // Through the fabric.
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b = cluster.erl(1, "b", &[]).await?;
+    assert_eq!(b.eval("edist_fabric_t:start_sink()").await?, "ok");
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&b.name))).await?, "pong");
+    let r = a.eval_within(&format!("edist_fabric_t:bulk({}, {SIZE})", q(&b.name)), Duration::from_secs(300)).await?;
+    let (f_there, f_back) = bulk_result(&r, SIZE)?;
+    drop((a, b));
+
+    // Plain OTP between the same two namespaces: epmd in each, nodes on the veth addresses.
+    let t = tools()?;
+    let mut epmds = Vec::new();
+    for h in &cluster.hosts {
+        let mut cmd = h.ns.command("epmd");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+        epmds.push(cmd.spawn().context("spawning epmd")?);
+        cluster
+            .wait(&format!("epmd on {}", h.gw_name), || async move {
+                Ok(h.ns.command("epmd").arg("-names").output().await.map(|o| o.status.success()).unwrap_or(false))
+            })
+            .await?;
+    }
+    let plain = |i: usize, prefix: &str| -> Result<(Command, String)> {
+        let h = cluster.host(i)?;
+        let name = format!("{}@{}", unique(prefix), h.ip);
+        let mut cmd = h.ns.command("erl");
+        cmd.args(["-name", &name, "-setcookie", &cluster.cookie, "-start_epmd", "false", "-pa"]).arg(&t.helper_dir);
+        Ok((cmd, name))
+    };
+    let (cmd, name) = plain(0, "p")?;
+    let mut p = Node::spawn(cmd, name, &cluster.dir.join("p.stderr")).await?;
+    let (cmd, name) = plain(1, "q")?;
+    let mut pq = Node::spawn(cmd, name, &cluster.dir.join("q.stderr")).await?;
+    assert_eq!(pq.eval("edist_fabric_t:start_sink()").await?, "ok");
+    assert_eq!(p.eval(&format!("net_adm:ping({})", q(&pq.name))).await?, "pong");
+    let r = p.eval_within(&format!("edist_fabric_t:bulk({}, {SIZE})", q(&pq.name)), Duration::from_secs(300)).await?;
+    let (p_there, p_back) = bulk_result(&r, SIZE)?;
+    eprintln!(
+        "100 MB message, a->b then echoed b->a: edist fabric {f_there:.0} / {f_back:.0} MB/s; \
+         plain OTP over the veth {p_there:.0} / {p_back:.0} MB/s{}",
+        if cfg!(debug_assertions) { " (edist gateways are a debug build)" } else { "" }
+    );
+    drop((p, pq, epmds));
+    cluster.passed();
+    Ok(())
+}
