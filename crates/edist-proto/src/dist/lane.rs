@@ -70,6 +70,54 @@ impl Lanes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::control::{encode_message, Control};
+    use crate::dist::fragment::frame_message;
+    use crate::dist::DFlags;
+    use crate::etf::{Atom, Pid, Term};
+
+    fn pid(id: u32) -> Pid {
+        Pid { node: Atom::from("a@h"), id, serial: 0, creation: 1 }
+    }
+
+    fn packets(c: &Control, payload_len: usize, seq: u64) -> Vec<Vec<u8>> {
+        let payload = c.has_payload().then(|| Term::binary(vec![0u8; payload_len]));
+        let (ctrl, pl) = encode_message(c, payload.as_ref());
+        let mut out = Vec::new();
+        frame_message(&mut out, DFlags::edist_default(false), seq, &ctrl, &pl, 1024);
+        out.into_iter().map(|p| p[4..].to_vec()).collect()
+    }
+
+    #[test]
+    fn classifier_keys_by_sender_and_follows_fragments() {
+        let mut c = Classifier::new();
+        let send = |from: u32| Control::SendSender { from: pid(from), to: pid(99) };
+        let k1 = c.classify(&packets(&send(1), 10, 1)[0]);
+        let link = Control::Link { from: pid(1), to: pid(7) };
+        assert!(k1.is_some());
+        assert_eq!(c.classify(&packets(&link, 0, 2)[0]), k1, "a sender's signals share its lane");
+        assert_ne!(c.classify(&packets(&send(2), 10, 3)[0]), k1);
+        // A fragmented message: every fragment gets the first one's key, then it is forgotten.
+        let big = packets(&send(3), 5000, 9);
+        assert!(big.len() > 2);
+        let first = c.classify(&big[0]);
+        assert!(first.is_some());
+        for p in &big[1..] {
+            assert_eq!(c.classify(p), first);
+        }
+        assert!(c.open.is_empty());
+        // Ticks and junk have no sender.
+        assert_eq!(c.classify(&[]), None);
+        assert_eq!(c.classify(&[131, 68, 0, 1, 2, 3]), None);
+        // A spawn reply comes from the new process: same lane as that process's signals.
+        let spawn_reply = Control::SpawnReply {
+            req_id: crate::etf::Ref { node: Atom::from("a@h"), creation: 1, ids: vec![1, 2, 3] },
+            to: pid(5),
+            flags: 0,
+            result: Term::Pid(pid(8)),
+        };
+        let exit_from_8 = Control::PayloadExit { from: pid(8), to: pid(5) };
+        assert_eq!(c.classify(&packets(&spawn_reply, 0, 4)[0]), c.classify(&packets(&exit_from_8, 0, 5)[0]));
+    }
 
     #[test]
     fn interleaves_lanes_and_keeps_each_lanes_order() {
@@ -83,5 +131,110 @@ mod tests {
         assert_eq!(order, vec![vec![1, 1], vec![2, 1], vec![3, 1], vec![1, 2], vec![3, 2], vec![1, 3], vec![1, 4]]);
         assert!(l.is_empty());
         assert_eq!(l.queued_bytes(), 0);
+    }
+}
+
+/// Finds the lane key of each packet of a connected channel (a relay's view): the sending
+/// process of the control message, so each sender's packets stay in order on one lane while
+/// different senders' packets may overtake each other. Continuation fragments follow their
+/// first fragment. `None` means "no sender" (ticks, unparsable packets): such packets go on
+/// the connection's ordered default lane.
+#[derive(Debug, Default)]
+pub struct Classifier {
+    /// Lane keys of fragmented messages still in flight, by sequence id.
+    open: HashMap<u64, Option<u64>>,
+}
+
+/// Most fragmented messages in flight tracked per connection; beyond, new ones go on the
+/// default lane whole (consistently, so fragments are never reordered).
+const MAX_OPEN_SEQUENCES: usize = 4096;
+
+impl Classifier {
+    /// A classifier for one direction of one connection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The lane key of one packet (without its length prefix; empty for a tick).
+    pub fn classify(&mut self, packet: &[u8]) -> Option<u64> {
+        let mut r = crate::etf::Reader::new(packet);
+        if r.u8().ok()? != crate::etf::tag::VERSION {
+            return None;
+        }
+        match r.u8().ok()? {
+            68 => {
+                // Without an atom cache (a relay masks it) the reference count is 0.
+                if r.u8().ok()? != 0 {
+                    return None;
+                }
+                sender_key(r.rest())
+            }
+            69 => {
+                let seq = r.u64().ok()?;
+                let fragments = r.u64().ok()?;
+                if r.u8().ok()? != 0 {
+                    return None;
+                }
+                let key = sender_key(r.rest());
+                if fragments > 1 {
+                    if self.open.len() >= MAX_OPEN_SEQUENCES && !self.open.contains_key(&seq) {
+                        self.open.insert(seq, None);
+                        return None;
+                    }
+                    self.open.insert(seq, key);
+                }
+                key
+            }
+            70 => {
+                let seq = r.u64().ok()?;
+                let fragment = r.u64().ok()?;
+                let key = if fragment <= 1 { self.open.remove(&seq) } else { self.open.get(&seq).copied() };
+                key.flatten()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The key of the process a control message comes from (see [`Control::sender`]), read
+/// straight from the bytes without decoding the message.
+///
+/// [`Control::sender`]: super::control::Control::sender
+fn sender_key(body: &[u8]) -> Option<u64> {
+    use super::control::op;
+    use crate::etf::{walk, Limits, NoopVisitor, Reader};
+    use crate::etf::{AtomText, Token};
+    let mut r = Reader::new(body);
+    let Ok(Token::Tuple(_)) = r.token() else { return None };
+    let Ok(Token::Int(o)) = r.token() else { return None };
+    // Which field (counting after the op) names the sender.
+    let field = match u8::try_from(o).ok()? {
+        // No sender pid: key by the receiver, which keeps each receiver's messages ordered.
+        op::SEND | op::SEND_TT => 1,
+        op::SPAWN_REQUEST | op::SPAWN_REQUEST_TT | op::UNLINK_ID | op::UNLINK_ID_ACK => 1,
+        op::SPAWN_REPLY | op::SPAWN_REPLY_TT => 3,
+        op::NODE_LINK => return None,
+        _ => 0,
+    };
+    let limits = Limits::default();
+    for _ in 0..field {
+        walk(&mut r, &limits, 0, &mut NoopVisitor).ok()?;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match r.token().ok()? {
+        Token::Pid { id, serial, node, .. } => {
+            use std::hash::{Hash, Hasher};
+            (id, serial).hash(&mut h);
+            if let AtomText::Text(t) = node {
+                t.hash(&mut h);
+            }
+            Some(h.finish())
+        }
+        Token::Atom(AtomText::Text(t)) => {
+            use std::hash::{Hash, Hasher};
+            t.hash(&mut h);
+            Some(h.finish())
+        }
+        _ => None,
     }
 }
