@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     counters: LinkCounters,
     next_link: AtomicU64,
     relays: AtomicU64,
+    /// Mergers of the relayed connections through this gateway, by relay id (for lanes).
+    mergers: Mutex<HashMap<u64, relay::Merger>>,
 }
 
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
@@ -112,6 +114,7 @@ impl Gateway {
             counters: LinkCounters::default(),
             next_link: AtomicU64::new(1),
             relays: AtomicU64::new(0),
+            mergers: Mutex::new(HashMap::new()),
         });
         let mut tasks = vec![];
         let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
@@ -341,23 +344,66 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
         return Err(relay::RelayError::Refused(format!("{} is not a node registered here", dial.from)));
     }
     let (mut tx, rx) = conn.open_bi().await.map_err(|e| relay::RelayError::Refused(e.to_string()))?;
+    let relay_id: u64 = rand::random();
     let open = Msg::Open {
+        relay: relay_id,
         from: dial.from.clone(),
         to: target.to_string(),
         flags: dial.flags.0 & RELAY_MASK,
         creation: dial.creation,
     };
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
+    let (merger, merger_rx) = MergerGuard::register(inner, relay_id);
     let mut msgs = MsgReader::new(rx);
     let leftover = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx).await?;
     info!(from = %dial.from, to = %target, "relayed connection up");
     let (rx, buf) = msgs.into_parts();
-    relay::pump(sock, rx, tx, &leftover, &buf, &inner.counters).await
+    relay::pump(sock, rx, tx, &leftover, &buf, merger.tx(), merger_rx, lane_opener(conn, relay_id), &inner.counters)
+        .await
+}
+
+/// Opens lane streams of relay `relay_id` on `conn`.
+fn lane_opener(conn: quinn::Connection, relay_id: u64) -> relay::LaneOpener {
+    Box::new(move || {
+        let conn = conn.clone();
+        Box::pin(async move {
+            let mut s = conn.open_uni().await.map_err(std::io::Error::other)?;
+            s.write_all(&Msg::Lane { relay: relay_id }.encode()).await.map_err(std::io::Error::other)?;
+            Ok(s)
+        })
+    })
+}
+
+/// A relay's merger, registered for incoming lanes while the relay lives.
+struct MergerGuard {
+    inner: Arc<Inner>,
+    id: u64,
+    tx: relay::Merger,
+}
+
+impl MergerGuard {
+    fn register(inner: &Arc<Inner>, id: u64) -> (MergerGuard, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(64);
+        lock(&inner.mergers).insert(id, tx.clone());
+        (MergerGuard { inner: inner.clone(), id, tx }, rx)
+    }
+
+    fn tx(&self) -> relay::Merger {
+        self.tx.clone()
+    }
+}
+
+impl Drop for MergerGuard {
+    fn drop(&mut self) {
+        lock(&self.inner.mergers).remove(&self.id);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn relay_to_local(
     inner: Arc<Inner>,
+    conn: quinn::Connection,
+    relay_id: u64,
     peer_gateway: String,
     mut tx: quinn::SendStream,
     mut msgs: MsgReader<quinn::RecvStream>,
@@ -381,11 +427,13 @@ async fn relay_to_local(
             tx.write_all(&Msg::Refused(format!("{to} is not here or {from} is not {peer_gateway}'s")).encode()).await;
         return Err(relay::RelayError::Refused(format!("{from} -> {to}")));
     };
+    let (merger, merger_rx) = MergerGuard::register(&inner, relay_id);
     let (sock, leftover) =
         relay::dial_local_target(port, &from, &to, DFlags(flags), creation, &inner.cookie, &mut msgs, &mut tx).await?;
     info!(%from, %to, "relayed connection up");
     let (rx, buf) = msgs.into_parts();
-    relay::pump(sock, rx, tx, &leftover, &buf, &inner.counters).await
+    relay::pump(sock, rx, tx, &leftover, &buf, merger.tx(), merger_rx, lane_opener(conn, relay_id), &inner.counters)
+        .await
 }
 
 async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
@@ -447,14 +495,15 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
         })
     };
     while let Ok((tx, rx)) = conn.accept_bi().await {
-        let (inner, peer) = (inner.clone(), peer.clone());
+        let (inner, peer, conn) = (inner.clone(), peer.clone(), conn.clone());
         tokio::spawn(async move {
             let mut msgs = MsgReader::new(rx);
             match msgs.next("open").await {
-                Ok(Msg::Open { from, to, flags, creation }) => {
+                Ok(Msg::Open { relay, from, to, flags, creation }) => {
                     inner.relays.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) =
-                        relay_to_local(inner.clone(), peer, tx, msgs, from, to.clone(), flags, creation).await
+                        relay_to_local(inner.clone(), conn, relay, peer, tx, msgs, from, to.clone(), flags, creation)
+                            .await
                     {
                         info!(%to, "relay ended: {e}");
                     }
@@ -487,6 +536,15 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: quinn::RecvStream) {
     let mut msgs = MsgReader::new(rx);
     match msgs.next("control").await {
         Ok(Msg::Control) => {}
+        Ok(Msg::Lane { relay }) => {
+            // A lane of a relayed connection: its packets join that relay's merger.
+            let Some(merger) = lock(&inner.mergers).get(&relay).cloned() else { return };
+            let (rx, pending) = msgs.into_parts();
+            if let Err(e) = relay::feed_lane_stream(rx, &pending, merger).await {
+                debug!(%peer, "lane of relay {relay:#x} ended: {e}");
+            }
+            return;
+        }
         _ => return,
     }
     loop {

@@ -17,11 +17,13 @@ use bytes::BytesMut;
 use edist_proto::dist::handshake::{
     Acceptor, AcceptorConfig, AcceptorEvent, HandshakeError, Initiator, InitiatorConfig, InitiatorEvent, Status,
 };
+use edist_proto::dist::lane::Classifier;
 use edist_proto::dist::DFlags;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 /// Flags a relay never lets through: the atom cache needs per-connection state on both ends,
@@ -316,47 +318,157 @@ where
     }
 }
 
-/// Carries bytes both ways until either side ends, then ends both. `pending_to_stream` and
-/// `pending_to_sock` are bytes already read past the handshake.
+/// Lanes per relayed connection and direction besides the default lane (the relay stream):
+/// senders are spread over them by their pid, so one sender's large message only delays the
+/// senders that share its lane.
+pub const LANES: u64 = 8;
+
+/// Packets queued per lane before the reader waits (backpressure towards the local node).
+const LANE_QUEUE: usize = 64;
+
+/// Largest packet relayed (OTP fragments at 64 KiB; a peer that does not fragment may send
+/// more).
+const MAX_PACKET: usize = 256 << 20;
+
+/// Incoming packets of one relayed connection, from all its lanes, on their way to the local
+/// node. Each item is one whole packet with its u32 length prefix.
+pub type Merger = mpsc::Sender<Vec<u8>>;
+
+/// Opens a lane stream towards the peer gateway (the `Lane` frame is sent by the caller).
+pub type LaneOpener = Box<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<quinn::SendStream>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Splits a byte stream into whole packets with their length prefix; `None` at a clean end.
+struct Packets<R> {
+    r: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> Packets<R> {
+    fn new(r: R, pending: &[u8]) -> Self {
+        let mut buf = BytesMut::with_capacity(128 * 1024);
+        buf.extend_from_slice(pending);
+        Packets { r, buf }
+    }
+
+    async fn next(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(hdr) = self.buf.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()) {
+                let len = u32::from_be_bytes(hdr) as usize;
+                if len > MAX_PACKET {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "packet over the relay limit"));
+                }
+                if self.buf.len() >= 4 + len {
+                    return Ok(Some(self.buf.split_to(4 + len).to_vec()));
+                }
+                self.buf.reserve(4 + len - self.buf.len());
+            }
+            if self.r.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Carries a connected relay until either side ends, then ends both (fact 9).
+///
+/// Towards the fabric, packets are spread over lanes by their sender ([`Classifier`]): lane 0
+/// is the relay stream itself, lanes 1..=[`LANES`] are unidirectional streams opened on first
+/// use. From the fabric, packets of all lanes (lane 0 here, the others through `merger_rx`,
+/// fed by [`feed_lane`]) are written to the local node whole, interleaved at packet boundaries.
+#[allow(clippy::too_many_arguments)]
 pub async fn pump<R, W>(
     sock: TcpStream,
-    mut rx: R,
-    mut tx: W,
+    rx: R,
+    tx: W,
     pending_to_stream: &[u8],
     pending_to_sock: &[u8],
+    merger: Merger,
+    mut merger_rx: mpsc::Receiver<Vec<u8>>,
+    open_lane: LaneOpener,
     counters: &crate::stats::LinkCounters,
 ) -> Result<(), RelayError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sr, mut sw) = sock.into_split();
-    if !pending_to_stream.is_empty() {
-        tx.write_all(pending_to_stream).await?;
-    }
-    if !pending_to_sock.is_empty() {
-        sw.write_all(pending_to_sock).await?;
-    }
-    let up = copy(&mut sr, &mut tx, |n| counters.add_out(n));
-    let down = copy(&mut rx, &mut sw, |n| counters.add_in(n));
-    // Teardown together (fact 9): whichever side ends first ends the other.
-    let r = tokio::select! { r = up => r, r = down => r };
+    let (sr, mut sw) = sock.into_split();
+    // Lane 0 in: its packets join the merger like any other lane's.
+    // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
+    let mut lane0_in = tokio::spawn(feed_lane(Packets::new(rx, pending_to_sock), merger));
+    let down = async {
+        while let Some(p) = merger_rx.recv().await {
+            sw.write_all(&p).await?;
+            counters.add_in(p.len());
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let up = async {
+        let mut from_node = Packets::new(sr, pending_to_stream);
+        let mut classifier = Classifier::new();
+        let mut lanes: Vec<Option<mpsc::Sender<Vec<u8>>>> = (0..=LANES).map(|_| None).collect();
+        let mut writers = tokio::task::JoinSet::new();
+        let (lane0_tx, lane0_rx) = mpsc::channel::<Vec<u8>>(LANE_QUEUE);
+        writers.spawn(write_lane(lane0_rx, Box::pin(async move { Ok::<W, std::io::Error>(tx) })));
+        if let Some(slot) = lanes.get_mut(0) {
+            *slot = Some(lane0_tx);
+        }
+        while let Some(p) = from_node.next().await? {
+            let lane = classifier.classify(p.get(4..).unwrap_or_default()).map(|k| 1 + k % LANES).unwrap_or(0) as usize;
+            let Some(slot) = lanes.get_mut(lane) else { continue };
+            if slot.is_none() {
+                let (ltx, lrx) = mpsc::channel::<Vec<u8>>(LANE_QUEUE);
+                writers.spawn(write_lane(lrx, open_lane()));
+                *slot = Some(ltx);
+            }
+            counters.add_out(p.len());
+            let sent = match slot {
+                Some(ltx) => ltx.send(p).await.is_ok(),
+                None => false,
+            };
+            if !sent {
+                break;
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let r = tokio::select! {
+        r = up => r,
+        r = down => r,
+        r = &mut lane0_in => r.unwrap_or(Ok(())),
+    };
+    lane0_in.abort();
     Ok(r?)
 }
 
-/// Copies until end of stream, counting bytes.
-async fn copy<R, W>(r: &mut R, w: &mut W, count: impl Fn(usize)) -> std::io::Result<()>
+/// Writes the packets queued for one lane to its stream, opened by `open`.
+async fn write_lane<W, F>(mut packets: mpsc::Receiver<Vec<u8>>, open: F) -> std::io::Result<()>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
+    F: std::future::Future<Output = std::io::Result<W>>,
 {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        w.write_all(buf.get(..n).unwrap_or_default()).await?;
-        count(n);
+    let mut w = open.await?;
+    while let Some(p) = packets.recv().await {
+        w.write_all(&p).await?;
     }
+    w.shutdown().await
+}
+
+/// Feeds the packets of one incoming lane to the relay's merger.
+async fn feed_lane<R: AsyncRead + Unpin>(mut lane: Packets<R>, merger: Merger) -> std::io::Result<()> {
+    while let Some(p) = lane.next().await? {
+        if merger.send(p).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Feeds an incoming lane stream (after its `Lane` frame; `pending` are bytes already read
+/// past it) to the relay's merger.
+pub async fn feed_lane_stream(rx: quinn::RecvStream, pending: &[u8], merger: Merger) -> std::io::Result<()> {
+    feed_lane(Packets::new(rx, pending), merger).await
 }

@@ -32,8 +32,11 @@ pub enum Msg {
     /// A local node went away.
     NodeDown(String),
     /// First frame of a relay stream: `from` (behind the sender) dials `to` (behind the receiver)
-    /// with these handshake flags and creation.
-    Open { from: String, to: String, flags: u64, creation: u32 },
+    /// with these handshake flags and creation; `relay` names the connection for its lanes.
+    Open { relay: u64, from: String, to: String, flags: u64, creation: u32 },
+    /// First frame of a unidirectional lane stream: more packets of relayed connection `relay`
+    /// (whole length-prefixed distribution packets follow).
+    Lane { relay: u64 },
     /// The target node's handshake status (`ok`, `nok`, `alive`, ...).
     Status(String),
     /// The target node's challenge: its flags and creation (the challenge itself stays local).
@@ -72,6 +75,7 @@ mod tag {
     pub const PROCEED: u8 = 14;
     pub const CONNECTED: u8 = 15;
     pub const REFUSED: u8 = 16;
+    pub const LANE: u8 = 17;
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -104,8 +108,9 @@ impl Msg {
                 b.push(tag::NODE_DOWN);
                 put_str(&mut b, name);
             }
-            Msg::Open { from, to, flags, creation } => {
+            Msg::Open { relay, from, to, flags, creation } => {
                 b.push(tag::OPEN);
+                b.extend_from_slice(&relay.to_be_bytes());
                 put_str(&mut b, from);
                 put_str(&mut b, to);
                 b.extend_from_slice(&flags.to_be_bytes());
@@ -129,6 +134,10 @@ impl Msg {
             Msg::Refused(r) => {
                 b.push(tag::REFUSED);
                 put_str(&mut b, r);
+            }
+            Msg::Lane { relay } => {
+                b.push(tag::LANE);
+                b.extend_from_slice(&relay.to_be_bytes());
             }
         }
         let len = (b.len() - 4) as u32;
@@ -168,15 +177,20 @@ impl Msg {
             }
             tag::NODE_UP => Msg::NodeUp(NodeInfo { name: r.str("node_up")?, creation: r.u32("node_up")? }),
             tag::NODE_DOWN => Msg::NodeDown(r.str("node_down")?),
-            tag::OPEN => {
-                Msg::Open { from: r.str("open")?, to: r.str("open")?, flags: r.u64("open")?, creation: r.u32("open")? }
-            }
+            tag::OPEN => Msg::Open {
+                relay: r.u64("open")?,
+                from: r.str("open")?,
+                to: r.str("open")?,
+                flags: r.u64("open")?,
+                creation: r.u32("open")?,
+            },
             tag::STATUS => Msg::Status(r.str("status")?),
             tag::CHALLENGE => Msg::Challenge { flags: r.u64("challenge")?, creation: r.u32("challenge")? },
             tag::ALIVE_ANSWER => Msg::AliveAnswer(r.u8("alive_answer")? != 0),
             tag::PROCEED => Msg::Proceed,
             tag::CONNECTED => Msg::Connected,
             tag::REFUSED => Msg::Refused(r.str("refused")?),
+            tag::LANE => Msg::Lane { relay: r.u64("lane")? },
             other => return Err(WireError::UnknownTag(other)),
         };
         if !r.0.is_empty() {
@@ -232,7 +246,8 @@ mod tests {
             ]),
             Msg::NodeUp(NodeInfo { name: "c@h".into(), creation: 9 }),
             Msg::NodeDown("c@h".into()),
-            Msg::Open { from: "a@h".into(), to: "b@g".into(), flags: 0xD07DF5FBC, creation: 42 },
+            Msg::Open { relay: 7, from: "a@h".into(), to: "b@g".into(), flags: 0xD07DF5FBC, creation: 42 },
+            Msg::Lane { relay: 7 },
             Msg::Status("ok_simultaneous".into()),
             Msg::Challenge { flags: 1, creation: 2 },
             Msg::AliveAnswer(true),

@@ -99,3 +99,65 @@ async fn rust_nodes_talk_across_two_gateways() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Lanes: each sender's messages arrive in order while senders interleave freely, and small
+/// messages are not held behind a large one from another sender.
+#[tokio::test(flavor = "multi_thread")]
+async fn lanes_keep_per_sender_order_and_let_small_messages_pass() -> Result<()> {
+    let dir = certs()?;
+    let ga = Gateway::start(config("gw-a", "hosta", &dir)?).await?;
+    let mut cb = config("gw-b", "hostb", &dir)?;
+    cb.peers.push(PeerConfig { name: "gw-a".into(), addr: ga.fabric_addr().expect("fabric") });
+    let gb = Gateway::start(cb).await?;
+    let r1 = node(&ga, "s1@hosta").await?;
+    let r2 = node(&gb, "s2@hostb").await?;
+    until("gw-a to learn s2", || ga.status().remote_nodes.iter().any(|(n, _)| n == "s2@hostb")).await?;
+    let mut inbox = r2.register("inbox")?;
+    ensure!(r1.ping("s2@hostb").await);
+
+    // A 64 MB message first, then small messages from four other senders.
+    let big_sender = r1.mailbox();
+    big_sender
+        .send_named("inbox", "s2@hostb", Term::tuple([Term::atom("big"), Term::binary(vec![1u8; 64 << 20])]))
+        .await?;
+    let senders: Vec<_> = (0..4).map(|_| r1.mailbox()).collect();
+    const N: i64 = 200;
+    let send_all = |i: usize| {
+        let s = &senders[i];
+        async move {
+            for seq in 0..N {
+                s.send_named("inbox", "s2@hostb", Term::tuple([Term::Int(i as i64), Term::Int(seq)])).await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    // The four senders run at once, so their messages interleave.
+    let (a, b, c, d) = tokio::join!(send_all(0), send_all(1), send_all(2), send_all(3));
+    for r in [a, b, c, d] {
+        r?;
+    }
+    let mut next = [0i64; 4];
+    let mut small_before_big = 0;
+    let mut big_seen = false;
+    while !big_seen || next.iter().any(|n| *n < N) {
+        let m = inbox.recv_message(T).await?;
+        match m.as_tuple() {
+            Some([Term::Atom(a), _]) if *a == "big" => big_seen = true,
+            Some([Term::Int(i), Term::Int(seq)]) => {
+                let i = *i as usize;
+                ensure!(next[i] == *seq, "sender {i}: got {seq}, expected {}", next[i]);
+                next[i] += 1;
+                if !big_seen {
+                    small_before_big += 1;
+                }
+            }
+            _ => anyhow::bail!("unexpected {m}"),
+        }
+    }
+    eprintln!("{small_before_big} of {} small messages overtook the 64 MB one", 4 * N);
+    ensure!(small_before_big > 0, "small messages should overtake the large one on other lanes");
+    ga.shutdown();
+    gb.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
