@@ -16,6 +16,8 @@
 //! certs = "./edist-certs"          # ca.pem, <name>.pem, <name>.key from `edist certs`
 //! keep_alive_ms = 500              # QUIC keep-alive
 //! idle_timeout_ms = 2000           # a silent peer gateway is dead after this
+//! lanes = 8                        # QUIC streams per relayed connection and direction (+1)
+//! lane_queue_packets = 64          # packets queued per lane: memory bound and backpressure
 //!
 //! [[peers]]                        # other gateways (static list for now)
 //! name = "gw-b"
@@ -66,6 +68,12 @@ pub struct FabricConfig {
     pub keep_alive_ms: u64,
     /// A silent peer gateway counts as dead after this many ms (default 2000).
     pub idle_timeout_ms: u64,
+    /// Lanes (QUIC streams) per relayed connection and direction besides the default one;
+    /// senders are spread over them by pid (default 8).
+    pub lanes: u64,
+    /// Packets (≤ 64 KiB each) queued per lane before the relay stops reading from the local
+    /// node (default 64): the memory bound per lane, and the backpressure point.
+    pub lane_queue_packets: usize,
 }
 
 /// Another gateway.
@@ -114,6 +122,8 @@ impl Default for FabricConfig {
             certs: PathBuf::from("./edist-certs"),
             keep_alive_ms: 500,
             idle_timeout_ms: 2000,
+            lanes: 8,
+            lane_queue_packets: 64,
         }
     }
 }

@@ -187,6 +187,10 @@ impl Inner {
         lock(&self.state)
     }
 
+    fn lanes(&self) -> relay::LaneConfig {
+        relay::LaneConfig { lanes: self.cfg.fabric.lanes, queue_packets: self.cfg.fabric.lane_queue_packets }
+    }
+
     fn status(&self) -> StatusReport {
         let st = self.lock();
         let mut local_nodes: Vec<_> = st.local.iter().map(|(n, l)| (n.clone(), l.port)).collect();
@@ -358,8 +362,19 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     let leftover = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx).await?;
     info!(from = %dial.from, to = %target, "relayed connection up");
     let (rx, buf) = msgs.into_parts();
-    relay::pump(sock, rx, tx, &leftover, &buf, merger.tx(), merger_rx, lane_opener(conn, relay_id), &inner.counters)
-        .await
+    relay::pump(
+        sock,
+        rx,
+        tx,
+        &leftover,
+        &buf,
+        merger.tx(),
+        merger_rx,
+        lane_opener(conn, relay_id),
+        inner.lanes(),
+        &inner.counters,
+    )
+    .await
 }
 
 /// Opens lane streams of relay `relay_id` on `conn`.
@@ -432,8 +447,19 @@ async fn relay_to_local(
         relay::dial_local_target(port, &from, &to, DFlags(flags), creation, &inner.cookie, &mut msgs, &mut tx).await?;
     info!(%from, %to, "relayed connection up");
     let (rx, buf) = msgs.into_parts();
-    relay::pump(sock, rx, tx, &leftover, &buf, merger.tx(), merger_rx, lane_opener(conn, relay_id), &inner.counters)
-        .await
+    relay::pump(
+        sock,
+        rx,
+        tx,
+        &leftover,
+        &buf,
+        merger.tx(),
+        merger_rx,
+        lane_opener(conn, relay_id),
+        inner.lanes(),
+        &inner.counters,
+    )
+    .await
 }
 
 async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {

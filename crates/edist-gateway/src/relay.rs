@@ -318,13 +318,23 @@ where
     }
 }
 
-/// Lanes per relayed connection and direction besides the default lane (the relay stream):
-/// senders are spread over them by their pid, so one sender's large message only delays the
-/// senders that share its lane.
-pub const LANES: u64 = 8;
+/// How a relay spreads traffic over lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneConfig {
+    /// Lanes per relayed connection and direction besides the default lane (the relay
+    /// stream): senders are spread over them by pid, so one sender's large message only
+    /// delays the senders that share its lane.
+    pub lanes: u64,
+    /// Packets (at most 64 KiB each when the node fragments) queued per lane before the relay
+    /// stops reading from the local node: the memory bound per lane, and backpressure.
+    pub queue_packets: usize,
+}
 
-/// Packets queued per lane before the reader waits (backpressure towards the local node).
-const LANE_QUEUE: usize = 64;
+impl Default for LaneConfig {
+    fn default() -> Self {
+        LaneConfig { lanes: 8, queue_packets: 64 }
+    }
+}
 
 /// Largest packet relayed (OTP fragments at 64 KiB; a peer that does not fragment may send
 /// more).
@@ -376,7 +386,7 @@ impl<R: AsyncRead + Unpin> Packets<R> {
 /// Carries a connected relay until either side ends, then ends both (fact 9).
 ///
 /// Towards the fabric, packets are spread over lanes by their sender ([`Classifier`]): lane 0
-/// is the relay stream itself, lanes 1..=[`LANES`] are unidirectional streams opened on first
+/// is the relay stream itself, lanes 1..=`lanes` are unidirectional streams opened on first
 /// use. From the fabric, packets of all lanes (lane 0 here, the others through `merger_rx`,
 /// fed by [`feed_lane`]) are written to the local node whole, interleaved at packet boundaries.
 #[allow(clippy::too_many_arguments)]
@@ -389,6 +399,7 @@ pub async fn pump<R, W>(
     merger: Merger,
     mut merger_rx: mpsc::Receiver<Vec<u8>>,
     open_lane: LaneOpener,
+    lanes_cfg: LaneConfig,
     counters: &crate::stats::LinkCounters,
 ) -> Result<(), RelayError>
 where
@@ -409,18 +420,21 @@ where
     let up = async {
         let mut from_node = Packets::new(sr, pending_to_stream);
         let mut classifier = Classifier::new();
-        let mut lanes: Vec<Option<mpsc::Sender<Vec<u8>>>> = (0..=LANES).map(|_| None).collect();
+        let mut lanes: Vec<Option<mpsc::Sender<Vec<u8>>>> = (0..=lanes_cfg.lanes).map(|_| None).collect();
         let mut writers = tokio::task::JoinSet::new();
-        let (lane0_tx, lane0_rx) = mpsc::channel::<Vec<u8>>(LANE_QUEUE);
+        let (lane0_tx, lane0_rx) = mpsc::channel::<Vec<u8>>(lanes_cfg.queue_packets.max(1));
         writers.spawn(write_lane(lane0_rx, Box::pin(async move { Ok::<W, std::io::Error>(tx) })));
         if let Some(slot) = lanes.get_mut(0) {
             *slot = Some(lane0_tx);
         }
         while let Some(p) = from_node.next().await? {
-            let lane = classifier.classify(p.get(4..).unwrap_or_default()).map(|k| 1 + k % LANES).unwrap_or(0) as usize;
+            let lane = classifier
+                .classify(p.get(4..).unwrap_or_default())
+                .map(|k| 1 + k % lanes_cfg.lanes.max(1))
+                .unwrap_or(0) as usize;
             let Some(slot) = lanes.get_mut(lane) else { continue };
             if slot.is_none() {
-                let (ltx, lrx) = mpsc::channel::<Vec<u8>>(LANE_QUEUE);
+                let (ltx, lrx) = mpsc::channel::<Vec<u8>>(lanes_cfg.queue_packets.max(1));
                 writers.spawn(write_lane(lrx, open_lane()));
                 *slot = Some(ltx);
             }
