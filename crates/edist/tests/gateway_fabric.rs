@@ -1014,3 +1014,60 @@ async fn hundred_megabytes_both_ways_fabric_and_plain_otp() -> Result<()> {
     cluster.passed();
     Ok(())
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b1 = cluster.erl(1, "stalled", &[]).await?;
+    let b2 = cluster.erl(1, "lively", &[]).await?;
+    let (qb1, qb2) = (q(&b1.name), q(&b2.name));
+    assert_eq!(a.eval(&format!("net_adm:ping({qb1})")).await?, "pong");
+    assert_eq!(a.eval(&format!("net_adm:ping({qb2})")).await?, "pong");
+    let os_pid = b1.eval("os:getpid()").await?.trim_matches('"').to_string();
+    let gw_pids: Vec<u32> = (0..2)
+        .map(|i| cluster.host(i).ok().and_then(|h| h.gateway.as_ref()).and_then(|c| c.id()).context("gateway pid"))
+        .collect::<Result<_>>()?;
+    let rss_before: Vec<u64> = gw_pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
+    // b1 stops reading (SIGSTOP) while a pushes 400 MB at it.
+    ensure!(std::process::Command::new("kill").args(["-STOP", &os_pid]).status()?.success());
+    a.eval(&format!(
+        "register(flood, spawn(fun() -> B = binary:copy(<<1>>, 1 bsl 20), \
+           [{{sink, {qb1}}} ! {{N, B}} || N <- lists:seq(1, 400)] end)), ok"
+    ))
+    .await?;
+    // The flood soon blocks (its connection is busy); b2 keeps answering promptly meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = a.eval("element(2, erlang:process_info(whereis(flood), status))").await?;
+        if st == "suspended" {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the flood towards a stopped node never blocked ({st})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(a.eval(&format!("rpc:call({qb2}, erlang, node, [])")).await?, b2.name);
+        ensure!(t.elapsed() < Duration::from_secs(1), "rpc to the lively node took {:?}", t.elapsed());
+    }
+    let _ = std::process::Command::new("kill").args(["-CONT", &os_pid]).status();
+    for (i, (pid, before)) in gw_pids.iter().zip(rss_before).enumerate() {
+        let grown = rss_kib(*pid)?.saturating_sub(before);
+        eprintln!("fabric: gateway {i} RSS grew by {grown} KiB while 400 MB were pushed at a stopped node");
+        ensure!(grown < 128 * 1024, "gateway {i} buffered {grown} KiB for a stalled receiver");
+    }
+    cluster.passed();
+    Ok(())
+}
