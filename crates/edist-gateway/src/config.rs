@@ -18,10 +18,12 @@
 //! idle_timeout_ms = 2000           # a silent peer gateway is dead after this
 //! lanes = 8                        # QUIC streams per relayed connection and direction (+1)
 //! lane_queue_packets = 64          # packets queued per lane: memory bound and backpressure
+//! compress_threshold = 1024        # peers with `compress = true` get lz4 above this size
 //!
 //! [[peers]]                        # other gateways (static list for now)
 //! name = "gw-b"
 //! addr = "10.0.0.2:4371"
+//! compress = false                 # lz4 for packets towards this peer (slow links)
 //! ```
 
 use serde::Deserialize;
@@ -74,6 +76,9 @@ pub struct FabricConfig {
     /// Packets (≤ 64 KiB each) queued per lane before the relay stops reading from the local
     /// node (default 64): the memory bound per lane, and the backpressure point.
     pub lane_queue_packets: usize,
+    /// Packets larger than this many bytes are lz4-compressed towards peers with
+    /// `compress = true` (default 1024).
+    pub compress_threshold: usize,
 }
 
 /// Another gateway.
@@ -84,6 +89,9 @@ pub struct PeerConfig {
     pub name: String,
     /// Its fabric address.
     pub addr: SocketAddr,
+    /// Compress (lz4) what we send it, for slow links (default false).
+    #[serde(default)]
+    pub compress: bool,
 }
 
 /// The short host name, as `erl -sname` uses it.
@@ -124,6 +132,7 @@ impl Default for FabricConfig {
             idle_timeout_ms: 2000,
             lanes: 8,
             lane_queue_packets: 64,
+            compress_threshold: 1024,
         }
     }
 }

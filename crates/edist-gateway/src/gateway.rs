@@ -187,8 +187,14 @@ impl Inner {
         lock(&self.state)
     }
 
-    fn lanes(&self) -> relay::LaneConfig {
-        relay::LaneConfig { lanes: self.cfg.fabric.lanes, queue_packets: self.cfg.fabric.lane_queue_packets }
+    /// Lane settings of relays towards `peer`.
+    fn lanes(&self, peer: &str) -> relay::LaneConfig {
+        let compress = self.cfg.peers.iter().any(|p| p.name == peer && p.compress);
+        relay::LaneConfig {
+            lanes: self.cfg.fabric.lanes,
+            queue_packets: self.cfg.fabric.lane_queue_packets,
+            compress_above: compress.then_some(self.cfg.fabric.compress_threshold),
+        }
     }
 
     fn status(&self) -> StatusReport {
@@ -327,7 +333,7 @@ async fn impersonate(inner: Weak<Inner>, listener: TcpListener, target: String) 
 
 async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str) -> Result<(), relay::RelayError> {
     let _ = sock.set_nodelay(true);
-    let (creation, conn) = {
+    let (creation, conn, gateway) = {
         let st = inner.lock();
         let r = st.remote.get(target).ok_or_else(|| relay::RelayError::Refused(format!("{target} is unknown")))?;
         let p = st
@@ -335,7 +341,7 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
             .get(&r.gateway)
             .and_then(|links| links.last())
             .ok_or_else(|| relay::RelayError::Refused(format!("no link to {}", r.gateway)))?;
-        (r.creation, p.conn.clone())
+        (r.creation, p.conn.clone(), r.gateway.clone())
     };
     let mut acc = relay::impersonating_acceptor(target, creation, &inner.cookie);
     let dial = relay::read_local_name(&mut sock, &mut acc).await?;
@@ -371,7 +377,7 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
         merger.tx(),
         merger_rx,
         lane_opener(conn, relay_id),
-        inner.lanes(),
+        inner.lanes(&gateway),
         &inner.counters,
     )
     .await
@@ -456,7 +462,7 @@ async fn relay_to_local(
         merger.tx(),
         merger_rx,
         lane_opener(conn, relay_id),
-        inner.lanes(),
+        inner.lanes(&peer_gateway),
         &inner.counters,
     )
     .await

@@ -328,12 +328,55 @@ pub struct LaneConfig {
     /// Packets (at most 64 KiB each when the node fragments) queued per lane before the relay
     /// stops reading from the local node: the memory bound per lane, and backpressure.
     pub queue_packets: usize,
+    /// Compress (lz4) packets larger than this towards the peer gateway; `None`: never.
+    pub compress_above: Option<usize>,
 }
 
 impl Default for LaneConfig {
     fn default() -> Self {
-        LaneConfig { lanes: 8, queue_packets: 64 }
+        LaneConfig { lanes: 8, queue_packets: 64, compress_above: None }
     }
+}
+
+/// Marks an lz4-compressed packet on a lane (packets are far below 2 GiB, so the bit is free).
+/// The receiver always understands it; only the sender's config decides to compress.
+const COMPRESSED: u32 = 1 << 31;
+
+/// The lane frame of one packet (length prefix included): compressed when that pays.
+fn maybe_compress(packet: Vec<u8>, above: Option<usize>) -> Vec<u8> {
+    let Some(payload) = packet.get(4..) else { return packet };
+    match above {
+        Some(t) if payload.len() > t => {
+            let c = lz4_flex::compress_prepend_size(payload);
+            if c.len() + 16 >= payload.len() {
+                return packet;
+            }
+            let mut out = Vec::with_capacity(4 + c.len());
+            out.extend_from_slice(&(c.len() as u32 | COMPRESSED).to_be_bytes());
+            out.extend_from_slice(&c);
+            out
+        }
+        _ => packet,
+    }
+}
+
+/// Inflates a compressed lane frame's body into a plain packet, refusing sizes over the limit.
+fn decompress(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let size = body
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| bad("short compressed packet"))?;
+    if size as usize > MAX_PACKET {
+        return Err(bad("compressed packet inflates over the relay limit"));
+    }
+    let plain =
+        lz4_flex::decompress_size_prepended(body).map_err(|e| bad(&format!("corrupt compressed packet: {e}")))?;
+    let mut out = Vec::with_capacity(4 + plain.len());
+    out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+    out.extend_from_slice(&plain);
+    Ok(out)
 }
 
 /// Largest packet relayed (OTP fragments at 64 KiB; a peer that does not fragment may send
@@ -355,24 +398,32 @@ pub type LaneOpener = Box<
 struct Packets<R> {
     r: R,
     buf: BytesMut,
+    /// A lane from the fabric: compressed frames are allowed (and inflated).
+    fabric: bool,
 }
 
 impl<R: AsyncRead + Unpin> Packets<R> {
-    fn new(r: R, pending: &[u8]) -> Self {
+    fn new(r: R, pending: &[u8], fabric: bool) -> Self {
         let mut buf = BytesMut::with_capacity(128 * 1024);
         buf.extend_from_slice(pending);
-        Packets { r, buf }
+        Packets { r, buf, fabric }
     }
 
     async fn next(&mut self) -> std::io::Result<Option<Vec<u8>>> {
         loop {
             if let Some(hdr) = self.buf.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()) {
-                let len = u32::from_be_bytes(hdr) as usize;
+                let raw = u32::from_be_bytes(hdr);
+                let compressed = self.fabric && raw & COMPRESSED != 0;
+                let len = if compressed { raw & !COMPRESSED } else { raw } as usize;
                 if len > MAX_PACKET {
                     return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "packet over the relay limit"));
                 }
                 if self.buf.len() >= 4 + len {
-                    return Ok(Some(self.buf.split_to(4 + len).to_vec()));
+                    let frame = self.buf.split_to(4 + len);
+                    return match compressed {
+                        true => decompress(frame.get(4..).unwrap_or_default()).map(Some),
+                        false => Ok(Some(frame.to_vec())),
+                    };
                 }
                 self.buf.reserve(4 + len - self.buf.len());
             }
@@ -409,7 +460,7 @@ where
     let (sr, mut sw) = sock.into_split();
     // Lane 0 in: its packets join the merger like any other lane's.
     // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
-    let mut lane0_in = tokio::spawn(feed_lane(Packets::new(rx, pending_to_sock), merger));
+    let mut lane0_in = tokio::spawn(feed_lane(Packets::new(rx, pending_to_sock, true), merger));
     let down = async {
         while let Some(p) = merger_rx.recv().await {
             sw.write_all(&p).await?;
@@ -418,7 +469,7 @@ where
         Ok::<(), std::io::Error>(())
     };
     let up = async {
-        let mut from_node = Packets::new(sr, pending_to_stream);
+        let mut from_node = Packets::new(sr, pending_to_stream, false);
         let mut classifier = Classifier::new();
         let mut lanes: Vec<Option<mpsc::Sender<Vec<u8>>>> = (0..=lanes_cfg.lanes).map(|_| None).collect();
         let mut writers = tokio::task::JoinSet::new();
@@ -438,6 +489,7 @@ where
                 writers.spawn(write_lane(lrx, open_lane()));
                 *slot = Some(ltx);
             }
+            let p = maybe_compress(p, lanes_cfg.compress_above);
             counters.add_out(p.len());
             let sent = match slot {
                 Some(ltx) => ltx.send(p).await.is_ok(),
@@ -484,5 +536,29 @@ async fn feed_lane<R: AsyncRead + Unpin>(mut lane: Packets<R>, merger: Merger) -
 /// Feeds an incoming lane stream (after its `Lane` frame; `pending` are bytes already read
 /// past it) to the relay's merger.
 pub async fn feed_lane_stream(rx: quinn::RecvStream, pending: &[u8], merger: Merger) -> std::io::Result<()> {
-    feed_lane(Packets::new(rx, pending), merger).await
+    feed_lane(Packets::new(rx, pending, true), merger).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_round_trips_and_refuses_bombs() {
+        let mut packet = vec![0, 0, 0, 0];
+        packet.extend(std::iter::repeat_n(7u8, 100_000));
+        let len = (packet.len() - 4) as u32;
+        packet[..4].copy_from_slice(&len.to_be_bytes());
+        let framed = maybe_compress(packet.clone(), Some(1024));
+        assert!(framed.len() < 2000);
+        let hdr = u32::from_be_bytes(framed[..4].try_into().unwrap());
+        assert!(hdr & COMPRESSED != 0);
+        assert_eq!(decompress(&framed[4..]).unwrap(), packet);
+        // Incompressible or small packets go as they are.
+        assert_eq!(maybe_compress(packet.clone(), None), packet);
+        assert_eq!(maybe_compress(vec![0, 0, 0, 1, 9], Some(0)), vec![0, 0, 0, 1, 9]);
+        // A size prefix claiming 4 GiB is refused before inflating.
+        assert!(decompress(&[0xff, 0xff, 0xff, 0xff, 0, 0]).is_err());
+        assert!(decompress(&[1, 0]).is_err());
+    }
 }

@@ -54,7 +54,7 @@ async fn rust_nodes_talk_across_two_gateways() -> Result<()> {
     let dir = certs()?;
     let ga = Gateway::start(config("gw-a", "hosta", &dir)?).await?;
     let mut cb = config("gw-b", "hostb", &dir)?;
-    cb.peers.push(PeerConfig { name: "gw-a".into(), addr: ga.fabric_addr().expect("fabric") });
+    cb.peers.push(PeerConfig { name: "gw-a".into(), addr: ga.fabric_addr().expect("fabric"), compress: false });
     let gb = Gateway::start(cb).await?;
     let r1 = node(&ga, "r1@hosta").await?;
     let r2 = node(&gb, "r2@hostb").await?;
@@ -107,7 +107,7 @@ async fn lanes_keep_per_sender_order_and_let_small_messages_pass() -> Result<()>
     let dir = certs()?;
     let ga = Gateway::start(config("gw-a", "hosta", &dir)?).await?;
     let mut cb = config("gw-b", "hostb", &dir)?;
-    cb.peers.push(PeerConfig { name: "gw-a".into(), addr: ga.fabric_addr().expect("fabric") });
+    cb.peers.push(PeerConfig { name: "gw-a".into(), addr: ga.fabric_addr().expect("fabric"), compress: false });
     let gb = Gateway::start(cb).await?;
     let r1 = node(&ga, "s1@hosta").await?;
     let r2 = node(&gb, "s2@hostb").await?;
@@ -156,6 +156,31 @@ async fn lanes_keep_per_sender_order_and_let_small_messages_pass() -> Result<()>
     }
     eprintln!("{small_before_big} of {} small messages overtook the 64 MB one", 4 * N);
     ensure!(small_before_big > 0, "small messages should overtake the large one on other lanes");
+    ga.shutdown();
+    gb.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `compress = true` for a peer: large packets cross the fabric lz4-compressed, intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn compression_towards_a_peer() -> Result<()> {
+    let dir = certs()?;
+    let ga = Gateway::start(config("gw-a", "hosta", &dir)?).await?;
+    let mut cb = config("gw-b", "hostb", &dir)?;
+    cb.peers.push(PeerConfig { name: "gw-a".into(), addr: ga.fabric_addr().expect("fabric"), compress: true });
+    let gb = Gateway::start(cb).await?;
+    let r1 = node(&ga, "c1@hosta").await?;
+    let r2 = node(&gb, "c2@hostb").await?;
+    until("gw-b to learn c1", || gb.status().remote_nodes.iter().any(|(n, _)| n == "c1@hosta")).await?;
+    let mut inbox = r1.register("inbox")?;
+    let sender = r2.mailbox();
+    let zeros = Term::binary(vec![0u8; 20 << 20]);
+    sender.send_named("inbox", "c1@hosta", zeros.clone()).await?;
+    ensure!(inbox.recv_message(T).await? == zeros, "20 MB of zeros arrived intact");
+    let out = gb.status().bytes_out;
+    eprintln!("20 MB of zeros took {out} bytes on the fabric");
+    ensure!(out < 2 << 20, "compressed: {out} bytes went out");
     ga.shutdown();
     gb.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
