@@ -315,7 +315,11 @@ impl LocalDirectory for Directory {
 /// Accepts local nodes' connections to a remote node `target`.
 async fn impersonate(inner: Weak<Inner>, listener: TcpListener, target: String) {
     loop {
-        let Ok((sock, peer)) = listener.accept().await else { continue };
+        let Ok((sock, peer)) = listener.accept().await else {
+            // Out of descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
         if !peer.ip().is_loopback() {
             continue;
         }

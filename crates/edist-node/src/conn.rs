@@ -244,7 +244,11 @@ async fn initiate(
 /// Accepts connections until the node is gone.
 pub(crate) async fn accept_loop(inner: Weak<Inner>, listener: TcpListener) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let Ok((stream, peer)) = listener.accept().await else {
+            // Out of descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
         let Some(inner) = inner.upgrade() else { return };
         tokio::spawn(async move {
             if let Err(e) = accept(inner, stream).await {
