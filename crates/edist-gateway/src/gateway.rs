@@ -371,17 +371,34 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     let mut msgs = MsgReader::new(rx);
     let leftover = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx).await?;
     info!(from = %dial.from, to = %target, "relayed connection up");
+    carry(inner, sock, msgs, tx, &leftover, (merger, merger_rx), conn, relay_id, &gateway).await
+}
+
+/// The data phase of a relay, on either gateway (see [`relay::pump`]).
+#[allow(clippy::too_many_arguments)]
+async fn carry(
+    inner: &Arc<Inner>,
+    sock: TcpStream,
+    msgs: MsgReader<quinn::RecvStream>,
+    tx: quinn::SendStream,
+    leftover: &[u8],
+    (merger, merger_rx): (MergerGuard, mpsc::Receiver<Vec<u8>>),
+    conn: quinn::Connection,
+    relay_id: u64,
+    peer_gateway: &str,
+) -> Result<(), relay::RelayError> {
     let (rx, buf) = msgs.into_parts();
+    let lanes = inner.lanes(peer_gateway);
     relay::pump(
         sock,
         rx,
         tx,
-        &leftover,
+        leftover,
         &buf,
         merger.tx(),
         merger_rx,
         lane_opener(conn, relay_id),
-        inner.lanes(&gateway),
+        lanes,
         &inner.counters,
     )
     .await
@@ -456,20 +473,7 @@ async fn relay_to_local(
     let (sock, leftover) =
         relay::dial_local_target(port, &from, &to, DFlags(flags), creation, &inner.cookie, &mut msgs, &mut tx).await?;
     info!(%from, %to, "relayed connection up");
-    let (rx, buf) = msgs.into_parts();
-    relay::pump(
-        sock,
-        rx,
-        tx,
-        &leftover,
-        &buf,
-        merger.tx(),
-        merger_rx,
-        lane_opener(conn, relay_id),
-        inner.lanes(&peer_gateway),
-        &inner.counters,
-    )
-    .await
+    carry(&inner, sock, msgs, tx, &leftover, (merger, merger_rx), conn, relay_id, &peer_gateway).await
 }
 
 async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
