@@ -425,7 +425,8 @@ impl<R: AsyncRead + Unpin> Packets<R> {
                         false => Ok(Some(frame.to_vec())),
                     };
                 }
-                self.buf.reserve(4 + len - self.buf.len());
+                // Grow with the bytes that actually arrive, not with the claimed length.
+                self.buf.reserve((4 + len - self.buf.len()).min(1 << 20));
             }
             if self.r.read_buf(&mut self.buf).await? == 0 {
                 return Ok(None);

@@ -46,7 +46,8 @@ impl FrameDecoder {
             return Err(FrameError::TooLarge { len: len as u64, max: self.max_frame });
         }
         if buf.len() < 4 + len {
-            buf.reserve(4 + len - buf.len());
+            // Grow with the bytes that actually arrive, not with the claimed length.
+            buf.reserve((4 + len - buf.len()).min(1 << 20));
             return Ok(None);
         }
         buf.advance(4);
