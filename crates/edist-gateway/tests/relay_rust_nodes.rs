@@ -1,7 +1,7 @@
 //! Two gateways in one process, Rust-native nodes behind each (joined through the gateways'
 //! control ports, as the `edist_epmd` plug does): the relay path without starting `erl`.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use edist_gateway::config::{Config, PeerConfig};
 use edist_gateway::gateway::Gateway;
 use edist_gateway::pki;
@@ -34,6 +34,15 @@ fn config(name: &str, host: &str, certs: &Path) -> Result<Config> {
     Ok(c)
 }
 
+/// gw-a (host "hosta") and gw-b (host "hostb"), gw-b dialling gw-a, optionally compressing.
+async fn gateways(certs: &Path, compress: bool) -> Result<(Gateway, Gateway)> {
+    let ga = Gateway::start(config("gw-a", "hosta", certs)?).await?;
+    let mut cb = config("gw-b", "hostb", certs)?;
+    let addr = ga.fabric_addr().context("gw-a has no fabric address")?;
+    cb.peers.push(PeerConfig { name: "gw-a".into(), addr, compress });
+    Ok((ga, Gateway::start(cb).await?))
+}
+
 async fn node(gw: &Gateway, name: &str) -> Result<Node> {
     let mut cfg = NodeConfig::new(name, "relay");
     cfg.gateway = Some(gw.control_addr());
@@ -52,10 +61,7 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn rust_nodes_talk_across_two_gateways() -> Result<()> {
     let dir = certs()?;
-    let ga = Gateway::start(config("gw-a", "hosta", &dir)?).await?;
-    let mut cb = config("gw-b", "hostb", &dir)?;
-    cb.peers.push(PeerConfig { name: "gw-a".into(), addr: ga.fabric_addr().expect("fabric"), compress: false });
-    let gb = Gateway::start(cb).await?;
+    let (ga, gb) = gateways(&dir, false).await?;
     let r1 = node(&ga, "r1@hosta").await?;
     let r2 = node(&gb, "r2@hostb").await?;
     r2.register_rpc("m", "double", |args| match args.as_slice() {
@@ -105,10 +111,7 @@ async fn rust_nodes_talk_across_two_gateways() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn lanes_keep_per_sender_order_and_let_small_messages_pass() -> Result<()> {
     let dir = certs()?;
-    let ga = Gateway::start(config("gw-a", "hosta", &dir)?).await?;
-    let mut cb = config("gw-b", "hostb", &dir)?;
-    cb.peers.push(PeerConfig { name: "gw-a".into(), addr: ga.fabric_addr().expect("fabric"), compress: false });
-    let gb = Gateway::start(cb).await?;
+    let (ga, gb) = gateways(&dir, false).await?;
     let r1 = node(&ga, "s1@hosta").await?;
     let r2 = node(&gb, "s2@hostb").await?;
     until("gw-a to learn s2", || ga.status().remote_nodes.iter().any(|(n, _)| n == "s2@hostb")).await?;
@@ -166,10 +169,7 @@ async fn lanes_keep_per_sender_order_and_let_small_messages_pass() -> Result<()>
 #[tokio::test(flavor = "multi_thread")]
 async fn compression_towards_a_peer() -> Result<()> {
     let dir = certs()?;
-    let ga = Gateway::start(config("gw-a", "hosta", &dir)?).await?;
-    let mut cb = config("gw-b", "hostb", &dir)?;
-    cb.peers.push(PeerConfig { name: "gw-a".into(), addr: ga.fabric_addr().expect("fabric"), compress: true });
-    let gb = Gateway::start(cb).await?;
+    let (ga, gb) = gateways(&dir, true).await?;
     let r1 = node(&ga, "c1@hosta").await?;
     let r2 = node(&gb, "c2@hostb").await?;
     until("gw-b to learn c1", || gb.status().remote_nodes.iter().any(|(n, _)| n == "c1@hosta")).await?;

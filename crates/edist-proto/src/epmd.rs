@@ -200,6 +200,11 @@ pub struct Alive2Req {
 }
 
 impl Alive2Req {
+    /// Whether the node registered as hidden.
+    pub fn is_hidden(&self) -> bool {
+        self.node_type == NODE_TYPE_HIDDEN
+    }
+
     /// The request OTP 25 sends: TCP, versions 6..5, no extra data.
     pub fn new(name: impl Into<String>, port: u16, hidden: bool) -> Self {
         Alive2Req {
@@ -251,15 +256,7 @@ impl Request {
         body.push(self.tag());
         match self {
             Request::Alive2(req) => {
-                validate_name(&req.name)?;
-                check_extra(&req.extra)?;
-                body.extend_from_slice(&req.port.to_be_bytes());
-                body.push(req.node_type);
-                body.push(req.protocol);
-                body.extend_from_slice(&req.high.to_be_bytes());
-                body.extend_from_slice(&req.low.to_be_bytes());
-                put_u16_len(&mut body, req.name.as_bytes());
-                put_u16_len(&mut body, &req.extra);
+                put_node(&mut body, req)?;
             }
             Request::PortPlease2 { name } | Request::Stop { name } => {
                 validate_name(name)?;
@@ -350,6 +347,20 @@ impl Request {
     }
 }
 
+/// The node fields shared by ALIVE2_REQ and PORT2_RESP.
+fn put_node(out: &mut Vec<u8>, n: &Alive2Req) -> Result<(), EpmdError> {
+    validate_name(&n.name)?;
+    check_extra(&n.extra)?;
+    out.extend_from_slice(&n.port.to_be_bytes());
+    out.push(n.node_type);
+    out.push(n.protocol);
+    out.extend_from_slice(&n.high.to_be_bytes());
+    out.extend_from_slice(&n.low.to_be_bytes());
+    put_u16_len(out, n.name.as_bytes());
+    put_u16_len(out, &n.extra);
+    Ok(())
+}
+
 fn put_u16_len(out: &mut Vec<u8>, bytes: &[u8]) {
     // Callers have checked `bytes.len() <= MAX_NAME_LEN`, far below u16::MAX.
     let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
@@ -412,31 +423,9 @@ impl Alive2Resp {
     }
 }
 
-/// A registered node as PORT2_RESP describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeInfo {
-    /// The node's distribution listen port.
-    pub port: u16,
-    /// [`NODE_TYPE_NORMAL`] or [`NODE_TYPE_HIDDEN`].
-    pub node_type: u8,
-    /// [`PROTOCOL_TCP`].
-    pub protocol: u8,
-    /// Highest distribution version the node registered.
-    pub high: u16,
-    /// Lowest distribution version the node registered.
-    pub low: u16,
-    /// The node name (the part before `@`).
-    pub name: String,
-    /// The extra data the node registered.
-    pub extra: Vec<u8>,
-}
-
-impl NodeInfo {
-    /// Whether the node registered as hidden.
-    pub fn is_hidden(&self) -> bool {
-        self.node_type == NODE_TYPE_HIDDEN
-    }
-}
+/// A registered node as PORT2_RESP describes it: the same fields, in the same layout, as the
+/// ALIVE2_REQ that registered it.
+pub type NodeInfo = Alive2Req;
 
 /// PORT2_RESP: the answer to PORT_PLEASE2_REQ.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -454,17 +443,9 @@ impl Port2Resp {
             Port2Resp::Err(0) => Err(EpmdError::ZeroErrorCode),
             Port2Resp::Err(code) => Ok(vec![PORT2_RESP, *code]),
             Port2Resp::Ok(info) => {
-                validate_name(&info.name)?;
-                check_extra(&info.extra)?;
                 let mut out = Vec::with_capacity(PORT2_FIXED + 2 + info.name.len() + info.extra.len());
                 out.extend_from_slice(&[PORT2_RESP, 0]);
-                out.extend_from_slice(&info.port.to_be_bytes());
-                out.push(info.node_type);
-                out.push(info.protocol);
-                out.extend_from_slice(&info.high.to_be_bytes());
-                out.extend_from_slice(&info.low.to_be_bytes());
-                put_u16_len(&mut out, info.name.as_bytes());
-                put_u16_len(&mut out, &info.extra);
+                put_node(&mut out, info)?;
                 Ok(out)
             }
         }

@@ -17,7 +17,7 @@
 mod common;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{host, require_erl, unique};
+use common::{host, require_erl, unique, REPL};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
@@ -114,25 +114,6 @@ watch_nodedown(Node) ->
           end),
     receive {watching, _} -> ok end.
 "#;
-
-/// Reads one expression per line, prints `result <term>`.
-const REPL: &str = r#"Loop = fun L() ->
-    case io:get_line("") of
-        eof -> halt();
-        Line ->
-            R = try
-                    {ok, Toks, _} = erl_scan:string(Line),
-                    {ok, Exprs} = erl_parse:parse_exprs(Toks),
-                    {value, V, _} = erl_eval:exprs(Exprs, []),
-                    V
-                catch C:E -> {caught, C, E}
-                end,
-            io:format("result ~0p~n", [R]),
-            L()
-    end
-end,
-io:format("ready~n"),
-Loop()."#;
 
 /// What every test needs from outside: the plug flags and the helper module.
 struct Tools {

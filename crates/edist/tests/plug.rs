@@ -6,7 +6,7 @@
 mod common;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{host, require_erl, unique};
+use common::{host, require_erl, unique, REPL};
 use edist_gateway::local::control::{self, LocalDirectory, StaticDirectory};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,24 +112,6 @@ struct Node {
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
 }
-
-const REPL: &str = r#"Loop = fun L() ->
-    case io:get_line("") of
-        eof -> halt();
-        Line ->
-            R = try
-                    {ok, Toks, _} = erl_scan:string(Line),
-                    {ok, Exprs} = erl_parse:parse_exprs(Toks),
-                    {value, V, _} = erl_eval:exprs(Exprs, []),
-                    V
-                catch C:E -> {caught, C, E}
-                end,
-            io:format("result ~0p~n", [R]),
-            L()
-    end
-end,
-io:format("ready~n"),
-Loop()."#;
 
 impl Node {
     async fn start(flags: &[String], sname: &str, cookie: &str) -> Result<Node> {

@@ -147,3 +147,23 @@ impl Erl {
         Ok(())
     }
 }
+
+/// An `-eval` that reads one Erlang expression per line from stdin and prints
+/// `result <term>` (after printing `ready` once).
+pub const REPL: &str = r#"Loop = fun L() ->
+    case io:get_line("") of
+        eof -> halt();
+        Line ->
+            R = try
+                    {ok, Toks, _} = erl_scan:string(Line),
+                    {ok, Exprs} = erl_parse:parse_exprs(Toks),
+                    {value, V, _} = erl_eval:exprs(Exprs, []),
+                    V
+                catch C:E -> {caught, C, E}
+                end,
+            io:format("result ~0p~n", [R]),
+            L()
+    end
+end,
+io:format("ready~n"),
+Loop()."#;
