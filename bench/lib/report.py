@@ -233,7 +233,7 @@ def main():
             cc = d.get("tcp_congestion_control")
             lines.append(f"   {name}: node a -> {d.get('address')} over {d.get('protocol')} "
                          f"({d.get('proto_dist')}, epmd module {d.get('epmd_module')}"
-                         + (", edist fabric: QUIC, quinn's default congestion control" if m == "edist"
+                         + (", edist fabric: QUIC, congestion control from the gateway config (default BBR)" if m == "edist"
                             else f", TCP congestion control {cc}") + ")")
     for n in meta.get("notes", []):
         lines.append(f"   note: {n}")

@@ -10,6 +10,7 @@
 //! [local]
 //! control = "127.0.0.1:4370"       # where the edist_epmd plug registers and resolves
 //! max_listeners = 1024             # loopback listeners impersonating remote nodes
+//! socket_buffer = 65536            # receive buffer of relayed loopback connections (bytes)
 //!
 //! [fabric]
 //! listen = "0.0.0.0:4371"          # QUIC (UDP) for other gateways
@@ -17,8 +18,10 @@
 //! keep_alive_ms = 500              # QUIC keep-alive
 //! idle_timeout_ms = 2000           # a silent peer gateway is dead after this
 //! lanes = 8                        # QUIC streams per relayed connection and direction (+1)
-//! lane_queue_packets = 64          # packets queued per lane: memory bound and backpressure
+//! relay_buffer = 8388608          # bytes a relayed connection may hold towards the fabric
+//! gateway_buffer = 268435456       # the same for all relays together: the memory bound
 //! compress_threshold = 1024        # peers with `compress = true` get lz4 above this size
+//! congestion = "bbr"               # QUIC congestion control: bbr, cubic or newreno
 //!
 //! [[peers]]                        # other gateways (static list for now)
 //! name = "gw-b"
@@ -56,6 +59,10 @@ pub struct LocalConfig {
     pub control: SocketAddr,
     /// Most loopback listeners impersonating remote nodes at once (default 1024).
     pub max_listeners: usize,
+    /// Kernel receive buffer (bytes) of relayed loopback connections (default 64 KiB). Small,
+    /// because what the kernel holds is read in order: a ping waits behind all of it. The
+    /// gateway's own buffers (`fabric.relay_buffer`) are where large messages wait, in lanes.
+    pub socket_buffer: usize,
 }
 
 /// The fabric side.
@@ -73,12 +80,18 @@ pub struct FabricConfig {
     /// Lanes (QUIC streams) per relayed connection and direction besides the default one;
     /// senders are spread over them by pid (default 8).
     pub lanes: u64,
-    /// Packets (≤ 64 KiB each) queued per lane before the relay stops reading from the local
-    /// node (default 64): the memory bound per lane, and the backpressure point.
-    pub lane_queue_packets: usize,
+    /// Bytes one relayed connection may hold on their way to a peer gateway, all its lanes
+    /// together (default 8 MiB). The relay keeps reading from its node until this is used up
+    /// (so a small message overtakes queued large ones), then stops: backpressure.
+    pub relay_buffer: usize,
+    /// The same bound for all relayed connections of this gateway together (default 256 MiB).
+    pub gateway_buffer: usize,
     /// Packets larger than this many bytes are lz4-compressed towards peers with
     /// `compress = true` (default 1024).
     pub compress_threshold: usize,
+    /// QUIC congestion control: `bbr` (default; short queues at the bottleneck, tolerates
+    /// random loss), `cubic` or `newreno`.
+    pub congestion: crate::fabric::quic::Congestion,
 }
 
 /// Another gateway.
@@ -119,7 +132,7 @@ impl Default for Config {
 
 impl Default for LocalConfig {
     fn default() -> Self {
-        LocalConfig { control: SocketAddr::from(([127, 0, 0, 1], 4370)), max_listeners: 1024 }
+        LocalConfig { control: SocketAddr::from(([127, 0, 0, 1], 4370)), max_listeners: 1024, socket_buffer: 64 << 10 }
     }
 }
 
@@ -131,8 +144,10 @@ impl Default for FabricConfig {
             keep_alive_ms: 500,
             idle_timeout_ms: 2000,
             lanes: 8,
-            lane_queue_packets: 64,
+            relay_buffer: 8 << 20,
+            gateway_buffer: 256 << 20,
             compress_threshold: 1024,
+            congestion: Default::default(),
         }
     }
 }

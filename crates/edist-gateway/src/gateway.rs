@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     relays: AtomicU64,
     /// Mergers of the relayed connections through this gateway, by relay id (for lanes).
     mergers: Mutex<HashMap<u64, relay::Merger>>,
+    /// Bytes all relays together may hold towards the fabric.
+    buffer: relay::Budget,
 }
 
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
@@ -115,6 +117,7 @@ impl Gateway {
             next_link: AtomicU64::new(1),
             relays: AtomicU64::new(0),
             mergers: Mutex::new(HashMap::new()),
+            buffer: relay::Budget::new(cfg.fabric.gateway_buffer),
         });
         let mut tasks = vec![];
         let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
@@ -128,6 +131,7 @@ impl Gateway {
             let opts = QuicOptions {
                 keep_alive: Duration::from_millis(cfg.fabric.keep_alive_ms),
                 idle_timeout: Duration::from_millis(cfg.fabric.idle_timeout_ms),
+                congestion: cfg.fabric.congestion,
                 ..QuicOptions::default()
             };
             let ep = quic::endpoint(cfg.fabric.listen, &id, &opts).map_err(|e| GatewayError::Fabric(e.to_string()))?;
@@ -192,7 +196,9 @@ impl Inner {
         let compress = self.cfg.peers.iter().any(|p| p.name == peer && p.compress);
         relay::LaneConfig {
             lanes: self.cfg.fabric.lanes,
-            queue_packets: self.cfg.fabric.lane_queue_packets,
+            relay_buffer: self.cfg.fabric.relay_buffer,
+            gateway_buffer: self.buffer.clone(),
+            socket_buffer: Some(self.cfg.local.socket_buffer),
             compress_above: compress.then_some(self.cfg.fabric.compress_threshold),
         }
     }

@@ -19,11 +19,12 @@ use edist_proto::dist::handshake::{
 };
 use edist_proto::dist::lane::Classifier;
 use edist_proto::dist::DFlags;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
 /// Flags a relay never lets through: the atom cache needs per-connection state on both ends,
@@ -318,25 +319,65 @@ where
     }
 }
 
-/// How a relay spreads traffic over lanes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a relay spreads traffic over lanes, and how much it may hold.
+#[derive(Debug, Clone)]
 pub struct LaneConfig {
     /// Lanes per relayed connection and direction besides the default lane (the relay
     /// stream): senders are spread over them by pid, so one sender's large message only
     /// delays the senders that share its lane.
     pub lanes: u64,
-    /// Packets (at most 64 KiB each when the node fragments) queued per lane before the relay
-    /// stops reading from the local node: the memory bound per lane, and backpressure.
-    pub queue_packets: usize,
+    /// Bytes this relay may hold on their way to the peer gateway, all lanes together: the
+    /// relay keeps reading from its node (so a small message can overtake a queued large one)
+    /// until this is used up, then stops (backpressure).
+    pub relay_buffer: usize,
+    /// The same bound for all relays of the gateway together (shared).
+    pub gateway_buffer: Budget,
     /// Compress (lz4) packets larger than this towards the peer gateway; `None`: never.
     pub compress_above: Option<usize>,
+    /// Kernel receive buffer of the loopback connection from the node; `None`: the kernel's.
+    pub socket_buffer: Option<usize>,
 }
 
 impl Default for LaneConfig {
     fn default() -> Self {
-        LaneConfig { lanes: 8, queue_packets: 64, compress_above: None }
+        LaneConfig {
+            lanes: 8,
+            relay_buffer: 8 << 20,
+            gateway_buffer: Budget::new(256 << 20),
+            compress_above: None,
+            socket_buffer: None,
+        }
     }
 }
+
+/// A byte budget: queued packets hold part of it until their lane has written them.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    sem: Arc<Semaphore>,
+    total: usize,
+}
+
+impl Budget {
+    /// A budget of `total` bytes.
+    pub fn new(total: usize) -> Self {
+        let total = total.clamp(1, u32::MAX as usize);
+        Budget { sem: Arc::new(Semaphore::new(total)), total }
+    }
+
+    /// Takes `n` bytes, waiting while the budget is used up. A packet larger than the whole
+    /// budget takes all of it, so it still passes, alone.
+    async fn take(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+        self.sem.clone().acquire_many_owned(n.clamp(1, self.total) as u32).await.ok()
+    }
+
+    /// Bytes currently held.
+    pub fn used(&self) -> usize {
+        self.total - self.sem.available_permits()
+    }
+}
+
+/// What a queued packet holds of the relay's and the gateway's budgets.
+type Held = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// Marks an lz4-compressed packet on a lane (packets are far below 2 GiB, so the bit is free).
 /// The receiver always understands it; only the sender's config decides to compress.
@@ -458,6 +499,11 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    if let Some(n) = lanes_cfg.socket_buffer {
+        // Best effort: the kernel's autotuning (up to tcp_rmem's maximum) also works, only with
+        // more bytes in front of every small message.
+        let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(n);
+    }
     let (sr, mut sw) = sock.into_split();
     // Lane 0 in: its packets join the merger like any other lane's.
     // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
@@ -472,9 +518,11 @@ where
     let up = async {
         let mut from_node = Packets::new(sr, pending_to_stream, false);
         let mut classifier = Classifier::new();
-        let mut lanes: Vec<Option<mpsc::Sender<Vec<u8>>>> = (0..=lanes_cfg.lanes).map(|_| None).collect();
+        let relay_budget = Budget::new(lanes_cfg.relay_buffer);
+        let mut lanes: Vec<Option<mpsc::UnboundedSender<(Vec<u8>, Held)>>> =
+            (0..=lanes_cfg.lanes).map(|_| None).collect();
         let mut writers = tokio::task::JoinSet::new();
-        let (lane0_tx, lane0_rx) = mpsc::channel::<Vec<u8>>(lanes_cfg.queue_packets.max(1));
+        let (lane0_tx, lane0_rx) = mpsc::unbounded_channel();
         writers.spawn(write_lane(lane0_rx, Box::pin(async move { Ok::<W, std::io::Error>(tx) })));
         if let Some(slot) = lanes.get_mut(0) {
             *slot = Some(lane0_tx);
@@ -486,14 +534,20 @@ where
                 .unwrap_or(0) as usize;
             let Some(slot) = lanes.get_mut(lane) else { continue };
             if slot.is_none() {
-                let (ltx, lrx) = mpsc::channel::<Vec<u8>>(lanes_cfg.queue_packets.max(1));
+                let (ltx, lrx) = mpsc::unbounded_channel();
                 writers.spawn(write_lane(lrx, open_lane()));
                 *slot = Some(ltx);
             }
             let p = maybe_compress(p, lanes_cfg.compress_above);
             counters.add_out(p.len());
+            // Lanes are unbounded queues; the budgets bound them all together.
+            let (Some(r), Some(g)) = (relay_budget.take(p.len()).await, lanes_cfg.gateway_buffer.take(p.len()).await)
+            else {
+                break;
+            };
+            let held = (r, g);
             let sent = match slot {
-                Some(ltx) => ltx.send(p).await.is_ok(),
+                Some(ltx) => ltx.send((p, held)).is_ok(),
                 None => false,
             };
             if !sent {
@@ -512,14 +566,15 @@ where
 }
 
 /// Writes the packets queued for one lane to its stream, opened by `open`.
-async fn write_lane<W, F>(mut packets: mpsc::Receiver<Vec<u8>>, open: F) -> std::io::Result<()>
+async fn write_lane<W, F>(mut packets: mpsc::UnboundedReceiver<(Vec<u8>, Held)>, open: F) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
     F: std::future::Future<Output = std::io::Result<W>>,
 {
     let mut w = open.await?;
-    while let Some(p) = packets.recv().await {
+    while let Some((p, held)) = packets.recv().await {
         w.write_all(&p).await?;
+        drop(held);
     }
     w.shutdown().await
 }

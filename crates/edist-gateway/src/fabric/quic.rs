@@ -284,6 +284,22 @@ pub struct QuicOptions {
     pub max_bidi_streams: u32,
     /// Concurrent unidirectional streams a peer may open. Default 1024.
     pub max_uni_streams: u32,
+    /// Congestion control of the links. Default BBR.
+    pub congestion: Congestion,
+}
+
+/// Congestion controllers quinn offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// Model-based: keeps the bottleneck's queue short, so small messages behind bulk traffic
+    /// wait less, and tolerates random loss.
+    #[default]
+    Bbr,
+    /// Loss-based (quinn's own default): fills the bottleneck's queue.
+    Cubic,
+    /// Loss-based, classic.
+    NewReno,
 }
 
 impl Default for QuicOptions {
@@ -293,6 +309,7 @@ impl Default for QuicOptions {
             idle_timeout: Duration::from_secs(2),
             max_bidi_streams: 1024,
             max_uni_streams: 1024,
+            congestion: Congestion::default(),
         }
     }
 }
@@ -317,6 +334,11 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(opts.max_bidi_streams.into())
         .max_concurrent_uni_streams(opts.max_uni_streams.into());
+    match opts.congestion {
+        Congestion::Bbr => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+        Congestion::Cubic => t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
+        Congestion::NewReno => t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
+    };
     Ok(t)
 }
 
