@@ -379,6 +379,9 @@ impl Budget {
 /// What a queued packet holds of the relay's and the gateway's budgets.
 type Held = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
+/// The queue of one outgoing lane: packets with what they hold of the budgets.
+type LaneTx = mpsc::UnboundedSender<(Vec<u8>, Held)>;
+
 /// Marks an lz4-compressed packet on a lane (packets are far below 2 GiB, so the bit is free).
 /// The receiver always understands it; only the sender's config decides to compress.
 const COMPRESSED: u32 = 1 << 31;
@@ -519,8 +522,7 @@ where
         let mut from_node = Packets::new(sr, pending_to_stream, false);
         let mut classifier = Classifier::new();
         let relay_budget = Budget::new(lanes_cfg.relay_buffer);
-        let mut lanes: Vec<Option<mpsc::UnboundedSender<(Vec<u8>, Held)>>> =
-            (0..=lanes_cfg.lanes).map(|_| None).collect();
+        let mut lanes: Vec<Option<LaneTx>> = (0..=lanes_cfg.lanes).map(|_| None).collect();
         let mut writers = tokio::task::JoinSet::new();
         let (lane0_tx, lane0_rx) = mpsc::unbounded_channel();
         writers.spawn(write_lane(lane0_rx, Box::pin(async move { Ok::<W, std::io::Error>(tx) })));
