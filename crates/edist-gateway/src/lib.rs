@@ -10,5 +10,6 @@ pub mod wire;
 pub mod fabric;
 pub mod gateway;
 pub mod pki;
+pub mod policy;
 pub mod relay;
 pub mod stats;

@@ -10,6 +10,38 @@ pub trait Visitor<'a> {
         let _ = (token, depth);
         Ok(())
     }
+
+    /// Called for each token inside a compressed term (whose bytes live only during the walk,
+    /// hence no `'a`); `depth` counts from the compressed term's own level.
+    fn inflated_token(&mut self, token: &Token<'_>, depth: u32) -> Result<(), DecodeError> {
+        let _ = (token, depth);
+        Ok(())
+    }
+}
+
+/// The `inflated_token` method of some visitor (a trait object, so that walking an inflated term
+/// instantiates `walk_in` once, not once per nesting level).
+trait InflatedSink {
+    fn sink(&mut self, token: &Token<'_>, depth: u32) -> Result<(), DecodeError>;
+}
+
+impl<'a, V: Visitor<'a>> InflatedSink for V {
+    fn sink(&mut self, token: &Token<'_>, depth: u32) -> Result<(), DecodeError> {
+        self.inflated_token(token, depth)
+    }
+}
+
+/// Hands the tokens of an inflated term to the outer visitor's `inflated_token`.
+struct Inflated<'v>(&'v mut dyn InflatedSink);
+
+impl<'b> Visitor<'b> for Inflated<'_> {
+    fn token(&mut self, token: &Token<'b>, depth: u32) -> Result<(), DecodeError> {
+        self.0.sink(token, depth)
+    }
+
+    fn inflated_token(&mut self, token: &Token<'_>, depth: u32) -> Result<(), DecodeError> {
+        self.0.sink(token, depth)
+    }
 }
 
 /// A visitor that does nothing (plain validation).
@@ -20,7 +52,7 @@ impl Visitor<'_> for NoopVisitor {}
 ///
 /// `atom_refs` is the number of atom-cache references the enclosing dist header defined (0 when
 /// there is none); a reference beyond it is an error. Compressed terms are inflated (bounded by
-/// `limits.max_inflated`) and validated, but not reported to the visitor.
+/// `limits.max_inflated`), validated, and reported through [`Visitor::inflated_token`].
 pub fn walk<'a, V: Visitor<'a>>(
     r: &mut Reader<'a>,
     limits: &Limits,
@@ -57,7 +89,7 @@ fn walk_in<'a, V: Visitor<'a>>(
             }
             let inner = inflate(*size, data, limits)?;
             let mut ir = Reader::new(&inner);
-            walk_in(&mut ir, limits, atom_refs, &mut NoopVisitor, false)?;
+            walk_in(&mut ir, limits, atom_refs, &mut Inflated(&mut *visitor), false)?;
             if ir.remaining() != 0 {
                 return Err(DecodeError::TrailingBytes(ir.remaining()));
             }
