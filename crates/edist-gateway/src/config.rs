@@ -27,6 +27,25 @@
 //! name = "gw-b"
 //! addr = "10.0.0.2:4371"
 //! compress = false                 # lz4 for packets towards this peer (slow links)
+//! role = "trusted"                 # what its nodes may do here (default: policy.default_role)
+//!
+//! [policy]
+//! default_role = "trusted"         # role of peers without one: trusted, device, or [roles.*]
+//!
+//! [roles.device]                   # built-in; a table overrides single fields
+//! spawn = []                       # "module:function/arity" globs a peer may spawn/rpc
+//! deny_names = ["rex", "init"]     # registered names it may not send to or monitor
+//! send_to_pids = true              # plain sends to pids
+//! alias_send = true                # sends to aliases (gen_server/erpc replies)
+//! links = true                     # links and their exit signals
+//! monitors = true                  # monitors and DOWN signals
+//! exit_signals = false             # exit/2 (remote kill)
+//! group_leader = false             # group-leader changes
+//! max_message = 8388608            # bytes per message (0: no limit)
+//! max_depth = 64                   # term nesting (0: no limit)
+//! atom_budget = 10000              # distinct atoms per peer gateway, ever (0: no limit)
+//! messages_per_sec = 10000         # above: delayed, not dropped (0: no limit)
+//! bytes_per_sec = 16777216         # likewise
 //! ```
 
 use serde::Deserialize;
@@ -49,6 +68,25 @@ pub struct Config {
     pub fabric: FabricConfig,
     /// Other gateways.
     pub peers: Vec<PeerConfig>,
+    /// Ingress policy defaults.
+    pub policy: PolicyConfig,
+    /// Roles by name: tables over the built-in `trusted` and `device` roles, or new ones
+    /// (starting from `trusted`). Fields: see [`crate::policy::Role`].
+    pub roles: std::collections::BTreeMap<String, toml::Table>,
+}
+
+/// Ingress policy defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Role of peer gateways that have none configured (default `trusted`).
+    pub default_role: String,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { default_role: "trusted".into() }
+    }
 }
 
 /// The local side: where BEAM nodes register and which remote nodes get impersonated.
@@ -105,6 +143,9 @@ pub struct PeerConfig {
     /// Compress (lz4) what we send it, for slow links (default false).
     #[serde(default)]
     pub compress: bool,
+    /// What its nodes may do to ours (a role name; default `policy.default_role`).
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 /// The short host name, as `erl -sname` uses it.
@@ -126,6 +167,8 @@ impl Default for Config {
             local: LocalConfig::default(),
             fabric: FabricConfig::default(),
             peers: Vec::new(),
+            policy: PolicyConfig::default(),
+            roles: Default::default(),
         }
     }
 }
@@ -194,7 +237,20 @@ impl Config {
         if self.peers.iter().any(|p| p.name == self.name) {
             return Err(ConfigError::Invalid(format!("peer {} has this gateway's own name", self.name)));
         }
+        let roles = self.roles()?;
+        let named = std::iter::once(&self.policy.default_role).chain(self.peers.iter().filter_map(|p| p.role.as_ref()));
+        for r in named {
+            if !roles.contains_key(r) {
+                let known: Vec<&str> = roles.keys().map(String::as_str).collect();
+                return Err(ConfigError::Invalid(format!("unknown role {r:?} (known: {})", known.join(", "))));
+            }
+        }
         Ok(())
+    }
+
+    /// The roles: built-ins with the `[roles.NAME]` tables applied.
+    pub fn roles(&self) -> Result<std::collections::BTreeMap<String, crate::policy::Role>, ConfigError> {
+        crate::policy::role::resolve_roles(&self.roles).map_err(ConfigError::Invalid)
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::fabric::quic::{self, PeerLink, QuicOptions, TlsIdentity};
 use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
+use crate::policy;
 use crate::relay::{self, MsgReader, RELAY_MASK};
 use crate::stats::LinkCounters;
 use crate::wire::{Msg, NodeInfo};
@@ -30,6 +31,8 @@ pub enum GatewayError {
     NoCookie,
     #[error("fabric: {0}")]
     Fabric(String),
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 struct LocalNode {
@@ -75,6 +78,12 @@ pub(crate) struct Inner {
     mergers: Mutex<HashMap<u64, relay::Merger>>,
     /// Bytes all relays together may hold towards the fabric.
     buffer: relay::Budget,
+    /// Roles by name (built-ins and `[roles.NAME]`).
+    roles: std::collections::BTreeMap<String, Arc<policy::Role>>,
+    /// What each peer gateway has used of its role's shared limits (atoms, rates).
+    peer_budgets: Mutex<HashMap<String, policy::SharedPeer>>,
+    /// Refused traffic.
+    refusals: crate::stats::Refusals,
 }
 
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
@@ -97,6 +106,9 @@ pub struct StatusReport {
     pub relays_open: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Refused traffic: peer gateway → reason → count.
+    #[serde(default)]
+    pub refusals: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
 }
 
 impl Gateway {
@@ -118,6 +130,9 @@ impl Gateway {
             relays: AtomicU64::new(0),
             mergers: Mutex::new(HashMap::new()),
             buffer: relay::Budget::new(cfg.fabric.gateway_buffer),
+            roles: cfg.roles().map_err(GatewayError::Config)?.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            peer_budgets: Mutex::new(HashMap::new()),
+            refusals: Default::default(),
         });
         let mut tasks = vec![];
         let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
@@ -223,7 +238,36 @@ impl Inner {
             relays_open: self.relays.load(Ordering::Relaxed),
             bytes_in,
             bytes_out,
+            refusals: self.refusals.totals(),
         }
+    }
+
+    /// The ingress policy for relays from `peer`'s nodes; `None` when its role lets every
+    /// packet through untouched.
+    fn inbound_policy(self: &Arc<Self>, peer: &str) -> Option<Arc<relay::InboundPolicy>> {
+        let role_name = self.peer_role(peer).unwrap_or_else(|| self.cfg.policy.default_role.clone());
+        // Validated with the config; an unknown name cannot get here, but fail closed anyway.
+        let role = self.roles.get(&role_name).cloned().unwrap_or_else(|| Arc::new(policy::Role::device()));
+        if role.is_open() {
+            return None;
+        }
+        let shared = lock(&self.peer_budgets).entry(peer.to_string()).or_default().clone();
+        let weak = Arc::downgrade(self);
+        let peer_name = peer.to_string();
+        Some(Arc::new(relay::InboundPolicy {
+            role,
+            peer: shared,
+            on_refuse: Box::new(move |reason, what| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.refusals.record(&peer_name, reason.as_str(), what);
+                }
+            }),
+        }))
+    }
+
+    /// The role configured for a peer gateway, if any.
+    fn peer_role(&self, peer: &str) -> Option<String> {
+        self.cfg.peers.iter().find(|p| p.name == peer).and_then(|p| p.role.clone())
     }
 
     fn local_list(&self) -> Vec<NodeInfo> {
@@ -373,11 +417,11 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
         creation: dial.creation,
     };
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
-    let (merger, merger_rx) = MergerGuard::register(inner, relay_id);
+    let (merger, rxs) = MergerGuard::register(inner, relay_id, &gateway);
     let mut msgs = MsgReader::new(rx);
     let leftover = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx).await?;
     info!(from = %dial.from, to = %target, "relayed connection up");
-    carry(inner, sock, msgs, tx, &leftover, (merger, merger_rx), conn, relay_id, &gateway).await
+    carry(inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &gateway).await
 }
 
 /// The data phase of a relay, on either gateway (see [`relay::pump`]).
@@ -388,26 +432,15 @@ async fn carry(
     msgs: MsgReader<quinn::RecvStream>,
     tx: quinn::SendStream,
     leftover: &[u8],
-    (merger, merger_rx): (MergerGuard, mpsc::Receiver<Vec<u8>>),
+    (merger, rxs): (MergerGuard, MergerRx),
     conn: quinn::Connection,
     relay_id: u64,
     peer_gateway: &str,
 ) -> Result<(), relay::RelayError> {
     let (rx, buf) = msgs.into_parts();
     let lanes = inner.lanes(peer_gateway);
-    relay::pump(
-        sock,
-        rx,
-        tx,
-        leftover,
-        &buf,
-        merger.tx(),
-        merger_rx,
-        lane_opener(conn, relay_id),
-        lanes,
-        &inner.counters,
-    )
-    .await
+    relay::pump(sock, rx, tx, leftover, &buf, merger.tx(), rxs, lane_opener(conn, relay_id), lanes, &inner.counters)
+        .await
 }
 
 /// Opens lane streams of relay `relay_id` on `conn`.
@@ -422,6 +455,9 @@ fn lane_opener(conn: quinn::Connection, relay_id: u64) -> relay::LaneOpener {
     })
 }
 
+/// The receiving ends of a relay's merger: packets for the local node, replies for the peer.
+type MergerRx = (mpsc::Receiver<Vec<u8>>, mpsc::UnboundedReceiver<Vec<u8>>);
+
 /// A relay's merger, registered for incoming lanes while the relay lives.
 struct MergerGuard {
     inner: Arc<Inner>,
@@ -430,10 +466,12 @@ struct MergerGuard {
 }
 
 impl MergerGuard {
-    fn register(inner: &Arc<Inner>, id: u64) -> (MergerGuard, mpsc::Receiver<Vec<u8>>) {
-        let (tx, rx) = mpsc::channel(64);
+    fn register(inner: &Arc<Inner>, id: u64, peer: &str) -> (MergerGuard, MergerRx) {
+        let (to_node, rx) = mpsc::channel(64);
+        let (replies, replies_rx) = mpsc::unbounded_channel();
+        let tx = relay::Merger { to_node, replies, peer: peer.into(), policy: inner.inbound_policy(peer) };
         lock(&inner.mergers).insert(id, tx.clone());
-        (MergerGuard { inner: inner.clone(), id, tx }, rx)
+        (MergerGuard { inner: inner.clone(), id, tx }, (rx, replies_rx))
     }
 
     fn tx(&self) -> relay::Merger {
@@ -475,11 +513,11 @@ async fn relay_to_local(
             tx.write_all(&Msg::Refused(format!("{to} is not here or {from} is not {peer_gateway}'s")).encode()).await;
         return Err(relay::RelayError::Refused(format!("{from} -> {to}")));
     };
-    let (merger, merger_rx) = MergerGuard::register(&inner, relay_id);
+    let (merger, rxs) = MergerGuard::register(&inner, relay_id, &peer_gateway);
     let (sock, leftover) =
         relay::dial_local_target(port, &from, &to, DFlags(flags), creation, &inner.cookie, &mut msgs, &mut tx).await?;
     info!(%from, %to, "relayed connection up");
-    carry(&inner, sock, msgs, tx, &leftover, (merger, merger_rx), conn, relay_id, &peer_gateway).await
+    carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &peer_gateway).await
 }
 
 async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
@@ -584,7 +622,10 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: quinn::RecvStream) {
         Ok(Msg::Control) => {}
         Ok(Msg::Lane { relay }) => {
             // A lane of a relayed connection: its packets join that relay's merger.
-            let Some(merger) = lock(&inner.mergers).get(&relay).cloned() else { return };
+            // Only the peer whose relay it is may add lanes to it.
+            let Some(merger) = lock(&inner.mergers).get(&relay).filter(|m| *m.peer == *peer).cloned() else {
+                return;
+            };
             let (rx, pending) = msgs.into_parts();
             if let Err(e) = relay::feed_lane_stream(rx, &pending, merger).await {
                 debug!(%peer, "lane of relay {relay:#x} ended: {e}");

@@ -12,6 +12,7 @@
 //! Both legs negotiate `a.flags & b.flags & RELAY_MASK`: the far side gets the initiator's
 //! flags, the initiator gets the far side's challenge flags. The cookie stays on each host.
 
+use crate::policy::{Ingress, Reason, Role, SharedPeer};
 use crate::wire::Msg;
 use bytes::BytesMut;
 use edist_proto::dist::handshake::{
@@ -427,9 +428,28 @@ fn decompress(body: &[u8]) -> std::io::Result<Vec<u8>> {
 /// more).
 const MAX_PACKET: usize = 256 << 20;
 
-/// Incoming packets of one relayed connection, from all its lanes, on their way to the local
-/// node. Each item is one whole packet with its u32 length prefix.
-pub type Merger = mpsc::Sender<Vec<u8>>;
+/// Where the lanes of one relayed connection deliver what they bring from the fabric.
+#[derive(Clone)]
+pub struct Merger {
+    /// Packets (with their u32 length prefix) on their way to the local node, from all lanes.
+    pub to_node: mpsc::Sender<Vec<u8>>,
+    /// Replies the policy makes for the peer (a refused rpc's error), sent on lane 0.
+    pub replies: mpsc::UnboundedSender<Vec<u8>>,
+    /// The peer gateway whose relay this is (a lane from another peer is refused).
+    pub peer: Arc<str>,
+    /// The ingress policy towards the local node; `None`: packets pass untouched.
+    pub policy: Option<Arc<InboundPolicy>>,
+}
+
+/// What an incoming lane needs to inspect packets under its peer's role.
+pub struct InboundPolicy {
+    /// The peer gateway's role.
+    pub role: Arc<Role>,
+    /// The peer's shared budgets (atoms, rates).
+    pub peer: SharedPeer,
+    /// Called for each refusal (logging once per burst and counting are the gateway's).
+    pub on_refuse: Box<dyn Fn(Reason, &str) + Send + Sync>,
+}
 
 /// Opens a lane stream towards the peer gateway (the `Lane` frame is sent by the caller).
 pub type LaneOpener = Box<
@@ -493,7 +513,7 @@ pub async fn pump<R, W>(
     pending_to_stream: &[u8],
     pending_to_sock: &[u8],
     merger: Merger,
-    mut merger_rx: mpsc::Receiver<Vec<u8>>,
+    (mut merger_rx, mut replies_rx): (mpsc::Receiver<Vec<u8>>, mpsc::UnboundedReceiver<Vec<u8>>),
     open_lane: LaneOpener,
     lanes_cfg: LaneConfig,
     counters: &crate::stats::LinkCounters,
@@ -529,11 +549,18 @@ where
         if let Some(slot) = lanes.get_mut(0) {
             *slot = Some(lane0_tx);
         }
-        while let Some(p) = from_node.next().await? {
-            let lane = classifier
-                .classify(p.get(4..).unwrap_or_default())
-                .map(|k| 1 + k % lanes_cfg.lanes.max(1))
-                .unwrap_or(0) as usize;
+        loop {
+            let (p, lane) = tokio::select! {
+                p = from_node.next() => match p? {
+                    Some(p) => {
+                        let lane = classifier.classify(p.get(4..).unwrap_or_default()).map(|k| 1 + k % lanes_cfg.lanes.max(1));
+                        (p, lane.unwrap_or(0) as usize)
+                    }
+                    None => break,
+                },
+                // The policy's answers to refused requests of the peer's nodes.
+                Some(r) = replies_rx.recv() => (r, 0),
+            };
             let Some(slot) = lanes.get_mut(lane) else { continue };
             if slot.is_none() {
                 let (ltx, lrx) = mpsc::unbounded_channel();
@@ -581,11 +608,35 @@ where
     w.shutdown().await
 }
 
-/// Feeds the packets of one incoming lane to the relay's merger.
+/// Feeds the packets of one incoming lane to the relay's merger, through the policy.
 async fn feed_lane<R: AsyncRead + Unpin>(mut lane: Packets<R>, merger: Merger) -> std::io::Result<()> {
+    let Some(policy) = merger.policy.clone() else {
+        while let Some(p) = lane.next().await? {
+            if merger.to_node.send(p).await.is_err() {
+                break;
+            }
+        }
+        return Ok(());
+    };
+    let mut ingress = Ingress::new(policy.role.clone(), policy.peer.clone());
     while let Some(p) = lane.next().await? {
-        if merger.send(p).await.is_err() {
-            break;
+        let wait = ingress.delay(&p, std::time::Instant::now());
+        if !wait.is_zero() {
+            // Over the role's rate: this lane (and through QUIC flow control, its sender) waits.
+            tokio::time::sleep(wait).await;
+        }
+        let verdict =
+            ingress.packet(p).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        if let Some((reason, why)) = &verdict.refused {
+            (policy.on_refuse)(*reason, why);
+        }
+        for r in verdict.reply {
+            let _ = merger.replies.send(r);
+        }
+        for f in verdict.forward {
+            if merger.to_node.send(f).await.is_err() {
+                return Ok(());
+            }
         }
     }
     Ok(())

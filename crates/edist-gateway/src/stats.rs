@@ -24,3 +24,50 @@ impl LinkCounters {
         (self.bytes_in.load(Ordering::Relaxed), self.bytes_out.load(Ordering::Relaxed))
     }
 }
+
+/// Refused traffic, by peer gateway and reason; logs once per burst, not once per message.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    by: std::sync::Mutex<std::collections::BTreeMap<(String, String), Burst>>,
+}
+
+#[derive(Debug)]
+struct Burst {
+    total: u64,
+    logged_at: std::time::Instant,
+    unlogged: u64,
+}
+
+/// Within this long after a logged refusal, more of the same (peer, reason) are only counted.
+const BURST: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Refusals {
+    /// Counts one refusal; logs it unless one of the same peer and reason was logged lately.
+    pub fn record(&self, peer: &str, reason: &str, what: &str) {
+        let now = std::time::Instant::now();
+        let mut by = self.by.lock().unwrap_or_else(|e| e.into_inner());
+        let b = by.entry((peer.to_string(), reason.to_string())).or_insert(Burst {
+            total: 0,
+            logged_at: now - BURST,
+            unlogged: 0,
+        });
+        b.total += 1;
+        if now.duration_since(b.logged_at) < BURST {
+            b.unlogged += 1;
+            return;
+        }
+        let more = std::mem::take(&mut b.unlogged);
+        b.logged_at = now;
+        tracing::warn!(%peer, %reason, total = b.total, "refused {what} ({more} more like it since the last report)");
+    }
+
+    /// Totals: peer → reason → count.
+    pub fn totals(&self) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> {
+        let by = self.by.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = std::collections::BTreeMap::<String, std::collections::BTreeMap<String, u64>>::new();
+        for ((peer, reason), b) in by.iter() {
+            out.entry(peer.clone()).or_default().insert(reason.clone(), b.total);
+        }
+        out
+    }
+}

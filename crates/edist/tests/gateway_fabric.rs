@@ -399,6 +399,17 @@ impl Cluster {
 
     /// Starts the gateways `stagger` apart (in host order), as hosts booting at different times do.
     async fn start_staggered(n: usize, stagger: Duration) -> Result<Cluster> {
+        Self::start_with(n, stagger, &|_, _| String::new(), &|_| String::new()).await
+    }
+
+    /// [`Cluster::start_staggered`], with `peer_extra(i, j)` added to host i's `[[peers]]` table
+    /// of host j, and `extra(i)` at the end of host i's config.
+    async fn start_with(
+        n: usize,
+        stagger: Duration,
+        peer_extra: &dyn Fn(usize, usize) -> String,
+        extra: &dyn Fn(usize) -> String,
+    ) -> Result<Cluster> {
         static SUBNET: AtomicU32 = AtomicU32::new(0);
         let subnet = (SUBNET.fetch_add(1, Ordering::Relaxed) % 250) as u8;
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -452,7 +463,9 @@ impl Cluster {
             );
             for (j, other) in ips.iter().enumerate().filter(|(j, _)| *j != i) {
                 toml.push_str(&format!("\n[[peers]]\nname = \"gw-{j}\"\naddr = \"{other}:{FABRIC_PORT}\"\n"));
+                toml.push_str(&peer_extra(i, j));
             }
+            toml.push_str(&extra(i));
             let config = dir.join(format!("{gw_name}.toml"));
             std::fs::write(&config, toml)?;
             let log = dir.join(format!("{gw_name}.log"));
@@ -1049,6 +1062,111 @@ async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded(
         eprintln!("fabric: gateway {i} RSS grew by {grown} KiB while 400 MB were pushed at a stopped node");
         ensure!(grown < 128 * 1024, "gateway {i} buffered {grown} KiB for a stalled receiver");
     }
+    cluster.passed();
+    Ok(())
+}
+
+/// Host 1's gateway has the `device` role at host 0's (atom budget 2000, 1 MiB messages); host
+/// 2's is trusted. Every attack of the device node is refused at host 0's gateway — fast where
+/// Erlang would wait, logged, counted — while its allowed traffic, and host 2's, flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_peer_is_held_to_its_role_and_limits() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start_with(
+        3,
+        Duration::ZERO,
+        &|i, j| if (i, j) == (0, 1) { "role = \"device\"\n".into() } else { String::new() },
+        &|i| {
+            if i == 0 {
+                "\n[roles.device]\natom_budget = 2000\nmax_message = 1048576\n".into()
+            } else {
+                String::new()
+            }
+        },
+    )
+    .await?;
+    let mut srv = cluster.erl(0, "srv", &[]).await?;
+    let mut dev = cluster.erl(1, "dev", &["+t", "4000000"]).await?;
+    let mut other = cluster.erl(2, "other", &[]).await?;
+    let qs = q(&srv.name);
+    let r = srv
+        .eval(
+            "edist_fabric_t:start_server(kv), \
+             register(cnt, spawn(fun L() -> receive {From, Id, _} -> From ! {cnt, Id}, L() end end)), \
+             element(1, {ok, erlang:system_info(atom_count)})",
+        )
+        .await?;
+    ensure!(r == "ok", "{r}");
+    let atoms0: i64 = srv.eval("erlang:system_info(atom_count)").await?.parse()?;
+
+    // Code execution: refused at once with an error, not a timeout.
+    let t = Instant::now();
+    let r = dev.eval(&format!("rpc:call({qs}, os, cmd, [\"id\"])")).await?;
+    ensure!(r == "{badrpc,{'EXIT',edist_refused}}", "rpc:call os:cmd from a device: {r}");
+    let r = dev.eval(&format!("catch erpc:call({qs}, erlang, halt, [])")).await?;
+    ensure!(r.contains("edist_refused"), "erpc:call from a device: {r}");
+    // A gen_server:call to a denied name fails fast too (its monitor is answered noproc).
+    let r = dev.eval(&format!("catch gen_server:call({{init, {qs}}}, get_arguments, 10000)")).await?;
+    ensure!(r.contains("noproc"), "gen_server:call to init from a device: {r}");
+    ensure!(t.elapsed() < Duration::from_secs(5), "refusals took {:?}", t.elapsed());
+    // Allowed: calls and sends to other registered names.
+    assert_eq!(dev.eval(&format!("gen_server:call({{kv, {qs}}}, {{put, k, 42}})")).await?, "ok");
+    assert_eq!(srv.eval("gen_server:call(kv, {get, k})").await?, "42");
+    // Remote kill: refused, the process lives.
+    ensure!(dev.eval("register(inbox, self())").await? == "true");
+    let r = srv.eval(&format!("{{inbox, {}}} ! {{kv, whereis(kv)}}", q(&dev.name))).await?;
+    ensure!(r.starts_with("{kv,"), "{r}");
+    let r = dev.eval("receive {kv, P} -> exit(P, kill), ok after 5000 -> timeout end").await?;
+    ensure!(r == "ok", "{r}");
+    sleep(Duration::from_millis(300)).await;
+    assert_eq!(srv.eval("is_pid(whereis(kv))").await?, "true");
+
+    // Size, depth: refused; the message after them arrives.
+    let r = dev
+        .eval(&format!(
+            "C = {{cnt, {qs}}}, C ! {{self(), big, binary:copy(<<7>>, 2000000)}}, \
+             C ! {{self(), deep, lists:foldl(fun(_, A) -> [A] end, x, lists:seq(1, 200))}}, \
+             C ! {{self(), small, x}}, \
+             receive {{cnt, Id}} -> Id after 10000 -> timeout end"
+        ))
+        .await?;
+    ensure!(r == "small", "first answer after the big and deep messages: {r}");
+
+    // Atoms: 1,000 pass, then a million more are cut off at the budget.
+    let r = dev
+        .eval(&format!(
+            "[{{kv, {qs}}} ! {{atoms, [list_to_atom(\"edist_a_\" ++ integer_to_list(I * 10 + J)) || J <- lists:seq(0, 9)]}} \
+             || I <- lists:seq(0, 99)], ok"
+        ))
+        .await?;
+    ensure!(r == "ok", "{r}");
+    let r = dev
+        .eval_within(
+            &format!(
+                "[{{kv, {qs}}} ! {{atoms, [list_to_atom(\"edist_b_\" ++ integer_to_list(I * 10000 + J)) || J <- lists:seq(0, 9999)]}} \
+                 || I <- lists:seq(0, 99)], gen_server:call({{kv, {qs}}}, {{get, k}})"
+            ),
+            Duration::from_secs(120),
+        )
+        .await?;
+    ensure!(r == "42", "{r}");
+    let atoms1: i64 = srv.eval("erlang:system_info(atom_count)").await?.parse()?;
+    ensure!(atoms1 - atoms0 >= 1000, "the allowed atoms did not arrive: {atoms0} -> {atoms1}");
+    ensure!(atoms1 - atoms0 <= 2000 + 50, "atom table grew by {} (budget 2000)", atoms1 - atoms0);
+
+    // Refusals are counted by reason for the device's gateway only.
+    let st = cluster.host(0)?.status().await?;
+    let refusals = st.get("refusals").and_then(|r| r.get("gw-1")).context("no refusals for gw-1")?.clone();
+    for reason in ["spawn", "name", "signal", "size", "depth", "atoms"] {
+        ensure!(refusals.get(reason).and_then(Value::as_u64).unwrap_or(0) >= 1, "no {reason} refusal: {st}");
+    }
+    ensure!(st.get("refusals").and_then(|r| r.get("gw-2")).is_none(), "the trusted peer was refused: {st}");
+    let log = std::fs::read_to_string(&cluster.host(0)?.log)?;
+    ensure!(log.contains("refused spawn of os:cmd/1"), "no log line for the refused rpc");
+
+    // The trusted peer's node, meanwhile, may do everything.
+    assert_eq!(other.eval(&format!("rpc:call({qs}, erlang, node, [])")).await?, srv.name);
+    assert_eq!(other.eval(&format!("net_adm:ping({qs})")).await?, "pong");
     cluster.passed();
     Ok(())
 }

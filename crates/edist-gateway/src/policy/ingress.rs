@@ -9,7 +9,7 @@
 
 use super::role::{glob, Role};
 use edist_proto::dist::control::{decode_message, encode_message, Control, ProcRef};
-use edist_proto::dist::fragment::{frame_message, Reassembler};
+use edist_proto::dist::fragment::{frame_message, FragmentError, Reassembler};
 use edist_proto::dist::header::{parse_packet, AtomCache, Packet};
 use edist_proto::dist::DFlags;
 use edist_proto::etf::{self, AtomText, DecodeError, Limits, Reader, Term, Token, Visitor};
@@ -104,6 +104,8 @@ pub type SharedPeer = Arc<Mutex<PeerState>>;
 #[derive(Debug)]
 pub struct Ingress {
     role: Arc<Role>,
+    /// The envelope the peer's node uses (dist header with fragments, or pass-through),
+    /// learnt from its packets; replies use the same.
     flags: DFlags,
     peer: SharedPeer,
     cache: AtomCache,
@@ -116,17 +118,20 @@ pub struct Ingress {
     next_seq: u64,
 }
 
+/// The pass-through envelope byte (no dist header).
+const PASS_THROUGH: u8 = 112;
+
 /// Most messages a lane reassembles at once (one sender per lane at a time, normally).
 const MAX_OPEN: usize = 16;
 
 impl Ingress {
-    /// An inspector for packets under `flags` (the relayed connection's), from `peer`.
-    pub fn new(role: Arc<Role>, flags: DFlags, peer: SharedPeer) -> Self {
+    /// An inspector for packets from `peer`'s nodes under `role`.
+    pub fn new(role: Arc<Role>, peer: SharedPeer) -> Self {
         let max = if role.max_message == 0 { usize::MAX } else { role.max_message };
         Ingress {
             reassembler: Reassembler::new(MAX_OPEN, max, max.saturating_mul(2)),
             role,
-            flags,
+            flags: DFlags(DFlags::FRAGMENTS),
             peer,
             cache: AtomCache::default(),
             held: HashMap::new(),
@@ -160,6 +165,12 @@ impl Ingress {
         if self.is_open() || packet.len() <= 4 {
             return Ok(Verdict { forward: vec![packet], ..Default::default() });
         }
+        // The relay does not pass the atom-cache flag, so the envelope alone says how to read
+        // a packet: 112 = pass-through, 131 = dist header (with fragments when negotiated).
+        self.flags = match packet.get(4) {
+            Some(&PASS_THROUGH) => DFlags(0),
+            _ => DFlags(DFlags::FRAGMENTS),
+        };
         let parsed = parse_packet(packet.get(4..).unwrap_or_default(), self.flags, &mut self.cache)
             .map_err(|e| Malformed(e.to_string()))?;
         let (atom_refs, body, versioned) = match parsed {
@@ -174,7 +185,8 @@ impl Ingress {
                         return Ok(Verdict::default());
                     }
                     Ok(Some(m)) => (m.atom_refs, m.body, false),
-                    Err(_) => return Ok(self.refuse_fragmented(seq, fragments > 1)),
+                    Err(FragmentError::TooLarge(_)) => return Ok(self.refuse_fragmented(seq, fragments > 1)),
+                    Err(e) => return Err(Malformed(e.to_string())),
                 }
             }
             Packet::FragmentCont { seq, fragment, body } => {
@@ -198,10 +210,7 @@ impl Ingress {
                         }
                         return Ok(v);
                     }
-                    Err(edist_proto::dist::fragment::FragmentError::TooLarge(_)) => {
-                        self.held.remove(&seq);
-                        return Ok(self.refuse_fragmented(seq, fragment > 1));
-                    }
+                    Err(FragmentError::TooLarge(_)) => return Ok(self.refuse_fragmented(seq, fragment > 1)),
                     Err(e) => return Err(Malformed(e.to_string())),
                 }
             }
@@ -215,6 +224,8 @@ impl Ingress {
 
     /// A fragmented message over the size limit: dropped, and its later fragments too.
     fn refuse_fragmented(&mut self, seq: u64, more_to_come: bool) -> Verdict {
+        self.reassembler.abandon(seq);
+        self.held.remove(&seq);
         if more_to_come {
             self.dropping.insert(seq);
         }
@@ -311,7 +322,10 @@ impl Ingress {
             {
                 deny(Reason::Signal, format!("link signal (op {})", control.op()))
             }
-            Control::Exit2 { .. } | Control::Exit2TT { .. } | Control::PayloadExit2 { .. } | Control::PayloadExit2TT { .. }
+            Control::Exit2 { .. }
+            | Control::Exit2TT { .. }
+            | Control::PayloadExit2 { .. }
+            | Control::PayloadExit2TT { .. }
                 if !role.exit_signals =>
             {
                 deny(Reason::Signal, "exit signal (exit/2)".into())
@@ -334,9 +348,7 @@ impl Ingress {
                 }
                 _ => Verdict::default(),
             },
-            Control::DemonitorP { .. }
-            | Control::MonitorPExit { .. }
-            | Control::PayloadMonitorPExit { .. }
+            Control::DemonitorP { .. } | Control::MonitorPExit { .. } | Control::PayloadMonitorPExit { .. }
                 if !role.monitors =>
             {
                 deny(Reason::Signal, "monitor".into())
@@ -482,7 +494,7 @@ mod tests {
     }
 
     fn ingress(role: Role) -> Ingress {
-        Ingress::new(Arc::new(role), FLAGS, SharedPeer::default())
+        Ingress::new(Arc::new(role), SharedPeer::default())
     }
 
     fn reg_send(to: &str) -> Control {
@@ -571,9 +583,10 @@ mod tests {
         role.atom_budget = 11;
         let peer = SharedPeer::default();
         let role = Arc::new(role);
-        let mut a = Ingress::new(role.clone(), FLAGS, peer.clone());
-        let mut b = Ingress::new(role, FLAGS, peer.clone());
-        let atoms = |from: u32, n: u32| Term::Tuple((from..from + n).map(|k| Term::Atom(format!("a{k}").into())).collect());
+        let mut a = Ingress::new(role.clone(), peer.clone());
+        let mut b = Ingress::new(role, peer.clone());
+        let atoms =
+            |from: u32, n: u32| Term::Tuple((from..from + n).map(|k| Term::Atom(format!("a{k}").into())).collect());
         // reg_send carries three atoms itself ('', the sender's node, the name).
         assert!(a.packet(one(&reg_send("sink"), Some(&atoms(0, 5)))).unwrap().refused.is_none());
         assert_eq!(peer.lock().unwrap().atoms.len(), 8);
@@ -602,6 +615,7 @@ mod tests {
             refused += usize::from(v.refused.is_some());
         }
         assert_eq!(refused, 1);
+        assert_eq!(i.reassembler.buffered(), 0, "a refused message leaves nothing behind");
         // A fragmented message under the limit is held, then forwarded whole, as it came.
         let small = packets(&reg_send("sink"), Some(&Term::Binary(vec![1; 6_000])), 12, 4_000);
         let mut out = Vec::new();

@@ -82,6 +82,13 @@ impl Reassembler {
         Ok(())
     }
 
+    /// Drops a message being reassembled (refused midway); its bytes no longer count.
+    pub fn abandon(&mut self, seq: u64) {
+        if let Some(p) = self.open.remove(&seq) {
+            self.buffered -= p.body.len();
+        }
+    }
+
     /// A first fragment (`131,69`). Returns the message at once if it has only one fragment.
     pub fn start(
         &mut self,
