@@ -441,6 +441,9 @@ pub struct Merger {
     pub policy: Option<Arc<InboundPolicy>>,
 }
 
+/// Called with each refusal and its description.
+pub type OnRefuse = Box<dyn Fn(Reason, &str) + Send + Sync>;
+
 /// What an incoming lane needs to inspect packets under its peer's role.
 pub struct InboundPolicy {
     /// The peer gateway's role.
@@ -448,7 +451,7 @@ pub struct InboundPolicy {
     /// The peer's shared budgets (atoms, rates).
     pub peer: SharedPeer,
     /// Called for each refusal (logging once per burst and counting are the gateway's).
-    pub on_refuse: Box<dyn Fn(Reason, &str) + Send + Sync>,
+    pub on_refuse: OnRefuse,
 }
 
 /// Opens a lane stream towards the peer gateway (the `Lane` frame is sent by the caller).
