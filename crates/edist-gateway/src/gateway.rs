@@ -524,10 +524,15 @@ async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
     while let Some(incoming) = ep.accept().await {
         let inner = inner.clone();
         let name = inner.cfg.name.clone();
+        let from = incoming.remote_address();
         tokio::spawn(async move {
             match quic::accept(incoming, &name).await {
                 Ok(link) => run_link(inner, link).await,
-                Err(e) => warn!("refused a fabric connection: {e}"),
+                // TLS refusals (no or foreign certificate, expired), silent or lying peers: the
+                // peer is not known yet, so it is counted under its address.
+                Err(e) => {
+                    inner.refusals.record(&from.ip().to_string(), "handshake", &format!("fabric connection: {e}"))
+                }
             }
         });
     }

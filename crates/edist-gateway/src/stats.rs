@@ -34,9 +34,12 @@ pub struct Refusals {
 #[derive(Debug)]
 struct Burst {
     total: u64,
-    logged_at: std::time::Instant,
+    logged_at: Option<std::time::Instant>,
     unlogged: u64,
 }
+
+/// Most (peer, reason) pairs counted separately; more are counted together under "(others)".
+const MAX_KEYS: usize = 1024;
 
 /// Within this long after a logged refusal, more of the same (peer, reason) are only counted.
 const BURST: std::time::Duration = std::time::Duration::from_secs(5);
@@ -46,18 +49,19 @@ impl Refusals {
     pub fn record(&self, peer: &str, reason: &str, what: &str) {
         let now = std::time::Instant::now();
         let mut by = self.by.lock().unwrap_or_else(|e| e.into_inner());
-        let b = by.entry((peer.to_string(), reason.to_string())).or_insert(Burst {
-            total: 0,
-            logged_at: now - BURST,
-            unlogged: 0,
-        });
+        let mut key = (peer.to_string(), reason.to_string());
+        // Unknown peers are keyed by address: a flood from many addresses must not grow this.
+        if by.len() >= MAX_KEYS && !by.contains_key(&key) {
+            key.0 = "(others)".into();
+        }
+        let b = by.entry(key).or_insert(Burst { total: 0, logged_at: None, unlogged: 0 });
         b.total += 1;
-        if now.duration_since(b.logged_at) < BURST {
+        if b.logged_at.is_some_and(|t| now.duration_since(t) < BURST) {
             b.unlogged += 1;
             return;
         }
         let more = std::mem::take(&mut b.unlogged);
-        b.logged_at = now;
+        b.logged_at = Some(now);
         tracing::warn!(%peer, %reason, total = b.total, "refused {what} ({more} more like it since the last report)");
     }
 
@@ -69,5 +73,24 @@ impl Refusals {
             out.entry(peer.clone()).or_default().insert(reason.clone(), b.total);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_and_their_keys_bounded() {
+        let r = Refusals::default();
+        r.record("gw-1", "spawn", "spawn of os:cmd/1");
+        r.record("gw-1", "spawn", "spawn of os:cmd/1");
+        for i in 0..2000 {
+            r.record(&format!("10.0.{}.{}", i / 256, i % 256), "handshake", "garbage");
+        }
+        let t = r.totals();
+        assert_eq!(t["gw-1"]["spawn"], 2);
+        assert_eq!(t.len(), MAX_KEYS + 1, "1023 addresses, then (others)");
+        assert_eq!(t["(others)"]["handshake"], 2000 - (MAX_KEYS as u64 - 1));
     }
 }

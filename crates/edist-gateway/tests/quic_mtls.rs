@@ -339,3 +339,29 @@ async fn a_dead_peer_is_noticed_within_3_s() -> Result<()> {
     assert!(matches!(why, ConnectionError::TimedOut), "expected an idle timeout, got {why:?}");
     Ok(())
 }
+
+/// A peer that completes TLS but never says hello (a half-finished handshake) is closed after
+/// HELLO_TIMEOUT, and the next peer gets in as usual.
+#[tokio::test]
+async fn a_silent_peer_is_closed_after_the_hello_timeout() -> Result<()> {
+    let dir = cluster("silent", &["gw-a", "gw-b"])?;
+    let (a, _) = endpoint(&dir.0, "gw-a")?;
+    let (b, b_addr) = endpoint(&dir.0, "gw-b")?;
+    let acceptor = accept_one(&b, "gw-b");
+    let t = std::time::Instant::now();
+    let silent = a.connect(b_addr, "gw-b")?.await?;
+    match outcome(acceptor).await? {
+        Err(FabricError::HelloTimeout(_)) => {}
+        other => bail!("expected a hello timeout, got {other:?}"),
+    }
+    match tokio::time::timeout(OUTCOME, silent.closed()).await? {
+        ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, quic::CLOSE_HELLO_TIMEOUT),
+        other => bail!("silent peer: expected an application close, got {other:?}"),
+    }
+    let waited = t.elapsed();
+    assert!(waited >= quic::HELLO_TIMEOUT && waited < quic::HELLO_TIMEOUT * 2, "{waited:?}");
+    let (dialed, accepted) = attempt(&a, &b, b_addr, "gw-b", "gw-a").await?;
+    dialed?;
+    accepted?;
+    Ok(())
+}
