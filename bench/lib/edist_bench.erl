@@ -66,6 +66,7 @@ ctl() ->
 sink(Bytes, Msgs) ->
     receive
         {data, Bin} -> sink(Bytes + byte_size(Bin), Msgs + 1);
+        {data, From, Bin} -> From ! {ack, self()}, sink(Bytes + byte_size(Bin), Msgs + 1);
         {sync, From, Ref} -> From ! {synced, Ref, Bytes, Msgs};
         {nodedown, _} -> ok
     end.
@@ -215,7 +216,16 @@ scenario(S, B, Opts) when S =:= hol; S =:= lossy ->
     %% In this order: the 8 MB phase first, as in DESIGN.md.
     R8 = P(8 * ?MIB),
     R64 = P(64 * 1024),
-    #{bulk_8mb => R8, bulk_64kb => R64}.
+    case S of
+        hol ->
+            %% Senders that wait for an ack per message (as gen_server:call users do): at most
+            %% one message per sender in flight, so no buffer anywhere fills up for good.
+            RA = phase(B, #{senders => 2, size => 8 * ?MIB, duration_ms => D, ping_interval_ms => I,
+                            sample_recv => true, acked => true}),
+            #{bulk_8mb => R8, bulk_64kb => R64, acked_8mb => RA};
+        lossy ->
+            #{bulk_8mb => R8, bulk_64kb => R64}
+    end.
 
 %% One measured phase: Senders processes sending Size-byte binaries to their own sinks on B for
 %% duration_ms, and (unless ping_interval_ms is none) a pinger. With no senders, the pinger runs
@@ -250,7 +260,9 @@ phase(B, P0) ->
                                          Parent ! {pinger_done, self()}
                                  end), Tab}
              end,
-    Ws = [spawn_link(fun() -> Parent ! {sent, self(), sender(S, Bin, Deadline, Size >= 65536)} end) || S <- Sinks],
+    Acked = maps:get(acked, P, false),
+    Ws = [spawn_link(fun() -> Parent ! {sent, self(), sender(S, Bin, Deadline, Size >= 65536, Acked)} end)
+          || S <- Sinks],
     Sent = case Drain of
                true ->
                    CapAt = T0 + (D + Cap) * 1000,
@@ -391,12 +403,24 @@ flush_all() ->
 
 %% Sends until the deadline (checking the clock every message for large binaries, every 64 for
 %% small ones), then syncs with the sink: {BytesReceived, MsgsReceived, MsgsSent, TimeSynced}.
-sender(Sink, Bin, Deadline, Big) ->
-    Sent = send_loop(Sink, {data, Bin}, Deadline, case Big of true -> 1; false -> 64 end, 0),
+sender(Sink, Bin, Deadline, Big, Acked) ->
+    Sent = case Acked of
+               true -> acked_loop(Sink, Bin, Deadline, 0);
+               false -> send_loop(Sink, {data, Bin}, Deadline, case Big of true -> 1; false -> 64 end, 0)
+           end,
     Ref = make_ref(),
     Sink ! {sync, self(), Ref},
     receive
         {synced, Ref, Bytes, Msgs} -> {Bytes, Msgs, Sent, now_us()}
+    end.
+
+acked_loop(Sink, Bin, Deadline, N) ->
+    case now_us() >= Deadline of
+        true -> N;
+        false ->
+            Sink ! {data, self(), Bin},
+            receive {ack, Sink} -> ok end,
+            acked_loop(Sink, Bin, Deadline, N + 1)
     end.
 
 send_loop(Sink, Msg, Deadline, Every, N) ->

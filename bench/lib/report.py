@@ -116,7 +116,10 @@ def rows_for(scenario):
             ] + cpu_rows(s)),
         ]
     groups = []
-    for key, title in (("bulk_8mb", "8 MB"), ("bulk_64kb", "64 KB")):
+    phases = [("bulk_8mb", "two senders of 8 MB binaries"), ("bulk_64kb", "two senders of 64 KB binaries")]
+    if scenario == "hol":
+        phases.append(("acked_8mb", "two senders of 8 MB binaries, each waiting for an ack per message,"))
+    for key, title in phases:
         ph = ("results", key)
         hol = scenario == "hol"
         rows = [
@@ -132,7 +135,7 @@ def rows_for(scenario):
                 Row("  drain after deadline", "s", ph + ("drain_s",), "{:,.1f}", ratio=False),
             ]
         rows.append(Row("bulk, window goodput at b", "MB/s", ph + ("window_mb_s",), "{:,.2f}"))
-        groups.append((f"two senders of {title} binaries + one ping every 5 ms", rows + cpu_rows(ph, proxies=not hol)))
+        groups.append((f"{title} + one ping every 5 ms", rows + cpu_rows(ph, proxies=not hol)))
     return groups
 
 

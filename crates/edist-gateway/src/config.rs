@@ -18,7 +18,7 @@
 //! keep_alive_ms = 500              # QUIC keep-alive
 //! idle_timeout_ms = 2000           # a silent peer gateway is dead after this
 //! lanes = 8                        # QUIC streams per relayed connection and direction (+1)
-//! relay_buffer = 8388608          # bytes a relayed connection may hold towards the fabric
+//! relay_buffer = 33554432         # bytes a relayed connection may hold towards the fabric
 //! gateway_buffer = 268435456       # the same for all relays together: the memory bound
 //! compress_threshold = 1024        # peers with `compress = true` get lz4 above this size
 //! congestion = "bbr"               # QUIC congestion control: bbr, cubic or newreno
@@ -119,7 +119,7 @@ pub struct FabricConfig {
     /// senders are spread over them by pid (default 8).
     pub lanes: u64,
     /// Bytes one relayed connection may hold on their way to a peer gateway, all its lanes
-    /// together (default 8 MiB). The relay keeps reading from its node until this is used up
+    /// together (default 32 MiB). The relay keeps reading from its node until this is used up
     /// (so a small message overtakes queued large ones), then stops: backpressure.
     pub relay_buffer: usize,
     /// The same bound for all relayed connections of this gateway together (default 256 MiB).
@@ -187,7 +187,7 @@ impl Default for FabricConfig {
             keep_alive_ms: 500,
             idle_timeout_ms: 2000,
             lanes: 8,
-            relay_buffer: 8 << 20,
+            relay_buffer: 32 << 20,
             gateway_buffer: 256 << 20,
             compress_threshold: 1024,
             congestion: Default::default(),

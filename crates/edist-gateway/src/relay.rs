@@ -343,7 +343,7 @@ impl Default for LaneConfig {
     fn default() -> Self {
         LaneConfig {
             lanes: 8,
-            relay_buffer: 8 << 20,
+            relay_buffer: 32 << 20,
             gateway_buffer: Budget::new(256 << 20),
             compress_above: None,
             socket_buffer: None,

@@ -72,6 +72,13 @@ pub struct PeerState {
     bytes: Bucket,
 }
 
+impl PeerState {
+    /// Distinct atoms the peer has had let through.
+    pub fn atoms_seen(&self) -> usize {
+        self.atoms.len()
+    }
+}
+
 /// A token bucket (rate per second, burst of one second), lazily refilled.
 #[derive(Debug, Default)]
 struct Bucket {
