@@ -24,6 +24,9 @@
 //! name = "gw-b"
 //! addr = "10.0.0.2:4371"
 //! compress = false                 # lz4 for packets towards this peer (slow links)
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9108"        # Prometheus endpoint, GET /metrics (default: none, off)
 //! ```
 
 use serde::Deserialize;
@@ -46,6 +49,8 @@ pub struct Config {
     pub fabric: FabricConfig,
     /// Other gateways.
     pub peers: Vec<PeerConfig>,
+    /// The Prometheus endpoint (off by default).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// The local side: where BEAM nodes register and which remote nodes get impersonated.
@@ -113,6 +118,7 @@ impl Default for Config {
             local: LocalConfig::default(),
             fabric: FabricConfig::default(),
             peers: Vec::new(),
+            metrics: Default::default(),
         }
     }
 }

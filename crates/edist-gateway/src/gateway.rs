@@ -4,8 +4,8 @@
 use crate::config::Config;
 use crate::fabric::quic::{self, PeerLink, QuicOptions, TlsIdentity};
 use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
+use crate::metrics::{self, Metrics, MetricsSnapshot};
 use crate::relay::{self, MsgReader, RELAY_MASK};
-use crate::stats::LinkCounters;
 use crate::wire::{Msg, NodeInfo};
 use edist_proto::dist::handshake::Status;
 use edist_proto::dist::DFlags;
@@ -68,7 +68,7 @@ pub(crate) struct Inner {
     cfg: Config,
     cookie: String,
     state: Mutex<State>,
-    counters: LinkCounters,
+    metrics: Metrics,
     next_link: AtomicU64,
     relays: AtomicU64,
     /// Mergers of the relayed connections through this gateway, by relay id (for lanes).
@@ -82,6 +82,7 @@ pub struct Gateway {
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
     endpoint: Option<quinn::Endpoint>,
     control_addr: std::net::SocketAddr,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A snapshot for `edist status`.
@@ -95,6 +96,9 @@ pub struct StatusReport {
     pub relays_open: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Traffic per peer and lane, refusals, handshake outcomes, link events.
+    #[serde(default)]
+    pub metrics: MetricsSnapshot,
 }
 
 impl Gateway {
@@ -111,7 +115,7 @@ impl Gateway {
             cfg: cfg.clone(),
             cookie,
             state: Mutex::new(State::default()),
-            counters: LinkCounters::default(),
+            metrics: Metrics::default(),
             next_link: AtomicU64::new(1),
             relays: AtomicU64::new(0),
             mergers: Mutex::new(HashMap::new()),
@@ -119,6 +123,15 @@ impl Gateway {
         let mut tasks = vec![];
         let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
         tasks.push(tokio::spawn(control::serve(control_listener, dir)).abort_handle());
+        let mut metrics_addr = None;
+        if let Some(addr) = cfg.metrics.listen {
+            let (l, bound) =
+                metrics::http::bind(addr).await.map_err(|e| GatewayError::Bind { what: "metrics", addr, source: e })?;
+            let weak = Arc::downgrade(&inner);
+            let render = Arc::new(move || weak.upgrade().map(|i| i.render_metrics()).unwrap_or_default());
+            tasks.push(tokio::spawn(metrics::http::serve(l, render)).abort_handle());
+            metrics_addr = Some(bound);
+        }
 
         let mut endpoint = None;
         let certs = &cfg.fabric.certs;
@@ -145,7 +158,7 @@ impl Gateway {
             )));
         }
         info!(name = %cfg.name, control = %control_addr, fabric = have_certs, "gateway started");
-        Ok(Gateway { inner, tasks: Arc::new(Mutex::new(tasks)), endpoint, control_addr })
+        Ok(Gateway { inner, tasks: Arc::new(Mutex::new(tasks)), endpoint, control_addr, metrics_addr })
     }
 
     /// The local control address (for `-edist_gateway`).
@@ -156,6 +169,16 @@ impl Gateway {
     /// The fabric address actually bound.
     pub fn fabric_addr(&self) -> Option<std::net::SocketAddr> {
         self.endpoint.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
+    /// The Prometheus endpoint's address, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// This gateway's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// What the gateway knows right now.
@@ -207,7 +230,8 @@ impl Inner {
         remote_nodes.sort();
         peers.sort();
         impersonated.sort();
-        let (bytes_in, bytes_out) = self.counters.get();
+        drop(st);
+        let (bytes_in, bytes_out) = self.metrics.totals();
         StatusReport {
             name: self.cfg.name.clone(),
             local_nodes,
@@ -217,7 +241,21 @@ impl Inner {
             relays_open: self.relays.load(Ordering::Relaxed),
             bytes_in,
             bytes_out,
+            metrics: self.metrics.snapshot(),
         }
+    }
+
+    /// The Prometheus exposition: the counters plus gauges of the current state.
+    fn render_metrics(&self) -> String {
+        let st = self.status();
+        let n = |v: usize| v as u64;
+        self.metrics.render(&[
+            ("edist_local_nodes", "Local nodes registered", n(st.local_nodes.len())),
+            ("edist_remote_nodes", "Remote nodes announced by peer gateways", n(st.remote_nodes.len())),
+            ("edist_peer_links", "Peer gateways with a link up", n(st.peers.len())),
+            ("edist_impersonated_nodes", "Loopback listeners impersonating remote nodes", n(st.impersonated.len())),
+            ("edist_relays_open", "Relayed connections open", st.relays_open),
+        ])
     }
 
     fn local_list(&self) -> Vec<NodeInfo> {
@@ -353,6 +391,7 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     // creation we handed out: a node that re-registered after a gateway restart keeps the
     // creation it started with.)
     if !inner.lock().local.contains_key(&dial.from) {
+        inner.metrics.refused("local", "unregistered_node");
         acc.respond(Status::NotAllowed)?;
         sock.write_all(&acc.take_output()).await?;
         return Err(relay::RelayError::Refused(format!("{} is not a node registered here", dial.from)));
@@ -369,7 +408,8 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
     let (merger, merger_rx) = MergerGuard::register(inner, relay_id);
     let mut msgs = MsgReader::new(rx);
-    let leftover = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx).await?;
+    let done = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx).await;
+    let leftover = inner.metrics.handshake(&gateway, true, done)?;
     info!(from = %dial.from, to = %target, "relayed connection up");
     carry(inner, sock, msgs, tx, &leftover, (merger, merger_rx), conn, relay_id, &gateway).await
 }
@@ -382,7 +422,7 @@ async fn carry(
     msgs: MsgReader<quinn::RecvStream>,
     tx: quinn::SendStream,
     leftover: &[u8],
-    (merger, merger_rx): (MergerGuard, mpsc::Receiver<Vec<u8>>),
+    (merger, merger_rx): (MergerGuard, relay::MergerRx),
     conn: quinn::Connection,
     relay_id: u64,
     peer_gateway: &str,
@@ -399,7 +439,7 @@ async fn carry(
         merger_rx,
         lane_opener(conn, relay_id),
         lanes,
-        &inner.counters,
+        inner.metrics.relay(peer_gateway),
     )
     .await
 }
@@ -424,7 +464,7 @@ struct MergerGuard {
 }
 
 impl MergerGuard {
-    fn register(inner: &Arc<Inner>, id: u64) -> (MergerGuard, mpsc::Receiver<Vec<u8>>) {
+    fn register(inner: &Arc<Inner>, id: u64) -> (MergerGuard, relay::MergerRx) {
         let (tx, rx) = mpsc::channel(64);
         lock(&inner.mergers).insert(id, tx.clone());
         (MergerGuard { inner: inner.clone(), id, tx }, rx)
@@ -467,11 +507,13 @@ async fn relay_to_local(
     let Some(port) = port else {
         let _ =
             tx.write_all(&Msg::Refused(format!("{to} is not here or {from} is not {peer_gateway}'s")).encode()).await;
+        inner.metrics.refused(&peer_gateway, "unknown_node");
         return Err(relay::RelayError::Refused(format!("{from} -> {to}")));
     };
     let (merger, merger_rx) = MergerGuard::register(&inner, relay_id);
-    let (sock, leftover) =
-        relay::dial_local_target(port, &from, &to, DFlags(flags), creation, &inner.cookie, &mut msgs, &mut tx).await?;
+    let dialled =
+        relay::dial_local_target(port, &from, &to, DFlags(flags), creation, &inner.cookie, &mut msgs, &mut tx).await;
+    let (sock, leftover) = inner.metrics.handshake(&peer_gateway, false, dialled)?;
     info!(%from, %to, "relayed connection up");
     carry(&inner, sock, msgs, tx, &leftover, (merger, merger_rx), conn, relay_id, &peer_gateway).await
 }
@@ -483,7 +525,10 @@ async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
         tokio::spawn(async move {
             match quic::accept(incoming, &name).await {
                 Ok(link) => run_link(inner, link).await,
-                Err(e) => warn!("refused a fabric connection: {e}"),
+                Err(e) => {
+                    inner.metrics.link_handshake("", false);
+                    warn!("refused a fabric connection: {e}")
+                }
             }
         });
     }
@@ -494,7 +539,10 @@ async fn dial_loop(inner: Arc<Inner>, ep: quinn::Endpoint, peer: String, addr: s
         if !inner.lock().peers.contains_key(&peer) {
             match quic::dial(&ep, addr, &peer, &inner.cfg.name).await {
                 Ok(link) => run_link(inner.clone(), link).await,
-                Err(e) => debug!(%peer, %addr, "dial failed: {e}"),
+                Err(e) => {
+                    inner.metrics.link_handshake(&peer, false);
+                    debug!(%peer, %addr, "dial failed: {e}")
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -513,6 +561,8 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
         control: ctl_tx.clone(),
     });
     info!(%peer, "gateway link up");
+    inner.metrics.link_handshake(&peer, true);
+    inner.metrics.link_up(&peer);
     let _ = ctl_tx.send(Msg::Control);
     let _ = ctl_tx.send(Msg::Nodes(inner.local_list()));
     // Our announcements go out on our own control stream.
@@ -557,6 +607,7 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     writer.abort();
     uni.abort();
     info!(%peer, reason = ?conn.close_reason(), "gateway link down");
+    inner.metrics.link_down(&peer);
     let mut st = inner.lock();
     let last = match st.peers.get_mut(&peer) {
         Some(links) => {

@@ -9,6 +9,6 @@ pub mod wire;
 
 pub mod fabric;
 pub mod gateway;
+pub mod metrics;
 pub mod pki;
 pub mod relay;
-pub mod stats;

@@ -384,8 +384,14 @@ fn decompress(body: &[u8]) -> std::io::Result<Vec<u8>> {
 const MAX_PACKET: usize = 256 << 20;
 
 /// Incoming packets of one relayed connection, from all its lanes, on their way to the local
-/// node. Each item is one whole packet with its u32 length prefix.
-pub type Merger = mpsc::Sender<Vec<u8>>;
+/// node. Each item is one whole packet with its u32 length prefix, and when it arrived.
+pub type Merger = mpsc::Sender<Stamped>;
+
+/// The receiving end of a [`Merger`].
+pub type MergerRx = mpsc::Receiver<Stamped>;
+
+/// A packet and the time it arrived at the gateway (for the time-in-gateway histogram).
+pub type Stamped = (std::time::Instant, Vec<u8>);
 
 /// Opens a lane stream towards the peer gateway (the `Lane` frame is sent by the caller).
 pub type LaneOpener = Box<
@@ -449,51 +455,54 @@ pub async fn pump<R, W>(
     pending_to_stream: &[u8],
     pending_to_sock: &[u8],
     merger: Merger,
-    mut merger_rx: mpsc::Receiver<Vec<u8>>,
+    mut merger_rx: MergerRx,
     open_lane: LaneOpener,
     lanes_cfg: LaneConfig,
-    counters: &crate::stats::LinkCounters,
+    metrics: crate::metrics::RelayMetrics,
 ) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (sr, mut sw) = sock.into_split();
+    let (mut m_out, mut m_in) = metrics.split();
     // Lane 0 in: its packets join the merger like any other lane's.
     // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
     let mut lane0_in = tokio::spawn(feed_lane(Packets::new(rx, pending_to_sock, true), merger));
     let down = async {
-        while let Some(p) = merger_rx.recv().await {
+        while let Some((t, p)) = merger_rx.recv().await {
             sw.write_all(&p).await?;
-            counters.add_in(p.len());
+            m_in.received(&p, t, merger_rx.len());
         }
         Ok::<(), std::io::Error>(())
     };
     let up = async {
         let mut from_node = Packets::new(sr, pending_to_stream, false);
         let mut classifier = Classifier::new();
-        let mut lanes: Vec<Option<mpsc::Sender<Vec<u8>>>> = (0..=lanes_cfg.lanes).map(|_| None).collect();
+        let mut lanes: Vec<Option<mpsc::Sender<Stamped>>> = (0..=lanes_cfg.lanes).map(|_| None).collect();
         let mut writers = tokio::task::JoinSet::new();
-        let (lane0_tx, lane0_rx) = mpsc::channel::<Vec<u8>>(lanes_cfg.queue_packets.max(1));
-        writers.spawn(write_lane(lane0_rx, Box::pin(async move { Ok::<W, std::io::Error>(tx) })));
+        let (lane0_tx, lane0_rx) = mpsc::channel::<Stamped>(lanes_cfg.queue_packets.max(1));
+        let lane0_metrics = m_out.lane(0);
+        writers.spawn(write_lane(lane0_rx, Box::pin(async move { Ok::<W, std::io::Error>(tx) }), lane0_metrics));
         if let Some(slot) = lanes.get_mut(0) {
             *slot = Some(lane0_tx);
         }
         while let Some(p) = from_node.next().await? {
+            let arrived = std::time::Instant::now();
             let lane = classifier
                 .classify(p.get(4..).unwrap_or_default())
                 .map(|k| 1 + k % lanes_cfg.lanes.max(1))
                 .unwrap_or(0) as usize;
             let Some(slot) = lanes.get_mut(lane) else { continue };
             if slot.is_none() {
-                let (ltx, lrx) = mpsc::channel::<Vec<u8>>(lanes_cfg.queue_packets.max(1));
-                writers.spawn(write_lane(lrx, open_lane()));
+                let (ltx, lrx) = mpsc::channel::<Stamped>(lanes_cfg.queue_packets.max(1));
+                writers.spawn(write_lane(lrx, open_lane(), m_out.lane(lane)));
                 *slot = Some(ltx);
             }
+            m_out.sent(lane, &p);
             let p = maybe_compress(p, lanes_cfg.compress_above);
-            counters.add_out(p.len());
             let sent = match slot {
-                Some(ltx) => ltx.send(p).await.is_ok(),
+                Some(ltx) => ltx.send((arrived, p)).await.is_ok(),
                 None => false,
             };
             if !sent {
@@ -512,14 +521,19 @@ where
 }
 
 /// Writes the packets queued for one lane to its stream, opened by `open`.
-async fn write_lane<W, F>(mut packets: mpsc::Receiver<Vec<u8>>, open: F) -> std::io::Result<()>
+async fn write_lane<W, F>(
+    mut packets: mpsc::Receiver<Stamped>,
+    open: F,
+    mut metrics: crate::metrics::LaneMetrics,
+) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
     F: std::future::Future<Output = std::io::Result<W>>,
 {
     let mut w = open.await?;
-    while let Some(p) = packets.recv().await {
+    while let Some((t, p)) = packets.recv().await {
         w.write_all(&p).await?;
+        metrics.written(t, packets.len());
     }
     w.shutdown().await
 }
@@ -527,7 +541,7 @@ where
 /// Feeds the packets of one incoming lane to the relay's merger.
 async fn feed_lane<R: AsyncRead + Unpin>(mut lane: Packets<R>, merger: Merger) -> std::io::Result<()> {
     while let Some(p) = lane.next().await? {
-        if merger.send(p).await.is_err() {
+        if merger.send((std::time::Instant::now(), p)).await.is_err() {
             break;
         }
     }

@@ -13,6 +13,9 @@ mod status;
 #[derive(Parser)]
 #[command(name = "edist", version, about = "Erlang distribution through a Rust fabric")]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line, for log collectors).
+    #[arg(long, global = true, env = "EDIST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -68,9 +71,18 @@ enum Cmd {
         /// The gateway's local control address.
         #[arg(long, default_value = "127.0.0.1:4370")]
         gateway: std::net::SocketAddr,
-        /// Print JSON.
+        /// Print JSON (with --watch: one object per line per refresh).
         #[arg(long)]
         json: bool,
+        /// Refresh until interrupted: local nodes, peers, links, lanes, throughput, refusals.
+        #[arg(long)]
+        watch: bool,
+        /// Milliseconds between refreshes with --watch.
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        interval: u64,
+        /// Stop after N refreshes with --watch.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
     },
     /// Print the VM flags that plug a stock `erl` into the local edist gateway, e.g.
     /// `erl $(edist erl-flags) -sname a` or `export ERL_FLAGS="$(edist erl-flags)"`
@@ -93,11 +105,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EDIST_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = || tracing_subscriber::EnvFilter::try_from_env("EDIST_LOG").unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cli.cmd {
@@ -136,7 +151,10 @@ fn run() -> Result<()> {
                 tokio::signal::ctrl_c().await?;
                 gw.shutdown();
             }
-            Cmd::Status { gateway, json } => status::run(gateway, json).await?,
+            Cmd::Status { gateway, json, watch, interval, count } => {
+                let interval = Duration::from_millis(interval.max(50));
+                status::run(gateway, status::Options { json, watch, interval, count }).await?
+            }
             Cmd::ErlFlags { gateway } => erl_flags::run(gateway.as_deref())?,
         }
         Ok(())
