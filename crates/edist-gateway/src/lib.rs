@@ -3,6 +3,7 @@
 //! One gateway runs per host. Local BEAM nodes reach it over loopback through the `edist_epmd`
 //! plug (an `-epmd_module`); it impersonates remote nodes on loopback listeners and carries
 //! their distribution traffic to the remote node's gateway over QUIC with mutual TLS.
+pub mod certcheck;
 pub mod config;
 pub mod local;
 pub mod wire;

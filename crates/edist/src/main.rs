@@ -7,6 +7,7 @@ use edist_proto::etf::text;
 use std::time::Duration;
 
 mod demo;
+mod doctor;
 mod erl_flags;
 mod status;
 
@@ -84,6 +85,16 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Check this host's setup: config, gateway, certificates, fabric port, clock, a node's
+    /// registration, erl, epmd. One line per check; exit status 1 on any FAIL.
+    Doctor {
+        /// The gateway's TOML configuration (default: the defaults).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// A node (`name` or `name@host`) that should be registered with the gateway.
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Print the VM flags that plug a stock `erl` into the local edist gateway, e.g.
     /// `erl $(edist erl-flags) -sname a` or `export ERL_FLAGS="$(edist erl-flags)"`
     /// (compiles the embedded edist_epmd module with `erlc` once, into ~/.cache/edist).
@@ -155,6 +166,7 @@ fn run() -> Result<()> {
                 let interval = Duration::from_millis(interval.max(50));
                 status::run(gateway, status::Options { json, watch, interval, count }).await?
             }
+            Cmd::Doctor { config, node } => doctor::run(config.as_deref(), node.as_deref()).await?,
             Cmd::ErlFlags { gateway } => erl_flags::run(gateway.as_deref())?,
         }
         Ok(())
