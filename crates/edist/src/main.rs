@@ -33,6 +33,10 @@ struct NodeOpts {
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Go through the edist gateway at this local control address (e.g. 127.0.0.1:4370)
+    /// instead of epmd: register with it and resolve names there, as plugged BEAMs do.
+    #[arg(long, env = "EDIST_GATEWAY", value_name = "HOST:PORT")]
+    gateway: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +106,10 @@ enum Cmd {
         /// The gateway's local control address (default 127.0.0.1:4370).
         #[arg(long, value_name = "HOST:PORT")]
         gateway: Option<String>,
+        /// Print the plug's Erlang source instead, to build it into a release
+        /// (`edist erl-flags --plug-source > src/edist_epmd.erl`; see examples/).
+        #[arg(long)]
+        plug_source: bool,
     },
 }
 
@@ -167,7 +175,8 @@ fn run() -> Result<()> {
                 status::run(gateway, status::Options { json, watch, interval, count }).await?
             }
             Cmd::Doctor { config, node } => doctor::run(config.as_deref(), node.as_deref()).await?,
-            Cmd::ErlFlags { gateway } => erl_flags::run(gateway.as_deref())?,
+            Cmd::ErlFlags { plug_source: true, .. } => print!("{}", erl_flags::PLUG_SOURCE),
+            Cmd::ErlFlags { gateway, .. } => erl_flags::run(gateway.as_deref())?,
         }
         Ok(())
     })
@@ -183,7 +192,10 @@ async fn start_client(target: &str, opts: &NodeOpts) -> Result<Node> {
             .ok_or_else(|| anyhow!("no cookie: pass --cookie, set EDIST_COOKIE, or create ~/.erlang.cookie"))?,
     };
     let mut cfg = NodeConfig::new(name, cookie);
-    cfg.listen = false;
+    // Behind a gateway the client registers like any local node, so the gateway relays its
+    // connections to nodes on other hosts; without one it only dials out.
+    cfg.listen = opts.gateway.is_some();
+    cfg.gateway = opts.gateway;
     cfg.setup_timeout = Duration::from_secs(opts.timeout);
     Ok(Node::start(cfg).await?)
 }
