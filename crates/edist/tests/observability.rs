@@ -190,3 +190,37 @@ async fn metrics_and_status_move_with_real_traffic() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_logs_as_json_lines_on_request() -> Result<()> {
+    let dir = std::env::temp_dir().join(unique("edist-logs"));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        "cookie = \"logs\"\n[local]\ncontrol = \"127.0.0.1:0\"\n[fabric]\ncerts = \"/nonexistent\"\n",
+    )?;
+    for (format, json) in [("json", true), ("text", false)] {
+        let mut gw = Command::new(EDIST)
+            .args(["gateway", "--config"])
+            .arg(&cfg)
+            .env("EDIST_LOG", "info")
+            .env("EDIST_LOG_FORMAT", format)
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(gw.stderr.take().context("stderr")?).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await??.unwrap_or_default();
+        let parsed = serde_json::from_str::<Value>(&line);
+        ensure!(parsed.is_ok() == json, "{format}: {line}");
+        if let Ok(v) = parsed {
+            ensure!(v["fields"]["message"] == "gateway started" && v["level"] == "INFO", "{v}");
+        } else {
+            ensure!(line.contains("gateway started"), "{line}");
+        }
+        gw.kill().await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -37,7 +37,7 @@ fn copy_example(name: &str, to: &Path) -> Result<()> {
         for e in std::fs::read_dir(from)? {
             let e = e?;
             let name = e.file_name();
-            if name == "_build" || name == "deps" || name == "src/edist_epmd.erl" {
+            if name == "_build" || name == "deps" || name == "edist_epmd.erl" {
                 continue;
             }
             if e.file_type()?.is_dir() {
