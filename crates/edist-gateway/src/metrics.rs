@@ -77,28 +77,45 @@ pub struct Traffic {
     queued: AtomicI64,
 }
 
-impl Traffic {
-    /// Counts one packet (with its 4-byte length prefix) of the distribution protocol.
-    fn count(&self, packet: &[u8]) {
-        self.bytes.fetch_add(packet.len() as u64, Ordering::Relaxed);
+/// What a distribution packet is, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An empty packet (a tick).
+    Tick,
+    /// A whole message.
+    Message,
+    /// The first fragment of a message.
+    FirstFragment,
+    /// A later fragment.
+    Fragment,
+}
+
+impl Kind {
+    /// Classifies a packet (with its 4-byte length prefix, uncompressed).
+    pub fn of(packet: &[u8]) -> Kind {
         // §6.3: 131,68 is a whole message, 131,69 the first fragment of one, 131,70 a later
-        // fragment; an empty packet is a tick. Anything else (no dist header) is one message.
+        // fragment. Anything else (no dist header) is one message too.
         match packet.get(4..6) {
-            None => {}
-            Some([131, 68]) => {
-                self.messages.fetch_add(1, Ordering::Relaxed);
-            }
-            Some([131, 69]) => {
-                self.messages.fetch_add(1, Ordering::Relaxed);
-                self.fragments.fetch_add(1, Ordering::Relaxed);
-            }
-            Some([131, 70]) => {
-                self.fragments.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(_) => {
-                self.messages.fetch_add(1, Ordering::Relaxed);
-            }
+            None => Kind::Tick,
+            Some([131, 69]) => Kind::FirstFragment,
+            Some([131, 70]) => Kind::Fragment,
+            Some(_) => Kind::Message,
         }
+    }
+}
+
+impl Traffic {
+    /// Counts one packet of `bytes` bytes.
+    fn count(&self, kind: Kind, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        let (messages, fragments) = match kind {
+            Kind::Tick => (0, 0),
+            Kind::Message => (1, 0),
+            Kind::FirstFragment => (1, 1),
+            Kind::Fragment => (0, 1),
+        };
+        self.messages.fetch_add(messages, Ordering::Relaxed);
+        self.fragments.fetch_add(fragments, Ordering::Relaxed);
     }
 
     fn read(&self) -> TrafficCounts {
@@ -362,10 +379,9 @@ impl OutMetrics {
         }
     }
 
-    /// One packet from the local node (length prefix included, before compression) goes to
-    /// lane `lane`.
-    pub fn sent(&mut self, lane: usize, packet: &[u8]) {
-        self.traffic(lane).count(packet);
+    /// A packet of `kind` goes to lane `lane` as `wire_bytes` bytes (after compression).
+    pub fn sent(&mut self, lane: usize, kind: Kind, wire_bytes: usize) {
+        self.traffic(lane).count(kind, wire_bytes);
     }
 
     /// The handle of lane `lane`'s writer.
@@ -402,7 +418,7 @@ impl InMetrics {
     /// One packet from the peer was written to the local node `since` it arrived on its lane;
     /// `left` packets wait behind it.
     pub fn received(&mut self, packet: &[u8], since: Instant, left: usize) {
-        self.traffic.count(packet);
+        self.traffic.count(Kind::of(packet), packet.len());
         self.latency.observe(since.elapsed());
         self.depth.set(left);
     }
@@ -425,9 +441,9 @@ mod tests {
         let (mut o, mut r) = m.relay("gw-b").split();
         let mut l2 = o.lane(2);
         let t = Instant::now();
-        o.sent(2, &packet(&[131, 68, 0, 1]));
-        o.sent(2, &packet(&[131, 69, 0, 1, 2]));
-        o.sent(2, &packet(&[131, 70, 0]));
+        for p in [packet(&[131, 68, 0, 1]), packet(&[131, 69, 0, 1, 2]), packet(&[131, 70, 0])] {
+            o.sent(2, Kind::of(&p), p.len());
+        }
         l2.written(t, 1);
         r.received(&packet(&[]), t, 5);
         r.received(&packet(&[112, 1]), t, 4);

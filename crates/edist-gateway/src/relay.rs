@@ -499,8 +499,9 @@ where
                 writers.spawn(write_lane(lrx, open_lane(), m_out.lane(lane)));
                 *slot = Some(ltx);
             }
-            m_out.sent(lane, &p);
+            let kind = crate::metrics::Kind::of(&p);
             let p = maybe_compress(p, lanes_cfg.compress_above);
+            m_out.sent(lane, kind, p.len());
             let sent = match slot {
                 Some(ltx) => ltx.send((arrived, p)).await.is_ok(),
                 None => false,

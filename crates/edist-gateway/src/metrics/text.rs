@@ -140,7 +140,7 @@ mod tests {
         m.refused("gw-\"x\"", "policy");
         m.link_up("gw-b");
         let (mut o, mut r) = m.relay("gw-b").split();
-        o.sent(1, &[0, 0, 0, 2, 131, 68]);
+        o.sent(1, crate::metrics::Kind::Message, 6);
         o.lane(1).written(Instant::now() - Duration::from_millis(2), 0);
         r.received(&[0, 0, 0, 2, 131, 68], Instant::now(), 0);
         let t = m.render(&[("edist_local_nodes", "Local nodes", 3)]);
