@@ -50,7 +50,28 @@ pub async fn run(gateway: SocketAddr, o: Options) -> Result<()> {
     let mut prev: Option<(Instant, StatusReport)> = None;
     let mut shown = 0u64;
     loop {
-        let r = fetch(gateway).await?;
+        // A gateway restarting is worth watching too: say so and keep refreshing.
+        let r = match fetch(gateway).await {
+            Ok(r) => r,
+            Err(e) => {
+                let mut out = std::io::stdout().lock();
+                if o.json {
+                    let line = serde_json::json!({ "time_ms": unix_ms(), "error": format!("{e:#}") });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "gateway at {gateway}: {e:#}")?;
+                }
+                out.flush()?;
+                drop(out);
+                prev = None;
+                shown += 1;
+                if o.count.is_some_and(|c| shown >= c) {
+                    bail!("the gateway at {gateway} did not answer");
+                }
+                tokio::time::sleep(o.interval).await;
+                continue;
+            }
+        };
         let now = Instant::now();
         let rates = prev.as_ref().map(|(t, p)| rates(p, &r, now.duration_since(*t))).unwrap_or_default();
         let mut out = std::io::stdout().lock();

@@ -134,6 +134,9 @@ async fn metrics_and_status_move_with_real_traffic() -> Result<()> {
     let inf = sum(&after, "edist_gateway_packet_seconds_bucket", &["direction=\"out\"", "le=\"+Inf\""]);
     ensure!(count >= msgs && count == inf, "histogram count {count}, +Inf bucket {inf}");
     ensure!(sum(&after, "edist_gateway_packet_seconds_sum", &["direction=\"in\""]) > 0.0);
+    // Every queue drained once the calls returned (each relay withdraws what it had queued).
+    assert_eq!(sum(&after, "edist_sent_queued_packets", &[]), 0.0);
+    assert_eq!(sum(&after, "edist_received_queued_packets", &[]), 0.0);
     assert_eq!(sum(&after, "edist_local_nodes", &[]), 1.0);
     assert_eq!(sum(&after, "edist_relays_open", &[]), 1.0);
     // gw-b counts the same traffic the other way round (its own instance).
@@ -160,6 +163,11 @@ async fn metrics_and_status_move_with_real_traffic() -> Result<()> {
     );
     let mut busy = erl(&plug(&ga)?, &unique("oc"), &cookie, &load)?;
     until("traffic from the busy node", || ga.status().bytes_out > sent_before + 1_000_000).await?;
+    // Scrapes during traffic see the counters move.
+    let s1 = sum(&scrape(maddr).await?, "edist_sent_bytes_total", &[]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s2 = sum(&scrape(maddr).await?, "edist_sent_bytes_total", &[]);
+    ensure!(s2 > s1 + 100_000.0, "sent bytes during traffic: {s1} then {s2}");
     let watch = Command::new(EDIST)
         .args(["status", "--watch", "--json", "--count", "3", "--interval", "300", "--gateway", &control])
         .stdout(Stdio::piped())
@@ -184,6 +192,23 @@ async fn metrics_and_status_move_with_real_traffic() -> Result<()> {
     let text = String::from_utf8(out.stdout)?;
     ensure!(text.matches("gateway gw-a").count() == 2 && !text.contains('\x1b'), "{text}");
     ensure!(text.contains("policy_operation") && text.contains("lane "), "{text}");
+    // On a terminal (script(1) gives it one) each refresh clears the screen first.
+    let cmd = format!("{EDIST} status --watch --count 2 --interval 100 --gateway {control}");
+    match std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).output() {
+        Ok(out) => {
+            let tty = String::from_utf8_lossy(&out.stdout);
+            ensure!(tty.matches("\x1b[H\x1b[2Jgateway gw-a").count() == 2, "{tty:?}");
+        }
+        Err(_) => eprintln!("script(1) not found: the terminal view is not checked"),
+    }
+    // The gateway gone: --watch says so on each refresh and fails at the end of --count.
+    let gone = format!("127.0.0.1:{}", common::free_port()?);
+    let out = std::process::Command::new(EDIST)
+        .args(["status", "--watch", "--json", "--count", "2", "--interval", "50", "--gateway", &gone])
+        .output()?;
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(!out.status.success() && lines.len() == 2 && lines[1]["error"].is_string(), "{lines:?}");
 
     ga.shutdown();
     gb.shutdown();
