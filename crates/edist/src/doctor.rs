@@ -193,6 +193,14 @@ fn certificates(cfg: &Config, out: &mut Vec<Check>) -> bool {
         ),
     });
     out.push(match &facts.key_matches {
+        Ok(()) if world_readable(&paths.key) => check(
+            "private key",
+            Verdict::Warn,
+            format!(
+                "{} is readable by every user: chmod o-rwx (0600, or 0640 for the gateway's group)",
+                paths.key.display()
+            ),
+        ),
         Ok(()) => check("private key", Verdict::Ok, format!("{} belongs to the certificate", paths.key.display())),
         Err(e) => check(
             "private key",
@@ -239,6 +247,20 @@ fn certificates(cfg: &Config, out: &mut Vec<Check>) -> bool {
         check("clock", Verdict::Ok, format!("{} is inside the certificate's validity", date(now)))
     });
     true
+}
+
+/// Whether other users may read a file (a private key must not be).
+fn world_readable(p: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = p;
+        false
+    }
 }
 
 /// Is the fabric's UDP port the gateway's (in use while it answers) or free for it?

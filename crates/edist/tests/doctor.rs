@@ -92,6 +92,13 @@ async fn doctor_passes_a_healthy_host_and_names_what_is_broken() -> Result<()> {
     }
     ensure!(line(&out, "gateway").contains("edist gateway --config"), "{out}");
     ensure!(line(&out, "private key").starts_with("ok   "), "the key still matches its certificate:\n{out}");
+    // A private key every user can read is worth a warning.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(other.join("gw-a.key"), std::fs::Permissions::from_mode(0o644))?;
+    }
+    let (_, out) = doctor(&["--config", &bad.to_string_lossy()], no_epmd)?;
+    ensure!(line(&out, "private key").starts_with("warn ") && line(&out, "private key").contains("chmod"), "{out}");
 
     // A config that does not parse.
     std::fs::write(&bad, "nmae = \"typo\"\n")?;

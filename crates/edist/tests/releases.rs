@@ -159,7 +159,26 @@ async fn rebar3_release_runs_through_the_gateway() -> Result<()> {
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let r = reach(&s, &node, "hello_edist_app").await;
+    let r = async {
+        reach(&s, &node, "hello_edist_app").await?;
+        // relx's helpers, through nodetool with the plug in ERL_FLAGS (examples/rebar3/README.md).
+        let gb = s.gb.control_addr().to_string();
+        let flags = std::process::Command::new(EDIST).args(["erl-flags", "--gateway", &gb]).output()?;
+        check("edist erl-flags", &flags)?;
+        let o = Command::new(s.project.join("_build/default/rel/hello_edist/bin/hello_edist"))
+            .args(["eval", "hello_edist_app:hello(helper)."])
+            .env("NODE_NAME", &alive)
+            .env("COOKIE", &s.cookie)
+            .env("EDIST_GATEWAY", &gb)
+            .env("USE_NODETOOL", "1")
+            .env("ERL_FLAGS", String::from_utf8(flags.stdout)?.trim())
+            .output()
+            .await?;
+        check("bin/hello_edist eval", &o)?;
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("{{hello,helper,{node}}}"));
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
     let _ = rel.kill().await;
     r?;
     s.ga.shutdown();
