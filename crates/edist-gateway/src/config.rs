@@ -46,6 +46,9 @@
 //! atom_budget = 10000              # distinct atoms per peer gateway, ever (0: no limit)
 //! messages_per_sec = 10000         # above: delayed, not dropped (0: no limit)
 //! bytes_per_sec = 16777216         # likewise
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9108"        # Prometheus endpoint, GET /metrics (default: none, off)
 //! ```
 
 use serde::Deserialize;
@@ -73,6 +76,8 @@ pub struct Config {
     /// Roles by name: tables over the built-in `trusted` and `device` roles, or new ones
     /// (starting from `trusted`). Fields: see [`crate::policy::Role`].
     pub roles: std::collections::BTreeMap<String, toml::Table>,
+    /// The Prometheus endpoint (off by default).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// Ingress policy defaults.
@@ -169,6 +174,7 @@ impl Default for Config {
             peers: Vec::new(),
             policy: PolicyConfig::default(),
             roles: Default::default(),
+            metrics: Default::default(),
         }
     }
 }

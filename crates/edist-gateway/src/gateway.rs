@@ -4,9 +4,9 @@
 use crate::config::Config;
 use crate::fabric::quic::{self, PeerLink, QuicOptions, TlsIdentity};
 use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
+use crate::metrics::{self, Metrics, MetricsSnapshot};
 use crate::policy;
 use crate::relay::{self, MsgReader, RELAY_MASK};
-use crate::stats::LinkCounters;
 use crate::wire::{Msg, NodeInfo};
 use edist_proto::dist::handshake::Status;
 use edist_proto::dist::DFlags;
@@ -71,7 +71,7 @@ pub(crate) struct Inner {
     cfg: Config,
     cookie: String,
     state: Mutex<State>,
-    counters: LinkCounters,
+    metrics: Metrics,
     next_link: AtomicU64,
     relays: AtomicU64,
     /// Mergers of the relayed connections through this gateway, by relay id (for lanes).
@@ -83,7 +83,7 @@ pub(crate) struct Inner {
     /// What each peer gateway has used of its role's shared limits (atoms, rates).
     peer_budgets: Mutex<HashMap<String, policy::SharedPeer>>,
     /// Refused traffic.
-    refusals: crate::stats::Refusals,
+    refusals: crate::refusal_log::RefusalLog,
 }
 
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
@@ -93,6 +93,7 @@ pub struct Gateway {
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
     endpoint: Option<quinn::Endpoint>,
     control_addr: std::net::SocketAddr,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A snapshot for `edist status`.
@@ -106,9 +107,9 @@ pub struct StatusReport {
     pub relays_open: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Refused traffic: peer gateway → reason → count.
+    /// Traffic per peer and lane, refusals, handshake outcomes, link events.
     #[serde(default)]
-    pub refusals: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    pub metrics: MetricsSnapshot,
 }
 
 impl Gateway {
@@ -125,7 +126,7 @@ impl Gateway {
             cfg: cfg.clone(),
             cookie,
             state: Mutex::new(State::default()),
-            counters: LinkCounters::default(),
+            metrics: Metrics::default(),
             next_link: AtomicU64::new(1),
             relays: AtomicU64::new(0),
             mergers: Mutex::new(HashMap::new()),
@@ -137,6 +138,15 @@ impl Gateway {
         let mut tasks = vec![];
         let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
         tasks.push(tokio::spawn(control::serve(control_listener, dir)).abort_handle());
+        let mut metrics_addr = None;
+        if let Some(addr) = cfg.metrics.listen {
+            let (l, bound) =
+                metrics::http::bind(addr).await.map_err(|e| GatewayError::Bind { what: "metrics", addr, source: e })?;
+            let weak = Arc::downgrade(&inner);
+            let render = Arc::new(move || weak.upgrade().map(|i| i.render_metrics()).unwrap_or_default());
+            tasks.push(tokio::spawn(metrics::http::serve(l, render)).abort_handle());
+            metrics_addr = Some(bound);
+        }
 
         let mut endpoint = None;
         let certs = &cfg.fabric.certs;
@@ -164,7 +174,7 @@ impl Gateway {
             )));
         }
         info!(name = %cfg.name, control = %control_addr, fabric = have_certs, "gateway started");
-        Ok(Gateway { inner, tasks: Arc::new(Mutex::new(tasks)), endpoint, control_addr })
+        Ok(Gateway { inner, tasks: Arc::new(Mutex::new(tasks)), endpoint, control_addr, metrics_addr })
     }
 
     /// The local control address (for `-edist_gateway`).
@@ -175,6 +185,16 @@ impl Gateway {
     /// The fabric address actually bound.
     pub fn fabric_addr(&self) -> Option<std::net::SocketAddr> {
         self.endpoint.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
+    /// The Prometheus endpoint's address, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// This gateway's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// What the gateway knows right now.
@@ -228,7 +248,8 @@ impl Inner {
         remote_nodes.sort();
         peers.sort();
         impersonated.sort();
-        let (bytes_in, bytes_out) = self.counters.get();
+        drop(st);
+        let (bytes_in, bytes_out) = self.metrics.totals();
         StatusReport {
             name: self.cfg.name.clone(),
             local_nodes,
@@ -238,7 +259,7 @@ impl Inner {
             relays_open: self.relays.load(Ordering::Relaxed),
             bytes_in,
             bytes_out,
-            refusals: self.refusals.totals(),
+            metrics: self.metrics.snapshot(),
         }
     }
 
@@ -259,15 +280,34 @@ impl Inner {
             peer: shared,
             on_refuse: Box::new(move |reason, what| {
                 if let Some(inner) = weak.upgrade() {
-                    inner.refusals.record(&peer_name, reason.as_str(), what);
+                    inner.refuse(&peer_name, reason.as_str(), what);
                 }
             }),
         }))
     }
 
+    /// Logs (once per burst) and counts a refusal.
+    fn refuse(&self, peer: &str, reason: &str, what: &str) {
+        let filed = self.refusals.record(peer, reason, what);
+        self.metrics.refused(&filed, reason);
+    }
+
     /// The role configured for a peer gateway, if any.
     fn peer_role(&self, peer: &str) -> Option<String> {
         self.cfg.peers.iter().find(|p| p.name == peer).and_then(|p| p.role.clone())
+    }
+
+    /// The Prometheus exposition: the counters plus gauges of the current state.
+    fn render_metrics(&self) -> String {
+        let st = self.status();
+        let n = |v: usize| v as u64;
+        self.metrics.render(&[
+            ("edist_local_nodes", "Local nodes registered", n(st.local_nodes.len())),
+            ("edist_remote_nodes", "Remote nodes announced by peer gateways", n(st.remote_nodes.len())),
+            ("edist_peer_links", "Peer gateways with a link up", n(st.peers.len())),
+            ("edist_impersonated_nodes", "Loopback listeners impersonating remote nodes", n(st.impersonated.len())),
+            ("edist_relays_open", "Relayed connections open", st.relays_open),
+        ])
     }
 
     fn local_list(&self) -> Vec<NodeInfo> {
@@ -403,6 +443,7 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     // creation we handed out: a node that re-registered after a gateway restart keeps the
     // creation it started with.)
     if !inner.lock().local.contains_key(&dial.from) {
+        inner.metrics.refused("local", "unregistered_node");
         acc.respond(Status::NotAllowed)?;
         sock.write_all(&acc.take_output()).await?;
         return Err(relay::RelayError::Refused(format!("{} is not a node registered here", dial.from)));
@@ -419,7 +460,8 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
     let (merger, rxs) = MergerGuard::register(inner, relay_id, &gateway);
     let mut msgs = MsgReader::new(rx);
-    let leftover = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx).await?;
+    let done = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx).await;
+    let leftover = inner.metrics.handshake(&gateway, true, done)?;
     info!(from = %dial.from, to = %target, "relayed connection up");
     carry(inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &gateway).await
 }
@@ -432,15 +474,26 @@ async fn carry(
     msgs: MsgReader<quinn::RecvStream>,
     tx: quinn::SendStream,
     leftover: &[u8],
-    (merger, rxs): (MergerGuard, MergerRx),
+    (merger, rxs): (MergerGuard, relay::MergerRx),
     conn: quinn::Connection,
     relay_id: u64,
     peer_gateway: &str,
 ) -> Result<(), relay::RelayError> {
     let (rx, buf) = msgs.into_parts();
     let lanes = inner.lanes(peer_gateway);
-    relay::pump(sock, rx, tx, leftover, &buf, merger.tx(), rxs, lane_opener(conn, relay_id), lanes, &inner.counters)
-        .await
+    relay::pump(
+        sock,
+        rx,
+        tx,
+        leftover,
+        &buf,
+        merger.tx(),
+        rxs,
+        lane_opener(conn, relay_id),
+        lanes,
+        inner.metrics.relay(peer_gateway),
+    )
+    .await
 }
 
 /// Opens lane streams of relay `relay_id` on `conn`.
@@ -455,9 +508,6 @@ fn lane_opener(conn: quinn::Connection, relay_id: u64) -> relay::LaneOpener {
     })
 }
 
-/// The receiving ends of a relay's merger: packets for the local node, replies for the peer.
-type MergerRx = (mpsc::Receiver<Vec<u8>>, mpsc::UnboundedReceiver<Vec<u8>>);
-
 /// A relay's merger, registered for incoming lanes while the relay lives.
 struct MergerGuard {
     inner: Arc<Inner>,
@@ -466,7 +516,7 @@ struct MergerGuard {
 }
 
 impl MergerGuard {
-    fn register(inner: &Arc<Inner>, id: u64, peer: &str) -> (MergerGuard, MergerRx) {
+    fn register(inner: &Arc<Inner>, id: u64, peer: &str) -> (MergerGuard, relay::MergerRx) {
         let (to_node, rx) = mpsc::channel(64);
         let (replies, replies_rx) = mpsc::unbounded_channel();
         let tx = relay::Merger { to_node, replies, peer: peer.into(), policy: inner.inbound_policy(peer) };
@@ -511,11 +561,13 @@ async fn relay_to_local(
     let Some(port) = port else {
         let _ =
             tx.write_all(&Msg::Refused(format!("{to} is not here or {from} is not {peer_gateway}'s")).encode()).await;
+        inner.metrics.refused(&peer_gateway, "unknown_node");
         return Err(relay::RelayError::Refused(format!("{from} -> {to}")));
     };
     let (merger, rxs) = MergerGuard::register(&inner, relay_id, &peer_gateway);
-    let (sock, leftover) =
-        relay::dial_local_target(port, &from, &to, DFlags(flags), creation, &inner.cookie, &mut msgs, &mut tx).await?;
+    let dialled =
+        relay::dial_local_target(port, &from, &to, DFlags(flags), creation, &inner.cookie, &mut msgs, &mut tx).await;
+    let (sock, leftover) = inner.metrics.handshake(&peer_gateway, false, dialled)?;
     info!(%from, %to, "relayed connection up");
     carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &peer_gateway).await
 }
@@ -531,7 +583,8 @@ async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
                 // TLS refusals (no or foreign certificate, expired), silent or lying peers: the
                 // peer is not known yet, so it is counted under its address.
                 Err(e) => {
-                    inner.refusals.record(&from.ip().to_string(), "handshake", &format!("fabric connection: {e}"))
+                    inner.metrics.link_handshake("", false);
+                    inner.refuse(&from.ip().to_string(), "handshake", &format!("fabric connection: {e}"))
                 }
             }
         });
@@ -543,7 +596,10 @@ async fn dial_loop(inner: Arc<Inner>, ep: quinn::Endpoint, peer: String, addr: s
         if !inner.lock().peers.contains_key(&peer) {
             match quic::dial(&ep, addr, &peer, &inner.cfg.name).await {
                 Ok(link) => run_link(inner.clone(), link).await,
-                Err(e) => debug!(%peer, %addr, "dial failed: {e}"),
+                Err(e) => {
+                    inner.metrics.link_handshake(&peer, false);
+                    debug!(%peer, %addr, "dial failed: {e}")
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -562,6 +618,8 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
         control: ctl_tx.clone(),
     });
     info!(%peer, "gateway link up");
+    inner.metrics.link_handshake(&peer, true);
+    inner.metrics.link_up(&peer);
     let _ = ctl_tx.send(Msg::Control);
     let _ = ctl_tx.send(Msg::Nodes(inner.local_list()));
     // Our announcements go out on our own control stream.
@@ -606,6 +664,7 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     writer.abort();
     uni.abort();
     info!(%peer, reason = ?conn.close_reason(), "gateway link down");
+    inner.metrics.link_down(&peer);
     let mut st = inner.lock();
     let last = match st.peers.get_mut(&peer) {
         Some(links) => {

@@ -381,7 +381,7 @@ impl Budget {
 type Held = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// The queue of one outgoing lane: packets with what they hold of the budgets.
-type LaneTx = mpsc::UnboundedSender<(Vec<u8>, Held)>;
+type LaneTx = mpsc::UnboundedSender<(std::time::Instant, Vec<u8>, Held)>;
 
 /// Marks an lz4-compressed packet on a lane (packets are far below 2 GiB, so the bit is free).
 /// The receiver always understands it; only the sender's config decides to compress.
@@ -431,8 +431,9 @@ const MAX_PACKET: usize = 256 << 20;
 /// Where the lanes of one relayed connection deliver what they bring from the fabric.
 #[derive(Clone)]
 pub struct Merger {
-    /// Packets (with their u32 length prefix) on their way to the local node, from all lanes.
-    pub to_node: mpsc::Sender<Vec<u8>>,
+    /// Packets (with their u32 length prefix) on their way to the local node, from all lanes,
+    /// with the time each arrived.
+    pub to_node: mpsc::Sender<Stamped>,
     /// Replies the policy makes for the peer (a refused rpc's error), sent on lane 0.
     pub replies: mpsc::UnboundedSender<Vec<u8>>,
     /// The peer gateway whose relay this is (a lane from another peer is refused).
@@ -440,6 +441,12 @@ pub struct Merger {
     /// The ingress policy towards the local node; `None`: packets pass untouched.
     pub policy: Option<Arc<InboundPolicy>>,
 }
+
+/// A packet and the time it arrived at the gateway (for the time-in-gateway histogram).
+pub type Stamped = (std::time::Instant, Vec<u8>);
+
+/// The receiving ends of a relay's [`Merger`]: packets for the local node, replies for the peer.
+pub type MergerRx = (mpsc::Receiver<Stamped>, mpsc::UnboundedReceiver<Vec<u8>>);
 
 /// Called with each refusal and its description.
 pub type OnRefuse = Box<dyn Fn(Reason, &str) + Send + Sync>;
@@ -516,10 +523,10 @@ pub async fn pump<R, W>(
     pending_to_stream: &[u8],
     pending_to_sock: &[u8],
     merger: Merger,
-    (mut merger_rx, mut replies_rx): (mpsc::Receiver<Vec<u8>>, mpsc::UnboundedReceiver<Vec<u8>>),
+    (mut merger_rx, mut replies_rx): MergerRx,
     open_lane: LaneOpener,
     lanes_cfg: LaneConfig,
-    counters: &crate::stats::LinkCounters,
+    metrics: crate::metrics::RelayMetrics,
 ) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -531,13 +538,14 @@ where
         let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(n);
     }
     let (sr, mut sw) = sock.into_split();
+    let (mut m_out, mut m_in) = metrics.split();
     // Lane 0 in: its packets join the merger like any other lane's.
     // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
     let mut lane0_in = tokio::spawn(feed_lane(Packets::new(rx, pending_to_sock, true), merger));
     let down = async {
-        while let Some(p) = merger_rx.recv().await {
+        while let Some((t, p)) = merger_rx.recv().await {
             sw.write_all(&p).await?;
-            counters.add_in(p.len());
+            m_in.received(&p, t, merger_rx.len());
         }
         Ok::<(), std::io::Error>(())
     };
@@ -548,7 +556,7 @@ where
         let mut lanes: Vec<Option<LaneTx>> = (0..=lanes_cfg.lanes).map(|_| None).collect();
         let mut writers = tokio::task::JoinSet::new();
         let (lane0_tx, lane0_rx) = mpsc::unbounded_channel();
-        writers.spawn(write_lane(lane0_rx, Box::pin(async move { Ok::<W, std::io::Error>(tx) })));
+        writers.spawn(write_lane(lane0_rx, Box::pin(async move { Ok::<W, std::io::Error>(tx) }), m_out.lane(0)));
         if let Some(slot) = lanes.get_mut(0) {
             *slot = Some(lane0_tx);
         }
@@ -564,14 +572,16 @@ where
                 // The policy's answers to refused requests of the peer's nodes.
                 Some(r) = replies_rx.recv() => (r, 0),
             };
+            let arrived = std::time::Instant::now();
             let Some(slot) = lanes.get_mut(lane) else { continue };
             if slot.is_none() {
                 let (ltx, lrx) = mpsc::unbounded_channel();
-                writers.spawn(write_lane(lrx, open_lane()));
+                writers.spawn(write_lane(lrx, open_lane(), m_out.lane(lane)));
                 *slot = Some(ltx);
             }
+            let kind = crate::metrics::Kind::of(&p);
             let p = maybe_compress(p, lanes_cfg.compress_above);
-            counters.add_out(p.len());
+            m_out.sent(lane, kind, p.len());
             // Lanes are unbounded queues; the budgets bound them all together.
             let (Some(r), Some(g)) = (relay_budget.take(p.len()).await, lanes_cfg.gateway_buffer.take(p.len()).await)
             else {
@@ -579,7 +589,7 @@ where
             };
             let held = (r, g);
             let sent = match slot {
-                Some(ltx) => ltx.send((p, held)).is_ok(),
+                Some(ltx) => ltx.send((arrived, p, held)).is_ok(),
                 None => false,
             };
             if !sent {
@@ -598,15 +608,20 @@ where
 }
 
 /// Writes the packets queued for one lane to its stream, opened by `open`.
-async fn write_lane<W, F>(mut packets: mpsc::UnboundedReceiver<(Vec<u8>, Held)>, open: F) -> std::io::Result<()>
+async fn write_lane<W, F>(
+    mut packets: mpsc::UnboundedReceiver<(std::time::Instant, Vec<u8>, Held)>,
+    open: F,
+    mut metrics: crate::metrics::LaneMetrics,
+) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
     F: std::future::Future<Output = std::io::Result<W>>,
 {
     let mut w = open.await?;
-    while let Some((p, held)) = packets.recv().await {
+    while let Some((t, p, held)) = packets.recv().await {
         w.write_all(&p).await?;
         drop(held);
+        metrics.written(t, packets.len());
     }
     w.shutdown().await
 }
@@ -615,7 +630,7 @@ where
 async fn feed_lane<R: AsyncRead + Unpin>(mut lane: Packets<R>, merger: Merger) -> std::io::Result<()> {
     let Some(policy) = merger.policy.clone() else {
         while let Some(p) = lane.next().await? {
-            if merger.to_node.send(p).await.is_err() {
+            if merger.to_node.send((std::time::Instant::now(), p)).await.is_err() {
                 break;
             }
         }
@@ -637,7 +652,7 @@ async fn feed_lane<R: AsyncRead + Unpin>(mut lane: Packets<R>, merger: Merger) -
             let _ = merger.replies.send(r);
         }
         for f in verdict.forward {
-            if merger.to_node.send(f).await.is_err() {
+            if merger.to_node.send((std::time::Instant::now(), f)).await.is_err() {
                 return Ok(());
             }
         }

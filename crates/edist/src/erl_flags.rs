@@ -150,7 +150,7 @@ fn cache_root() -> Result<PathBuf> {
     }
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(program)).find(|p| is_executable(p))
 }

@@ -7,12 +7,16 @@ use edist_proto::etf::text;
 use std::time::Duration;
 
 mod demo;
+mod doctor;
 mod erl_flags;
 mod status;
 
 #[derive(Parser)]
 #[command(name = "edist", version, about = "Erlang distribution through a Rust fabric")]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line, for log collectors).
+    #[arg(long, global = true, env = "EDIST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -29,6 +33,10 @@ struct NodeOpts {
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Go through the edist gateway at this local control address (e.g. 127.0.0.1:4370)
+    /// instead of epmd: register with it and resolve names there, as plugged BEAMs do.
+    #[arg(long, env = "EDIST_GATEWAY", value_name = "HOST:PORT")]
+    gateway: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -68,9 +76,28 @@ enum Cmd {
         /// The gateway's local control address.
         #[arg(long, default_value = "127.0.0.1:4370")]
         gateway: std::net::SocketAddr,
-        /// Print JSON.
+        /// Print JSON (with --watch: one object per line per refresh).
         #[arg(long)]
         json: bool,
+        /// Refresh until interrupted: local nodes, peers, links, lanes, throughput, refusals.
+        #[arg(long)]
+        watch: bool,
+        /// Milliseconds between refreshes with --watch.
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        interval: u64,
+        /// Stop after N refreshes with --watch.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Check this host's setup: config, gateway, certificates, fabric port, clock, a node's
+    /// registration, erl, epmd. One line per check; exit status 1 on any FAIL.
+    Doctor {
+        /// The gateway's TOML configuration (default: the defaults).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// A node (`name` or `name@host`) that should be registered with the gateway.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Print the VM flags that plug a stock `erl` into the local edist gateway, e.g.
     /// `erl $(edist erl-flags) -sname a` or `export ERL_FLAGS="$(edist erl-flags)"`
@@ -79,6 +106,10 @@ enum Cmd {
         /// The gateway's local control address (default 127.0.0.1:4370).
         #[arg(long, value_name = "HOST:PORT")]
         gateway: Option<String>,
+        /// Print the plug's Erlang source instead, to build it into a release
+        /// (`edist erl-flags --plug-source > src/edist_epmd.erl`; see examples/).
+        #[arg(long)]
+        plug_source: bool,
     },
 }
 
@@ -93,11 +124,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EDIST_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = || tracing_subscriber::EnvFilter::try_from_env("EDIST_LOG").unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cli.cmd {
@@ -136,8 +170,13 @@ fn run() -> Result<()> {
                 tokio::signal::ctrl_c().await?;
                 gw.shutdown();
             }
-            Cmd::Status { gateway, json } => status::run(gateway, json).await?,
-            Cmd::ErlFlags { gateway } => erl_flags::run(gateway.as_deref())?,
+            Cmd::Status { gateway, json, watch, interval, count } => {
+                let interval = Duration::from_millis(interval.max(50));
+                status::run(gateway, status::Options { json, watch, interval, count }).await?
+            }
+            Cmd::Doctor { config, node } => doctor::run(config.as_deref(), node.as_deref()).await?,
+            Cmd::ErlFlags { plug_source: true, .. } => print!("{}", erl_flags::PLUG_SOURCE),
+            Cmd::ErlFlags { gateway, .. } => erl_flags::run(gateway.as_deref())?,
         }
         Ok(())
     })
@@ -153,7 +192,10 @@ async fn start_client(target: &str, opts: &NodeOpts) -> Result<Node> {
             .ok_or_else(|| anyhow!("no cookie: pass --cookie, set EDIST_COOKIE, or create ~/.erlang.cookie"))?,
     };
     let mut cfg = NodeConfig::new(name, cookie);
-    cfg.listen = false;
+    // Behind a gateway the client registers like any local node, so the gateway relays its
+    // connections to nodes on other hosts; without one it only dials out.
+    cfg.listen = opts.gateway.is_some();
+    cfg.gateway = opts.gateway;
     cfg.setup_timeout = Duration::from_secs(opts.timeout);
     Ok(Node::start(cfg).await?)
 }

@@ -1,9 +1,14 @@
-//! `edist status`: asks a running gateway over its local control port.
+//! `edist status`: asks a running gateway over its local control port, once or (`--watch`)
+//! every interval, with throughput rates computed between refreshes.
 
 use anyhow::{bail, Context, Result};
 use edist_gateway::gateway::StatusReport;
+use edist_gateway::metrics::PeerTraffic;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Fetches the gateway's status report.
@@ -19,28 +24,247 @@ pub async fn fetch(gateway: SocketAddr) -> Result<StatusReport> {
     serde_json::from_slice(json).context("the gateway's status is not valid JSON")
 }
 
-pub async fn run(gateway: SocketAddr, json: bool) -> Result<()> {
-    let r = fetch(gateway).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+/// How `edist status` shows the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub json: bool,
+    /// Refresh until interrupted (or `count` refreshes).
+    pub watch: bool,
+    pub interval: Duration,
+    /// Refreshes to show with `watch` (none: until interrupted).
+    pub count: Option<u64>,
+}
+
+pub async fn run(gateway: SocketAddr, o: Options) -> Result<()> {
+    if !o.watch {
+        let r = fetch(gateway).await?;
+        if o.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            print!("{}", render(&r, &[]));
+        }
         return Ok(());
     }
-    println!("gateway {}  relays open {}  bytes in {}  out {}", r.name, r.relays_open, r.bytes_in, r.bytes_out);
-    println!("local nodes:");
+    // ANSI clear only for a terminal: piped output gets plain blocks, one after another.
+    let clear = !o.json && std::io::stdout().is_terminal();
+    let mut prev: Option<(Instant, StatusReport)> = None;
+    let mut shown = 0u64;
+    loop {
+        // A gateway restarting is worth watching too: say so and keep refreshing.
+        let r = match fetch(gateway).await {
+            Ok(r) => r,
+            Err(e) => {
+                let mut out = std::io::stdout().lock();
+                if o.json {
+                    let line = serde_json::json!({ "time_ms": unix_ms(), "error": format!("{e:#}") });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "gateway at {gateway}: {e:#}")?;
+                }
+                out.flush()?;
+                drop(out);
+                prev = None;
+                shown += 1;
+                if o.count.is_some_and(|c| shown >= c) {
+                    bail!("the gateway at {gateway} did not answer");
+                }
+                tokio::time::sleep(o.interval).await;
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let rates = prev.as_ref().map(|(t, p)| rates(p, &r, now.duration_since(*t))).unwrap_or_default();
+        let mut out = std::io::stdout().lock();
+        if o.json {
+            let line = WatchLine { time_ms: unix_ms(), status: &r, rates: &rates };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        } else {
+            if clear {
+                write!(out, "\x1b[H\x1b[2J")?;
+            }
+            writeln!(out, "{}", render(&r, &rates))?;
+        }
+        out.flush()?;
+        drop(out);
+        shown += 1;
+        if o.count.is_some_and(|c| shown >= c) {
+            return Ok(());
+        }
+        prev = Some((now, r));
+        tokio::time::sleep(o.interval).await;
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// One refresh of `--watch --json`.
+#[derive(Serialize)]
+struct WatchLine<'a> {
+    time_ms: u64,
+    status: &'a StatusReport,
+    /// Empty on the first refresh (no previous reading).
+    rates: &'a [PeerRate],
+}
+
+/// Throughput with one peer gateway between two refreshes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PeerRate {
+    pub peer: String,
+    pub in_bytes_per_s: f64,
+    pub out_bytes_per_s: f64,
+    pub in_msgs_per_s: f64,
+    pub out_msgs_per_s: f64,
+}
+
+/// Rates per peer from two readings `dt` apart (a peer new in `cur` counts from zero).
+pub fn rates(prev: &StatusReport, cur: &StatusReport, dt: Duration) -> Vec<PeerRate> {
+    let secs = dt.as_secs_f64().max(1e-3);
+    let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+    cur.metrics
+        .traffic
+        .iter()
+        .map(|c| {
+            let p = prev.metrics.traffic.iter().find(|p| p.peer == c.peer).cloned().unwrap_or_default();
+            let (pi, po, ci, co) = (p.inbound, p.outbound(), c.inbound, c.outbound());
+            PeerRate {
+                peer: c.peer.clone(),
+                in_bytes_per_s: per_s(pi.bytes, ci.bytes),
+                out_bytes_per_s: per_s(po.bytes, co.bytes),
+                in_msgs_per_s: per_s(pi.messages, ci.messages),
+                out_msgs_per_s: per_s(po.messages, co.messages),
+            }
+        })
+        .collect()
+}
+
+/// Bytes in a short human unit.
+fn human(b: f64) -> String {
+    match b {
+        b if b >= 1e9 => format!("{:.1} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.1} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.1} kB", b / 1e3),
+        b => format!("{b:.0} B"),
+    }
+}
+
+fn traffic_line(t: &PeerTraffic, rate: Option<&PeerRate>) -> String {
+    let (i, o) = (t.inbound, t.outbound());
+    let mut s = format!(
+        "in {} / {} msgs  out {} / {} msgs  queued in {} out {}",
+        human(i.bytes as f64),
+        i.messages,
+        human(o.bytes as f64),
+        o.messages,
+        i.queued,
+        o.queued
+    );
+    if let Some(r) = rate {
+        let _ = write!(
+            s,
+            "  now in {}/s {:.0} msg/s, out {}/s {:.0} msg/s",
+            human(r.in_bytes_per_s),
+            r.in_msgs_per_s,
+            human(r.out_bytes_per_s),
+            r.out_msgs_per_s
+        );
+    }
+    s
+}
+
+/// The text view of a report (with rates when there was a previous reading).
+pub fn render(r: &StatusReport, rates: &[PeerRate]) -> String {
+    let mut s = String::new();
+    let _ =
+        writeln!(s, "gateway {}  relays open {}  bytes in {}  out {}", r.name, r.relays_open, r.bytes_in, r.bytes_out);
+    let _ = writeln!(s, "local nodes:");
     for (n, p) in &r.local_nodes {
-        println!("  {n:<40} port {p}");
+        let _ = writeln!(s, "  {n:<40} port {p}");
     }
-    println!("peer gateways:");
+    let _ = writeln!(s, "peer gateways:");
     for p in &r.peers {
-        println!("  {p}");
+        let _ = writeln!(s, "  {p:<20} link up");
     }
-    println!("remote nodes:");
+    for t in r.metrics.traffic.iter().filter(|t| !r.peers.contains(&t.peer)) {
+        let _ = writeln!(s, "  {:<20} link down", t.peer);
+    }
+    let _ = writeln!(s, "traffic and lanes:");
+    for t in &r.metrics.traffic {
+        let _ = writeln!(s, "  {:<20} {}", t.peer, traffic_line(t, rates.iter().find(|x| x.peer == t.peer)));
+        for (i, l) in t.lanes.iter().enumerate().filter(|(_, l)| l.bytes > 0 || l.queued > 0) {
+            let _ = writeln!(
+                s,
+                "    lane {i:<2} out {:>10} {:>8} msgs {:>6} frags  queued {}",
+                human(l.bytes as f64),
+                l.messages,
+                l.fragments,
+                l.queued
+            );
+        }
+    }
+    let _ = writeln!(s, "links:");
+    for (p, e, n) in &r.metrics.link_events {
+        let _ = writeln!(s, "  {p:<20} {e:<5} {n}");
+    }
+    let _ = writeln!(s, "handshakes:");
+    for (p, d, o, n) in &r.metrics.handshakes {
+        let _ = writeln!(s, "  {p:<20} {d:<4} {o:<14} {n}");
+    }
+    let _ = writeln!(s, "refusals:");
+    for (p, why, n) in &r.metrics.refusals {
+        let _ = writeln!(s, "  {p:<20} {why:<20} {n}");
+    }
+    let _ = writeln!(s, "remote nodes:");
     for (n, g) in &r.remote_nodes {
-        println!("  {n:<40} via {g}");
+        let _ = writeln!(s, "  {n:<40} via {g}");
     }
-    println!("impersonated on loopback:");
+    let _ = writeln!(s, "impersonated on loopback:");
     for (n, p) in &r.impersonated {
-        println!("  {n:<40} port {p}");
+        let _ = writeln!(s, "  {n:<40} port {p}");
     }
-    Ok(())
+    s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use edist_gateway::metrics::{MetricsSnapshot, TrafficCounts};
+
+    fn report(bytes_in: u64, msgs_out: u64) -> StatusReport {
+        let lane = TrafficCounts { bytes: msgs_out * 10, messages: msgs_out, fragments: 0, queued: 0 };
+        StatusReport {
+            name: "gw-a".into(),
+            local_nodes: vec![],
+            remote_nodes: vec![],
+            peers: vec!["gw-b".into()],
+            impersonated: vec![],
+            relays_open: 0,
+            bytes_in,
+            bytes_out: 0,
+            metrics: MetricsSnapshot {
+                traffic: vec![PeerTraffic {
+                    peer: "gw-b".into(),
+                    inbound: TrafficCounts { bytes: bytes_in, messages: 0, fragments: 0, queued: 0 },
+                    lanes: vec![lane, lane],
+                }],
+                refusals: vec![("gw-b".into(), "policy".into(), 3)],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn rates_are_deltas_over_time_and_render_shows_them() {
+        let r = rates(&report(1000, 5), &report(3000, 15), Duration::from_millis(500));
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].in_bytes_per_s, r[0].out_msgs_per_s, r[0].out_bytes_per_s), (4000.0, 40.0, 400.0));
+        let text = render(&report(3000, 15), &r);
+        assert!(text.contains("now in 4.0 kB/s 0 msg/s, out 400 B/s 40 msg/s"), "{text}");
+        assert!(text.contains("lane 1"), "{text}");
+        assert!(text.contains("policy") && text.contains(" 3\n"), "{text}");
+        // Counters that went backwards (a restarted gateway) give 0, not a huge rate.
+        assert_eq!(rates(&report(3000, 15), &report(0, 0), Duration::from_secs(1))[0].in_bytes_per_s, 0.0);
+    }
 }
