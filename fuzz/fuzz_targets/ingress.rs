@@ -3,7 +3,7 @@
 //!
 //! Input: byte 0 picks the role (device with tiny limits, device, trusted-with-limits); the
 //! rest is packets, each `u16 length` + bytes (a u32 length prefix is added, as on a lane).
-//! Checks: nothing panics; every forwarded packet is one of the input packets, in input order;
+//! Checks: nothing panics; every forwarded packet is one of the input packets (at most as often);
 //! the peer's atom set never exceeds the budget; a trusted role forwards everything untouched.
 #![no_main]
 
@@ -40,10 +40,13 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => break, // the relay would end here
         }
     }
-    // Forwarded packets are input packets, as a subsequence.
-    let mut it = inputs.iter();
+    // Forwarded packets are input packets, each at most as often as it was sent. (Not
+    // necessarily in input order: a fragmented message is held until complete while whole
+    // messages of other senders on the lane pass.)
+    let mut left = inputs.clone();
     for f in &forwarded {
-        assert!(it.any(|i| i == f), "forwarded a packet that was not sent, or out of order");
+        let i = left.iter().position(|p| p == f).expect("forwarded a packet that was not sent");
+        left.swap_remove(i);
     }
     if open {
         assert_eq!(forwarded, inputs);
