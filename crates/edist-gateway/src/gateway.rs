@@ -666,9 +666,25 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     info!(%peer, reason = ?conn.close_reason(), "gateway link down");
     inner.metrics.link_down(&peer);
     let mut st = inner.lock();
+    // A link that died of silence says the peer (or the path to it) is gone: its sibling links
+    // (both gateways dial, so there may be two) are as dead, only not noticed yet. Closing them
+    // now keeps new relays off them and lets the peer's nodes go down at once.
+    let peer_gone = matches!(
+        conn.close_reason(),
+        Some(
+            quinn::ConnectionError::TimedOut
+                | quinn::ConnectionError::Reset
+                | quinn::ConnectionError::TransportError(_)
+        )
+    );
     let last = match st.peers.get_mut(&peer) {
         Some(links) => {
             links.retain(|l| l.link_id != link_id);
+            if peer_gone {
+                for l in links.iter() {
+                    l.conn.close(0u32.into(), b"a sibling link to the same peer timed out");
+                }
+            }
             links.is_empty()
         }
         None => false,

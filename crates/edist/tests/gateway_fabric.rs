@@ -837,6 +837,14 @@ async fn nodedown_after_a_beam_or_a_gateway_dies_and_reconnect_after_restart() -
     eprintln!("fabric: nodedown on a {:.1} ms after SIGKILL of host B's gateway", ms(gw_delay));
     assert!(gw_delay < 3_000_000, "nodedown took {:.1} ms", ms(gw_delay));
     assert_eq!(a.eval("nodes()").await?, "[]");
+    // Host A's gateway forgets the dead gateway's nodes (and all its links to it).
+    let h0 = cluster.host(0)?;
+    cluster
+        .wait("gw-0 to forget gw-1", || async {
+            let st = h0.status().await?;
+            Ok(pairs(&st, "remote_nodes").is_empty() && strings(&st, "peers").is_empty())
+        })
+        .await?;
 
     // The gateway comes back; b2's plug registers again; a reaches b2 again, and b2 reaches a.
     cluster.hosts[1].start_gateway().await?;
