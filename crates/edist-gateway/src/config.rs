@@ -22,12 +22,19 @@
 //! gateway_buffer = 268435456       # the same for all relays together: the memory bound
 //! compress_threshold = 1024        # peers with `compress = true` get lz4 above this size
 //! congestion = "bbr"               # QUIC congestion control: bbr, cubic or newreno
+//! revoked = []                     # certificate serials (hex) or identities refused
 //!
 //! [[peers]]                        # other gateways (static list for now)
 //! name = "gw-b"
 //! addr = "10.0.0.2:4371"
 //! compress = false                 # lz4 for packets towards this peer (slow links)
-//! role = "trusted"                 # what its nodes may do here (default: policy.default_role)
+//! role = "trusted"                 # what its nodes may do here (default: its certificate's role,
+//!                                  # else policy.default_role)
+//! nodes = ["b*@*"]                 # node names it may announce (default: its certificate's)
+//!
+//! [[peers]]                        # a peer that only dials in (behind NAT): no addr
+//! name = "gw-board7"
+//! role = "device"
 //!
 //! [policy]
 //! default_role = "trusted"         # role of peers without one: trusted, device, or [roles.*]
@@ -135,22 +142,39 @@ pub struct FabricConfig {
     /// QUIC congestion control: `bbr` (default; short queues at the bottleneck, tolerates
     /// random loss), `cubic` or `newreno`.
     pub congestion: crate::fabric::quic::Congestion,
+    /// Certificates refused even though the CA signed them: serial numbers (hex, as `edist
+    /// certs issue` prints them) or identities.
+    pub revoked: Vec<String>,
 }
 
-/// Another gateway.
+/// Another gateway: one this gateway dials (with `addr`), or one that only dials in (without),
+/// listed for its node names or role.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Its identity (the name in its certificate).
     pub name: String,
-    /// Its fabric address.
-    pub addr: SocketAddr,
+    /// Its fabric address; without one this gateway does not dial it and waits for its call
+    /// (a device behind NAT).
+    #[serde(default)]
+    pub addr: Option<SocketAddr>,
     /// Compress (lz4) what we send it, for slow links (default false).
     #[serde(default)]
     pub compress: bool,
-    /// What its nodes may do to ours (a role name; default `policy.default_role`).
+    /// What its nodes may do to ours (a role name; default: its certificate's role, else
+    /// `policy.default_role`).
     #[serde(default)]
     pub role: Option<String>,
+    /// Node-name patterns (`*` globs) it may announce (default: its certificate's).
+    #[serde(default)]
+    pub nodes: Option<Vec<String>>,
+}
+
+impl PeerConfig {
+    /// A peer dialled at `addr`, everything else by default.
+    pub fn new(name: &str, addr: SocketAddr) -> PeerConfig {
+        PeerConfig { name: name.into(), addr: Some(addr), compress: false, role: None, nodes: None }
+    }
 }
 
 /// The short host name, as `erl -sname` uses it.
@@ -197,6 +221,7 @@ impl Default for FabricConfig {
             gateway_buffer: 256 << 20,
             compress_threshold: 1024,
             congestion: Default::default(),
+            revoked: Vec::new(),
         }
     }
 }
@@ -277,7 +302,8 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let c = Config::from_toml(&example, "example".as_ref()).unwrap();
-        assert_eq!((c.name.as_str(), c.peers.len(), c.fabric.idle_timeout_ms), ("gw-a", 1, 2000));
+        assert_eq!((c.name.as_str(), c.peers.len(), c.fabric.idle_timeout_ms), ("gw-a", 2, 2000));
+        assert_eq!(c.peers[1].addr, None, "a peer that only dials in has no address");
         let d = Config::from_toml("", "empty".as_ref()).unwrap();
         assert_eq!(d.local.control.port(), 4370);
         assert!(Config::from_toml("[local]\ncontrol = \"0.0.0.0:1\"", "x".as_ref()).is_err());

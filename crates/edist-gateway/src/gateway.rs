@@ -82,6 +82,8 @@ pub(crate) struct Inner {
     roles: std::collections::BTreeMap<String, Arc<policy::Role>>,
     /// What each peer gateway has used of its role's shared limits (atoms, rates).
     peer_budgets: Mutex<HashMap<String, policy::SharedPeer>>,
+    /// What each linked peer gateway's certificate (and config) grants it.
+    grants: Mutex<HashMap<String, crate::pki::Grant>>,
     /// Refused traffic.
     refusals: crate::refusal_log::RefusalLog,
 }
@@ -133,6 +135,7 @@ impl Gateway {
             buffer: relay::Budget::new(cfg.fabric.gateway_buffer),
             roles: cfg.roles().map_err(GatewayError::Config)?.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             peer_budgets: Mutex::new(HashMap::new()),
+            grants: Mutex::new(HashMap::new()),
             refusals: Default::default(),
         });
         let mut tasks = vec![];
@@ -162,7 +165,8 @@ impl Gateway {
             let ep = quic::endpoint(cfg.fabric.listen, &id, &opts).map_err(|e| GatewayError::Fabric(e.to_string()))?;
             tasks.push(tokio::spawn(accept_loop(inner.clone(), ep.clone())).abort_handle());
             for p in &cfg.peers {
-                tasks.push(tokio::spawn(dial_loop(inner.clone(), ep.clone(), p.name.clone(), p.addr)).abort_handle());
+                let Some(addr) = p.addr else { continue };
+                tasks.push(tokio::spawn(dial_loop(inner.clone(), ep.clone(), p.name.clone(), addr)).abort_handle());
             }
             endpoint = Some(ep);
         } else if !cfg.peers.is_empty() {
@@ -286,15 +290,42 @@ impl Inner {
         }))
     }
 
+    /// Registers a node a peer announced, if the peer may claim that name: it matches the peer's
+    /// grant, and no local node or node of another gateway has it.
+    fn admit_remote(&self, peer: &str, n: NodeInfo) {
+        let allowed = lock(&self.grants).get(peer).is_some_and(|g| g.allows(&n.name));
+        if !allowed {
+            self.refuse(peer, "name_claim", &format!("announcement of {} (outside its node-name grant)", n.name));
+            return;
+        }
+        let mut st = self.lock();
+        let taken = st.local.contains_key(&n.name) || st.remote.get(&n.name).is_some_and(|r| r.gateway != peer);
+        if taken {
+            drop(st);
+            self.refuse(peer, "name_taken", &format!("announcement of {} (a node of another gateway)", n.name));
+            return;
+        }
+        st.remote.insert(n.name, RemoteNode { creation: n.creation, gateway: peer.to_string() });
+    }
+
     /// Logs (once per burst) and counts a refusal.
     fn refuse(&self, peer: &str, reason: &str, what: &str) {
         let filed = self.refusals.record(peer, reason, what);
         self.metrics.refused(&filed, reason);
     }
 
-    /// The role configured for a peer gateway, if any.
+    /// The role of a peer gateway: its config entry's, else its certificate's.
     fn peer_role(&self, peer: &str) -> Option<String> {
-        self.cfg.peers.iter().find(|p| p.name == peer).and_then(|p| p.role.clone())
+        let configured = self.cfg.peers.iter().find(|p| p.name == peer).and_then(|p| p.role.clone());
+        configured.or_else(|| lock(&self.grants).get(peer).and_then(|g| g.role.clone()))
+    }
+
+    /// What a peer gateway may claim: its certificate's grant, with the config's `nodes` over it.
+    fn effective_grant(&self, peer: &str, mut grant: crate::pki::Grant) -> crate::pki::Grant {
+        if let Some(nodes) = self.cfg.peers.iter().find(|p| p.name == peer).and_then(|p| p.nodes.clone()) {
+            grant.nodes = nodes;
+        }
+        grant
     }
 
     /// The Prometheus exposition: the counters plus gauges of the current state.
@@ -610,6 +641,14 @@ async fn dial_loop(inner: Arc<Inner>, ep: quinn::Endpoint, peer: String, addr: s
 async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     let peer = link.peer_name.clone();
     let conn = link.conn.clone();
+    let revoked = &inner.cfg.fabric.revoked;
+    if revoked.iter().any(|r| r.eq_ignore_ascii_case(&link.grant.serial) || *r == peer) {
+        conn.close(quic::CLOSE_REVOKED, b"certificate revoked");
+        inner.refuse(&peer, "revoked", &format!("link: certificate {} is revoked", link.grant.serial));
+        return;
+    }
+    let grant = inner.effective_grant(&peer, link.grant.clone());
+    lock(&inner.grants).insert(peer.clone(), grant);
     let link_id = inner.next_link.fetch_add(1, Ordering::Relaxed);
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Msg>();
     inner.lock().peers.entry(peer.clone()).or_default().push(Peer {
@@ -727,19 +766,11 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: quinn::RecvStream) {
                 // Replace what this peer announced, keeping the listeners of nodes still there.
                 let names: std::collections::HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
                 inner.forget_remote(|n, r| r.gateway == peer && !names.contains(n));
-                let mut st = inner.lock();
                 for n in nodes {
-                    if !st.local.contains_key(&n.name) {
-                        st.remote.insert(n.name, RemoteNode { creation: n.creation, gateway: peer.clone() });
-                    }
+                    inner.admit_remote(&peer, n);
                 }
             }
-            Ok(Msg::NodeUp(n)) => {
-                let mut st = inner.lock();
-                if !st.local.contains_key(&n.name) {
-                    st.remote.insert(n.name, RemoteNode { creation: n.creation, gateway: peer.clone() });
-                }
-            }
+            Ok(Msg::NodeUp(n)) => inner.admit_remote(&peer, n),
             Ok(Msg::NodeDown(name)) => inner.forget_remote(|n, r| n == name && r.gateway == peer),
             Ok(other) => warn!(%peer, "unexpected control message {other:?}"),
             Err(e) => {

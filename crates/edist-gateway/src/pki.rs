@@ -51,6 +51,8 @@ pub enum PkiError {
     BadName { name: String, why: &'static str },
     #[error("invalid validity: {0}")]
     BadValidity(String),
+    #[error("invalid grant {value:?}: {why}")]
+    BadGrant { value: String, why: &'static str },
     // The underlying errors are part of the message, not `source()`, so that both `{}` and
     // anyhow's `{:#}` print them exactly once.
     #[error("{path}: {error}")]
@@ -114,6 +116,67 @@ pub struct IssueOptions {
     /// Overrides the end of validity (default: now + `validity_days`). With `not_before` it
     /// makes an expired certificate, for tests.
     pub not_after: Option<OffsetDateTime>,
+    /// Node-name patterns the gateway may register (`*` globs, e.g. `board7*@*`); empty: any.
+    pub nodes: Vec<String>,
+    /// The role other gateways give it unless their config says otherwise (e.g. `device`).
+    pub role: Option<String>,
+}
+
+/// What a gateway certificate grants: the identity, the node names it may announce, the role
+/// it asks for. Carried as SAN URIs `edist:nodes:<pattern>` and `edist:role:<role>`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grant {
+    /// Node-name patterns (`*` globs); a certificate without any grants every name (`*`).
+    pub nodes: Vec<String>,
+    /// The role, if the certificate names one.
+    pub role: Option<String>,
+    /// The certificate's serial number, lowercase hex (for revocation lists).
+    pub serial: String,
+}
+
+impl Grant {
+    /// True when `node` matches one of the patterns.
+    pub fn allows(&self, node: &str) -> bool {
+        self.nodes.iter().any(|p| crate::policy::role::glob(p, node))
+    }
+}
+
+const NODES_URI: &str = "edist:nodes:";
+const ROLE_URI: &str = "edist:role:";
+
+/// Reads the grant of a DER certificate (no verification: the TLS layer did that).
+pub fn certificate_grant(der: &[u8]) -> Grant {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else { return Grant::default() };
+    let mut g = Grant { serial: cert.raw_serial_as_string().replace(':', "").to_lowercase(), ..Grant::default() };
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::URI(u) = n {
+                if let Some(p) = u.strip_prefix(NODES_URI) {
+                    g.nodes.push(p.to_owned());
+                } else if let Some(r) = u.strip_prefix(ROLE_URI) {
+                    g.role = Some(r.to_owned());
+                }
+            }
+        }
+    }
+    if g.nodes.is_empty() {
+        g.nodes.push("*".into());
+    }
+    g
+}
+
+/// A node-name pattern or role name fit for a certificate: printable ASCII without spaces.
+fn check_grant(value: &str, role: bool) -> Result<()> {
+    let bad = |why| Err(PkiError::BadGrant { value: value.to_owned(), why });
+    if value.is_empty() || value.len() > 255 {
+        return bad("1 to 255 characters");
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') || (!role && matches!(c, '@' | '*'));
+    if !value.chars().all(ok) {
+        return bad(if role { "letters, digits, '_', '-', '.'" } else { "letters, digits, '_', '-', '.', '@', '*'" });
+    }
+    Ok(())
 }
 
 /// Paths of the CA files in `dir`.
@@ -208,6 +271,17 @@ pub fn issue(dir: &Path, name: &str, validity_days: u32, extra: IssueOptions) ->
     params.distinguished_name = dn;
     let dns = name.try_into().map_err(|_| PkiError::BadName { name: name.to_owned(), why: "not an IA5 string" })?;
     params.subject_alt_names = vec![SanType::DnsName(dns)];
+    let uri = |s: String| {
+        s.clone().try_into().map(SanType::URI).map_err(|_| PkiError::BadGrant { value: s, why: "not an IA5 string" })
+    };
+    for p in &extra.nodes {
+        check_grant(p, false)?;
+        params.subject_alt_names.push(uri(format!("{NODES_URI}{p}"))?);
+    }
+    if let Some(r) = &extra.role {
+        check_grant(r, true)?;
+        params.subject_alt_names.push(uri(format!("{ROLE_URI}{r}"))?);
+    }
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -315,6 +389,35 @@ fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grants_round_trip_through_the_certificate() {
+        let dir = std::env::temp_dir().join(format!("edist-grant-{}-{:x}", std::process::id(), rand::random::<u32>()));
+        init_ca(&dir, "t", &CaOptions::default()).unwrap();
+        let opts = IssueOptions {
+            nodes: vec!["board7*@*".into(), "x@h".into()],
+            role: Some("device".into()),
+            ..Default::default()
+        };
+        let p = issue(&dir, "gw-board7", 30, opts).unwrap();
+        let der = load_certs(&p.cert).unwrap().remove(0);
+        let g = certificate_grant(&der);
+        assert_eq!(g.nodes, vec!["board7*@*".to_string(), "x@h".into()]);
+        assert_eq!(g.role.as_deref(), Some("device"));
+        assert_eq!(g.serial.len(), 32, "{}", g.serial);
+        assert!(g.allows("board7a@host") && g.allows("x@h") && !g.allows("evil@host"));
+        // Without grants, every name.
+        let p = issue(&dir, "gw-plain", 30, IssueOptions::default()).unwrap();
+        let g = certificate_grant(&load_certs(&p.cert).unwrap().remove(0));
+        assert_eq!((g.nodes, g.role), (vec!["*".to_string()], None));
+        // Bad patterns are refused before anything is written.
+        let bad = IssueOptions { nodes: vec!["a b".into()], ..Default::default() };
+        assert!(matches!(issue(&dir, "gw-bad", 30, bad), Err(PkiError::BadGrant { .. })));
+        let bad = IssueOptions { role: Some("de*vice".into()), ..Default::default() };
+        assert!(matches!(issue(&dir, "gw-bad2", 30, bad), Err(PkiError::BadGrant { .. })));
+        assert!(!node_paths(&dir, "gw-bad").cert.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn tempdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("edist-pki-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));

@@ -39,7 +39,7 @@ async fn gateways(certs: &Path, compress: bool) -> Result<(Gateway, Gateway)> {
     let ga = Gateway::start(config("gw-a", "hosta", certs)?).await?;
     let mut cb = config("gw-b", "hostb", certs)?;
     let addr = ga.fabric_addr().context("gw-a has no fabric address")?;
-    cb.peers.push(PeerConfig { name: "gw-a".into(), addr, compress, role: None });
+    cb.peers.push(PeerConfig { compress, ..PeerConfig::new("gw-a", addr) });
     Ok((ga, Gateway::start(cb).await?))
 }
 

@@ -45,7 +45,7 @@ async fn show(dir: &std::path::Path) -> Result<()> {
     let ga = Gateway::start(gateway_config("gw-a", &certs, &cookie)).await?;
     let mut cb = gateway_config("gw-b", &certs, &cookie);
     let ga_fabric = ga.fabric_addr().context("gw-a has no fabric address")?;
-    cb.peers.push(PeerConfig { name: "gw-a".into(), addr: ga_fabric, compress: false, role: None });
+    cb.peers.push(PeerConfig::new("gw-a", ga_fabric));
     let gb = Gateway::start(cb).await?;
     println!("  gateway gw-a: local {}  fabric {}", ga.control_addr(), ga_fabric);
     let gb_fabric = gb.fabric_addr().map(|a| a.to_string()).unwrap_or_default();

@@ -227,6 +227,13 @@ enum CertsCmd {
         /// Replace an existing certificate and key of that name.
         #[arg(long)]
         force: bool,
+        /// Node names it may register, as comma-separated `*` globs (e.g. `board7*@*`);
+        /// other gateways refuse any other name it announces. Default: any.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// The role other gateways give it unless their config says otherwise (e.g. `device`).
+        #[arg(long)]
+        role: Option<String>,
     },
 }
 
@@ -238,9 +245,17 @@ fn certs(cmd: CertsCmd) -> Result<()> {
             println!("wrote {} (cluster CA certificate for {cluster:?}: copy it to every gateway)", p.cert.display());
             println!("wrote {} (CA private key, mode 0600: keep it off the gateways)", p.key.display());
         }
-        CertsCmd::Issue { name, dir, days, force } => {
-            let p = pki::issue(&dir, &name, days, pki::IssueOptions { force, ..Default::default() })?;
+        CertsCmd::Issue { name, dir, days, force, nodes, role } => {
+            let p = pki::issue(&dir, &name, days, pki::IssueOptions { force, nodes, role, ..Default::default() })?;
+            let der = pki::load_certs(&p.cert)?.remove(0);
+            let g = pki::certificate_grant(&der);
             println!("wrote {} (certificate of gateway {name:?}, valid {days} days)", p.cert.display());
+            println!(
+                "  serial {} (for a revocation list), node names {}, role {}",
+                g.serial,
+                g.nodes.join(","),
+                g.role.as_deref().unwrap_or("(the peers' default)")
+            );
             println!("wrote {} (its private key, mode 0600)", p.key.display());
             println!("gateway {name:?} needs {}, {} and {}", p.ca.display(), p.cert.display(), p.key.display());
         }

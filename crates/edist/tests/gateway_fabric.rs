@@ -382,6 +382,23 @@ fn strings(st: &Value, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Changes to the default cluster of [`Cluster::start_with`].
+#[derive(Default)]
+struct Setup<'a> {
+    /// Start the gateways this far apart, in host order.
+    stagger: Duration,
+    /// Extra `edist certs issue` arguments for host i's gateway.
+    cert_args: Option<&'a dyn Fn(usize) -> Vec<String>>,
+    /// Lines for the `[fabric]` table of host i.
+    fabric: Option<&'a dyn Fn(usize) -> String>,
+    /// Lines for host i's `[[peers]]` table of host j.
+    peer: Option<&'a dyn Fn(usize, usize) -> String>,
+    /// Tables at the end of host i's config.
+    tail: Option<&'a dyn Fn(usize) -> String>,
+    /// Not every gateway links to every other: do not wait for a full mesh.
+    partial_mesh: bool,
+}
+
 /// Hosts on one bridge, each with a gateway that has all the others as peers.
 struct Cluster {
     dir: PathBuf,
@@ -399,17 +416,12 @@ impl Cluster {
 
     /// Starts the gateways `stagger` apart (in host order), as hosts booting at different times do.
     async fn start_staggered(n: usize, stagger: Duration) -> Result<Cluster> {
-        Self::start_with(n, stagger, &|_, _| String::new(), &|_| String::new()).await
+        Self::start_with(n, Setup { stagger, ..Setup::default() }).await
     }
 
-    /// [`Cluster::start_staggered`], with `peer_extra(i, j)` added to host i's `[[peers]]` table
-    /// of host j, and `extra(i)` at the end of host i's config.
-    async fn start_with(
-        n: usize,
-        stagger: Duration,
-        peer_extra: &dyn Fn(usize, usize) -> String,
-        extra: &dyn Fn(usize) -> String,
-    ) -> Result<Cluster> {
+    /// [`Cluster::start_staggered`] with the changes of `setup`.
+    async fn start_with(n: usize, setup: Setup<'_>) -> Result<Cluster> {
+        let stagger = setup.stagger;
         static SUBNET: AtomicU32 = AtomicU32::new(0);
         let subnet = (SUBNET.fetch_add(1, Ordering::Relaxed) % 250) as u8;
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -425,7 +437,11 @@ impl Cluster {
         };
         run(&["certs", "init"])?;
         for i in 0..n {
-            run(&["certs", "issue", &format!("gw-{i}")])?;
+            let name = format!("gw-{i}");
+            let mut args = vec!["certs", "issue", name.as_str()];
+            let extra = setup.cert_args.map(|f| f(i)).unwrap_or_default();
+            args.extend(extra.iter().map(String::as_str));
+            run(&args)?;
         }
 
         let switch = Netns::new()?;
@@ -457,15 +473,16 @@ impl Cluster {
             let gw_name = format!("gw-{i}");
             let mut toml = format!(
                 "name = \"{gw_name}\"\ncookie = \"{}\"\n\n[local]\ncontrol = \"{CONTROL}\"\n\n\
-                 [fabric]\nlisten = \"{addr}:{FABRIC_PORT}\"\ncerts = \"{}\"\n",
+                 [fabric]\nlisten = \"{addr}:{FABRIC_PORT}\"\ncerts = \"{}\"\n{}",
                 cluster.cookie,
-                certs.display()
+                certs.display(),
+                setup.fabric.map(|f| f(i)).unwrap_or_default()
             );
             for (j, other) in ips.iter().enumerate().filter(|(j, _)| *j != i) {
                 toml.push_str(&format!("\n[[peers]]\nname = \"gw-{j}\"\naddr = \"{other}:{FABRIC_PORT}\"\n"));
-                toml.push_str(&peer_extra(i, j));
+                toml.push_str(&setup.peer.map(|f| f(i, j)).unwrap_or_default());
             }
-            toml.push_str(&extra(i));
+            toml.push_str(&setup.tail.map(|f| f(i)).unwrap_or_default());
             let config = dir.join(format!("{gw_name}.toml"));
             std::fs::write(&config, toml)?;
             let log = dir.join(format!("{gw_name}.log"));
@@ -477,7 +494,9 @@ impl Cluster {
             }
             h.start_gateway().await?;
         }
-        cluster.wait_links().await?;
+        if !setup.partial_mesh {
+            cluster.wait_links().await?;
+        }
         Ok(cluster)
     }
 
@@ -534,6 +553,13 @@ impl Cluster {
 
     /// A plugged-in BEAM node `<prefix><unique>` on host `i`, known to every gateway.
     async fn erl(&self, i: usize, prefix: &str, extra: &[&str]) -> Result<Node> {
+        let node = self.erl_local(i, prefix, extra).await?;
+        self.wait_known(&node.name, i).await?;
+        Ok(node)
+    }
+
+    /// A plugged-in BEAM node on host `i`, registered with its own gateway (others may refuse it).
+    async fn erl_local(&self, i: usize, prefix: &str, extra: &[&str]) -> Result<Node> {
         let t = tools()?;
         let h = self.host(i)?;
         let sname = unique(prefix);
@@ -547,7 +573,11 @@ impl Cluster {
             // Nothing may fall back to a real epmd.
             .env("ERL_EPMD_PORT", "1");
         let node = Node::spawn(cmd, format!("{sname}@{}", host()), &self.dir.join(format!("{sname}.stderr"))).await?;
-        self.wait_known(&node.name, i).await?;
+        let name = node.name.as_str();
+        self.wait(&format!("{name} to register on host {i}"), || async move {
+            Ok(h.status().await.map(|st| pairs(&st, "local_nodes").iter().any(|(n, _)| n == name)).unwrap_or(false))
+        })
+        .await?;
         Ok(node)
     }
 
@@ -1080,19 +1110,12 @@ async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_peer_is_held_to_its_role_and_limits() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start_with(
-        3,
-        Duration::ZERO,
-        &|i, j| if (i, j) == (0, 1) { "role = \"device\"\n".into() } else { String::new() },
-        &|i| {
-            if i == 0 {
-                "\n[roles.device]\natom_budget = 2000\nmax_message = 1048576\n".into()
-            } else {
-                String::new()
-            }
-        },
-    )
-    .await?;
+    let peer = |i, j| if (i, j) == (0, 1) { "role = \"device\"\n".into() } else { String::new() };
+    let tail = |i| match i {
+        0 => "\n[roles.device]\natom_budget = 2000\nmax_message = 1048576\n".into(),
+        _ => String::new(),
+    };
+    let cluster = Cluster::start_with(3, Setup { peer: Some(&peer), tail: Some(&tail), ..Setup::default() }).await?;
     let mut srv = cluster.erl(0, "srv", &[]).await?;
     let mut dev = cluster.erl(1, "dev", &["+t", "4000000"]).await?;
     let mut other = cluster.erl(2, "other", &[]).await?;
@@ -1178,16 +1201,7 @@ async fn a_device_peer_is_held_to_its_role_and_limits() -> Result<()> {
 
     // Refusals are counted by reason for the device's gateway only.
     let st = cluster.host(0)?.status().await?;
-    // metrics.refusals: [[peer, reason, count], ...]
-    let refusals: Vec<(String, String, u64)> = st
-        .pointer("/metrics/refusals")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| Some((t.get(0)?.as_str()?.into(), t.get(1)?.as_str()?.into(), t.get(2)?.as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let refusals = refusals(&st);
     for reason in ["spawn", "name", "signal", "size", "depth", "atoms"] {
         ensure!(refusals.iter().any(|(p, r, n)| p == "gw-1" && r == reason && *n >= 1), "no {reason} refusal: {st}");
     }
@@ -1198,6 +1212,57 @@ async fn a_device_peer_is_held_to_its_role_and_limits() -> Result<()> {
     // The trusted peer's node, meanwhile, may do everything.
     assert_eq!(other.eval(&format!("rpc:call({qs}, erlang, node, [])")).await?, srv.name);
     assert_eq!(other.eval(&format!("net_adm:ping({qs})")).await?, "pong");
+    cluster.passed();
+    Ok(())
+}
+
+/// [`metrics.refusals`] of a gateway's status: (peer, reason, count).
+fn refusals(st: &Value) -> Vec<(String, String, u64)> {
+    st.pointer("/metrics/refusals")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| Some((t.get(0)?.as_str()?.into(), t.get(1)?.as_str()?.into(), t.get(2)?.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Host 1's certificate grants only `good*@*`: its gateway's announcement of another name is
+/// refused everywhere, while its good node works. Host 0 revokes host 2's certificate: no link,
+/// and host 2's nodes cannot reach host 0's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_outside_the_certificate_grant_and_revoked_certificates_are_refused() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cert_args = |i| if i == 1 { vec!["--nodes".to_string(), "good*@*".into()] } else { vec![] };
+    let fabric = |i| if i == 0 { "revoked = [\"gw-2\"]\n".to_string() } else { String::new() };
+    let setup = Setup { cert_args: Some(&cert_args), fabric: Some(&fabric), partial_mesh: true, ..Setup::default() };
+    let cluster = Cluster::start_with(3, setup).await?;
+    let (h0, h1, h2) = (cluster.host(0)?, cluster.host(1)?, cluster.host(2)?);
+    cluster
+        .wait("gw-1 to link to gw-0 and gw-2", || async {
+            Ok(h1.status().await.map(|st| strings(&st, "peers") == ["gw-0", "gw-2"]).unwrap_or(false))
+        })
+        .await?;
+    let mut srv = cluster.erl_local(0, "srv", &[]).await?;
+    let good = cluster.erl(1, "good", &[]).await?;
+    let evil = cluster.erl_local(1, "evil", &[]).await?;
+    let far = cluster.erl_local(2, "far", &[]).await?;
+    assert_eq!(srv.eval(&format!("net_adm:ping({})", q(&good.name))).await?, "pong");
+    assert_eq!(srv.eval(&format!("net_adm:ping({})", q(&evil.name))).await?, "pang");
+    assert_eq!(srv.eval(&format!("net_adm:ping({})", q(&far.name))).await?, "pang");
+    let st0 = h0.status().await?;
+    ensure!(strings(&st0, "peers") == ["gw-1"], "gw-0 links to a revoked gateway: {st0}");
+    ensure!(!pairs(&st0, "remote_nodes").iter().any(|(n, _)| *n == evil.name), "gw-0 knows {}: {st0}", evil.name);
+    let r0 = refusals(&st0);
+    ensure!(r0.iter().any(|(p, r, _)| p == "gw-1" && r == "name_claim"), "no name_claim refusal: {st0}");
+    ensure!(r0.iter().any(|(p, r, _)| p == "gw-2" && r == "revoked"), "no revoked refusal: {st0}");
+    // gw-2 (not revoking anyone) refuses the ungranted name too.
+    let st2 = h2.status().await?;
+    ensure!(!pairs(&st2, "remote_nodes").iter().any(|(n, _)| *n == evil.name), "gw-2 knows {}", evil.name);
+    ensure!(refusals(&st2).iter().any(|(p, r, _)| p == "gw-1" && r == "name_claim"), "gw-2: {st2}");
+    let log = std::fs::read_to_string(&h0.log)?;
+    ensure!(log.contains("outside its node-name grant"), "no log line for the refused announcement");
     cluster.passed();
     Ok(())
 }

@@ -85,12 +85,7 @@ async fn metrics_and_status_move_with_real_traffic() -> Result<()> {
     ca.metrics.listen = Some("127.0.0.1:0".parse()?);
     let ga = Gateway::start(ca).await?;
     let mut cb = config("gw-b", &dir, &cookie)?;
-    cb.peers.push(PeerConfig {
-        name: "gw-a".into(),
-        addr: ga.fabric_addr().context("fabric")?,
-        compress: false,
-        role: None,
-    });
+    cb.peers.push(PeerConfig::new("gw-a", ga.fabric_addr().context("fabric")?));
     let gb = Gateway::start(cb).await?;
     let maddr = ga.metrics_addr().context("gw-a serves metrics")?;
     ensure!(gb.metrics_addr().is_none(), "metrics are off by default");

@@ -82,12 +82,7 @@ async fn gateways(dir: &Path, cookie: &str) -> Result<(Gateway, Gateway)> {
     };
     let ga = Gateway::start(config("gw-a")?).await?;
     let mut cb = config("gw-b")?;
-    cb.peers.push(PeerConfig {
-        name: "gw-a".into(),
-        addr: ga.fabric_addr().context("fabric")?,
-        compress: false,
-        role: None,
-    });
+    cb.peers.push(PeerConfig::new("gw-a", ga.fabric_addr().context("fabric")?));
     Ok((ga, Gateway::start(cb).await?))
 }
 

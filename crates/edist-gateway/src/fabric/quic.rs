@@ -61,6 +61,9 @@ pub const CLOSE_NAME_MISMATCH: VarInt = VarInt::from_u32(2);
 pub const CLOSE_VERSION: VarInt = VarInt::from_u32(3);
 /// Application close code: no hello (or no answer) within [`HELLO_TIMEOUT`].
 pub const CLOSE_HELLO_TIMEOUT: VarInt = VarInt::from_u32(4);
+/// Application close code: the peer's certificate is on this gateway's revocation list.
+pub const CLOSE_REVOKED: VarInt = VarInt::from_u32(6);
+
 /// Application close code: the peer's certificate carries no usable identity.
 pub const CLOSE_NO_IDENTITY: VarInt = VarInt::from_u32(5);
 
@@ -413,6 +416,15 @@ pub fn certificate_identity(der: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
+/// The grant of the peer's verified certificate.
+pub fn peer_grant(conn: &quinn::Connection) -> crate::pki::Grant {
+    let cert = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().cloned());
+    cert.map(|c| crate::pki::certificate_grant(&c)).unwrap_or_default()
+}
+
 /// A link to another gateway whose hello has been answered.
 #[derive(Debug, Clone)]
 pub struct PeerLink {
@@ -421,6 +433,8 @@ pub struct PeerLink {
     pub peer_name: String,
     /// The identity of the peer's verified certificate (equal to `peer_name`).
     pub peer_identity: String,
+    /// What the peer's certificate grants (node names, role, serial).
+    pub grant: crate::pki::Grant,
 }
 
 /// Dials `addr` (whose certificate must carry `server_name`) with the endpoint's default client
@@ -468,7 +482,7 @@ async fn dial_hello(conn: &quinn::Connection, our_name: &str) -> Result<PeerLink
     if answer.name != identity {
         return Err(FabricError::NameMismatch { hello: answer.name, certificate: identity });
     }
-    Ok(PeerLink { conn: conn.clone(), peer_name: answer.name, peer_identity: identity })
+    Ok(PeerLink { conn: conn.clone(), peer_name: answer.name, peer_identity: identity, grant: peer_grant(conn) })
 }
 
 /// Completes an incoming link: TLS handshake (the client certificate must chain to the
@@ -500,7 +514,7 @@ async fn accept_hello(conn: &quinn::Connection, our_name: &str) -> Result<PeerLi
     let answer = Hello { kind: HelloKind::HelloAck, version: PROTOCOL_VERSION, name: our_name.to_owned() };
     send.write_all(&answer.encode()).await.map_err(from_write)?;
     send.finish().map_err(|e| FabricError::Stream(e.to_string()))?;
-    Ok(PeerLink { conn: conn.clone(), peer_name: hello.name, peer_identity: identity })
+    Ok(PeerLink { conn: conn.clone(), peer_name: hello.name, peer_identity: identity, grant: peer_grant(conn) })
 }
 
 /// Reads one hello frame of kind `expected` (bounded: at most 2 + [`MAX_HELLO_BODY`] bytes).
