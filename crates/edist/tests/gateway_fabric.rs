@@ -387,6 +387,8 @@ fn strings(st: &Value, key: &str) -> Vec<String> {
 struct Setup<'a> {
     /// Start the gateways this far apart, in host order.
     stagger: Duration,
+    /// Hosts whose gateway certificate comes from a CA of its own (not the cluster's).
+    foreign_ca: Option<&'a dyn Fn(usize) -> bool>,
     /// Extra `edist certs issue` arguments for host i's gateway.
     cert_args: Option<&'a dyn Fn(usize) -> Vec<String>>,
     /// Lines for the `[fabric]` table of host i.
@@ -430,17 +432,31 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let certs = dir.join("certs");
-        let run = |args: &[&str]| -> Result<()> {
-            let out = std::process::Command::new(EDIST).args(args).arg("--dir").arg(&certs).output()?;
+        let run_in = |dir: &Path, args: &[&str]| -> Result<()> {
+            let out = std::process::Command::new(EDIST).args(args).arg("--dir").arg(dir).output()?;
             ensure!(out.status.success(), "edist {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
             Ok(())
         };
+        let run = |args: &[&str]| run_in(&certs, args);
         run(&["certs", "init"])?;
+        let foreign = dir.join("foreign-certs");
         for i in 0..n {
             let name = format!("gw-{i}");
             let mut args = vec!["certs", "issue", name.as_str()];
             let extra = setup.cert_args.map(|f| f(i)).unwrap_or_default();
             args.extend(extra.iter().map(String::as_str));
+            if setup.foreign_ca.is_some_and(|f| f(i)) {
+                // Issued by a CA of its own; it still trusts the cluster's ca.pem, but the
+                // cluster does not trust it.
+                if !foreign.join("ca.pem").exists() {
+                    run_in(&foreign, &["certs", "init"])?;
+                }
+                run_in(&foreign, &args)?;
+                for ext in ["pem", "key"] {
+                    std::fs::copy(foreign.join(format!("{name}.{ext}")), certs.join(format!("{name}.{ext}")))?;
+                }
+                continue;
+            }
             run(&args)?;
         }
 
@@ -1104,18 +1120,21 @@ async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded(
     Ok(())
 }
 
-/// Host 1's gateway has the `device` role at host 0's (atom budget 2000, 1 MiB messages); host
-/// 2's is trusted. Every attack of the device node is refused at host 0's gateway — fast where
-/// Erlang would wait, logged, counted — while its allowed traffic, and host 2's, flows.
+/// Host 1's gateway has the `device` role (from its certificate; host 0's config sets the
+/// role's atom budget to 2000 and messages to 1 MiB); host 2's is trusted. Every attack of the
+/// device node is refused at host 0's gateway — fast where Erlang would wait, logged, counted —
+/// while its allowed traffic, and host 2's, flows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_peer_is_held_to_its_role_and_limits() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let peer = |i, j| if (i, j) == (0, 1) { "role = \"device\"\n".into() } else { String::new() };
+    // The role comes with host 1's certificate (`edist certs issue --role device`).
+    let cert_args = |i| if i == 1 { vec!["--role".to_string(), "device".into()] } else { vec![] };
     let tail = |i| match i {
         0 => "\n[roles.device]\natom_budget = 2000\nmax_message = 1048576\n".into(),
         _ => String::new(),
     };
-    let cluster = Cluster::start_with(3, Setup { peer: Some(&peer), tail: Some(&tail), ..Setup::default() }).await?;
+    let cluster =
+        Cluster::start_with(3, Setup { cert_args: Some(&cert_args), tail: Some(&tail), ..Setup::default() }).await?;
     let mut srv = cluster.erl(0, "srv", &[]).await?;
     let mut dev = cluster.erl(1, "dev", &["+t", "4000000"]).await?;
     let mut other = cluster.erl(2, "other", &[]).await?;
@@ -1230,14 +1249,22 @@ fn refusals(st: &Value) -> Vec<(String, String, u64)> {
 
 /// Host 1's certificate grants only `good*@*`: its gateway's announcement of another name is
 /// refused everywhere, while its good node works. Host 0 revokes host 2's certificate: no link,
-/// and host 2's nodes cannot reach host 0's.
+/// and host 2's nodes cannot reach host 0's. Host 3's certificate is from another CA: nobody
+/// links to it, and the refusals are counted by its address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_outside_the_certificate_grant_and_revoked_certificates_are_refused() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let cert_args = |i| if i == 1 { vec!["--nodes".to_string(), "good*@*".into()] } else { vec![] };
     let fabric = |i| if i == 0 { "revoked = [\"gw-2\"]\n".to_string() } else { String::new() };
-    let setup = Setup { cert_args: Some(&cert_args), fabric: Some(&fabric), partial_mesh: true, ..Setup::default() };
-    let cluster = Cluster::start_with(3, setup).await?;
+    let foreign = |i| i == 3;
+    let setup = Setup {
+        cert_args: Some(&cert_args),
+        fabric: Some(&fabric),
+        foreign_ca: Some(&foreign),
+        partial_mesh: true,
+        ..Setup::default()
+    };
+    let cluster = Cluster::start_with(4, setup).await?;
     let (h0, h1, h2) = (cluster.host(0)?, cluster.host(1)?, cluster.host(2)?);
     cluster
         .wait("gw-1 to link to gw-0 and gw-2", || async {
@@ -1245,9 +1272,17 @@ async fn names_outside_the_certificate_grant_and_revoked_certificates_are_refuse
         })
         .await?;
     let mut srv = cluster.erl_local(0, "srv", &[]).await?;
-    let good = cluster.erl(1, "good", &[]).await?;
+    let good = cluster.erl_local(1, "good", &[]).await?;
+    let gname = good.name.as_str();
+    cluster
+        .wait("gw-0 to know the good node", || async move {
+            Ok(h0.status().await.map(|st| pairs(&st, "remote_nodes").iter().any(|(n, _)| n == gname)).unwrap_or(false))
+        })
+        .await?;
     let evil = cluster.erl_local(1, "evil", &[]).await?;
     let far = cluster.erl_local(2, "far", &[]).await?;
+    let alien = cluster.erl_local(3, "alien", &[]).await?;
+    assert_eq!(srv.eval(&format!("net_adm:ping({})", q(&alien.name))).await?, "pang");
     assert_eq!(srv.eval(&format!("net_adm:ping({})", q(&good.name))).await?, "pong");
     assert_eq!(srv.eval(&format!("net_adm:ping({})", q(&evil.name))).await?, "pang");
     assert_eq!(srv.eval(&format!("net_adm:ping({})", q(&far.name))).await?, "pang");
@@ -1257,6 +1292,9 @@ async fn names_outside_the_certificate_grant_and_revoked_certificates_are_refuse
     let r0 = refusals(&st0);
     ensure!(r0.iter().any(|(p, r, _)| p == "gw-1" && r == "name_claim"), "no name_claim refusal: {st0}");
     ensure!(r0.iter().any(|(p, r, _)| p == "gw-2" && r == "revoked"), "no revoked refusal: {st0}");
+    let h3_ip = cluster.host(3)?.ip.to_string();
+    ensure!(r0.iter().any(|(p, r, _)| *p == h3_ip && r == "handshake"), "no handshake refusal of {h3_ip}: {st0}");
+    ensure!(strings(&cluster.host(3)?.status().await?, "peers").is_empty(), "the foreign gateway got a link");
     // gw-2 (not revoking anyone) refuses the ungranted name too.
     let st2 = h2.status().await?;
     ensure!(!pairs(&st2, "remote_nodes").iter().any(|(n, _)| *n == evil.name), "gw-2 knows {}", evil.name);
