@@ -33,6 +33,8 @@
 -define(RETRY_MS, 2000).
 %% Largest NAMES answer accepted.
 -define(MAX_NAMES_BYTES, 1048576).
+%% Send buffer of the distribution sockets (to the gateway, on loopback).
+-define(DIST_SNDBUF, 131072).
 -define(ALIVE2_REQ, $x).
 -define(ALIVE2_X_RESP, $v).
 -define(ALIVE2_RESP, $y).
@@ -85,7 +87,19 @@ names(Host) ->
 %%% gen_server: owns the registration socket
 
 init([]) ->
+    %% Runs before net_kernel opens any distribution socket. Every distribution connection of
+    %% a plugged node is a loopback one to its gateway: a small kernel send buffer keeps what
+    %% waits there (in order, in front of every small message) short, while the gateway's
+    %% lanes hold the bulk. Options the user set are left alone.
+    default_env(inet_dist_connect_options, [{sndbuf, ?DIST_SNDBUF}]),
+    default_env(inet_dist_listen_options, [{sndbuf, ?DIST_SNDBUF}]),
     {ok, #state{}}.
+
+default_env(Key, Value) ->
+    case application:get_env(kernel, Key) of
+        undefined -> application:set_env(kernel, Key, Value);
+        {ok, _} -> ok
+    end.
 
 handle_call({register, Name, Port}, _From, #state{socket = undefined} = State) ->
     case do_register(Name, Port) of

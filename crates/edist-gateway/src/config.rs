@@ -128,7 +128,7 @@ pub struct FabricConfig {
     /// A silent peer gateway counts as dead after this many ms (default 2000).
     pub idle_timeout_ms: u64,
     /// Lanes (QUIC streams) per relayed connection and direction besides the default one;
-    /// senders are spread over them by pid (default 8).
+    /// a new sender gets the least-loaded lane and keeps it (default 8).
     pub lanes: u64,
     /// Bytes one relayed connection may hold on their way to a peer gateway, all its lanes
     /// together (default 32 MiB). The relay keeps reading from its node until this is used up

@@ -18,8 +18,9 @@ use bytes::BytesMut;
 use edist_proto::dist::handshake::{
     Acceptor, AcceptorConfig, AcceptorEvent, HandshakeError, Initiator, InitiatorConfig, InitiatorEvent, Status,
 };
-use edist_proto::dist::lane::Classifier;
+use edist_proto::dist::lane::{Assigner, Classifier};
 use edist_proto::dist::DFlags;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -324,8 +325,8 @@ where
 #[derive(Debug, Clone)]
 pub struct LaneConfig {
     /// Lanes per relayed connection and direction besides the default lane (the relay
-    /// stream): senders are spread over them by pid, so one sender's large message only
-    /// delays the senders that share its lane.
+    /// stream): each new sender goes to the lane with the fewest bytes queued and stays there,
+    /// so one sender's large message only delays the senders that share its lane.
     pub lanes: u64,
     /// Bytes this relay may hold on their way to the peer gateway, all lanes together: the
     /// relay keeps reading from its node (so a small message can overtake a queued large one)
@@ -350,6 +351,9 @@ impl Default for LaneConfig {
         }
     }
 }
+
+/// Senders a relay remembers the lane of (beyond, senders are hashed onto lanes).
+const MAX_SENDERS: usize = 65_536;
 
 /// A byte budget: queued packets hold part of it until their lane has written them.
 #[derive(Debug, Clone)]
@@ -554,9 +558,13 @@ where
         let mut classifier = Classifier::new();
         let relay_budget = Budget::new(lanes_cfg.relay_buffer);
         let mut lanes: Vec<Option<LaneTx>> = (0..=lanes_cfg.lanes).map(|_| None).collect();
+        // Bytes queued per lane (for the assignment of new senders), kept by the lane writers.
+        let queued: Vec<Arc<AtomicUsize>> = (0..=lanes_cfg.lanes).map(|_| Arc::default()).collect();
+        let mut assigner = Assigner::new(lanes_cfg.lanes, MAX_SENDERS);
         let mut writers = tokio::task::JoinSet::new();
         let (lane0_tx, lane0_rx) = mpsc::unbounded_channel();
-        writers.spawn(write_lane(lane0_rx, Box::pin(async move { Ok::<W, std::io::Error>(tx) }), m_out.lane(0)));
+        let q0 = queued.first().cloned().unwrap_or_default();
+        writers.spawn(write_lane(lane0_rx, Box::pin(async move { Ok::<W, std::io::Error>(tx) }), m_out.lane(0), q0));
         if let Some(slot) = lanes.get_mut(0) {
             *slot = Some(lane0_tx);
         }
@@ -564,7 +572,8 @@ where
             let (p, lane) = tokio::select! {
                 p = from_node.next() => match p? {
                     Some(p) => {
-                        let lane = classifier.classify(p.get(4..).unwrap_or_default()).map(|k| 1 + k % lanes_cfg.lanes.max(1));
+                        let load = |l: u64| queued.get(l as usize).map_or(0, |q| q.load(Ordering::Relaxed));
+                        let lane = classifier.classify(p.get(4..).unwrap_or_default()).map(|k| assigner.lane(k, load));
                         (p, lane.unwrap_or(0) as usize)
                     }
                     None => break,
@@ -576,7 +585,8 @@ where
             let Some(slot) = lanes.get_mut(lane) else { continue };
             if slot.is_none() {
                 let (ltx, lrx) = mpsc::unbounded_channel();
-                writers.spawn(write_lane(lrx, open_lane(), m_out.lane(lane)));
+                let q = queued.get(lane).cloned().unwrap_or_default();
+                writers.spawn(write_lane(lrx, open_lane(), m_out.lane(lane), q));
                 *slot = Some(ltx);
             }
             let kind = crate::metrics::Kind::of(&p);
@@ -588,6 +598,9 @@ where
                 break;
             };
             let held = (r, g);
+            if let Some(q) = queued.get(lane) {
+                q.fetch_add(p.len(), Ordering::Relaxed);
+            }
             let sent = match slot {
                 Some(ltx) => ltx.send((arrived, p, held)).is_ok(),
                 None => false,
@@ -612,6 +625,7 @@ async fn write_lane<W, F>(
     mut packets: mpsc::UnboundedReceiver<(std::time::Instant, Vec<u8>, Held)>,
     open: F,
     mut metrics: crate::metrics::LaneMetrics,
+    queued: Arc<AtomicUsize>,
 ) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
@@ -620,6 +634,7 @@ where
     let mut w = open.await?;
     while let Some((t, p, held)) = packets.recv().await {
         w.write_all(&p).await?;
+        queued.fetch_sub(p.len(), Ordering::Relaxed);
         drop(held);
         metrics.written(t, packets.len());
     }

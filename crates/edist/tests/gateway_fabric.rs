@@ -1304,3 +1304,84 @@ async fn names_outside_the_certificate_grant_and_revoked_certificates_are_refuse
     cluster.passed();
     Ok(())
 }
+
+/// 10 GB from a to a consumer that reads only half the time (its BEAM is stopped and continued
+/// every 50 ms): both gateways' memory stays within the configured bounds all along. Long
+/// (about a minute or two): `cargo test -p edist --test gateway_fabric -- --ignored ten_gigabytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: 10 GB through the gateways"]
+async fn ten_gigabytes_to_a_slow_consumer_stay_within_the_memory_bound() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b = cluster.erl(1, "slow", &[]).await?;
+    let qb = q(&b.name);
+    let r = b
+        .eval(
+            "register(sink, spawn(fun L() -> receive {From, done} -> From ! {sink, done}, L(); \
+             {_, Bin} when is_binary(Bin) -> L() end end)), ok",
+        )
+        .await?;
+    ensure!(r == "ok", "{r}");
+    let os_pid = b.eval("os:getpid()").await?.trim_matches('"').to_string();
+    let gw_pids: Vec<u32> = (0..2)
+        .map(|i| cluster.host(i).ok().and_then(|h| h.gateway.as_ref()).and_then(|c| c.id()).context("gateway pid"))
+        .collect::<Result<_>>()?;
+    let rss0: Vec<u64> = gw_pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
+    // The slow consumer: stopped half of every 100 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let duty = {
+        let (stop, pid) = (stop.clone(), os_pid.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::process::Command::new("kill").args(["-STOP", &pid]).status();
+                sleep(Duration::from_millis(50)).await;
+                let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
+                sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    // Peak RSS of each gateway, sampled every 100 ms.
+    let peaks = std::sync::Arc::new(std::sync::Mutex::new(rss0.clone()));
+    let sampler = {
+        let (stop, peaks, pids) = (stop.clone(), peaks.clone(), gw_pids.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for (i, p) in pids.iter().enumerate() {
+                    if let (Ok(r), Ok(mut pk)) = (rss_kib(*p), peaks.lock()) {
+                        pk[i] = pk[i].max(r);
+                    }
+                }
+                sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let t = Instant::now();
+    let r = a
+        .eval_within(
+            &format!(
+                "B = binary:copy(<<7>>, 1 bsl 20), [{{sink, {qb}}} ! {{self(), B}} || _ <- lists:seq(1, 10240)], \
+                 {{sink, {qb}}} ! {{self(), done}}, receive {{sink, done}} -> ok after 600000 -> timeout end"
+            ),
+            Duration::from_secs(900),
+        )
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = duty.await;
+    let _ = sampler.await;
+    let _ = std::process::Command::new("kill").args(["-CONT", &os_pid]).status();
+    ensure!(r? == "ok", "the transfer did not complete");
+    let secs = t.elapsed().as_secs_f64();
+    let peaks = peaks.lock().map(|p| p.clone()).unwrap_or_default();
+    for (i, (peak, before)) in peaks.iter().zip(&rss0).enumerate() {
+        let grown = peak.saturating_sub(*before);
+        eprintln!(
+            "fabric: 10 GiB in {secs:.1} s ({:.0} MB/s) to a half-stopped consumer: gateway {i} RSS {before} KiB -> peak {peak} KiB (+{grown} KiB)",
+            10240.0 * 1.048576 / secs
+        );
+        // relay_buffer (32 MiB) + QUIC windows + the merger: well under 128 MiB.
+        ensure!(grown < 128 * 1024, "gateway {i} grew by {grown} KiB");
+    }
+    cluster.passed();
+    Ok(())
+}

@@ -238,3 +238,80 @@ fn sender_key(body: &[u8]) -> Option<u64> {
         _ => None,
     }
 }
+
+/// Assigns sender keys to lanes `1..=lanes`: a sender new to the connection gets the lane with
+/// the fewest bytes queued (then the fewest senders), and keeps it for the connection's life,
+/// so its packets stay in order while a small sender is not put behind a bulk sender's queue by
+/// a hash collision. Beyond `max_senders` remembered senders, keys are hashed onto lanes
+/// (consistently: a key is either remembered from its first packet on, or always hashed).
+#[derive(Debug)]
+pub struct Assigner {
+    lanes: u64,
+    max_senders: usize,
+    fixed: HashMap<u64, u64>,
+    /// Senders assigned per lane (index 0 unused).
+    senders: Vec<usize>,
+}
+
+impl Assigner {
+    /// An assigner over `lanes` lanes (at least 1) remembering at most `max_senders` senders.
+    pub fn new(lanes: u64, max_senders: usize) -> Self {
+        let lanes = lanes.max(1);
+        Assigner { lanes, max_senders, fixed: HashMap::new(), senders: vec![0; lanes as usize + 1] }
+    }
+
+    /// The lane of `key`; `queued(lane)` tells how many bytes wait on a lane now.
+    pub fn lane(&mut self, key: u64, queued: impl Fn(u64) -> usize) -> u64 {
+        if let Some(l) = self.fixed.get(&key) {
+            return *l;
+        }
+        if self.fixed.len() >= self.max_senders {
+            return 1 + key % self.lanes;
+        }
+        let senders = &self.senders;
+        let l =
+            (1..=self.lanes).min_by_key(|l| (queued(*l), senders.get(*l as usize).copied().unwrap_or(0))).unwrap_or(1);
+        if let Some(n) = self.senders.get_mut(l as usize) {
+            *n += 1;
+        }
+        self.fixed.insert(key, l);
+        l
+    }
+}
+
+#[cfg(test)]
+mod assigner_tests {
+    use super::*;
+
+    #[test]
+    fn new_senders_go_to_the_emptiest_lane_and_stay() {
+        let mut a = Assigner::new(4, 100);
+        let mut queued = [0usize; 5];
+        let l1 = a.lane(10, |l| queued[l as usize]);
+        queued[l1 as usize] = 8 << 20; // a bulk sender
+        let l2 = a.lane(20, |l| queued[l as usize]);
+        assert_ne!(l1, l2);
+        queued[l2 as usize] = 8 << 20;
+        let ping = a.lane(30, |l| queued[l as usize]);
+        assert!(ping != l1 && ping != l2, "the small sender avoids both bulk lanes");
+        // Sticky, whatever the loads become.
+        let other = |l: u64| if l == l1 { 0 } else { 1 << 30 };
+        assert_eq!((a.lane(10, other), a.lane(20, other), a.lane(30, other)), (l1, l2, ping));
+        // Equal loads: spread by the number of senders.
+        let mut b = Assigner::new(3, 100);
+        let ls: Vec<u64> = (0..6).map(|k| b.lane(k, |_| 0)).collect();
+        for l in 1..=3 {
+            assert_eq!(ls.iter().filter(|x| **x == l).count(), 2);
+        }
+    }
+
+    #[test]
+    fn beyond_the_limit_keys_hash_consistently() {
+        let mut a = Assigner::new(8, 2);
+        a.lane(1, |_| 0);
+        a.lane(2, |_| 0);
+        let h = a.lane(12345, |_| 0);
+        assert_eq!(h, 1 + 12345 % 8);
+        assert_eq!(a.lane(12345, |l| l as usize * 1000), h);
+    }
+}

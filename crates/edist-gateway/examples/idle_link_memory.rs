@@ -1,0 +1,65 @@
+//! Memory per idle fabric link: one accepting endpoint, N dialling endpoints in the same
+//! process (all on 127.0.0.1), every link up and idle with keep-alives; prints the process's
+//! RSS growth per link. `cargo run --release -p edist-gateway --example idle_link_memory [N]`.
+//!
+//! Both ends of each link live in this process, so the figure counts a link twice (its
+//! accepting and its dialling side) plus one endpoint (socket, buffers) per dialler: an upper
+//! bound for what one gateway pays per idle peer.
+
+use edist_gateway::fabric::quic::{self, QuicOptions, TlsIdentity};
+use edist_gateway::pki::{self, CaOptions, IssueOptions};
+use std::time::Duration;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let dir = std::env::temp_dir().join(format!("edist-idle-{}", std::process::id()));
+    pki::init_ca(&dir, "idle", &CaOptions::default())?;
+    pki::issue(&dir, "gw-server", 30, IssueOptions::default())?;
+    pki::issue(&dir, "gw-client", 30, IssueOptions::default())?;
+    let opts = QuicOptions::default();
+    let server = quic::endpoint("127.0.0.1:0".parse()?, &TlsIdentity::load(&dir, "gw-server")?, &opts)?;
+    let addr = server.local_addr()?;
+    let client_id = TlsIdentity::load(&dir, "gw-client")?;
+    let srv = server.clone();
+    let accepted = tokio::spawn(async move {
+        let mut links = Vec::new();
+        while links.len() < n {
+            let Some(inc) = srv.accept().await else { break };
+            if let Ok(l) = quic::accept(inc, "gw-server").await {
+                links.push(l);
+            }
+        }
+        links
+    });
+    // Warm up one link so that one-time costs (crypto tables, runtime) are not counted.
+    let ep0 = quic::endpoint("127.0.0.1:0".parse()?, &client_id, &opts)?;
+    let _warm = quic::dial(&ep0, addr, "gw-server", "gw-client").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib();
+    let mut clients = Vec::new();
+    for _ in 1..n {
+        let ep = quic::endpoint("127.0.0.1:0".parse()?, &client_id, &opts)?;
+        let link = quic::dial(&ep, addr, "gw-server", "gw-client").await?;
+        clients.push((ep, link));
+    }
+    let links = accepted.await?;
+    // Idle for a while: keep-alives flow, buffers settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib();
+    let per = (after.saturating_sub(before)) as f64 / (n - 1) as f64;
+    println!(
+        "{} idle links (both ends in this process): RSS {before} KiB -> {after} KiB, {per:.1} KiB per link (both ends + a client endpoint)",
+        links.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
