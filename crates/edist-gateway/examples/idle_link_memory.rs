@@ -1,10 +1,10 @@
-//! Memory per idle fabric link: one accepting endpoint, N dialling endpoints in the same
-//! process (all on 127.0.0.1), every link up and idle with keep-alives; prints the process's
-//! RSS growth per link. `cargo run --release -p edist-gateway --example idle_link_memory [N]`.
+//! Memory per idle fabric link: one accepting endpoint and one dialling endpoint in the same
+//! process (on 127.0.0.1), N links between them, all up and idle with keep-alives; prints the
+//! process's RSS growth per link. `cargo run --release -p edist-gateway --example
+//! idle_link_memory [N]`.
 //!
-//! Both ends of each link live in this process, so the figure counts a link twice (its
-//! accepting and its dialling side) plus one endpoint (socket, buffers) per dialler: an upper
-//! bound for what one gateway pays per idle peer.
+//! Both ends of each link live in this process, so a link is counted twice (its accepting and
+//! its dialling side); a gateway pays about half of the figure per idle peer.
 
 use edist_gateway::fabric::quic::{self, QuicOptions, TlsIdentity};
 use edist_gateway::pki::{self, CaOptions, IssueOptions};
@@ -47,9 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let before = rss_kib();
     let mut clients = Vec::new();
     for _ in 1..n {
-        let ep = quic::endpoint("127.0.0.1:0".parse()?, &client_id, &opts)?;
-        let link = quic::dial(&ep, addr, "gw-server", "gw-client").await?;
-        clients.push((ep, link));
+        clients.push(quic::dial(&ep0, addr, "gw-server", "gw-client").await?);
     }
     let links = accepted.await?;
     // Idle for a while: keep-alives flow, buffers settle.
@@ -57,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let after = rss_kib();
     let per = (after.saturating_sub(before)) as f64 / (n - 1) as f64;
     println!(
-        "{} idle links (both ends in this process): RSS {before} KiB -> {after} KiB, {per:.1} KiB per link (both ends + a client endpoint)",
+        "{} idle links (both ends in this process): RSS {before} KiB -> {after} KiB, {per:.1} KiB per link (both ends)",
         links.len()
     );
     let _ = std::fs::remove_dir_all(&dir);
