@@ -6,7 +6,7 @@
 mod common;
 
 use anyhow::{ensure, Context, Result};
-use common::{host, require_erl, unique};
+use common::{host, require_erl, unique, until};
 use edist_gateway::config::{Config, PeerConfig};
 use edist_gateway::gateway::Gateway;
 use edist_gateway::pki;
@@ -63,14 +63,6 @@ fn erl(flags: &[String], sname: &str, cookie: &str, eval: &str) -> Result<Child>
     Ok(c.env_remove("ERL_FLAGS").stdin(Stdio::null()).stdout(Stdio::piped()).kill_on_drop(true).spawn()?)
 }
 
-async fn until(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !f() {
-        ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_status_move_with_real_traffic() -> Result<()> {

@@ -11,7 +11,7 @@
 mod common;
 
 use anyhow::{ensure, Context, Result};
-use common::{host, require_erl, unique};
+use common::{host, require_erl, unique, until};
 use edist_gateway::config::{Config, PeerConfig};
 use edist_gateway::gateway::Gateway;
 use edist_gateway::pki;
@@ -86,14 +86,6 @@ async fn gateways(dir: &Path, cookie: &str) -> Result<(Gateway, Gateway)> {
     Ok((ga, Gateway::start(cb).await?))
 }
 
-async fn until(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !f() {
-        ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
 
 /// A scratch project directory and the two gateways; cleaned up by the caller.
 struct Setup {

@@ -10,6 +10,16 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::{sleep, Instant};
 
+/// Polls `f` every 20 ms until it holds, for at most 30 s.
+pub async fn until(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// Fails with install instructions when Erlang/OTP is missing.
 pub fn require_erl() {
     let ok =
