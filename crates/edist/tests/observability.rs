@@ -63,7 +63,6 @@ fn erl(flags: &[String], sname: &str, cookie: &str, eval: &str) -> Result<Child>
     Ok(c.env_remove("ERL_FLAGS").stdin(Stdio::null()).stdout(Stdio::piped()).kill_on_drop(true).spawn()?)
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_status_move_with_real_traffic() -> Result<()> {
     require_erl();

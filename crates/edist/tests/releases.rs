@@ -86,7 +86,6 @@ async fn gateways(dir: &Path, cookie: &str) -> Result<(Gateway, Gateway)> {
     Ok((ga, Gateway::start(cb).await?))
 }
 
-
 /// A scratch project directory and the two gateways; cleaned up by the caller.
 struct Setup {
     dir: PathBuf,

@@ -32,6 +32,8 @@ pub enum Reason {
     Depth,
     /// The peer's atom budget is used up.
     Atoms,
+    /// A message that does not decode (a broken term, an unknown control message).
+    Malformed,
 }
 
 impl Reason {
@@ -44,6 +46,7 @@ impl Reason {
             Reason::Size => "size",
             Reason::Depth => "depth",
             Reason::Atoms => "atoms",
+            Reason::Malformed => "malformed",
         }
     }
 }
@@ -276,7 +279,7 @@ impl Ingress {
         }
         match walked {
             Err(DecodeError::TooDeep(d)) => return refuse(Reason::Depth, format!("term deeper than {d}")),
-            Err(e) => return refuse(Reason::Depth, format!("undecodable message: {e}")),
+            Err(e) => return refuse(Reason::Malformed, format!("undecodable message: {e}")),
             Ok(()) => {}
         }
         let new_atoms = std::mem::take(&mut atoms.new);
@@ -284,7 +287,7 @@ impl Ingress {
         // The signal itself.
         let msg = match decode_message(body, atom_refs, versioned, &limits) {
             Ok(m) => m,
-            Err(e) => return refuse(Reason::Depth, format!("undecodable message: {e}")),
+            Err(e) => return refuse(Reason::Malformed, format!("undecodable message: {e}")),
         };
         let v = self.check(&msg.control, msg.payload.as_ref());
         if v.refused.is_none() {
@@ -640,6 +643,17 @@ mod tests {
         }
         let v = ingress(Role::device()).packet(one(&reg_send("sink"), Some(&t))).unwrap();
         assert_eq!(v.refused.unwrap().0, Reason::Depth);
+    }
+
+    #[test]
+    fn undecodable_messages_are_refused_and_broken_envelopes_end_the_lane() {
+        let mut i = ingress(Role::device());
+        // A dist header (131, 68, no atom refs) over a body that is not a term.
+        let v = i.packet(vec![0, 0, 0, 6, 131, 68, 0, 255, 1, 2]).unwrap();
+        assert_eq!(v.refused.unwrap().0, Reason::Malformed);
+        assert!(v.forward.is_empty());
+        // An envelope that is neither 131 nor 112: a protocol violation.
+        assert!(i.packet(vec![0, 0, 0, 2, 7, 7]).is_err());
     }
 
     #[test]
