@@ -11,6 +11,7 @@
 //! control = "127.0.0.1:4370"       # where the edist_epmd plug registers and resolves
 //! max_listeners = 1024             # loopback listeners impersonating remote nodes
 //! socket_buffer = 65536            # receive buffer of relayed loopback connections (bytes)
+//! net_ticktime = 60                # the local nodes' net_ticktime (s): ticks are answered here
 //!
 //! [fabric]
 //! listen = "0.0.0.0:4371"          # QUIC (UDP) for other gateways
@@ -113,6 +114,11 @@ pub struct LocalConfig {
     /// because what the kernel holds is read in order: a ping waits behind all of it. The
     /// gateway's own buffers (`fabric.relay_buffer`) are where large messages wait, in lanes.
     pub socket_buffer: usize,
+    /// The local nodes' `net_ticktime` in seconds (default 60, OTP's). Ticks never cross the
+    /// fabric: the gateway ticks towards its nodes every quarter of this when it has nothing
+    /// else to send, and closes a relayed connection whose node has sent nothing for this long
+    /// (a hung node), which the far node sees as nodedown. Set it to the nodes' value.
+    pub net_ticktime: u64,
 }
 
 /// The fabric side.
@@ -205,7 +211,12 @@ impl Default for Config {
 
 impl Default for LocalConfig {
     fn default() -> Self {
-        LocalConfig { control: SocketAddr::from(([127, 0, 0, 1], 4370)), max_listeners: 1024, socket_buffer: 64 << 10 }
+        LocalConfig {
+            control: SocketAddr::from(([127, 0, 0, 1], 4370)),
+            max_listeners: 1024,
+            socket_buffer: 64 << 10,
+            net_ticktime: 60,
+        }
     }
 }
 

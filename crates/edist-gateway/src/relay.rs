@@ -338,6 +338,9 @@ pub struct LaneConfig {
     pub compress_above: Option<usize>,
     /// Kernel receive buffer of the loopback connection from the node; `None`: the kernel's.
     pub socket_buffer: Option<usize>,
+    /// The local node's `net_ticktime`: ticks are answered here instead of crossing the fabric
+    /// (the gateway ticks every quarter of it), and a node silent for this long is hung.
+    pub net_ticktime: Duration,
 }
 
 impl Default for LaneConfig {
@@ -348,6 +351,7 @@ impl Default for LaneConfig {
             gateway_buffer: Budget::new(256 << 20),
             compress_above: None,
             socket_buffer: None,
+            net_ticktime: Duration::from_secs(60),
         }
     }
 }
@@ -478,13 +482,18 @@ struct Packets<R> {
     buf: BytesMut,
     /// A lane from the fabric: compressed frames are allowed (and inflated).
     fabric: bool,
+    /// The stream is dead when a read waits longer than this (a node's ticks keep it alive).
+    silence: Option<Duration>,
 }
+
+/// An empty packet: a tick.
+const TICK: [u8; 4] = [0; 4];
 
 impl<R: AsyncRead + Unpin> Packets<R> {
     fn new(r: R, pending: &[u8], fabric: bool) -> Self {
         let mut buf = BytesMut::with_capacity(128 * 1024);
         buf.extend_from_slice(pending);
-        Packets { r, buf, fabric }
+        Packets { r, buf, fabric, silence: None }
     }
 
     async fn next(&mut self) -> std::io::Result<Option<Vec<u8>>> {
@@ -506,7 +515,14 @@ impl<R: AsyncRead + Unpin> Packets<R> {
                 // Grow with the bytes that actually arrive, not with the claimed length.
                 self.buf.reserve((4 + len - self.buf.len()).min(1 << 20));
             }
-            if self.r.read_buf(&mut self.buf).await? == 0 {
+            let read = self.r.read_buf(&mut self.buf);
+            let n = match self.silence {
+                Some(d) => timeout(d, read).await.map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "the local node sent nothing, not even a tick")
+                })??,
+                None => read.await?,
+            };
+            if n == 0 {
                 return Ok(None);
             }
         }
@@ -546,8 +562,22 @@ where
     // Lane 0 in: its packets join the merger like any other lane's.
     // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
     let mut lane0_in = tokio::spawn(feed_lane(Packets::new(rx, pending_to_sock, true), merger));
+    let ticktime = lanes_cfg.net_ticktime.max(Duration::from_secs(1));
     let down = async {
-        while let Some((t, p)) = merger_rx.recv().await {
+        loop {
+            // Whatever reaches the node keeps its connection alive; with nothing to write for a
+            // quarter of its ticktime, a tick does (as the far node would, had the tick crossed).
+            let (t, p) = match timeout(ticktime / 4, merger_rx.recv()).await {
+                Ok(Some(tp)) => tp,
+                Ok(None) => break,
+                Err(_) => {
+                    sw.write_all(&TICK).await?;
+                    continue;
+                }
+            };
+            if p == TICK {
+                continue; // from a peer gateway that still relays ticks
+            }
             sw.write_all(&p).await?;
             m_in.received(&p, t, merger_rx.len());
         }
@@ -555,6 +585,8 @@ where
     };
     let up = async {
         let mut from_node = Packets::new(sr, pending_to_stream, false);
+        // The node ticks every quarter of its ticktime when idle: silent for all of it, it hangs.
+        from_node.silence = Some(ticktime);
         let mut classifier = Classifier::new();
         let relay_budget = Budget::new(lanes_cfg.relay_buffer);
         let mut lanes: Vec<Option<LaneTx>> = (0..=lanes_cfg.lanes).map(|_| None).collect();
@@ -571,6 +603,8 @@ where
         loop {
             let (p, lane) = tokio::select! {
                 p = from_node.next() => match p? {
+                    // Ticks stay here: the far node gets its own from its gateway.
+                    Some(p) if p == TICK => continue,
                     Some(p) => {
                         let load = |l: u64| queued.get(l as usize).map_or(0, |q| q.load(Ordering::Relaxed));
                         let lane = classifier.classify(p.get(4..).unwrap_or_default()).map(|k| assigner.lane(k, load));

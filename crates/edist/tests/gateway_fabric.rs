@@ -391,6 +391,8 @@ struct Setup<'a> {
     foreign_ca: Option<&'a dyn Fn(usize) -> bool>,
     /// Extra `edist certs issue` arguments for host i's gateway.
     cert_args: Option<&'a dyn Fn(usize) -> Vec<String>>,
+    /// Lines for the `[local]` table of host i.
+    local: Option<&'a dyn Fn(usize) -> String>,
     /// Lines for the `[fabric]` table of host i.
     fabric: Option<&'a dyn Fn(usize) -> String>,
     /// Lines for host i's `[[peers]]` table of host j.
@@ -488,9 +490,10 @@ impl Cluster {
             ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
             let gw_name = format!("gw-{i}");
             let mut toml = format!(
-                "name = \"{gw_name}\"\ncookie = \"{}\"\n\n[local]\ncontrol = \"{CONTROL}\"\n\n\
+                "name = \"{gw_name}\"\ncookie = \"{}\"\n\n[local]\ncontrol = \"{CONTROL}\"\n{}\n\
                  [fabric]\nlisten = \"{addr}:{FABRIC_PORT}\"\ncerts = \"{}\"\n{}",
                 cluster.cookie,
+                setup.local.map(|f| f(i)).unwrap_or_default(),
                 certs.display(),
                 setup.fabric.map(|f| f(i)).unwrap_or_default()
             );
@@ -1116,6 +1119,43 @@ async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded(
         eprintln!("fabric: gateway {i} RSS grew by {grown} KiB while 400 MB were pushed at a stopped node");
         ensure!(grown < 128 * 1024, "gateway {i} buffered {grown} KiB for a stalled receiver");
     }
+    cluster.passed();
+    Ok(())
+}
+
+/// Ticks never cross the fabric: with `net_ticktime` 4 s, an idle relayed connection stays up
+/// for three times that while not one byte moves between the gateways (each gateway ticks
+/// towards its own node). A node that hangs (SIGSTOP) stops ticking to its gateway, which
+/// closes its connections: the far node sees nodedown within about the ticktime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_stay_on_their_host_and_a_hung_node_is_noticed() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let local = |_| "net_ticktime = 4\n".to_string();
+    let cluster = Cluster::start_with(2, Setup { local: Some(&local), ..Setup::default() }).await?;
+    let tick = ["-kernel", "net_ticktime", "4"];
+    let mut a = cluster.erl(0, "a", &tick).await?;
+    let mut b = cluster.erl(1, "b", &tick).await?;
+    let qb = q(&b.name);
+    assert_eq!(a.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    a.watch_nodedown(&b.name).await?;
+    // What follows a new connection (global's sync) settles first.
+    sleep(Duration::from_secs(3)).await;
+    let totals = |st: &Value| (st["bytes_in"].as_u64().unwrap_or(0), st["bytes_out"].as_u64().unwrap_or(0));
+    let before = [totals(&cluster.host(0)?.status().await?), totals(&cluster.host(1)?.status().await?)];
+    sleep(Duration::from_secs(12)).await;
+    let after = [totals(&cluster.host(0)?.status().await?), totals(&cluster.host(1)?.status().await?)];
+    assert_eq!(before, after, "relayed bytes (in, out) per gateway moved on an idle connection");
+    assert_eq!(a.eval(&format!("nodes() =:= [{qb}]")).await?, "true", "the idle connection went down");
+    ensure!(a.events.iter().all(|l| !l.starts_with("nodedown")), "nodedown on an idle connection: {:?}", a.events);
+
+    let os_pid = b.eval("os:getpid()").await?.trim_matches('"').to_string();
+    ensure!(std::process::Command::new("kill").args(["-STOP", &os_pid]).status()?.success());
+    let stopped = now_us();
+    let seen = a.nodedown_at(&b.name, Duration::from_secs(30)).await;
+    let _ = std::process::Command::new("kill").args(["-CONT", &os_pid]).status();
+    let delay = seen? - stopped;
+    eprintln!("fabric: nodedown {:.1} ms after the far node hung (net_ticktime 4 s)", ms(delay));
+    assert!(delay < 10_000_000, "a hung node was noticed only after {:.1} ms", ms(delay));
     cluster.passed();
     Ok(())
 }
