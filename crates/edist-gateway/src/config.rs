@@ -115,9 +115,10 @@ pub struct LocalConfig {
     /// gateway's own buffers (`fabric.relay_buffer`) are where large messages wait, in lanes.
     pub socket_buffer: usize,
     /// The local nodes' `net_ticktime` in seconds (default 60, OTP's). Ticks never cross the
-    /// fabric: the gateway ticks towards its nodes every quarter of this when it has nothing
-    /// else to send, and closes a relayed connection whose node has sent nothing for this long
-    /// (a hung node), which the far node sees as nodedown. Set it to the nodes' value.
+    /// fabric: the gateway ticks towards its nodes every second (or quarter of this, if less)
+    /// when it has nothing else to send, and closes a relayed connection whose node has sent
+    /// nothing for this long (a hung node), which the far node sees as nodedown. Set it to the
+    /// nodes' value; nodes with a ticktime over four times this would be closed when idle.
     pub net_ticktime: u64,
 }
 

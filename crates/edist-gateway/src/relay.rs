@@ -563,11 +563,13 @@ where
     // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
     let mut lane0_in = tokio::spawn(feed_lane(Packets::new(rx, pending_to_sock, true), merger));
     let ticktime = lanes_cfg.net_ticktime.max(Duration::from_secs(1));
+    // Whatever reaches the node keeps its connection alive; with nothing to write, a tick does
+    // (as the far node would, had its ticks crossed). Every second at least, so that a node
+    // whose own ticktime is shorter than the configured one stays connected too.
+    let tick_every = (ticktime / 4).min(Duration::from_secs(1));
     let down = async {
         loop {
-            // Whatever reaches the node keeps its connection alive; with nothing to write for a
-            // quarter of its ticktime, a tick does (as the far node would, had the tick crossed).
-            let (t, p) = match timeout(ticktime / 4, merger_rx.recv()).await {
+            let (t, p) = match timeout(tick_every, merger_rx.recv()).await {
                 Ok(Some(tp)) => tp,
                 Ok(None) => break,
                 Err(_) => {
