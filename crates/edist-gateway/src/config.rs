@@ -17,7 +17,7 @@
 //! listen = "0.0.0.0:4371"          # QUIC (UDP) for other gateways
 //! certs = "./edist-certs"          # ca.pem, <name>.pem, <name>.key from `edist certs`
 //! keep_alive_ms = 500              # QUIC keep-alive
-//! idle_timeout_ms = 2000           # a silent peer gateway is dead after this
+//! idle_timeout_ms = 1500           # a silent peer gateway is dead after this
 //! lanes = 8                        # QUIC streams per relayed connection and direction (+1)
 //! relay_buffer = 33554432         # bytes a relayed connection may hold towards the fabric
 //! gateway_buffer = 268435456       # the same for all relays together: the memory bound
@@ -132,7 +132,8 @@ pub struct FabricConfig {
     pub certs: PathBuf,
     /// QUIC keep-alive interval in ms (default 500).
     pub keep_alive_ms: u64,
-    /// A silent peer gateway counts as dead after this many ms (default 2000).
+    /// A silent peer gateway counts as dead after this many ms (default 1500: within 2 s of a
+    /// gateway's death its nodes are down everywhere).
     pub idle_timeout_ms: u64,
     /// Lanes (QUIC streams) per relayed connection and direction besides the default one;
     /// a new sender gets the least-loaded lane and keeps it (default 8).
@@ -227,7 +228,7 @@ impl Default for FabricConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 4371)),
             certs: PathBuf::from("./edist-certs"),
             keep_alive_ms: 500,
-            idle_timeout_ms: 2000,
+            idle_timeout_ms: 1500,
             lanes: 8,
             relay_buffer: 32 << 20,
             gateway_buffer: 256 << 20,
@@ -314,7 +315,7 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let c = Config::from_toml(&example, "example".as_ref()).unwrap();
-        assert_eq!((c.name.as_str(), c.peers.len(), c.fabric.idle_timeout_ms), ("gw-a", 2, 2000));
+        assert_eq!((c.name.as_str(), c.peers.len(), c.fabric.idle_timeout_ms), ("gw-a", 2, 1500));
         assert_eq!(c.peers[1].addr, None, "a peer that only dials in has no address");
         let d = Config::from_toml("", "empty".as_ref()).unwrap();
         assert_eq!(d.local.control.port(), 4370);

@@ -281,7 +281,7 @@ pub struct QuicOptions {
     /// Interval of QUIC keep-alive (PING) frames on an otherwise idle link. Default 500 ms.
     pub keep_alive: Duration,
     /// A link that hears nothing for this long is dead ([`ConnectionError::TimedOut`]); the
-    /// effective value is the smaller of both peers'. Default 2 s.
+    /// effective value is the smaller of both peers'. Default 1.5 s.
     pub idle_timeout: Duration,
     /// Concurrent bidirectional streams (lanes) a peer may open. Default 1024.
     pub max_bidi_streams: u32,
@@ -309,7 +309,7 @@ impl Default for QuicOptions {
     fn default() -> Self {
         QuicOptions {
             keep_alive: Duration::from_millis(500),
-            idle_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_millis(1500),
             max_bidi_streams: 1024,
             max_uni_streams: 1024,
             congestion: Congestion::default(),
