@@ -98,6 +98,17 @@ pub struct Gateway {
     metrics_addr: Option<std::net::SocketAddr>,
 }
 
+/// Links to peer gateways, for [`Gateway::link_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Live links (normally one per peer gateway).
+    pub links: usize,
+    /// UDP payload bytes sent on them, since each link came up.
+    pub udp_tx_bytes: u64,
+    /// UDP payload bytes received on them.
+    pub udp_rx_bytes: u64,
+}
+
 /// A snapshot for `edist status`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatusReport {
@@ -204,6 +215,20 @@ impl Gateway {
     /// What the gateway knows right now.
     pub fn status(&self) -> StatusReport {
         self.inner.status()
+    }
+
+    /// The links to peer gateways and what they have cost on the wire (UDP bytes, QUIC's own
+    /// keep-alives, acks and handshakes included).
+    pub fn link_stats(&self) -> LinkStats {
+        let st = self.inner.lock();
+        let mut s = LinkStats::default();
+        for p in st.peers.values().flatten() {
+            let q = p.conn.stats();
+            s.links += 1;
+            s.udp_tx_bytes += q.udp_tx.bytes;
+            s.udp_rx_bytes += q.udp_rx.bytes;
+        }
+        s
     }
 
     /// Stops everything: links close (peers see this gateway's nodes go down), listeners close.

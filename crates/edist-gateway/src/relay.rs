@@ -486,12 +486,16 @@ struct Packets<R> {
     silence: Option<Duration>,
 }
 
+/// Bytes a packet reader asks for at least, per read.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// An empty packet: a tick.
 const TICK: [u8; 4] = [0; 4];
 
 impl<R: AsyncRead + Unpin> Packets<R> {
     fn new(r: R, pending: &[u8], fabric: bool) -> Self {
-        let mut buf = BytesMut::with_capacity(128 * 1024);
+        // Small to start: most connections are idle most of the time. Large packets grow it.
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
         buf.extend_from_slice(pending);
         Packets { r, buf, fabric, silence: None }
     }
@@ -514,6 +518,9 @@ impl<R: AsyncRead + Unpin> Packets<R> {
                 }
                 // Grow with the bytes that actually arrive, not with the claimed length.
                 self.buf.reserve((4 + len - self.buf.len()).min(1 << 20));
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                self.buf.reserve(READ_CHUNK);
             }
             let read = self.r.read_buf(&mut self.buf);
             let n = match self.silence {
