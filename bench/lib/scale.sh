@@ -104,7 +104,8 @@ run_beams() {
           "$i" "$COOKIE" "$TICKTIME" "$((i + 1))" "$certs"
         for k in $(seq 0 $((i - 1))); do printf '[[peers]]\nname = "gw-%s"\naddr = "10.79.0.%s:4371"\n' "$k" "$((k + 1))"; done
       } >"$WORK/gw-$i.toml"
-      ip netns exec "${PFX}h$i" env EDIST_LOG=warn "$EDIST" gateway --config "$WORK/gw-$i.toml" >"$WORK/gw-$i.log" 2>&1 &
+      # In a subshell, so that this shell has no jobs to report when they are killed.
+      (ip netns exec "${PFX}h$i" env EDIST_LOG=warn "$EDIST" gateway --config "$WORK/gw-$i.toml" >"$WORK/gw-$i.log" 2>&1 &)
     done
     sleep 1
   fi
@@ -125,9 +126,9 @@ run_beams() {
       if [ "$mode" = plain ]; then flags="-name h${i}n$k@10.79.0.$((i + 1))"
       else flags="$plug -kernel inet_dist_use_interface {127,0,0,1} -sname h${i}n$k"; fi
       # shellcheck disable=SC2086
-      ip netns exec "$ns" env -u ERL_FLAGS SCALE_NAMES="$WORK/names-$mode" $([ "$mode" = edist ] && echo ERL_EPMD_PORT=1) \
+      (ip netns exec "$ns" env -u ERL_FLAGS SCALE_NAMES="$WORK/names-$mode" $([ "$mode" = edist ] && echo ERL_EPMD_PORT=1) \
         erl -noshell +sbwt none +sbwtdcpu none +sbwtdio none $flags -setcookie "$COOKIE" \
-        -kernel net_ticktime "$TICKTIME" -eval "$MESH" >"$WORK/$mode-h${i}n$k.log" 2>&1 &
+        -kernel net_ticktime "$TICKTIME" -eval "$MESH" >"$WORK/$mode-h${i}n$k.log" 2>&1 &)
     done
   done
   local n=$((HOSTS * BEAMS)) end=$((SECONDS + 180)) meshed=0

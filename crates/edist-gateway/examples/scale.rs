@@ -122,18 +122,31 @@ async fn host(i: usize, g: usize, r: usize, k: usize, certs: &Path) -> Res<()> {
                     let n = n.clone();
                     jobs.spawn(async move {
                         let mb = n.mailbox();
-                        let mut ok = 0usize;
+                        let mut failed = Vec::new();
                         for t in &targets {
-                            if n.ping(t).await && mb.send_named("inbox", t, Term::atom("hello")).await.is_ok() {
-                                ok += 1;
+                            let r = match n.ping_result(t).await {
+                                Ok(()) => mb.send_named("inbox", t, Term::atom("hello")).await,
+                                Err(e) => Err(e),
+                            };
+                            if let Err(e) = r {
+                                failed.push(e.to_string());
                             }
                         }
-                        ok
+                        (targets.len(), failed)
                     });
                 }
                 let mut ok = 0;
-                while let Some(n) = jobs.join_next().await {
-                    ok += n.unwrap_or(0);
+                let mut why = std::collections::BTreeMap::<String, usize>::new();
+                while let Some(Ok((tried, failed))) = jobs.join_next().await {
+                    ok += tried - failed.len();
+                    for f in failed {
+                        // Node names differ; the kind of failure is what matters.
+                        let kind: String = f.split(['@', ':']).next().unwrap_or_default().chars().take(60).collect();
+                        *why.entry(kind).or_default() += 1;
+                    }
+                }
+                for (kind, n) in &why {
+                    eprintln!("host {i}: {n} failed: {kind}");
                 }
                 let mut got = 0;
                 for mb in &mut inboxes {
@@ -160,7 +173,7 @@ async fn host(i: usize, g: usize, r: usize, k: usize, certs: &Path) -> Res<()> {
                         println!("gone never");
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
             ["quit"] => break,
