@@ -24,6 +24,7 @@
 //! compress_threshold = 1024        # peers with `compress = true` get lz4 above this size
 //! congestion = "bbr"               # QUIC congestion control: bbr, cubic or newreno
 //! revoked = []                     # certificate serials (hex) or identities refused
+//! seeds = ["gateways.internal:4371"] # DNS names (all their addresses) or ip:port to dial
 //!
 //! [[peers]]                        # other gateways (static list for now)
 //! name = "gw-b"
@@ -153,6 +154,11 @@ pub struct FabricConfig {
     /// Certificates refused even though the CA signed them: serial numbers (hex, as `edist
     /// certs issue` prints them) or identities.
     pub revoked: Vec<String>,
+    /// Where to look for other gateways besides `[[peers]]`: `host:port` names (every address
+    /// they resolve to is dialled; looked up again every few seconds) or `ip:port` literals.
+    /// Whoever answers with a certificate of the cluster CA becomes a peer under its
+    /// certificate's identity (default none).
+    pub seeds: Vec<String>,
 }
 
 /// Another gateway: one this gateway dials (with `addr`), or one that only dials in (without),
@@ -235,6 +241,7 @@ impl Default for FabricConfig {
             compress_threshold: 1024,
             congestion: Default::default(),
             revoked: Vec::new(),
+            seeds: Vec::new(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! links to other gateways, and the relays between them.
 
 use crate::config::Config;
+use crate::fabric::discovery::{self, Discovery};
 use crate::fabric::quic::{self, PeerLink, QuicOptions, TlsIdentity};
 use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
 use crate::metrics::{self, Metrics, MetricsSnapshot};
@@ -178,6 +179,12 @@ impl Gateway {
             for p in &cfg.peers {
                 let Some(addr) = p.addr else { continue };
                 tasks.push(tokio::spawn(dial_loop(inner.clone(), ep.clone(), p.name.clone(), addr)).abort_handle());
+            }
+            if !cfg.fabric.seeds.is_empty() {
+                let seed_cfg = quic::seed_client_config(&id, &opts).map_err(|e| GatewayError::Fabric(e.to_string()))?;
+                let (st, dns) = discovery::from_config(&cfg.fabric.seeds);
+                let sources: Vec<Box<dyn Discovery>> = vec![Box::new(st), Box::new(dns)];
+                tasks.push(tokio::spawn(seed_loop(inner.clone(), ep.clone(), seed_cfg, sources)).abort_handle());
             }
             endpoint = Some(ep);
         } else if !cfg.peers.is_empty() {
@@ -663,10 +670,51 @@ async fn dial_loop(inner: Arc<Inner>, ep: quinn::Endpoint, peer: String, addr: s
     }
 }
 
+/// Dials the addresses the seed sources give, again every few seconds, unless a link to that
+/// address is up; whoever answers (with a certificate of the cluster CA) becomes a peer.
+async fn seed_loop(inner: Arc<Inner>, ep: quinn::Endpoint, cfg: quinn::ClientConfig, sources: Vec<Box<dyn Discovery>>) {
+    // Addresses that turned out to be this gateway itself.
+    let mut own = std::collections::HashSet::new();
+    loop {
+        for source in &sources {
+            for addr in source.discover().await {
+                let linked = inner.lock().peers.values().flatten().any(|p| p.conn.remote_address() == addr);
+                if linked || own.contains(&addr) {
+                    continue;
+                }
+                let me = inner.cfg.name.as_str();
+                match quic::dial_with_config(&ep, cfg.clone(), addr, quic::SEED_SERVER_NAME, me).await {
+                    Ok(link) if link.peer_name == me => {
+                        link.conn.close(quic::CLOSE_NORMAL, b"that is me");
+                        own.insert(addr);
+                    }
+                    Ok(link) => {
+                        debug!(peer = %link.peer_name, %addr, "seed answered");
+                        tokio::spawn(run_link(inner.clone(), link));
+                    }
+                    Err(e) => {
+                        inner.metrics.link_handshake("", false);
+                        debug!(%addr, "seed dial failed: {e}")
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(SEED_INTERVAL).await;
+    }
+}
+
+/// How often seeds are looked up and dialled again.
+const SEED_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Serves one link to another gateway until it closes.
 async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     let peer = link.peer_name.clone();
     let conn = link.conn.clone();
+    if peer == inner.cfg.name {
+        // A seed that is our own address, seen from the accepting side.
+        conn.close(quic::CLOSE_NORMAL, b"that is me");
+        return;
+    }
     let revoked = &inner.cfg.fabric.revoked;
     if revoked.iter().any(|r| r.eq_ignore_ascii_case(&link.grant.serial) || *r == peer) {
         conn.close(quic::CLOSE_REVOKED, b"certificate revoked");

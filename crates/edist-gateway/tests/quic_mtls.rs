@@ -365,3 +365,35 @@ async fn a_silent_peer_is_closed_after_the_hello_timeout() -> Result<()> {
     accepted?;
     Ok(())
 }
+
+/// A seed dial (an address, no name) accepts whatever identity the cluster CA signed, and
+/// nothing else: a server of another CA, or with an expired certificate, is refused.
+#[tokio::test]
+async fn a_seed_dial_learns_the_identity_but_still_checks_the_chain() -> Result<()> {
+    let dir = cluster("seed", &["gw-a", "gw-b"])?;
+    let rogue = cluster("seed-rogue", &["gw-c"])?;
+    let now = OffsetDateTime::now_utc();
+    let expired = IssueOptions {
+        not_before: Some(now - time::Duration::days(10)),
+        not_after: Some(now - time::Duration::days(1)),
+        ..Default::default()
+    };
+    pki::issue(&dir.0, "gw-old", 1, expired)?;
+    let seed_cfg = quic::seed_client_config(&TlsIdentity::load(&dir.0, "gw-a")?, &QuicOptions::default())?;
+    let (a, _) = endpoint(&dir.0, "gw-a")?;
+    let (b, b_addr) = endpoint(&dir.0, "gw-b")?;
+    let acceptor = accept_one(&b, "gw-b");
+    let link = dial_with_config(&a, seed_cfg.clone(), b_addr, quic::SEED_SERVER_NAME, "gw-a").await?;
+    assert_eq!((link.peer_name.as_str(), link.peer_identity.as_str()), ("gw-b", "gw-b"));
+    outcome(acceptor).await??;
+
+    for (what, ep) in [("another CA", endpoint(&rogue.0, "gw-c")?), ("expired", endpoint(&dir.0, "gw-old")?)] {
+        let acceptor = accept_one(&ep.0, "whoever");
+        let dialed =
+            tokio::time::timeout(OUTCOME, dial_with_config(&a, seed_cfg.clone(), ep.1, quic::SEED_SERVER_NAME, "gw-a"))
+                .await?;
+        expect_refused(&format!("seed dial to a server of {what}"), &dialed);
+        let _ = tokio::time::timeout(OUTCOME, acceptor).await;
+    }
+    Ok(())
+}

@@ -307,6 +307,7 @@ impl Drop for Netns {
             }
         }
         let _ = ip(&["netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
     }
 }
 
@@ -403,6 +404,9 @@ struct Setup<'a> {
     tail: Option<&'a dyn Fn(usize) -> String>,
     /// Not every gateway links to every other: do not wait for a full mesh.
     partial_mesh: bool,
+    /// No `[[peers]]`: every gateway has `seeds = ["gateways.edist.test:PORT"]`, a name that
+    /// each namespace's hosts file (`/etc/netns/NS/hosts`) resolves to all hosts' addresses.
+    dns_seeds: bool,
 }
 
 /// Hosts on one bridge, each with a gateway that has all the others as peers.
@@ -509,7 +513,15 @@ impl Cluster {
                 certs.display(),
                 setup.fabric.map(|f| f(i)).unwrap_or_default()
             );
-            for (j, other) in ips.iter().enumerate().filter(|(j, _)| *j != i) {
+            if setup.dns_seeds {
+                toml.push_str(&format!("seeds = [\"gateways.edist.test:{FABRIC_PORT}\"]\n"));
+                let mut hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+                hosts.extend(ips.iter().map(|a| format!("\n{a} gateways.edist.test")));
+                let etc = Path::new("/etc/netns").join(&ns.name);
+                std::fs::create_dir_all(&etc)?;
+                std::fs::write(etc.join("hosts"), hosts + "\n")?;
+            }
+            for (j, other) in ips.iter().enumerate().filter(|(j, _)| *j != i && !setup.dns_seeds) {
                 toml.push_str(&format!("\n[[peers]]\nname = \"gw-{j}\"\naddr = \"{other}:{FABRIC_PORT}\"\n"));
                 toml.push_str(&setup.peer.map(|f| f(i, j)).unwrap_or_default());
             }
@@ -1169,6 +1181,41 @@ async fn ticks_stay_on_their_host_and_a_hung_node_is_noticed() -> Result<()> {
     let delay = seen? - stopped;
     eprintln!("fabric: nodedown {:.1} ms after the far node hung (net_ticktime 4 s)", ms(delay));
     assert!(delay < 10_000_000, "a hung node was noticed only after {:.1} ms", ms(delay));
+    cluster.passed();
+    Ok(())
+}
+
+/// No gateway names another: each finds the others through one DNS name (a hosts file in each
+/// namespace) that resolves to every gateway's address, skips itself, and links to whoever
+/// answers with a cluster certificate. The nodes then reach each other as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_find_each_other_through_a_dns_seed() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start_with(3, Setup { dns_seeds: true, ..Setup::default() }).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let b = cluster.erl(1, "b", &[]).await?;
+    let mut c = cluster.erl(2, "c", &[]).await?;
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&b.name))).await?, "pong");
+    assert_eq!(c.eval(&format!("rpc:call({}, erlang, node, [])", q(&a.name))).await?, a.name);
+    // Seeds are dialled again every 2 s, but not an address that already has a link (nor our
+    // own): the links that came up stay the only ones.
+    let ups = |st: &Value| -> u64 {
+        st.pointer("/metrics/link_events")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter(|e| e[1] == "up").filter_map(|e| e[2].as_u64()).sum())
+            .unwrap_or(0)
+    };
+    let mut before = Vec::new();
+    for i in 0..3 {
+        let st = cluster.host(i)?.status().await?;
+        ensure!(strings(&st, "peers").len() == 2, "gw-{i}: {st}");
+        before.push(ups(&st));
+    }
+    sleep(Duration::from_secs(5)).await;
+    for (i, n) in before.iter().enumerate() {
+        let st = cluster.host(i)?.status().await?;
+        ensure!((2..=4).contains(n) && ups(&st) == *n, "gw-{i}: links up {n}, then {}: {st}", ups(&st));
+    }
     cluster.passed();
     Ok(())
 }

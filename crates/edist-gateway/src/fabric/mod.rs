@@ -1,3 +1,5 @@
-//! The fabric between gateways: QUIC links authenticated by the cluster PKI.
+//! The fabric between gateways: QUIC links authenticated by the cluster PKI, and where to find
+//! the other gateways.
 
+pub mod discovery;
 pub mod quic;

@@ -383,6 +383,78 @@ pub fn client_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::Clie
     Ok(cfg)
 }
 
+/// The server name a seed dial asks for: unknown, so [`AnyClusterServer`] ignores it.
+pub const SEED_SERVER_NAME: &str = "edist-seed";
+
+/// The client half for seeds, addresses whose gateway is not known by name: the server's
+/// chain must still lead to the cluster CA (and be valid now), but any identity is accepted;
+/// the link then knows its peer by that identity, as an accepted link does.
+pub fn seed_client_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ClientConfig> {
+    let provider = crypto_provider();
+    let verifier = Arc::new(AnyClusterServer { roots: root_store(&id.ca)?, provider: provider.clone() });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.resumption = Resumption::disabled();
+    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    cfg.transport_config(Arc::new(transport_config(opts)?));
+    Ok(cfg)
+}
+
+/// Verifies a server's chain against the cluster CA without a name check (see
+/// [`seed_client_config`]).
+#[derive(Debug)]
+struct AnyClusterServer {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyClusterServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// One UDP endpoint that accepts links (mutual TLS required) and dials them (with
 /// [`client_config`] as its default). Must be called inside a tokio runtime.
 pub fn endpoint(bind: SocketAddr, id: &TlsIdentity, opts: &QuicOptions) -> Result<Endpoint> {
