@@ -26,7 +26,7 @@
 //! revoked = []                     # certificate serials (hex) or identities refused
 //! seeds = ["gateways.internal:4371"] # DNS names (all their addresses) or ip:port to dial
 //!
-//! [[peers]]                        # other gateways (static list for now)
+//! [[peers]]                        # other gateways by name (see also fabric.seeds)
 //! name = "gw-b"
 //! addr = "10.0.0.2:4371"
 //! compress = false                 # lz4 for packets towards this peer (slow links)
