@@ -46,10 +46,16 @@ WORK=$(mktemp -d /tmp/edist-bench-scale.XXXXXX)
 PFX=eds$$
 COOKIE=scale_$$_$RANDOM
 FAILED=1
+# The kernel's ARP cache is shared by all namespaces (gc_thresh3 1024 by default): 50 hosts
+# knowing 49 neighbours each overflow it, and links silently fail to form. Raised for the run.
+NEIGH_OLD=$(sysctl -n net.ipv4.neigh.default.gc_thresh1 net.ipv4.neigh.default.gc_thresh2 net.ipv4.neigh.default.gc_thresh3 | tr '\n' ' ')
+sysctl -qw net.ipv4.neigh.default.gc_thresh1=4096 net.ipv4.neigh.default.gc_thresh2=8192 net.ipv4.neigh.default.gc_thresh3=16384
 cleanup() {
   local rc=$?
   set +e
   trap - EXIT
+  read -r t1 t2 t3 <<<"$NEIGH_OLD"
+  sysctl -qw net.ipv4.neigh.default.gc_thresh1="$t1" net.ipv4.neigh.default.gc_thresh2="$t2" net.ipv4.neigh.default.gc_thresh3="$t3"
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PFX" || true); do
     for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
     ip netns del "$ns" 2>/dev/null
@@ -169,7 +175,22 @@ for m in $MODES; do
 done
 
 log "---- scale: $GATEWAYS gateways x $NODES Rust-native nodes, fanout $FANOUT"
-"$SCALE_BIN" "$GATEWAYS" "$NODES" "$FANOUT" 10 >"$WORK/rust.txt" 2>"$WORK/rust.log" || { cat "$WORK/rust.log" >&2; die "the scale example failed"; }
+# One namespace per gateway (its own loopback and port space), on a bridge of their own;
+# gateway i at 10.80.(i/250).(i%250+1).
+ip -n "${PFX}sw" link add br1 type bridge
+ip -n "${PFX}sw" link set br1 up
+for i in $(seq 0 $((GATEWAYS - 1))); do
+  ns=${PFX}g$i
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  ip -n "${PFX}sw" link add "q$i" type veth peer name eth0 netns "$ns"
+  ip -n "${PFX}sw" link set "q$i" master br1 up
+  ip -n "$ns" addr add "10.80.$((i / 250)).$((i % 250 + 1))/16" dev eth0
+  ip -n "$ns" link set eth0 up
+done
+SCALE_NETNS=${PFX}g SCALE_NET=10.80 "$SCALE_BIN" "$GATEWAYS" "$NODES" "$FANOUT" 10 >"$WORK/rust.txt" 2>"$WORK/rust.log" \
+  || { cat "$WORK/rust.log" >&2; die "the scale example failed"; }
+[ -s "$WORK/rust.log" ] && { log "connections that failed, by host and reason:"; sed 's/^/    /' "$WORK/rust.log" >&2; }
 
 python3 - "$WORK/rust.txt" "$RESULTS/scale.json" "$HOSTS" "$BEAMS" "$TICKTIME" "$IDLE" \
   "$(for k in "${!R[@]}"; do echo "$k=${R[$k]}"; done)" <<'EOF'

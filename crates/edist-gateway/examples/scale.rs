@@ -9,6 +9,12 @@
 //!
 //! Host i's gateway listens on UDP 127.0.0.1:(21000+i) and dials every host started before it:
 //! today's fabric links every gateway to every other (the registry travels on the links).
+//!
+//! On one loopback, 50 hosts share one port space: their impersonation listeners and loopback
+//! connections exhaust the ephemeral ports long before anything else. `bench/run scale`
+//! therefore gives each host a network namespace: with `SCALE_NETNS=PREFIX` and
+//! `SCALE_NET=A.B`, host i runs under `ip netns exec PREFIXi` and listens on
+//! `A.B.(i/250).(i%250+1):4371` (the namespaces and their bridge are the caller's).
 
 use edist_gateway::config::{Config, PeerConfig};
 use edist_gateway::gateway::Gateway;
@@ -39,7 +45,11 @@ fn now_us() -> u128 {
 }
 
 fn fabric_addr(i: usize) -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], FABRIC_BASE + i as u16))
+    match std::env::var("SCALE_NET").ok().and_then(|net| format!("{net}.{}.{}:4371", i / 250, i % 250 + 1).parse().ok())
+    {
+        Some(a) => a,
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], FABRIC_BASE + i as u16)),
+    }
 }
 
 fn node_name(i: usize, j: usize) -> String {
@@ -49,6 +59,13 @@ fn node_name(i: usize, j: usize) -> String {
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--host") {
+        // Hosts log to stderr with `SCALE_LOG=<filter>` (e.g. `edist_gateway=debug`).
+        if let Ok(filter) = std::env::var("SCALE_LOG") {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .init();
+        }
         let n = |k: usize| args.get(k).and_then(|a| a.parse().ok()).ok_or("bad --host arguments");
         let certs = PathBuf::from(args.get(6).ok_or("no certs dir")?);
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -141,7 +158,8 @@ async fn host(i: usize, g: usize, r: usize, k: usize, certs: &Path) -> Res<()> {
                     ok += tried - failed.len();
                     for f in failed {
                         // Node names differ; the kind of failure is what matters.
-                        let kind: String = f.split(['@', ':']).next().unwrap_or_default().chars().take(60).collect();
+                        let kind: String =
+                            f.split_whitespace().filter(|w| !w.contains('@')).collect::<Vec<_>>().join(" ");
                         *why.entry(kind).or_default() += 1;
                     }
                 }
@@ -241,7 +259,15 @@ fn coordinator(g: usize, r: usize, k: usize, idle: u64) -> Res<()> {
     let t0 = Instant::now();
     let mut hosts = Vec::with_capacity(g);
     for i in 0..g {
-        let mut child = Command::new(&exe)
+        let mut cmd = match std::env::var("SCALE_NETNS") {
+            Ok(prefix) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &format!("{prefix}{i}")]).arg(&exe);
+                c
+            }
+            Err(_) => Command::new(&exe),
+        };
+        let mut child = cmd
             .args(["--host", &i.to_string(), &g.to_string(), &r.to_string(), &k.to_string()])
             .arg(&dir)
             .env("EDIST_LOG", "error")
@@ -264,7 +290,11 @@ fn coordinator(g: usize, r: usize, k: usize, idle: u64) -> Res<()> {
             break s;
         }
         if Instant::now() > deadline {
-            return Err("the registry did not converge within 120 s".into());
+            let seen: Vec<String> = s.iter().map(|h| format!("{:?}", h.get(..4))).collect();
+            return Err(format!(
+                "the registry did not converge within 120 s; (links, tx, rx, nodes) per host: {seen:?}"
+            )
+            .into());
         }
         std::thread::sleep(Duration::from_millis(20));
     };
