@@ -65,19 +65,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# add_host NS BRIDGE PORT ADDR/PREFIX: namespace NS whose eth0 (ADDR) is port PORT of BRIDGE in
+# the switch namespace ${PFX}sw.
+add_host() {
+  ip netns add "$1"
+  ip -n "$1" link set lo up
+  ip -n "${PFX}sw" link add "$3" type veth peer name eth0 netns "$1"
+  ip -n "${PFX}sw" link set "$3" master "$2" up
+  ip -n "$1" addr add "$4" dev eth0
+  ip -n "$1" link set eth0 up
+}
+
 # Hosts h0..h(N-1) on bridge br0 in namespace ${PFX}sw; host i has 10.79.0.(i+1).
 ip netns add "${PFX}sw"
-ip -n "${PFX}sw" link add br0 type bridge
-ip -n "${PFX}sw" link set br0 up
-for i in $(seq 0 $((HOSTS - 1))); do
-  ns=${PFX}h$i
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip -n "${PFX}sw" link add "p$i" type veth peer name eth0 netns "$ns"
-  ip -n "${PFX}sw" link set "p$i" master br0 up
-  ip -n "$ns" addr add "10.79.0.$((i + 1))/24" dev eth0
-  ip -n "$ns" link set eth0 up
+for br in br0 br1; do
+  ip -n "${PFX}sw" link add $br type bridge
+  ip -n "${PFX}sw" link set $br up
 done
+for i in $(seq 0 $((HOSTS - 1))); do add_host "${PFX}h$i" br0 "p$i" "10.79.0.$((i + 1))/24"; done
 
 wire_bytes() {  # total bytes through all hosts' eth0 (each frame counted once: tx only)
   local t=0 i
@@ -177,17 +182,7 @@ done
 log "---- scale: $GATEWAYS gateways x $NODES Rust-native nodes, fanout $FANOUT"
 # One namespace per gateway (its own loopback and port space), on a bridge of their own;
 # gateway i at 10.80.(i/250).(i%250+1).
-ip -n "${PFX}sw" link add br1 type bridge
-ip -n "${PFX}sw" link set br1 up
-for i in $(seq 0 $((GATEWAYS - 1))); do
-  ns=${PFX}g$i
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip -n "${PFX}sw" link add "q$i" type veth peer name eth0 netns "$ns"
-  ip -n "${PFX}sw" link set "q$i" master br1 up
-  ip -n "$ns" addr add "10.80.$((i / 250)).$((i % 250 + 1))/16" dev eth0
-  ip -n "$ns" link set eth0 up
-done
+for i in $(seq 0 $((GATEWAYS - 1))); do add_host "${PFX}g$i" br1 "q$i" "10.80.$((i / 250)).$((i % 250 + 1))/16"; done
 SCALE_NETNS=${PFX}g SCALE_NET=10.80 "$SCALE_BIN" "$GATEWAYS" "$NODES" "$FANOUT" 10 >"$WORK/rust.txt" 2>"$WORK/rust.log" \
   || { cat "$WORK/rust.log" >&2; die "the scale example failed"; }
 [ -s "$WORK/rust.log" ] && { log "connections that failed, by host and reason:"; sed 's/^/    /' "$WORK/rust.log" >&2; }

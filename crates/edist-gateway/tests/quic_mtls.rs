@@ -63,6 +63,16 @@ fn accept_one(ep: &Endpoint, our_name: &str) -> JoinHandle<Result<PeerLink, Fabr
     })
 }
 
+/// Options of a certificate that expired yesterday.
+fn expired_options() -> IssueOptions {
+    let now = OffsetDateTime::now_utc();
+    IssueOptions {
+        not_before: Some(now - time::Duration::days(10)),
+        not_after: Some(now - time::Duration::days(1)),
+        ..Default::default()
+    }
+}
+
 async fn outcome<T>(h: JoinHandle<T>) -> Result<T> {
     Ok(tokio::time::timeout(OUTCOME, h).await.context("no outcome in time")??)
 }
@@ -222,12 +232,7 @@ async fn a_client_without_certificate_is_refused() -> Result<()> {
 #[tokio::test]
 async fn an_expired_certificate_is_refused() -> Result<()> {
     let dir = cluster("expired", &["gw-a", "gw-b"])?;
-    let now = OffsetDateTime::now_utc();
-    let expired = IssueOptions {
-        not_before: Some(now - time::Duration::days(10)),
-        not_after: Some(now - time::Duration::days(1)),
-        ..Default::default()
-    };
+    let expired = expired_options();
     pki::issue(&dir.0, "gw-old", 1, expired)?;
     let (a, _) = endpoint(&dir.0, "gw-a")?;
     let (b, b_addr) = endpoint(&dir.0, "gw-b")?;
@@ -372,12 +377,7 @@ async fn a_silent_peer_is_closed_after_the_hello_timeout() -> Result<()> {
 async fn a_seed_dial_learns_the_identity_but_still_checks_the_chain() -> Result<()> {
     let dir = cluster("seed", &["gw-a", "gw-b"])?;
     let rogue = cluster("seed-rogue", &["gw-c"])?;
-    let now = OffsetDateTime::now_utc();
-    let expired = IssueOptions {
-        not_before: Some(now - time::Duration::days(10)),
-        not_after: Some(now - time::Duration::days(1)),
-        ..Default::default()
-    };
+    let expired = expired_options();
     pki::issue(&dir.0, "gw-old", 1, expired)?;
     let seed_cfg = quic::seed_client_config(&TlsIdentity::load(&dir.0, "gw-a")?, &QuicOptions::default())?;
     let (a, _) = endpoint(&dir.0, "gw-a")?;

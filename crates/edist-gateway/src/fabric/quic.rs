@@ -372,10 +372,20 @@ pub fn server_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::Serv
 
 /// The client half: verifies the server against the cluster CA and presents our certificate.
 pub fn client_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ClientConfig> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(root_store(&id.ca)?)
-        .with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
+    client_config_with(id, opts, false)
+}
+
+fn client_config_with(id: &TlsIdentity, opts: &QuicOptions, any_identity: bool) -> Result<quinn::ClientConfig> {
+    let provider = crypto_provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match any_identity {
+        true => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyClusterServer { roots: root_store(&id.ca)?, provider })),
+        false => builder.with_root_certificates(root_store(&id.ca)?),
+    };
+    let mut tls = builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.resumption = Resumption::disabled();
     let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
@@ -390,18 +400,7 @@ pub const SEED_SERVER_NAME: &str = "edist-seed";
 /// chain must still lead to the cluster CA (and be valid now), but any identity is accepted;
 /// the link then knows its peer by that identity, as an accepted link does.
 pub fn seed_client_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ClientConfig> {
-    let provider = crypto_provider();
-    let verifier = Arc::new(AnyClusterServer { roots: root_store(&id.ca)?, provider: provider.clone() });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.resumption = Resumption::disabled();
-    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    cfg.transport_config(Arc::new(transport_config(opts)?));
-    Ok(cfg)
+    client_config_with(id, opts, true)
 }
 
 /// Verifies a server's chain against the cluster CA without a name check (see
