@@ -339,7 +339,8 @@ pub struct LaneConfig {
     /// Kernel receive buffer of the loopback connection from the node; `None`: the kernel's.
     pub socket_buffer: Option<usize>,
     /// The local node's `net_ticktime`: ticks are answered here instead of crossing the fabric
-    /// (the gateway ticks every quarter of it), and a node silent for this long is hung.
+    /// (the gateway ticks every second, or quarter of it if less), and a node silent for this
+    /// long is hung.
     pub net_ticktime: Duration,
 }
 
