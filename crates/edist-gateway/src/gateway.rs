@@ -599,6 +599,9 @@ impl Drop for MergerGuard {
     }
 }
 
+/// How long an `Open` from a node its gateway has not announced yet waits for the announcement.
+const ANNOUNCEMENT_WAIT: Duration = Duration::from_secs(1);
+
 #[allow(clippy::too_many_arguments)]
 async fn relay_to_local(
     inner: Arc<Inner>,
@@ -612,14 +615,21 @@ async fn relay_to_local(
     flags: u64,
     creation: u32,
 ) -> Result<(), relay::RelayError> {
-    let port = {
-        let st = inner.lock();
-        // The dialler must be a node its own gateway announced (no claiming others' names).
-        let announced = st.remote.get(&from).map(|r| r.gateway == peer_gateway);
-        if announced != Some(true) {
-            None
-        } else {
-            st.local.get(&to).map(|l| l.port)
+    // The dialler must be a node its own gateway announced (no claiming others' names). A node
+    // that just registered over there dials at once, and its announcement travels on another
+    // stream of the link: it may arrive a little after this `Open`, so wait for it briefly.
+    let deadline = tokio::time::Instant::now() + ANNOUNCEMENT_WAIT;
+    let port = loop {
+        let (announced, port) = {
+            let st = inner.lock();
+            (st.remote.get(&from).map(|r| r.gateway == peer_gateway), st.local.get(&to).map(|l| l.port))
+        };
+        match (announced, port) {
+            (Some(true), Some(p)) => break Some(p),
+            (None, Some(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            _ => break None,
         }
     };
     let Some(port) = port else {
