@@ -10,13 +10,8 @@ use edist_gateway::fabric::quic::{self, QuicOptions, TlsIdentity};
 use edist_gateway::pki::{self, CaOptions, IssueOptions};
 use std::time::Duration;
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
+mod common;
+use common::rss_kib;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -560,19 +560,26 @@ impl Cluster {
 
     /// Waits until `node` is local to host `at` and known to every other gateway as behind it.
     async fn wait_known(&self, node: &str, at: usize) -> Result<()> {
-        let owner = self.hosts.get(at).context("no such host")?.gw_name.as_str();
         for h in &self.hosts {
-            self.wait(&format!("{} to know {node}", h.gw_name), || async move {
-                let Ok(st) = h.status().await else { return Ok(false) };
-                Ok(if h.idx == at {
-                    pairs(&st, "local_nodes").iter().any(|(n, _)| n == node)
-                } else {
-                    pairs(&st, "remote_nodes").iter().any(|(n, g)| n == node && g.as_str() == Some(owner))
-                })
-            })
-            .await?;
+            self.wait_known_by(h.idx, node, at).await?;
         }
         Ok(())
+    }
+
+    /// Waits until host `by`'s gateway knows `node`: as local when `by == at`, else as behind
+    /// host `at`'s gateway.
+    async fn wait_known_by(&self, by: usize, node: &str, at: usize) -> Result<()> {
+        let owner = self.host(at)?.gw_name.as_str();
+        let h = self.host(by)?;
+        self.wait(&format!("{} to know {node}", h.gw_name), || async move {
+            let Ok(st) = h.status().await else { return Ok(false) };
+            Ok(if by == at {
+                pairs(&st, "local_nodes").iter().any(|(n, _)| n == node)
+            } else {
+                pairs(&st, "remote_nodes").iter().any(|(n, g)| n == node && g.as_str() == Some(owner))
+            })
+        })
+        .await
     }
 
     async fn wait<F, Fut>(&self, what: &str, mut cond: F) -> Result<()>
@@ -1238,12 +1245,7 @@ async fn expired_anonymous_and_half_open_fabric_peers_are_refused_while_traffic_
         .await?;
     let mut srv = cluster.erl_local(0, "srv", &[]).await?;
     let mut good = cluster.erl_local(1, "good", &[]).await?;
-    let gname = good.name.as_str();
-    cluster
-        .wait("gw-0 to know the good node", || async move {
-            Ok(h0.status().await.map(|st| pairs(&st, "remote_nodes").iter().any(|(n, _)| n == gname)).unwrap_or(false))
-        })
-        .await?;
+    cluster.wait_known_by(0, &good.name, 1).await?;
     let stale = cluster.erl_local(2, "stale", &[]).await?;
     let qs = q(&srv.name);
     assert_eq!(good.eval(&format!("net_adm:ping({qs})")).await?, "pong");
@@ -1491,12 +1493,7 @@ async fn names_outside_the_certificate_grant_and_revoked_certificates_are_refuse
         .await?;
     let mut srv = cluster.erl_local(0, "srv", &[]).await?;
     let good = cluster.erl_local(1, "good", &[]).await?;
-    let gname = good.name.as_str();
-    cluster
-        .wait("gw-0 to know the good node", || async move {
-            Ok(h0.status().await.map(|st| pairs(&st, "remote_nodes").iter().any(|(n, _)| n == gname)).unwrap_or(false))
-        })
-        .await?;
+    cluster.wait_known_by(0, &good.name, 1).await?;
     let evil = cluster.erl_local(1, "evil", &[]).await?;
     let far = cluster.erl_local(2, "far", &[]).await?;
     let alien = cluster.erl_local(3, "alien", &[]).await?;
