@@ -2,4 +2,6 @@
 //! the other gateways.
 
 pub mod discovery;
+pub mod envelope;
+pub mod membership;
 pub mod quic;

@@ -353,6 +353,11 @@ fn root_store(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
+/// Verifies membership datagrams' certificates: chains to the cluster CA, valid now.
+pub fn membership_verifier(id: &TlsIdentity) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    Ok(WebPkiClientVerifier::builder_with_provider(root_store(&id.ca)?, crypto_provider()).build()?)
+}
+
 /// The server half: requires a client certificate chaining to the cluster CA.
 pub fn server_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ServerConfig> {
     let provider = crypto_provider();
