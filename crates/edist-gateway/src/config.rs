@@ -25,6 +25,9 @@
 //! congestion = "bbr"               # QUIC congestion control: bbr, cubic or newreno
 //! revoked = []                     # certificate serials (hex) or identities refused
 //! seeds = ["gateways.internal:4371"] # DNS names (all their addresses) or ip:port to dial
+//! membership = false               # SWIM between gateways, lazy links (UDP port + 1)
+//! link_idle_ms = 30000             # with membership: idle links close after this
+//! advertise = "10.0.0.1"           # address others reach us at (default: listen's, or the route to a seed)
 //!
 //! [[peers]]                        # other gateways by name (see also fabric.seeds)
 //! name = "gw-b"
@@ -159,6 +162,18 @@ pub struct FabricConfig {
     /// Whoever answers with a certificate of the cluster CA becomes a peer under its
     /// certificate's identity (default none).
     pub seeds: Vec<String>,
+    /// Run SWIM membership between gateways (UDP on the fabric port + 1, every datagram signed
+    /// with the gateway's certificate): gateways found through `seeds` and `[[peers]]` tell each
+    /// other about the rest, the node registry spreads without a link to every gateway, and
+    /// links open when traffic needs them and close after `link_idle_ms` (default false: a
+    /// link to every peer, held open).
+    pub membership: bool,
+    /// With `membership`, a link that has carried no relayed connection for this many ms
+    /// closes (default 30000).
+    pub link_idle_ms: u64,
+    /// The address other gateways reach this one at (default: `listen`'s address if it names
+    /// one, else the address that routes to the first seed).
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 /// Another gateway: one this gateway dials (with `addr`), or one that only dials in (without),
@@ -242,6 +257,9 @@ impl Default for FabricConfig {
             congestion: Default::default(),
             revoked: Vec::new(),
             seeds: Vec::new(),
+            membership: false,
+            link_idle_ms: 30_000,
+            advertise: None,
         }
     }
 }

@@ -3,6 +3,9 @@
 
 use crate::config::Config;
 use crate::fabric::discovery::{self, Discovery};
+use crate::fabric::envelope::{Opener, Sealer};
+use crate::fabric::gossip::{self, Command, Event};
+use crate::fabric::membership::{MemberId, Membership};
 use crate::fabric::quic::{self, PeerLink, QuicOptions, TlsIdentity};
 use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
 use crate::metrics::{self, Metrics, MetricsSnapshot};
@@ -50,6 +53,46 @@ struct Peer {
     link_id: u64,
     conn: quinn::Connection,
     control: mpsc::UnboundedSender<Msg>,
+    usage: Arc<LinkUsage>,
+}
+
+/// How busy a link is: relayed connections on it, and since when it has had none.
+#[derive(Debug)]
+struct LinkUsage {
+    relays: AtomicU64,
+    idle_since: Mutex<tokio::time::Instant>,
+}
+
+impl LinkUsage {
+    fn new() -> Arc<LinkUsage> {
+        Arc::new(LinkUsage { relays: AtomicU64::new(0), idle_since: Mutex::new(tokio::time::Instant::now()) })
+    }
+
+    /// Counts a relayed connection on the link until the guard drops.
+    fn hold(self: &Arc<Self>) -> LinkHold {
+        self.relays.fetch_add(1, Ordering::Relaxed);
+        LinkHold(self.clone())
+    }
+
+    /// How long the link has carried nothing (zero while it carries something).
+    fn idle_for(&self) -> Duration {
+        match self.relays.load(Ordering::Relaxed) {
+            0 => lock(&self.idle_since).elapsed(),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// A relayed connection's hold on its link (see [`LinkUsage::hold`]).
+struct LinkHold(Arc<LinkUsage>);
+
+impl Drop for LinkHold {
+    fn drop(&mut self) {
+        let mut since = lock(&self.0.idle_since);
+        if self.0.relays.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *since = tokio::time::Instant::now();
+        }
+    }
 }
 
 struct Impersonator {
@@ -66,6 +109,8 @@ struct State {
     /// connections it carries); new relays use the newest.
     peers: HashMap<String, Vec<Peer>>,
     impersonators: HashMap<String, Impersonator>,
+    /// Fabric addresses of the gateways membership holds alive.
+    members: HashMap<String, std::net::SocketAddr>,
 }
 
 pub(crate) struct Inner {
@@ -87,6 +132,12 @@ pub(crate) struct Inner {
     grants: Mutex<HashMap<String, crate::pki::Grant>>,
     /// Refused traffic.
     refusals: crate::refusal_log::RefusalLog,
+    /// The fabric endpoint (for links opened on demand).
+    endpoint: std::sync::OnceLock<quinn::Endpoint>,
+    /// Membership, when `[fabric] membership` is on.
+    gossip: std::sync::OnceLock<mpsc::UnboundedSender<Command>>,
+    /// One dial at a time per peer gateway.
+    dialling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
@@ -149,6 +200,9 @@ impl Gateway {
             peer_budgets: Mutex::new(HashMap::new()),
             grants: Mutex::new(HashMap::new()),
             refusals: Default::default(),
+            endpoint: Default::default(),
+            gossip: Default::default(),
+            dialling: Default::default(),
         });
         let mut tasks = vec![];
         let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
@@ -176,11 +230,15 @@ impl Gateway {
             };
             let ep = quic::endpoint(cfg.fabric.listen, &id, &opts).map_err(|e| GatewayError::Fabric(e.to_string()))?;
             tasks.push(tokio::spawn(accept_loop(inner.clone(), ep.clone())).abort_handle());
-            for p in &cfg.peers {
+            let _ = inner.endpoint.set(ep.clone());
+            if cfg.fabric.membership {
+                tasks.extend(start_membership(&inner, &id, &ep).await?);
+            }
+            for p in cfg.peers.iter().filter(|_| !cfg.fabric.membership) {
                 let Some(addr) = p.addr else { continue };
                 tasks.push(tokio::spawn(dial_loop(inner.clone(), ep.clone(), p.name.clone(), addr)).abort_handle());
             }
-            if !cfg.fabric.seeds.is_empty() {
+            if !cfg.fabric.seeds.is_empty() && !cfg.fabric.membership {
                 let seed_cfg = quic::seed_client_config(&id, &opts).map_err(|e| GatewayError::Fabric(e.to_string()))?;
                 let (st, dns) = discovery::from_config(&cfg.fabric.seeds);
                 let sources: Vec<Box<dyn Discovery>> = vec![Box::new(st), Box::new(dns)];
@@ -378,10 +436,57 @@ impl Inner {
         self.lock().local.iter().map(|(n, l)| NodeInfo { name: n.clone(), creation: l.creation }).collect()
     }
 
+    /// Tells linked peers (and membership) that a local node came or went.
     fn broadcast(&self, m: Msg) {
         for p in self.lock().peers.values().flatten() {
             let _ = p.control.send(m.clone());
         }
+        if let Some(g) = self.gossip.get() {
+            let _ = g.send(Command::Nodes(self.local_list()));
+        }
+    }
+
+    /// Replaces what `peer` says its nodes are, keeping the listeners of nodes still there.
+    fn replace_remote(&self, peer: &str, nodes: Vec<NodeInfo>) {
+        let names: std::collections::HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        self.forget_remote(|n, r| r.gateway == peer && !names.contains(n));
+        for n in nodes {
+            self.admit_remote(peer, n);
+        }
+    }
+
+    /// What membership says.
+    fn membership_event(&self, e: Event) {
+        match e {
+            Event::Up(m) => {
+                debug!(peer = %m.name, addr = %m.fabric, "member up");
+                self.lock().members.insert(m.name, m.fabric);
+            }
+            Event::Down(m) => {
+                info!(peer = %m.name, "member down");
+                let mut st = self.lock();
+                st.members.remove(&m.name);
+                for l in st.peers.get(&m.name).into_iter().flatten() {
+                    l.conn.close(quic::CLOSE_NORMAL, b"membership says you are gone");
+                }
+                drop(st);
+                self.forget_remote(|_, r| r.gateway == m.name);
+            }
+            Event::Nodes { gateway, nodes, grant } => {
+                if self.is_revoked(&gateway, &grant.serial) {
+                    self.refuse(&gateway, "revoked", &format!("membership: certificate {} is revoked", grant.serial));
+                    return;
+                }
+                let grant = self.effective_grant(&gateway, (*grant).clone());
+                lock(&self.grants).entry(gateway.clone()).or_insert(grant);
+                self.replace_remote(&gateway, nodes);
+            }
+            Event::Refused { from, why } => self.refuse(&from.ip().to_string(), "membership", &why),
+        }
+    }
+
+    fn is_revoked(&self, peer: &str, serial: &str) -> bool {
+        self.cfg.fabric.revoked.iter().any(|r| r.eq_ignore_ascii_case(serial) || r == peer)
     }
 
     /// Forgets remote nodes and closes their impersonators.
@@ -491,15 +596,10 @@ async fn impersonate(inner: Weak<Inner>, listener: TcpListener, target: String) 
 
 async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str) -> Result<(), relay::RelayError> {
     let _ = sock.set_nodelay(true);
-    let (creation, conn, gateway) = {
+    let (creation, gateway) = {
         let st = inner.lock();
         let r = st.remote.get(target).ok_or_else(|| relay::RelayError::Refused(format!("{target} is unknown")))?;
-        let p = st
-            .peers
-            .get(&r.gateway)
-            .and_then(|links| links.last())
-            .ok_or_else(|| relay::RelayError::Refused(format!("no link to {}", r.gateway)))?;
-        (r.creation, p.conn.clone(), r.gateway.clone())
+        (r.creation, r.gateway.clone())
     };
     let mut acc = relay::impersonating_acceptor(target, creation, &inner.cookie);
     let dial = relay::read_local_name(&mut sock, &mut acc).await?;
@@ -512,7 +612,7 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
         sock.write_all(&acc.take_output()).await?;
         return Err(relay::RelayError::Refused(format!("{} is not a node registered here", dial.from)));
     }
-    let (mut tx, rx) = conn.open_bi().await.map_err(|e| relay::RelayError::Refused(e.to_string()))?;
+    let (conn, _hold, (mut tx, rx)) = open_relay_stream(inner, &gateway).await?;
     let relay_id: u64 = rand::random();
     let open = Msg::Open {
         relay: relay_id,
@@ -528,6 +628,56 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     let leftover = inner.metrics.handshake(&gateway, true, done)?;
     info!(from = %dial.from, to = %target, "relayed connection up");
     carry(inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &gateway).await
+}
+
+/// A new stream for a relayed connection to `gateway`'s nodes, on its link (opened if need be).
+async fn open_relay_stream(
+    inner: &Arc<Inner>,
+    gateway: &str,
+) -> Result<(quinn::Connection, LinkHold, (quinn::SendStream, quinn::RecvStream)), relay::RelayError> {
+    let mut error = None;
+    // Twice: the link may close under us (the far side found it idle), then a fresh one.
+    for _ in 0..2 {
+        let (conn, hold) = link_to(inner, gateway).await?;
+        match conn.open_bi().await {
+            Ok(s) => return Ok((conn, hold, s)),
+            Err(e) => error = Some(e),
+        }
+    }
+    Err(relay::RelayError::Refused(format!("link to {gateway}: {}", error.map(|e| e.to_string()).unwrap_or_default())))
+}
+
+/// The newest link to `gateway`, held for a relayed connection; with membership, one is dialled
+/// if there is none.
+async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(quinn::Connection, LinkHold), relay::RelayError> {
+    let newest = |inner: &Inner| {
+        let st = inner.lock();
+        st.peers.get(gateway).and_then(|l| l.last()).map(|p| (p.conn.clone(), p.usage.hold()))
+    };
+    if let Some(l) = newest(inner) {
+        return Ok(l);
+    }
+    let no_link = || relay::RelayError::Refused(format!("no link to {gateway}"));
+    let (Some(ep), true) = (inner.endpoint.get(), inner.cfg.fabric.membership) else { return Err(no_link()) };
+    let gate = lock(&inner.dialling).entry(gateway.to_string()).or_default().clone();
+    let _dialling = gate.lock().await;
+    if let Some(l) = newest(inner) {
+        return Ok(l);
+    }
+    let addr = inner.lock().members.get(gateway).copied().ok_or_else(no_link)?;
+    let link = quic::dial(ep, addr, gateway, &inner.cfg.name).await.map_err(|e| {
+        inner.metrics.link_handshake(gateway, false);
+        relay::RelayError::Refused(format!("dialling {gateway} at {addr}: {e}"))
+    })?;
+    tokio::spawn(run_link(inner.clone(), link));
+    // run_link files the link before its first await point.
+    for _ in 0..100 {
+        if let Some(l) = newest(inner) {
+            return Ok(l);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Err(no_link())
 }
 
 /// The data phase of a relay, on either gateway (see [`relay::pump`]).
@@ -716,6 +866,107 @@ async fn seed_loop(inner: Arc<Inner>, ep: quinn::Endpoint, cfg: quinn::ClientCon
 /// How often seeds are looked up and dialled again.
 const SEED_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The membership port of a gateway whose fabric listens on `fabric`.
+fn gossip_addr(fabric: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(fabric.ip(), fabric.port().wrapping_add(1))
+}
+
+/// Starts membership: its socket, the announcements to seeds and peers, the idle-link reaper.
+async fn start_membership(
+    inner: &Arc<Inner>,
+    id: &TlsIdentity,
+    ep: &quinn::Endpoint,
+) -> Result<Vec<AbortHandle>, GatewayError> {
+    let cfg = &inner.cfg;
+    let fabric = ep.local_addr().map_err(|e| GatewayError::Fabric(e.to_string()))?;
+    let bind = gossip_addr(fabric);
+    let sock = tokio::net::UdpSocket::bind(bind).await.map_err(|e| GatewayError::Bind {
+        what: "membership",
+        addr: bind,
+        source: e,
+    })?;
+    let (st, dns) = discovery::from_config(&cfg.fabric.seeds);
+    let peers = discovery::StaticSeeds(cfg.peers.iter().filter_map(|p| p.addr).collect());
+    let sources: Vec<Box<dyn Discovery>> = vec![Box::new(st), Box::new(dns), Box::new(peers)];
+    let ip = match (cfg.fabric.advertise, fabric.ip()) {
+        (Some(ip), _) => ip,
+        (None, ip) if !ip.is_unspecified() => ip,
+        (None, _) => route_to_first_seed(&sources).await.ok_or_else(|| {
+            GatewayError::Fabric("membership: set [fabric] advertise (no address to reach this gateway at)".into())
+        })?,
+    };
+    let bump = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64);
+    let me = MemberId {
+        name: cfg.name.clone(),
+        gossip: gossip_addr(std::net::SocketAddr::new(ip, fabric.port())),
+        fabric: std::net::SocketAddr::new(ip, fabric.port()),
+        bump: bump.unwrap_or_default(),
+    };
+    let provider = quic::crypto_provider();
+    let fabric_err = |e: &dyn std::fmt::Display| GatewayError::Fabric(format!("membership: {e}"));
+    let sealer = Sealer::new(&provider, &id.chain, &id.key).map_err(|e| fabric_err(&e))?;
+    let opener = Opener::new(quic::membership_verifier(id).map_err(|e| fabric_err(&e))?, provider);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(Command::Nodes(inner.local_list()));
+    let _ = inner.gossip.set(tx.clone());
+    let weak = Arc::downgrade(inner);
+    let on_event = move |e| {
+        if let Some(i) = weak.upgrade() {
+            i.membership_event(e)
+        }
+    };
+    info!(member = %me.name, gossip = %me.gossip, "membership started");
+    let membership = Membership::new(me, 32);
+    Ok(vec![
+        tokio::spawn(gossip::run(sock, membership, sealer, opener, rx, on_event)).abort_handle(),
+        tokio::spawn(announce_loop(inner.clone(), tx, sources)).abort_handle(),
+        tokio::spawn(reap_idle_links(inner.clone())).abort_handle(),
+    ])
+}
+
+/// The local address of the route to the first seed that resolves.
+async fn route_to_first_seed(sources: &[Box<dyn Discovery>]) -> Option<std::net::IpAddr> {
+    for source in sources {
+        for addr in source.discover().await {
+            let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+            if sock.connect(addr).is_ok() {
+                return sock.local_addr().ok().map(|a| a.ip());
+            }
+        }
+    }
+    None
+}
+
+/// Asks the seeds to let us join while membership knows no other gateway (SWIM's own periodic
+/// announcements take over from there).
+async fn announce_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<Command>, sources: Vec<Box<dyn Discovery>>) {
+    loop {
+        if inner.lock().members.is_empty() {
+            for source in &sources {
+                for addr in source.discover().await {
+                    let _ = tx.send(Command::Announce(gossip_addr(addr)));
+                }
+            }
+        }
+        tokio::time::sleep(SEED_INTERVAL).await;
+    }
+}
+
+/// Closes links that have carried no relayed connection for `[fabric] link_idle_ms`.
+async fn reap_idle_links(inner: Arc<Inner>) {
+    let idle = Duration::from_millis(inner.cfg.fabric.link_idle_ms);
+    let mut every = tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)));
+    loop {
+        every.tick().await;
+        for p in inner.lock().peers.values().flatten() {
+            if p.usage.idle_for() >= idle {
+                debug!(link = p.link_id, "closing an idle link");
+                p.conn.close(quic::CLOSE_IDLE, b"idle");
+            }
+        }
+    }
+}
+
 /// Serves one link to another gateway until it closes.
 async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     let peer = link.peer_name.clone();
@@ -725,8 +976,7 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
         conn.close(quic::CLOSE_NORMAL, b"that is me");
         return;
     }
-    let revoked = &inner.cfg.fabric.revoked;
-    if revoked.iter().any(|r| r.eq_ignore_ascii_case(&link.grant.serial) || *r == peer) {
+    if inner.is_revoked(&peer, &link.grant.serial) {
         conn.close(quic::CLOSE_REVOKED, b"certificate revoked");
         inner.refuse(&peer, "revoked", &format!("link: certificate {} is revoked", link.grant.serial));
         return;
@@ -735,10 +985,12 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     lock(&inner.grants).insert(peer.clone(), grant);
     let link_id = inner.next_link.fetch_add(1, Ordering::Relaxed);
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Msg>();
+    let usage = LinkUsage::new();
     inner.lock().peers.entry(peer.clone()).or_default().push(Peer {
         link_id,
         conn: conn.clone(),
         control: ctl_tx.clone(),
+        usage: usage.clone(),
     });
     info!(%peer, "gateway link up");
     inner.metrics.link_handshake(&peer, true);
@@ -766,7 +1018,9 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     };
     while let Ok((tx, rx)) = conn.accept_bi().await {
         let (inner, peer, conn) = (inner.clone(), peer.clone(), conn.clone());
+        let hold = usage.hold();
         tokio::spawn(async move {
+            let _hold = hold;
             let mut msgs = MsgReader::new(rx);
             match msgs.next("open").await {
                 Ok(Msg::Open { relay, from, to, flags, creation }) => {
@@ -815,7 +1069,11 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     if last {
         st.peers.remove(&peer);
         drop(st);
-        inner.forget_remote(|_, r| r.gateway == peer);
+        // With membership the registry is membership's: a link closing (idle, say) says
+        // nothing about the peer's nodes.
+        if !inner.cfg.fabric.membership {
+            inner.forget_remote(|_, r| r.gateway == peer);
+        }
     }
 }
 
@@ -846,14 +1104,7 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: quinn::RecvStream) {
             }
         };
         match m {
-            Ok(Msg::Nodes(nodes)) => {
-                // Replace what this peer announced, keeping the listeners of nodes still there.
-                let names: std::collections::HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-                inner.forget_remote(|n, r| r.gateway == peer && !names.contains(n));
-                for n in nodes {
-                    inner.admit_remote(&peer, n);
-                }
-            }
+            Ok(Msg::Nodes(nodes)) => inner.replace_remote(&peer, nodes),
             Ok(Msg::NodeUp(n)) => inner.admit_remote(&peer, n),
             Ok(Msg::NodeDown(name)) => inner.forget_remote(|n, r| n == name && r.gateway == peer),
             Ok(other) => warn!(%peer, "unexpected control message {other:?}"),

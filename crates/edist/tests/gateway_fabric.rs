@@ -383,6 +383,12 @@ fn strings(st: &Value, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The names of the remote nodes in a status report.
+fn remote_names(st: &Value) -> Vec<String> {
+    let pairs = st.get("remote_nodes").and_then(Value::as_array).cloned().unwrap_or_default();
+    pairs.iter().filter_map(|p| Some(p.get(0)?.as_str()?.to_owned())).collect()
+}
+
 /// Changes to the default cluster of [`Cluster::start_with`].
 #[derive(Default)]
 struct Setup<'a> {
@@ -407,6 +413,9 @@ struct Setup<'a> {
     /// No `[[peers]]`: every gateway has `seeds = ["gateways.edist.test:PORT"]`, a name that
     /// each namespace's hosts file (`/etc/netns/NS/hosts`) resolves to all hosts' addresses.
     dns_seeds: bool,
+    /// `[fabric] membership` with `link_idle_ms` of this many ms: no `[[peers]]`, gw-0 is
+    /// everyone's only seed, and links come and go with traffic.
+    membership: Option<u64>,
 }
 
 /// Hosts on one bridge, each with a gateway that has all the others as peers.
@@ -521,7 +530,12 @@ impl Cluster {
                 std::fs::create_dir_all(&etc)?;
                 std::fs::write(etc.join("hosts"), hosts + "\n")?;
             }
-            for (j, other) in ips.iter().enumerate().filter(|(j, _)| *j != i && !setup.dns_seeds) {
+            if let Some(idle) = setup.membership {
+                let seed = ips[0];
+                toml.push_str(&format!("membership = true\nlink_idle_ms = {idle}\nseeds = [\"{seed}:{FABRIC_PORT}\"]\n"));
+            }
+            let named_peers = !setup.dns_seeds && setup.membership.is_none();
+            for (j, other) in ips.iter().enumerate().filter(|(j, _)| *j != i && named_peers) {
                 toml.push_str(&format!("\n[[peers]]\nname = \"gw-{j}\"\naddr = \"{other}:{FABRIC_PORT}\"\n"));
                 toml.push_str(&setup.peer.map(|f| f(i, j)).unwrap_or_default());
             }
@@ -537,7 +551,7 @@ impl Cluster {
             }
             h.start_gateway().await?;
         }
-        if !setup.partial_mesh {
+        if !setup.partial_mesh && setup.membership.is_none() {
             cluster.wait_links().await?;
         }
         Ok(cluster)
@@ -595,6 +609,11 @@ impl Cluster {
             ensure!(Instant::now() < deadline, "timed out waiting for {what}");
             sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The peers host i's gateway has a link to.
+    async fn peers(&self, i: usize) -> Result<Vec<String>> {
+        Ok(strings(&self.host(i)?.status().await?, "peers"))
     }
 
     fn host(&self, i: usize) -> Result<&Host> {
@@ -1223,6 +1242,61 @@ async fn gateways_find_each_other_through_a_dns_seed() -> Result<()> {
         let st = cluster.host(i)?.status().await?;
         ensure!((2..=4).contains(n) && ups(&st) == *n, "gw-{i}: links up {n}, then {}: {st}", ups(&st));
     }
+    cluster.passed();
+    Ok(())
+}
+
+/// Membership instead of a mesh: four gateways whose only seed is gw-0 learn of each other
+/// and of every node through SWIM, with no link between them; a link opens when two nodes
+/// connect, only between their two gateways, closes once it has carried nothing for the idle
+/// time (the registry stays), and opens again on the next connection. A gateway killed is
+/// declared dead by the others and its nodes are forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_spreads_the_registry_and_links_open_on_traffic_and_close_when_idle() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start_with(4, Setup { membership: Some(1500), ..Setup::default() }).await?;
+    // `erl` waits until every gateway knows the node: the registry spread without links.
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let b = cluster.erl(1, "b", &[]).await?;
+    let mut c = cluster.erl(2, "c", &[]).await?;
+    let d = cluster.erl(3, "d", &[]).await?;
+    for i in 0..4 {
+        ensure!(cluster.peers(i).await?.is_empty(), "gw-{i} has links before any traffic: {:?}", cluster.peers(i).await?);
+    }
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&b.name))).await?, "pong");
+    ensure!(cluster.peers(0).await? == ["gw-1"] && cluster.peers(1).await? == ["gw-0"], "{:?} {:?}", cluster.peers(0).await?, cluster.peers(1).await?);
+    ensure!(cluster.peers(2).await?.is_empty() && cluster.peers(3).await?.is_empty(), "links between idle gateways");
+    assert_eq!(c.eval(&format!("rpc:call({}, erlang, node, [])", q(&d.name))).await?, d.name);
+    ensure!(cluster.peers(2).await? == ["gw-3"], "gw-2: {:?}", cluster.peers(2).await?);
+
+    // The nodes disconnect: the link carries nothing and closes; the registry stays.
+    let t = Instant::now();
+    assert_eq!(a.eval(&format!("erlang:disconnect_node({})", q(&b.name))).await?, "true");
+    cluster
+        .wait("gw-0's idle link to close", || async { Ok(cluster.peers(0).await?.is_empty() && cluster.peers(1).await?.is_empty()) })
+        .await?;
+    eprintln!("idle link closed {:.1} s after the disconnect (link_idle_ms 1500)", t.elapsed().as_secs_f64());
+    ensure!(t.elapsed() >= Duration::from_millis(1400), "the link closed before its idle time");
+    ensure!(cluster.peers(2).await? == ["gw-3"], "gw-2's link, still in use, closed too");
+    let known = remote_names(&cluster.host(0)?.status().await?);
+    ensure!(known.contains(&b.name), "gw-0 forgot {} with the link: {known:?}", b.name);
+    // The next connection opens it again.
+    assert_eq!(a.eval(&format!("rpc:call({}, erlang, node, [])", q(&b.name))).await?, b.name);
+    ensure!(cluster.peers(0).await? == ["gw-1"], "gw-0: {:?}", cluster.peers(0).await?);
+
+    // gw-3 dies: membership tells the others, who forget d.
+    let t = Instant::now();
+    cluster.hosts[3].kill_gateway().await?;
+    for i in 0..3 {
+        let (h, d) = (cluster.host(i)?, &d.name);
+        cluster
+            .wait(&format!("gw-{i} to forget {d}"), || async move {
+                let st = h.status().await?;
+                Ok(!remote_names(&st).contains(d))
+            })
+            .await?;
+    }
+    eprintln!("gw-3 declared dead everywhere {:.1} s after SIGKILL", t.elapsed().as_secs_f64());
     cluster.passed();
     Ok(())
 }

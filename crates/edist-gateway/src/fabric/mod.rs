@@ -3,5 +3,6 @@
 
 pub mod discovery;
 pub mod envelope;
+pub mod gossip;
 pub mod membership;
 pub mod quic;

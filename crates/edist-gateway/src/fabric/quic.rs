@@ -64,6 +64,9 @@ pub const CLOSE_HELLO_TIMEOUT: VarInt = VarInt::from_u32(4);
 /// Application close code: the peer's certificate is on this gateway's revocation list.
 pub const CLOSE_REVOKED: VarInt = VarInt::from_u32(6);
 
+/// Application close code: the link carried nothing for a while (membership's lazy links).
+pub const CLOSE_IDLE: VarInt = VarInt::from_u32(7);
+
 /// Application close code: the peer's certificate carries no usable identity.
 pub const CLOSE_NO_IDENTITY: VarInt = VarInt::from_u32(5);
 
