@@ -11,7 +11,8 @@
 # Part 2, Rust-native nodes at the size of the issue (crates/edist-gateway/examples/scale.rs):
 # SCALE_GATEWAYS processes (default 50), each one gateway with SCALE_NODES Rust-native nodes
 # (default 20) behind it, each node messaging SCALE_FANOUT random others (default 20), then idle,
-# then one host killed. Reports links, convergence, idle bytes/s, nodedown time, memory.
+# then one host killed. Reports links, convergence, idle bytes/s, nodedown time, memory; run
+# twice, with a link between every two gateways and with SWIM membership and lazy links.
 #
 # Writes bench/results/scale.json. Run through bench/run (which checks root and arguments).
 set -Eeuo pipefail
@@ -183,27 +184,35 @@ log "---- scale: $GATEWAYS gateways x $NODES Rust-native nodes, fanout $FANOUT"
 # One namespace per gateway (its own loopback and port space), on a bridge of their own;
 # gateway i at 10.80.(i/250).(i%250+1).
 for i in $(seq 0 $((GATEWAYS - 1))); do add_host "${PFX}g$i" br1 "q$i" "10.80.$((i / 250)).$((i % 250 + 1))/16"; done
-SCALE_NETNS=${PFX}g SCALE_NET=10.80 "$SCALE_BIN" "$GATEWAYS" "$NODES" "$FANOUT" 10 >"$WORK/rust.txt" 2>"$WORK/rust.log" \
-  || { cat "$WORK/rust.log" >&2; die "the scale example failed"; }
-[ -s "$WORK/rust.log" ] && { log "connections that failed, by host and reason:"; sed 's/^/    /' "$WORK/rust.log" >&2; }
+# Twice: links to every gateway (the registry on the links), then SWIM membership with lazy links.
+for fabric in mesh swim; do
+  log "  fabric: $fabric"
+  SCALE_MEMBERSHIP=$([ $fabric = swim ] && echo 1 || echo 0) SCALE_NETNS=${PFX}g SCALE_NET=10.80 \
+    "$SCALE_BIN" "$GATEWAYS" "$NODES" "$FANOUT" 10 >"$WORK/rust-$fabric.txt" 2>"$WORK/rust-$fabric.log" \
+    || { cat "$WORK/rust-$fabric.log" >&2; die "the scale example failed ($fabric)"; }
+  [ -s "$WORK/rust-$fabric.log" ] && { log "connections that failed, by host and reason:"; sed 's/^/    /' "$WORK/rust-$fabric.log" >&2; }
+done
 
-python3 - "$WORK/rust.txt" "$RESULTS/scale.json" "$HOSTS" "$BEAMS" "$TICKTIME" "$IDLE" \
+python3 - "$WORK/rust-mesh.txt" "$WORK/rust-swim.txt" "$RESULTS/scale.json" "$HOSTS" "$BEAMS" "$TICKTIME" "$IDLE" \
   "$(for k in "${!R[@]}"; do echo "$k=${R[$k]}"; done)" <<'EOF'
 import json, sys
-rust_txt, out, hosts, beams, ticktime, idle, kv = sys.argv[1:8]
+mesh_txt, swim_txt, out, hosts, beams, ticktime, idle, kv = sys.argv[1:9]
 beam = {}
 for line in kv.split("\n"):
     if "=" in line:
         k, v = line.split("=", 1)
         mode, key = k.split(".", 1)
         beam.setdefault(mode, {})[key] = float(v) if "." in v else int(v)
-rust = {}
-for line in open(rust_txt):
-    k, _, v = line.strip().partition(" ")
-    try:
-        rust[k] = float(v) if "." in v else int(v)
-    except ValueError:
-        rust[k] = v
+def figures(path):
+    r = {}
+    for line in open(path):
+        k, _, v = line.strip().partition(" ")
+        try:
+            r[k] = float(v) if "." in v else int(v)
+        except ValueError:
+            r[k] = v
+    return r
+rust, swim = figures(mesh_txt), figures(swim_txt)
 print(f"\nscale: BEAM nodes, {hosts} hosts x {beams} nodes, every node connected to every other, net_ticktime {ticktime} s")
 rows = [("connections between nodes", "node_connections"), ("connections between hosts", "host_links"),
         ("slowest node meshed (s)", "mesh_s"), (f"idle bytes/s per host ({idle} s)", "idle_bytes_per_s_per_host")]
@@ -216,10 +225,11 @@ for label, key in rows:
         ratio = f"{vals[1] / vals[0]:>16.3f}"
     print(f"{label:34}" + "".join(f"{v if v is not None else '-':>12}" for v in vals) + ratio)
 print(f"\nscale: Rust-native nodes, {rust.get('gateways')} gateways x {rust.get('nodes_per_gateway')} nodes, fanout {rust.get('fanout')}")
-for k, v in rust.items():
-    if k not in ("gateways", "nodes_per_gateway", "fanout"):
-        print(f"  {k:45} {v}")
-json.dump({"scenario": "scale", "beam": beam, "rust": rust,
+print(f"  {'':50} {'full mesh':>16} {'swim + lazy':>16}")
+for k in list(rust) + [k for k in swim if k not in rust]:
+    if k not in ("gateways", "nodes_per_gateway", "fanout", "membership"):
+        print(f"  {k:50} {str(rust.get(k, '-')):>16} {str(swim.get(k, '-')):>16}")
+json.dump({"scenario": "scale", "beam": beam, "rust": rust, "rust_swim": swim,
            "params": {"hosts": int(hosts), "beams_per_host": int(beams), "net_ticktime_s": int(ticktime), "idle_s": int(idle)}},
           open(out, "w"), indent=2)
 print(f"\nwrote {out}")

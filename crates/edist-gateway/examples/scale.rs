@@ -7,8 +7,12 @@
 //! `cargo run --release -p edist-gateway --example scale -- [GATEWAYS] [NODES] [FANOUT] [IDLE_S]`
 //! (defaults 50 20 20 10). Prints one `key value` line per figure.
 //!
-//! Host i's gateway listens on UDP 127.0.0.1:(21000+i) and dials every host started before it:
-//! today's fabric links every gateway to every other (the registry travels on the links).
+//! Host i's gateway listens on UDP 127.0.0.1:(21000+2i) and dials every host started before
+//! it: every gateway links to every other (the registry travels on the links). With
+//! `SCALE_MEMBERSHIP=1` the gateways run SWIM membership instead (gw-0 is everyone's seed):
+//! the registry spreads through it, links open with the first connection and close
+//! `SCALE_LINK_IDLE_S` (default 3) after the last; the run then also disconnects every node
+//! and measures what an idle cluster without connections costs.
 //!
 //! On one loopback, 50 hosts share one port space: their impersonation listeners and loopback
 //! connections exhaust the ephemeral ports long before anything else. `bench/run scale`
@@ -43,8 +47,17 @@ fn fabric_addr(i: usize) -> std::net::SocketAddr {
     match std::env::var("SCALE_NET").ok().and_then(|net| format!("{net}.{}.{}:4371", i / 250, i % 250 + 1).parse().ok())
     {
         Some(a) => a,
-        None => std::net::SocketAddr::from(([127, 0, 0, 1], FABRIC_BASE + i as u16)),
+        // Membership listens on the fabric port + 1.
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], FABRIC_BASE + 2 * i as u16)),
     }
+}
+
+fn membership() -> bool {
+    std::env::var("SCALE_MEMBERSHIP").is_ok_and(|v| v == "1")
+}
+
+fn link_idle() -> Duration {
+    Duration::from_secs(std::env::var("SCALE_LINK_IDLE_S").ok().and_then(|v| v.parse().ok()).unwrap_or(3))
 }
 
 fn node_name(i: usize, j: usize) -> String {
@@ -80,7 +93,13 @@ async fn host(i: usize, g: usize, r: usize, k: usize, certs: &Path) -> Res<()> {
     c.local.max_listeners = 1 << 16;
     c.fabric.listen = fabric_addr(i);
     c.fabric.certs = certs.to_path_buf();
-    c.peers = (0..i).map(|j| PeerConfig::new(&format!("gw-{j}"), fabric_addr(j))).collect();
+    if membership() {
+        c.fabric.membership = true;
+        c.fabric.link_idle_ms = link_idle().as_millis() as u64;
+        c.fabric.seeds = vec![fabric_addr(0).to_string()];
+    } else {
+        c.peers = (0..i).map(|j| PeerConfig::new(&format!("gw-{j}"), fabric_addr(j))).collect();
+    }
     let base = rss_kib();
     let gw = Gateway::start(c).await?;
     let mut nodes = Vec::with_capacity(r);
@@ -111,7 +130,7 @@ async fn host(i: usize, g: usize, r: usize, k: usize, certs: &Path) -> Res<()> {
                 let l = gw.link_stats();
                 let st = gw.status();
                 println!(
-                    "stats {} {} {} {} {} {} {} {} {}",
+                    "stats {} {} {} {} {} {} {} {} {} {} {}",
                     l.links,
                     l.udp_tx_bytes,
                     l.udp_rx_bytes,
@@ -120,7 +139,9 @@ async fn host(i: usize, g: usize, r: usize, k: usize, certs: &Path) -> Res<()> {
                     st.bytes_out,
                     rss_gw.saturating_sub(base),
                     rss_nodes.saturating_sub(rss_gw),
-                    rss_kib()
+                    rss_kib(),
+                    l.membership_tx_bytes,
+                    l.membership_rx_bytes,
                 );
             }
             ["work"] => {
@@ -176,18 +197,31 @@ async fn host(i: usize, g: usize, r: usize, k: usize, certs: &Path) -> Res<()> {
                 let watched = nodes.iter().any(|n| !gone(n));
                 println!("watching {watched}");
                 let deadline = Instant::now() + Duration::from_secs(30);
+                // When its nodes were gone from our nodes' connections, and from the registry.
+                let (mut down, mut forgotten) = (None, None);
                 loop {
                     let known = gw.status().remote_nodes.iter().any(|(m, _)| m.ends_with(&suffix));
-                    if !known && nodes.iter().all(gone) {
-                        println!("gone {}", now_us());
-                        break;
+                    if down.is_none() && nodes.iter().all(gone) {
+                        down = Some(now_us());
                     }
-                    if Instant::now() > deadline {
-                        println!("gone never");
+                    if forgotten.is_none() && !known {
+                        forgotten = Some(now_us());
+                    }
+                    if down.is_some() && forgotten.is_some() || Instant::now() > deadline {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                let t = |v: Option<u128>| v.map(|t| t.to_string()).unwrap_or_else(|| "never".into());
+                println!("gone {} {}", t(down), t(forgotten));
+            }
+            ["disconnect"] => {
+                for n in &nodes {
+                    for m in n.nodes() {
+                        n.disconnect(&m);
+                    }
+                }
+                println!("disconnected");
             }
             ["quit"] => break,
             _ => println!("error unknown command {cmd}"),
@@ -231,6 +265,16 @@ impl Host {
     }
 }
 
+/// Link bytes (sent + received) of these hosts' live links.
+fn wire(s: &[Vec<u64>]) -> u64 {
+    sum(s, 1) + sum(s, 2)
+}
+
+/// Membership bytes (sent + received).
+fn swim(s: &[Vec<u64>]) -> u64 {
+    sum(s, 9) + sum(s, 10)
+}
+
 fn sum(stats: &[Vec<u64>], col: usize) -> u64 {
     stats.iter().map(|s| s.get(col).copied().unwrap_or(0)).sum()
 }
@@ -245,6 +289,7 @@ fn coordinator(g: usize, r: usize, k: usize, idle: u64) -> Res<()> {
     }
     let k = k.min(g * r - 1);
     println!("gateways {g}\nnodes_per_gateway {r}\nnodes {}\nfanout {k}", g * r);
+    println!("membership {}", if membership() { "swim" } else { "off (full mesh)" });
     let dir = std::env::temp_dir().join(format!("edist-scale-{}", std::process::id()));
     pki::init_ca(&dir, "scale", &CaOptions::default())?;
     for i in 0..g {
@@ -281,7 +326,8 @@ fn coordinator(g: usize, r: usize, k: usize, idle: u64) -> Res<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let stats = loop {
         let s = all_stats(&mut hosts)?;
-        if s.iter().all(|h| h.first() == Some(&want_links) && h.get(3) == Some(&want_nodes)) {
+        let linked = |h: &Vec<u64>| membership() || h.first() == Some(&want_links);
+        if s.iter().all(|h| linked(h) && h.get(3) == Some(&want_nodes)) {
             break s;
         }
         if Instant::now() > deadline {
@@ -318,17 +364,19 @@ fn coordinator(g: usize, r: usize, k: usize, idle: u64) -> Res<()> {
     std::thread::sleep(Duration::from_secs(1));
     let s1 = all_stats(&mut hosts)?;
     println!("relayed_connection_ends {}", sum(&s1, 4));
+    println!("inter_gateway_links_after_work {}", sum(&s1, 0) / 2);
     let rss_now = sum(&s1, 8) as f64 / g as f64;
     println!("rss_per_host_after_work_kib {rss_now:.0}");
 
     // Idle: what the fabric costs with every connection up and nothing to say.
     std::thread::sleep(Duration::from_secs(idle));
     let s2 = all_stats(&mut hosts)?;
-    let wire = |s: &[Vec<u64>]| sum(s, 1) + sum(s, 2);
     // Every byte is counted by its sender and its receiver.
     let idle_bps = (wire(&s2) - wire(&s1)) as f64 / 2.0 / idle as f64;
-    println!("idle_fabric_bytes_per_s_per_gateway {:.0}", idle_bps / g as f64);
-    println!("idle_fabric_bytes_per_s_per_link {:.0}", idle_bps / (sum(&s2, 0) / 2).max(1) as f64);
+    let swim_bps = (swim(&s2) - swim(&s1)) as f64 / 2.0 / idle as f64;
+    println!("idle_fabric_bytes_per_s_per_gateway {:.0}", (idle_bps + swim_bps) / g as f64);
+    println!("idle_link_bytes_per_s_per_link {:.0}", idle_bps / (sum(&s2, 0) / 2).max(1) as f64);
+    println!("idle_membership_bytes_per_s_per_gateway {:.0}", swim_bps / g as f64);
     println!("idle_relayed_bytes {}", sum(&s2, 5) - sum(&s1, 5));
 
     // The last host dies; everyone reports when its nodes are gone.
@@ -344,19 +392,45 @@ fn coordinator(g: usize, r: usize, k: usize, idle: u64) -> Res<()> {
     if let Some(h) = hosts.get_mut(victim) {
         h.child.kill()?;
     }
-    let mut last = 0u128;
-    let mut never = 0;
+    let (mut last, mut never) = ([0u128; 2], [0; 2]);
     for h in hosts.iter_mut().take(victim) {
-        match h.expect("gone ")?.first().and_then(|v| v.parse::<u128>().ok()) {
-            Some(t) => last = last.max(t),
-            None => never += 1,
+        let gone = h.expect("gone ")?;
+        for (col, v) in gone.iter().take(2).enumerate() {
+            match v.parse::<u128>() {
+                Ok(t) => last[col] = last[col].max(t),
+                Err(_) => never[col] += 1,
+            }
         }
     }
     println!("hosts_connected_to_the_victim {watching}");
-    if never == 0 {
-        println!("nodedown_everywhere_s {:.3}", last.saturating_sub(killed) as f64 / 1e6);
-    } else {
-        println!("nodedown_everywhere_s never ({never} hosts still saw the victim after 30 s)");
+    for (col, what) in ["nodedown_everywhere_s", "registry_forgot_victim_everywhere_s"].iter().enumerate() {
+        match never[col] {
+            0 => println!("{what} {:.3}", last[col].saturating_sub(killed) as f64 / 1e6),
+            n => println!("{what} never ({n} hosts still saw the victim after 30 s)"),
+        }
+    }
+    hosts.truncate(victim);
+
+    if membership() {
+        // Every node disconnects: the links idle and close; what is left is membership.
+        let t = Instant::now();
+        for h in hosts.iter_mut() {
+            h.send("disconnect")?;
+            h.expect("disconnected")?;
+        }
+        let s3 = loop {
+            let s = all_stats(&mut hosts)?;
+            if sum(&s, 0) == 0 || t.elapsed() > link_idle() + Duration::from_secs(30) {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        println!("links_after_disconnect {} (closed {:.1} s after it)", sum(&s3, 0) / 2, t.elapsed().as_secs_f64());
+        std::thread::sleep(Duration::from_secs(idle));
+        let s4 = all_stats(&mut hosts)?;
+        let n = hosts.len() as f64;
+        let bps = ((wire(&s4) + swim(&s4)) as f64 - (wire(&s3) + swim(&s3)) as f64) / 2.0 / idle as f64;
+        println!("idle_bytes_per_s_per_gateway_without_connections {:.0}", bps / n);
     }
     for h in hosts.iter_mut() {
         let _ = h.send("quit");

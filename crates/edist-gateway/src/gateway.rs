@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     gossip: std::sync::OnceLock<mpsc::UnboundedSender<Command>>,
     /// One dial at a time per peer gateway.
     dialling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bytes through the membership socket.
+    gossip_traffic: Arc<gossip::Traffic>,
 }
 
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
@@ -159,6 +161,10 @@ pub struct LinkStats {
     pub udp_tx_bytes: u64,
     /// UDP payload bytes received on them.
     pub udp_rx_bytes: u64,
+    /// UDP payload bytes membership sent (since the gateway started).
+    pub membership_tx_bytes: u64,
+    /// UDP payload bytes membership received.
+    pub membership_rx_bytes: u64,
 }
 
 /// A snapshot for `edist status`.
@@ -203,6 +209,7 @@ impl Gateway {
             endpoint: Default::default(),
             gossip: Default::default(),
             dialling: Default::default(),
+            gossip_traffic: Default::default(),
         });
         let mut tasks = vec![];
         let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
@@ -283,7 +290,7 @@ impl Gateway {
     }
 
     /// The links to peer gateways and what they have cost on the wire (UDP bytes, QUIC's own
-    /// keep-alives, acks and handshakes included).
+    /// keep-alives, acks and handshakes included), and what membership has.
     pub fn link_stats(&self) -> LinkStats {
         let st = self.inner.lock();
         let mut s = LinkStats::default();
@@ -293,6 +300,8 @@ impl Gateway {
             s.udp_tx_bytes += q.udp_tx.bytes;
             s.udp_rx_bytes += q.udp_rx.bytes;
         }
+        s.membership_tx_bytes = self.inner.gossip_traffic.tx.load(Ordering::Relaxed);
+        s.membership_rx_bytes = self.inner.gossip_traffic.rx.load(Ordering::Relaxed);
         s
     }
 
@@ -918,7 +927,8 @@ async fn start_membership(
     info!(member = %me.name, gossip = %me.gossip, "membership started");
     let membership = Membership::new(me, 32);
     Ok(vec![
-        tokio::spawn(gossip::run(sock, membership, sealer, opener, rx, on_event)).abort_handle(),
+        tokio::spawn(gossip::run(sock, membership, sealer, opener, rx, inner.gossip_traffic.clone(), on_event))
+            .abort_handle(),
         tokio::spawn(announce_loop(inner.clone(), tx, sources)).abort_handle(),
         tokio::spawn(reap_idle_links(inner.clone())).abort_handle(),
     ])

@@ -34,6 +34,15 @@ pub enum Event {
     Refused { from: SocketAddr, why: String },
 }
 
+/// Bytes through the membership socket.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// UDP payload bytes sent.
+    pub tx: std::sync::atomic::AtomicU64,
+    /// UDP payload bytes received.
+    pub rx: std::sync::atomic::AtomicU64,
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
@@ -45,8 +54,10 @@ pub async fn run(
     sealer: Sealer,
     mut opener: Opener,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    traffic: Arc<Traffic>,
     events: impl Fn(Event) + Send,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
     let (timer_tx, mut timers) = mpsc::unbounded_channel();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
@@ -56,6 +67,7 @@ pub async fn run(
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
+                traffic.rx.fetch_add(n as u64, Relaxed);
                 let Some(dg) = buf.get(..n) else { continue };
                 match opener.open(dg, now_ms()) {
                     Ok(o) => {
@@ -79,8 +91,9 @@ pub async fn run(
             match out {
                 Output::Send { to, payload } => match sealer.seal(&payload, now_ms()) {
                     Ok(dg) => {
-                        if let Err(e) = sock.send_to(&dg, to).await {
-                            debug!(%to, "membership datagram not sent: {e}");
+                        match sock.send_to(&dg, to).await {
+                            Ok(n) => _ = traffic.tx.fetch_add(n as u64, Relaxed),
+                            Err(e) => debug!(%to, "membership datagram not sent: {e}"),
                         }
                     }
                     Err(e) => debug!(%to, "membership datagram not sealed: {e}"),
