@@ -84,6 +84,16 @@ mod kind {
 const NODES_PER_DATAGRAM_BYTES: usize = 1000;
 /// Parts of one node list at most (so about 30,000 nodes per gateway).
 const MAX_PARTS: u16 = 1024;
+/// Announcement interval while joining, and for how long.
+const JOINING_ANNOUNCE: Duration = Duration::from_secs(1);
+const JOINING: Duration = Duration::from_secs(20);
+/// Announcement interval afterwards (heals partitions, finds late news).
+const SETTLED_ANNOUNCE: Duration = Duration::from_secs(15);
+
+fn announce_every(frequency: Duration) -> foca::PeriodicParams {
+    foca::PeriodicParams { frequency, num_members: std::num::NonZeroUsize::MIN.saturating_add(1) }
+}
+
 /// How long before an unanswered pull is repeated.
 const PULL_RETRY: Duration = Duration::from_secs(1);
 
@@ -110,6 +120,10 @@ pub struct Membership {
     version: u64,
     nodes: Vec<NodeInfo>,
     out: VecDeque<Output>,
+    /// When we first had another member, and whether the joining phase is over.
+    joined: Option<Instant>,
+    settled: bool,
+    config: Config,
 }
 
 impl Membership {
@@ -118,15 +132,16 @@ impl Membership {
         let mut config = Config::new_lan(NonZeroU32::new(expected.max(1)).unwrap_or(NonZeroU32::MIN));
         // The envelope adds the certificate and signature; stay well under the usual MTU.
         config.max_packet_size = std::num::NonZeroUsize::new(700).unwrap_or(std::num::NonZeroUsize::MIN);
-        config.periodic_announce =
-            Some(foca::PeriodicParams { frequency: Duration::from_secs(10), num_members: std::num::NonZeroUsize::MIN });
+        // A joiner learns who is there from the answers to its announcements (a feed of members
+        // per answer): announce often while joining, rarely after (see `tick`).
+        config.periodic_announce = Some(announce_every(JOINING_ANNOUNCE));
         let me_name = me.name.clone();
         let codec = Arc::new(Mutex::new(CodecState { sender: None, me: me.clone() }));
         let digests = Arc::new(Mutex::new(HashMap::new()));
         let rng = rand_foca::rngs::StdRng::seed_from_u64(rand::random());
         let foca = Foca::with_custom_broadcast(
             me,
-            config,
+            config.clone(),
             rng,
             AuthCodec(codec.clone()),
             Digests { me: me_name, heard: digests.clone() },
@@ -141,6 +156,9 @@ impl Membership {
             version: 0,
             nodes: Vec::new(),
             out: VecDeque::new(),
+            joined: None,
+            settled: false,
+            config,
         }
     }
 
@@ -170,6 +188,13 @@ impl Membership {
         let (&k, body) = payload.split_first().ok_or(MembershipError::Malformed("empty"))?;
         let result = match k {
             kind::SWIM => {
+                // Every SWIM datagram carries its sender's node-list version: whoever exchanges
+                // probes with a gateway learns of a change it missed in the gossip.
+                let (v, body) = body.split_first_chunk::<8>().ok_or(MembershipError::Malformed("swim"))?;
+                if self.members.contains_key(sender) {
+                    let r = self.remotes.entry(sender.to_string()).or_default();
+                    r.heard = r.heard.max(u64::from_be_bytes(*v));
+                }
                 lock(&self.codec).sender = Some(sender.to_string());
                 let r = self.foca.handle_data(body, &mut self.rt).map_err(|e| MembershipError::Swim(e.to_string()));
                 lock(&self.codec).sender = None;
@@ -196,9 +221,18 @@ impl Membership {
 
     /// Once a second: asks for node lists we know are newer than ours.
     pub fn tick(&mut self, now: Instant) {
-        for (name, d) in lock(&self.digests).drain() {
-            let r = self.remotes.entry(name).or_default();
-            r.heard = r.heard.max(d);
+        if !self.settled && !self.members.is_empty() {
+            let joined = *self.joined.get_or_insert(now);
+            if now.duration_since(joined) >= JOINING {
+                self.settled = true;
+                self.config.periodic_announce = Some(announce_every(SETTLED_ANNOUNCE));
+                let _ = self.foca.set_config(self.config.clone());
+            }
+        }
+        // (Copied, not drained: the handler needs them to tell a stale digest from a new one.)
+        for (name, d) in lock(&self.digests).iter() {
+            let r = self.remotes.entry(name.clone()).or_default();
+            r.heard = r.heard.max(*d);
         }
         for (name, r) in &mut self.remotes {
             let Some(m) = self.members.get(name) else { continue };
@@ -298,8 +332,9 @@ impl Membership {
     /// Moves what foca produced into our outputs.
     fn drain(&mut self) {
         while let Some((to, data)) = self.rt.to_send() {
-            let mut payload = Vec::with_capacity(data.len() + 1);
+            let mut payload = Vec::with_capacity(data.len() + 9);
             payload.push(kind::SWIM);
+            payload.extend_from_slice(&self.version.to_be_bytes());
             payload.extend_from_slice(&data);
             self.out.push_back(Output::Send { to: to.gossip, payload });
         }
@@ -483,6 +518,8 @@ mod tests {
         /// What each member was told: lists and departures.
         nodes: Vec<HashMap<String, Vec<NodeInfo>>>,
         downs: Vec<Vec<String>>,
+        /// Datagrams sent, all members together.
+        sent: u64,
     }
 
     fn id(i: usize) -> MemberId {
@@ -501,6 +538,7 @@ mod tests {
                 start: Instant::now(),
                 nodes: vec![HashMap::new(); n],
                 downs: vec![vec![]; n],
+                sent: 0,
             }
         }
 
@@ -520,6 +558,7 @@ mod tests {
                         }
                         match o {
                             Output::Send { to, payload } => {
+                                self.sent += 1;
                                 let Some(j) = self.index(to) else { continue };
                                 if self.alive[j] {
                                     let sender = self.members[i].me().name.clone();
@@ -607,6 +646,12 @@ mod tests {
         for i in (0..n).filter(|i| *i != 2) {
             assert_eq!(sim.nodes[i]["gw-2"], vec![node("late@host2")], "gw-{i}");
         }
+        // Quiet once everything is known: SWIM's probes (a ping and an ack, now and then an
+        // indirect probe or an announcement) and no more, whatever the cluster size.
+        let before = sim.sent;
+        sim.run(Duration::from_secs(30));
+        let per_member_s = (sim.sent - before) as f64 / 30.0 / n as f64;
+        assert!(per_member_s < 3.0, "{per_member_s:.1} datagrams/s per member when idle");
         // A silent member is declared down everywhere.
         sim.alive[4] = false;
         sim.run(Duration::from_secs(20));
