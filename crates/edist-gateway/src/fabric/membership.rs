@@ -84,9 +84,9 @@ mod kind {
 const NODES_PER_DATAGRAM_BYTES: usize = 1000;
 /// Parts of one node list at most (so about 30,000 nodes per gateway).
 const MAX_PARTS: u16 = 1024;
-/// Announcement interval while joining, and for how long.
+/// Announcement interval while joining; joining ends when no new member came for `JOINING`.
 const JOINING_ANNOUNCE: Duration = Duration::from_secs(1);
-const JOINING: Duration = Duration::from_secs(20);
+const JOINING: Duration = Duration::from_secs(5);
 /// Announcement interval afterwards (heals partitions, finds late news).
 const SETTLED_ANNOUNCE: Duration = Duration::from_secs(15);
 
@@ -120,8 +120,8 @@ pub struct Membership {
     version: u64,
     nodes: Vec<NodeInfo>,
     out: VecDeque<Output>,
-    /// When we first had another member, and whether the joining phase is over.
-    joined: Option<Instant>,
+    /// When the last new member came while joining, and whether joining is over.
+    grew: Option<Instant>,
     settled: bool,
     config: Config,
 }
@@ -156,7 +156,7 @@ impl Membership {
             version: 0,
             nodes: Vec::new(),
             out: VecDeque::new(),
-            joined: None,
+            grew: None,
             settled: false,
             config,
         }
@@ -222,8 +222,8 @@ impl Membership {
     /// Once a second: asks for node lists we know are newer than ours.
     pub fn tick(&mut self, now: Instant) {
         if !self.settled && !self.members.is_empty() {
-            let joined = *self.joined.get_or_insert(now);
-            if now.duration_since(joined) >= JOINING {
+            let grew = *self.grew.get_or_insert(now);
+            if now.duration_since(grew) >= JOINING {
                 self.settled = true;
                 self.config.periodic_announce = Some(announce_every(SETTLED_ANNOUNCE));
                 let _ = self.foca.set_config(self.config.clone());
@@ -344,6 +344,7 @@ impl Membership {
         while let Some(n) = self.rt.to_notify() {
             match n {
                 OwnedNotification::MemberUp(m) => {
+                    self.grew = None; // set at the next tick
                     self.members.insert(m.name.clone(), m.clone());
                     // Ask for its list at the next tick.
                     let r = self.remotes.entry(m.name.clone()).or_default();
