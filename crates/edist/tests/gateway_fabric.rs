@@ -532,7 +532,9 @@ impl Cluster {
             }
             if let Some(idle) = setup.membership {
                 let seed = ips[0];
-                toml.push_str(&format!("membership = true\nlink_idle_ms = {idle}\nseeds = [\"{seed}:{FABRIC_PORT}\"]\n"));
+                toml.push_str(&format!(
+                    "membership = true\nlink_idle_ms = {idle}\nseeds = [\"{seed}:{FABRIC_PORT}\"]\n"
+                ));
             }
             let named_peers = !setup.dns_seeds && setup.membership.is_none();
             for (j, other) in ips.iter().enumerate().filter(|(j, _)| *j != i && named_peers) {
@@ -1261,10 +1263,19 @@ async fn membership_spreads_the_registry_and_links_open_on_traffic_and_close_whe
     let mut c = cluster.erl(2, "c", &[]).await?;
     let d = cluster.erl(3, "d", &[]).await?;
     for i in 0..4 {
-        ensure!(cluster.peers(i).await?.is_empty(), "gw-{i} has links before any traffic: {:?}", cluster.peers(i).await?);
+        ensure!(
+            cluster.peers(i).await?.is_empty(),
+            "gw-{i} has links before any traffic: {:?}",
+            cluster.peers(i).await?
+        );
     }
     assert_eq!(a.eval(&format!("net_adm:ping({})", q(&b.name))).await?, "pong");
-    ensure!(cluster.peers(0).await? == ["gw-1"] && cluster.peers(1).await? == ["gw-0"], "{:?} {:?}", cluster.peers(0).await?, cluster.peers(1).await?);
+    ensure!(
+        cluster.peers(0).await? == ["gw-1"] && cluster.peers(1).await? == ["gw-0"],
+        "{:?} {:?}",
+        cluster.peers(0).await?,
+        cluster.peers(1).await?
+    );
     ensure!(cluster.peers(2).await?.is_empty() && cluster.peers(3).await?.is_empty(), "links between idle gateways");
     assert_eq!(c.eval(&format!("rpc:call({}, erlang, node, [])", q(&d.name))).await?, d.name);
     ensure!(cluster.peers(2).await? == ["gw-3"], "gw-2: {:?}", cluster.peers(2).await?);
@@ -1273,7 +1284,9 @@ async fn membership_spreads_the_registry_and_links_open_on_traffic_and_close_whe
     let t = Instant::now();
     assert_eq!(a.eval(&format!("erlang:disconnect_node({})", q(&b.name))).await?, "true");
     cluster
-        .wait("gw-0's idle link to close", || async { Ok(cluster.peers(0).await?.is_empty() && cluster.peers(1).await?.is_empty()) })
+        .wait("gw-0's idle link to close", || async {
+            Ok(cluster.peers(0).await?.is_empty() && cluster.peers(1).await?.is_empty())
+        })
         .await?;
     eprintln!("idle link closed {:.1} s after the disconnect (link_idle_ms 1500)", t.elapsed().as_secs_f64());
     ensure!(t.elapsed() >= Duration::from_millis(1400), "the link closed before its idle time");

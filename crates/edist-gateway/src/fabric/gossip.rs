@@ -90,12 +90,10 @@ pub async fn run(
         while let Some(out) = m.poll() {
             match out {
                 Output::Send { to, payload } => match sealer.seal(&payload, now_ms()) {
-                    Ok(dg) => {
-                        match sock.send_to(&dg, to).await {
-                            Ok(n) => _ = traffic.tx.fetch_add(n as u64, Relaxed),
-                            Err(e) => debug!(%to, "membership datagram not sent: {e}"),
-                        }
-                    }
+                    Ok(dg) => match sock.send_to(&dg, to).await {
+                        Ok(n) => _ = traffic.tx.fetch_add(n as u64, Relaxed),
+                        Err(e) => debug!(%to, "membership datagram not sent: {e}"),
+                    },
                     Err(e) => debug!(%to, "membership datagram not sealed: {e}"),
                 },
                 Output::Timer { after, timer } => {

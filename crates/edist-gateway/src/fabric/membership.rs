@@ -352,18 +352,15 @@ impl Membership {
                     r.last_pull = None;
                     self.out.push_back(Output::Up(m));
                 }
-                OwnedNotification::MemberDown(m) => {
-                    if self.members.get(&m.name).is_some_and(|cur| cur.bump <= m.bump) {
-                        self.members.remove(&m.name);
-                        self.remotes.remove(&m.name);
-                        self.out.push_back(Output::Down(m));
-                    }
+                // (A former life going down says nothing about the current one.)
+                OwnedNotification::MemberDown(m) if self.members.get(&m.name).is_some_and(|cur| cur.bump <= m.bump) => {
+                    self.members.remove(&m.name);
+                    self.remotes.remove(&m.name);
+                    self.out.push_back(Output::Down(m));
                 }
                 OwnedNotification::Rejoin(me) => lock(&self.codec).me = me,
-                OwnedNotification::Rename(old, new) => {
-                    if self.members.remove(&old.name).is_some() {
-                        self.members.insert(new.name.clone(), new);
-                    }
+                OwnedNotification::Rename(old, new) if self.members.remove(&old.name).is_some() => {
+                    self.members.insert(new.name.clone(), new);
                 }
                 _ => {}
             }
