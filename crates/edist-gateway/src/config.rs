@@ -23,6 +23,7 @@
 //! gateway_buffer = 268435456       # the same for all relays together: the memory bound
 //! compress_threshold = 1024        # peers with `compress = true` get lz4 above this size
 //! congestion = "bbr"               # QUIC congestion control: bbr, cubic or newreno
+//! transport = "quic"               # or "tcp": TLS over TCP where UDP is blocked
 //! revoked = []                     # certificate serials (hex) or identities refused
 //! seeds = ["gateways.internal:4371"] # DNS names (all their addresses) or ip:port to dial
 //! membership = false               # SWIM between gateways, lazy links (UDP port + 1)
@@ -151,6 +152,9 @@ pub struct FabricConfig {
     /// Packets larger than this many bytes are lz4-compressed towards peers with
     /// `compress = true` (default 1024).
     pub compress_threshold: usize,
+    /// The transport between gateways: `quic` (default) or `tcp` (TLS 1.3 over TCP on the same
+    /// port number, for networks that block UDP; every gateway of a cluster uses the same).
+    pub transport: crate::fabric::link::TransportKind,
     /// QUIC congestion control: `bbr` (default; short queues at the bottleneck, tolerates
     /// random loss), `cubic` or `newreno`.
     pub congestion: crate::fabric::quic::Congestion,
@@ -255,6 +259,7 @@ impl Default for FabricConfig {
             gateway_buffer: 256 << 20,
             compress_threshold: 1024,
             congestion: Default::default(),
+            transport: Default::default(),
             revoked: Vec::new(),
             seeds: Vec::new(),
             membership: false,

@@ -5,8 +5,9 @@ use crate::config::Config;
 use crate::fabric::discovery::{self, Discovery};
 use crate::fabric::envelope::{Opener, Sealer};
 use crate::fabric::gossip::{self, Command, Event};
+use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, SendStream, Transport};
 use crate::fabric::membership::{MemberId, Membership};
-use crate::fabric::quic::{self, PeerLink, QuicOptions, TlsIdentity};
+use crate::fabric::quic::{self, QuicOptions, TlsIdentity};
 use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
 use crate::metrics::{self, Metrics, MetricsSnapshot};
 use crate::policy;
@@ -51,7 +52,7 @@ struct RemoteNode {
 
 struct Peer {
     link_id: u64,
-    conn: quinn::Connection,
+    conn: Arc<dyn Link>,
     control: mpsc::UnboundedSender<Msg>,
     usage: Arc<LinkUsage>,
 }
@@ -132,8 +133,8 @@ pub(crate) struct Inner {
     grants: Mutex<HashMap<String, crate::pki::Grant>>,
     /// Refused traffic.
     refusals: crate::refusal_log::RefusalLog,
-    /// The fabric endpoint (for links opened on demand).
-    endpoint: std::sync::OnceLock<quinn::Endpoint>,
+    /// The fabric's transport (for links opened on demand).
+    transport: std::sync::OnceLock<Arc<dyn Transport>>,
     /// Membership, when `[fabric] membership` is on.
     gossip: std::sync::OnceLock<mpsc::UnboundedSender<Command>>,
     /// One dial at a time per peer gateway.
@@ -147,7 +148,7 @@ pub(crate) struct Inner {
 pub struct Gateway {
     inner: Arc<Inner>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
-    endpoint: Option<quinn::Endpoint>,
+    transport: Option<Arc<dyn Transport>>,
     control_addr: std::net::SocketAddr,
     metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -206,7 +207,7 @@ impl Gateway {
             peer_budgets: Mutex::new(HashMap::new()),
             grants: Mutex::new(HashMap::new()),
             refusals: Default::default(),
-            endpoint: Default::default(),
+            transport: Default::default(),
             gossip: Default::default(),
             dialling: Default::default(),
             gossip_traffic: Default::default(),
@@ -224,7 +225,7 @@ impl Gateway {
             metrics_addr = Some(bound);
         }
 
-        let mut endpoint = None;
+        let mut transport = None;
         let certs = &cfg.fabric.certs;
         let have_certs = certs.join(format!("{}.pem", cfg.name)).exists();
         if have_certs {
@@ -235,23 +236,25 @@ impl Gateway {
                 congestion: cfg.fabric.congestion,
                 ..QuicOptions::default()
             };
-            let ep = quic::endpoint(cfg.fabric.listen, &id, &opts).map_err(|e| GatewayError::Fabric(e.to_string()))?;
-            tasks.push(tokio::spawn(accept_loop(inner.clone(), ep.clone())).abort_handle());
-            let _ = inner.endpoint.set(ep.clone());
+            let t = link::bind(cfg.fabric.transport, cfg.fabric.listen, &id, &opts, &cfg.name)
+                .await
+                .map_err(|e| GatewayError::Fabric(e.to_string()))?;
+            tasks.push(tokio::spawn(accept_loop(inner.clone(), t.clone())).abort_handle());
+            let _ = inner.transport.set(t.clone());
             if cfg.fabric.membership {
-                tasks.extend(start_membership(&inner, &id, &ep).await?);
+                let fabric = t.local_addr().map_err(|e| GatewayError::Fabric(e.to_string()))?;
+                tasks.extend(start_membership(&inner, &id, fabric).await?);
             }
             for p in cfg.peers.iter().filter(|_| !cfg.fabric.membership) {
                 let Some(addr) = p.addr else { continue };
-                tasks.push(tokio::spawn(dial_loop(inner.clone(), ep.clone(), p.name.clone(), addr)).abort_handle());
+                tasks.push(tokio::spawn(dial_loop(inner.clone(), t.clone(), p.name.clone(), addr)).abort_handle());
             }
             if !cfg.fabric.seeds.is_empty() && !cfg.fabric.membership {
-                let seed_cfg = quic::seed_client_config(&id, &opts).map_err(|e| GatewayError::Fabric(e.to_string()))?;
                 let (st, dns) = discovery::from_config(&cfg.fabric.seeds);
                 let sources: Vec<Box<dyn Discovery>> = vec![Box::new(st), Box::new(dns)];
-                tasks.push(tokio::spawn(seed_loop(inner.clone(), ep.clone(), seed_cfg, sources)).abort_handle());
+                tasks.push(tokio::spawn(seed_loop(inner.clone(), t.clone(), sources)).abort_handle());
             }
-            endpoint = Some(ep);
+            transport = Some(t);
         } else if !cfg.peers.is_empty() {
             return Err(GatewayError::Fabric(format!(
                 "peers are configured but {} has no certificate for {} (run `edist certs issue {}`)",
@@ -261,7 +264,7 @@ impl Gateway {
             )));
         }
         info!(name = %cfg.name, control = %control_addr, fabric = have_certs, "gateway started");
-        Ok(Gateway { inner, tasks: Arc::new(Mutex::new(tasks)), endpoint, control_addr, metrics_addr })
+        Ok(Gateway { inner, tasks: Arc::new(Mutex::new(tasks)), transport, control_addr, metrics_addr })
     }
 
     /// The local control address (for `-edist_gateway`).
@@ -271,7 +274,7 @@ impl Gateway {
 
     /// The fabric address actually bound.
     pub fn fabric_addr(&self) -> Option<std::net::SocketAddr> {
-        self.endpoint.as_ref().and_then(|e| e.local_addr().ok())
+        self.transport.as_ref().and_then(|t| t.local_addr().ok())
     }
 
     /// The Prometheus endpoint's address, when `[metrics] listen` is set.
@@ -295,10 +298,10 @@ impl Gateway {
         let st = self.inner.lock();
         let mut s = LinkStats::default();
         for p in st.peers.values().flatten() {
-            let q = p.conn.stats();
+            let (tx, rx) = p.conn.wire_bytes();
             s.links += 1;
-            s.udp_tx_bytes += q.udp_tx.bytes;
-            s.udp_rx_bytes += q.udp_rx.bytes;
+            s.udp_tx_bytes += tx;
+            s.udp_rx_bytes += rx;
         }
         s.membership_tx_bytes = self.inner.gossip_traffic.tx.load(Ordering::Relaxed);
         s.membership_rx_bytes = self.inner.gossip_traffic.rx.load(Ordering::Relaxed);
@@ -307,8 +310,8 @@ impl Gateway {
 
     /// Stops everything: links close (peers see this gateway's nodes go down), listeners close.
     pub fn shutdown(&self) {
-        if let Some(ep) = &self.endpoint {
-            ep.close(0u32.into(), b"shutdown");
+        if let Some(t) = &self.transport {
+            t.close();
         }
         for t in lock(&self.tasks).drain(..) {
             t.abort();
@@ -476,7 +479,7 @@ impl Inner {
                 let mut st = self.lock();
                 st.members.remove(&m.name);
                 for l in st.peers.get(&m.name).into_iter().flatten() {
-                    l.conn.close(quic::CLOSE_NORMAL, b"membership says you are gone");
+                    l.conn.close(code(quic::CLOSE_NORMAL), b"membership says you are gone");
                 }
                 drop(st);
                 self.forget_remote(|_, r| r.gateway == m.name);
@@ -643,7 +646,7 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
 async fn open_relay_stream(
     inner: &Arc<Inner>,
     gateway: &str,
-) -> Result<(quinn::Connection, LinkHold, (quinn::SendStream, quinn::RecvStream)), relay::RelayError> {
+) -> Result<(Arc<dyn Link>, LinkHold, (SendStream, RecvStream)), relay::RelayError> {
     let mut error = None;
     // Twice: the link may close under us (the far side found it idle), then a fresh one.
     for _ in 0..2 {
@@ -658,7 +661,7 @@ async fn open_relay_stream(
 
 /// The newest link to `gateway`, held for a relayed connection; with membership, one is dialled
 /// if there is none.
-async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(quinn::Connection, LinkHold), relay::RelayError> {
+async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(Arc<dyn Link>, LinkHold), relay::RelayError> {
     let newest = |inner: &Inner| {
         let st = inner.lock();
         st.peers.get(gateway).and_then(|l| l.last()).map(|p| (p.conn.clone(), p.usage.hold()))
@@ -667,14 +670,14 @@ async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(quinn::Connection
         return Ok(l);
     }
     let no_link = || relay::RelayError::Refused(format!("no link to {gateway}"));
-    let (Some(ep), true) = (inner.endpoint.get(), inner.cfg.fabric.membership) else { return Err(no_link()) };
+    let (Some(t), true) = (inner.transport.get(), inner.cfg.fabric.membership) else { return Err(no_link()) };
     let gate = lock(&inner.dialling).entry(gateway.to_string()).or_default().clone();
     let _dialling = gate.lock().await;
     if let Some(l) = newest(inner) {
         return Ok(l);
     }
     let addr = inner.lock().members.get(gateway).copied().ok_or_else(no_link)?;
-    let link = quic::dial(ep, addr, gateway, &inner.cfg.name).await.map_err(|e| {
+    let link = t.dial(addr, Some(gateway)).await.map_err(|e| {
         inner.metrics.link_handshake(gateway, false);
         relay::RelayError::Refused(format!("dialling {gateway} at {addr}: {e}"))
     })?;
@@ -694,11 +697,11 @@ async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(quinn::Connection
 async fn carry(
     inner: &Arc<Inner>,
     sock: TcpStream,
-    msgs: MsgReader<quinn::RecvStream>,
-    tx: quinn::SendStream,
+    msgs: MsgReader<RecvStream>,
+    tx: SendStream,
     leftover: &[u8],
     (merger, rxs): (MergerGuard, relay::MergerRx),
-    conn: quinn::Connection,
+    conn: Arc<dyn Link>,
     relay_id: u64,
     peer_gateway: &str,
 ) -> Result<(), relay::RelayError> {
@@ -720,12 +723,12 @@ async fn carry(
 }
 
 /// Opens lane streams of relay `relay_id` on `conn`.
-fn lane_opener(conn: quinn::Connection, relay_id: u64) -> relay::LaneOpener {
+fn lane_opener(conn: Arc<dyn Link>, relay_id: u64) -> relay::LaneOpener {
     Box::new(move || {
         let conn = conn.clone();
         Box::pin(async move {
-            let mut s = conn.open_uni().await.map_err(std::io::Error::other)?;
-            s.write_all(&Msg::Lane { relay: relay_id }.encode()).await.map_err(std::io::Error::other)?;
+            let mut s = conn.open_uni().await?;
+            s.write_all(&Msg::Lane { relay: relay_id }.encode()).await?;
             Ok(s)
         })
     })
@@ -764,11 +767,11 @@ const ANNOUNCEMENT_WAIT: Duration = Duration::from_secs(1);
 #[allow(clippy::too_many_arguments)]
 async fn relay_to_local(
     inner: Arc<Inner>,
-    conn: quinn::Connection,
+    conn: Arc<dyn Link>,
     relay_id: u64,
     peer_gateway: String,
-    mut tx: quinn::SendStream,
-    mut msgs: MsgReader<quinn::RecvStream>,
+    mut tx: SendStream,
+    mut msgs: MsgReader<RecvStream>,
     from: String,
     to: String,
     flags: u64,
@@ -805,13 +808,11 @@ async fn relay_to_local(
     carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &peer_gateway).await
 }
 
-async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
-    while let Some(incoming) = ep.accept().await {
+async fn accept_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>) {
+    while let Some((from, handshake)) = transport.accept().await {
         let inner = inner.clone();
-        let name = inner.cfg.name.clone();
-        let from = incoming.remote_address();
         tokio::spawn(async move {
-            match quic::accept(incoming, &name).await {
+            match handshake.await {
                 Ok(link) => run_link(inner, link).await,
                 // TLS refusals (no or foreign certificate, expired), silent or lying peers: the
                 // peer is not known yet, so it is counted under its address.
@@ -824,10 +825,10 @@ async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
     }
 }
 
-async fn dial_loop(inner: Arc<Inner>, ep: quinn::Endpoint, peer: String, addr: std::net::SocketAddr) {
+async fn dial_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, peer: String, addr: std::net::SocketAddr) {
     loop {
         if !inner.lock().peers.contains_key(&peer) {
-            match quic::dial(&ep, addr, &peer, &inner.cfg.name).await {
+            match transport.dial(addr, Some(&peer)).await {
                 Ok(link) => run_link(inner.clone(), link).await,
                 Err(e) => {
                     inner.metrics.link_handshake(&peer, false);
@@ -841,7 +842,7 @@ async fn dial_loop(inner: Arc<Inner>, ep: quinn::Endpoint, peer: String, addr: s
 
 /// Dials the addresses the seed sources give, again every few seconds, unless a link to that
 /// address is up; whoever answers (with a certificate of the cluster CA) becomes a peer.
-async fn seed_loop(inner: Arc<Inner>, ep: quinn::Endpoint, cfg: quinn::ClientConfig, sources: Vec<Box<dyn Discovery>>) {
+async fn seed_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, sources: Vec<Box<dyn Discovery>>) {
     // Addresses that turned out to be this gateway itself.
     let mut own = std::collections::HashSet::new();
     loop {
@@ -852,9 +853,9 @@ async fn seed_loop(inner: Arc<Inner>, ep: quinn::Endpoint, cfg: quinn::ClientCon
                     continue;
                 }
                 let me = inner.cfg.name.as_str();
-                match quic::dial_with_config(&ep, cfg.clone(), addr, quic::SEED_SERVER_NAME, me).await {
+                match transport.dial(addr, None).await {
                     Ok(link) if link.peer_name == me => {
-                        link.conn.close(quic::CLOSE_NORMAL, b"that is me");
+                        link.link.close(code(quic::CLOSE_NORMAL), b"that is me");
                         own.insert(addr);
                     }
                     Ok(link) => {
@@ -884,10 +885,9 @@ fn gossip_addr(fabric: std::net::SocketAddr) -> std::net::SocketAddr {
 async fn start_membership(
     inner: &Arc<Inner>,
     id: &TlsIdentity,
-    ep: &quinn::Endpoint,
+    fabric: std::net::SocketAddr,
 ) -> Result<Vec<AbortHandle>, GatewayError> {
     let cfg = &inner.cfg;
-    let fabric = ep.local_addr().map_err(|e| GatewayError::Fabric(e.to_string()))?;
     let bind = gossip_addr(fabric);
     let sock = tokio::net::UdpSocket::bind(bind).await.map_err(|e| GatewayError::Bind {
         what: "membership",
@@ -971,23 +971,28 @@ async fn reap_idle_links(inner: Arc<Inner>) {
         for p in inner.lock().peers.values().flatten() {
             if p.usage.idle_for() >= idle {
                 debug!(link = p.link_id, "closing an idle link");
-                p.conn.close(quic::CLOSE_IDLE, b"idle");
+                p.conn.close(code(quic::CLOSE_IDLE), b"idle");
             }
         }
     }
 }
 
+/// A `CLOSE_*` code as [`Link::close`] takes it.
+fn code(c: quinn::VarInt) -> u32 {
+    u32::try_from(c.into_inner()).unwrap_or(0)
+}
+
 /// Serves one link to another gateway until it closes.
-async fn run_link(inner: Arc<Inner>, link: PeerLink) {
+async fn run_link(inner: Arc<Inner>, link: Linked) {
     let peer = link.peer_name.clone();
-    let conn = link.conn.clone();
+    let conn = link.link.clone();
     if peer == inner.cfg.name {
         // A seed that is our own address, seen from the accepting side.
-        conn.close(quic::CLOSE_NORMAL, b"that is me");
+        conn.close(code(quic::CLOSE_NORMAL), b"that is me");
         return;
     }
     if inner.is_revoked(&peer, &link.grant.serial) {
-        conn.close(quic::CLOSE_REVOKED, b"certificate revoked");
+        conn.close(code(quic::CLOSE_REVOKED), b"certificate revoked");
         inner.refuse(&peer, "revoked", &format!("link: certificate {} is revoked", link.grant.serial));
         return;
     }
@@ -1050,26 +1055,19 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     }
     writer.abort();
     uni.abort();
-    info!(%peer, reason = ?conn.close_reason(), "gateway link down");
+    info!(%peer, reason = ?conn.closed(), "gateway link down");
     inner.metrics.link_down(&peer);
     let mut st = inner.lock();
     // A link that died of silence says the peer (or the path to it) is gone: its sibling links
     // (both gateways dial, so there may be two) are as dead, only not noticed yet. Closing them
     // now keeps new relays off them and lets the peer's nodes go down at once.
-    let peer_gone = matches!(
-        conn.close_reason(),
-        Some(
-            quinn::ConnectionError::TimedOut
-                | quinn::ConnectionError::Reset
-                | quinn::ConnectionError::TransportError(_)
-        )
-    );
+    let peer_gone = matches!(conn.closed(), Some(Closed::Lost(_)));
     let last = match st.peers.get_mut(&peer) {
         Some(links) => {
             links.retain(|l| l.link_id != link_id);
             if peer_gone {
                 for l in links.iter() {
-                    l.conn.close(0u32.into(), b"a sibling link to the same peer timed out");
+                    l.conn.close(code(quic::CLOSE_NORMAL), b"a sibling link to the same peer timed out");
                 }
             }
             links.is_empty()
@@ -1087,7 +1085,7 @@ async fn run_link(inner: Arc<Inner>, link: PeerLink) {
     }
 }
 
-async fn read_control(inner: Arc<Inner>, peer: String, rx: quinn::RecvStream) {
+async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
     let mut msgs = MsgReader::new(rx);
     match msgs.next("control").await {
         Ok(Msg::Control) => {}

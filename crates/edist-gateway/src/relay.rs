@@ -472,8 +472,9 @@ pub struct InboundPolicy {
 
 /// Opens a lane stream towards the peer gateway (the `Lane` frame is sent by the caller).
 pub type LaneOpener = Box<
-    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<quinn::SendStream>> + Send>>
-        + Send
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<crate::fabric::link::SendStream>> + Send>,
+        > + Send
         + Sync,
 >;
 
@@ -721,7 +722,11 @@ async fn feed_lane<R: AsyncRead + Unpin>(mut lane: Packets<R>, merger: Merger) -
 
 /// Feeds an incoming lane stream (after its `Lane` frame; `pending` are bytes already read
 /// past it) to the relay's merger.
-pub async fn feed_lane_stream(rx: quinn::RecvStream, pending: &[u8], merger: Merger) -> std::io::Result<()> {
+pub async fn feed_lane_stream(
+    rx: crate::fabric::link::RecvStream,
+    pending: &[u8],
+    merger: Merger,
+) -> std::io::Result<()> {
     feed_lane(Packets::new(rx, pending, true), merger).await
 }
 

@@ -4,5 +4,7 @@
 pub mod discovery;
 pub mod envelope;
 pub mod gossip;
+pub mod link;
 pub mod membership;
 pub mod quic;
+pub mod tcp;

@@ -23,6 +23,7 @@
 //! Refusals close the connection with an application error code (`CLOSE_*`) and a reason,
 //! which the other side sees as [`FabricError::Refused`].
 
+use super::link::{BoxFuture, Closed, Incoming, Linked, RecvStream, SendStream, Transport};
 use crate::pki::{self, NodePaths, PkiError};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, Endpoint, IdleTimeout, TransportConfig, VarInt};
@@ -363,6 +364,14 @@ pub fn membership_verifier(id: &TlsIdentity) -> Result<Arc<dyn rustls::server::d
 
 /// The server half: requires a client certificate chaining to the cluster CA.
 pub fn server_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ServerConfig> {
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls_server_config(id)?)?));
+    cfg.transport_config(Arc::new(transport_config(opts)?));
+    Ok(cfg)
+}
+
+/// The TLS server side of every transport: TLS 1.3, client certificate of the cluster CA
+/// required, ALPN `edist/1`, no resumption.
+pub fn tls_server_config(id: &TlsIdentity) -> Result<rustls::ServerConfig> {
     let provider = crypto_provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(root_store(&id.ca)?, provider.clone()).build()?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -373,9 +382,7 @@ pub fn server_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::Serv
     // No resumption: every link verifies the full client chain (and its validity) again.
     tls.session_storage = Arc::new(NoServerSessionStorage {});
     tls.send_tls13_tickets = 0;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    cfg.transport_config(Arc::new(transport_config(opts)?));
-    Ok(cfg)
+    Ok(tls)
 }
 
 /// The client half: verifies the server against the cluster CA and presents our certificate.
@@ -384,6 +391,15 @@ pub fn client_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::Clie
 }
 
 fn client_config_with(id: &TlsIdentity, opts: &QuicOptions, any_identity: bool) -> Result<quinn::ClientConfig> {
+    let tls = tls_client_config(id, any_identity)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    cfg.transport_config(Arc::new(transport_config(opts)?));
+    Ok(cfg)
+}
+
+/// The TLS client side of every transport: verifies the server against the cluster CA (by
+/// name, or any identity for a seed) and presents our certificate.
+pub fn tls_client_config(id: &TlsIdentity, any_identity: bool) -> Result<rustls::ClientConfig> {
     let provider = crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -396,9 +412,7 @@ fn client_config_with(id: &TlsIdentity, opts: &QuicOptions, any_identity: bool) 
     let mut tls = builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.resumption = Resumption::disabled();
-    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    cfg.transport_config(Arc::new(transport_config(opts)?));
-    Ok(cfg)
+    Ok(tls)
 }
 
 /// The server name a seed dial asks for: unknown, so [`AnyClusterServer`] ignores it.
@@ -613,7 +627,16 @@ async fn read_hello(recv: &mut quinn::RecvStream, expected: HelloKind) -> Result
 /// Closes `conn` with the application code matching `e` (a no-op if it is already closed)
 /// and hands `e` back.
 fn refuse(conn: &quinn::Connection, e: FabricError) -> FabricError {
-    let code = match &e {
+    let code = VarInt::from_u32(refusal_code(&e));
+    tracing::debug!(remote = %conn.remote_address(), error = %e, "refusing gateway link");
+    let reason = e.to_string();
+    conn.close(code, &reason.as_bytes()[..reason.len().min(200)]);
+    e
+}
+
+/// The application close code (`CLOSE_*`) that refuses a link for `e`.
+pub fn refusal_code(e: &FabricError) -> u32 {
+    let code = match e {
         FabricError::BadHello(_) => CLOSE_BAD_HELLO,
         FabricError::NameMismatch { .. } => CLOSE_NAME_MISMATCH,
         FabricError::Version(_) => CLOSE_VERSION,
@@ -621,10 +644,7 @@ fn refuse(conn: &quinn::Connection, e: FabricError) -> FabricError {
         FabricError::NoPeerIdentity => CLOSE_NO_IDENTITY,
         _ => CLOSE_NORMAL,
     };
-    tracing::debug!(remote = %conn.remote_address(), error = %e, "refusing gateway link");
-    let reason = e.to_string();
-    conn.close(code, &reason.as_bytes()[..reason.len().min(200)]);
-    e
+    code.into_inner() as u32
 }
 
 fn from_conn(e: ConnectionError) -> FabricError {
@@ -649,6 +669,109 @@ fn from_read(e: quinn::ReadExactError) -> FabricError {
         quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => from_conn(c),
         quinn::ReadExactError::FinishedEarly(_) => FabricError::BadHello(HelloError::Truncated),
         e => FabricError::Stream(e.to_string()),
+    }
+}
+
+impl super::link::Link for quinn::Connection {
+    fn open_bi(&self) -> BoxFuture<'_, std::io::Result<(SendStream, RecvStream)>> {
+        Box::pin(async move {
+            let (s, r) = quinn::Connection::open_bi(self).await.map_err(std::io::Error::other)?;
+            Ok((Box::new(s) as SendStream, Box::new(r) as RecvStream))
+        })
+    }
+
+    fn open_uni(&self) -> BoxFuture<'_, std::io::Result<SendStream>> {
+        Box::pin(async move {
+            Ok(Box::new(quinn::Connection::open_uni(self).await.map_err(std::io::Error::other)?) as SendStream)
+        })
+    }
+
+    fn accept_bi(&self) -> BoxFuture<'_, std::io::Result<(SendStream, RecvStream)>> {
+        Box::pin(async move {
+            let (s, r) = quinn::Connection::accept_bi(self).await.map_err(std::io::Error::other)?;
+            Ok((Box::new(s) as SendStream, Box::new(r) as RecvStream))
+        })
+    }
+
+    fn accept_uni(&self) -> BoxFuture<'_, std::io::Result<RecvStream>> {
+        Box::pin(async move {
+            Ok(Box::new(quinn::Connection::accept_uni(self).await.map_err(std::io::Error::other)?) as RecvStream)
+        })
+    }
+
+    fn close(&self, code: u32, reason: &[u8]) {
+        quinn::Connection::close(self, code.into(), reason)
+    }
+
+    fn closed(&self) -> Option<Closed> {
+        Some(match self.close_reason()? {
+            ConnectionError::LocallyClosed => Closed::Locally,
+            ConnectionError::ApplicationClosed(c) => Closed::ByPeer {
+                code: c.error_code.into_inner(),
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            },
+            e => Closed::Lost(e.to_string()),
+        })
+    }
+
+    fn remote_address(&self) -> SocketAddr {
+        quinn::Connection::remote_address(self)
+    }
+
+    fn wire_bytes(&self) -> (u64, u64) {
+        let s = self.stats();
+        (s.udp_tx.bytes, s.udp_rx.bytes)
+    }
+}
+
+impl From<PeerLink> for Linked {
+    fn from(l: PeerLink) -> Linked {
+        Linked { link: Arc::new(l.conn), peer_name: l.peer_name, grant: l.grant }
+    }
+}
+
+/// The QUIC transport: one UDP endpoint that dials and accepts.
+pub struct QuicTransport {
+    ep: Endpoint,
+    seed: quinn::ClientConfig,
+    name: String,
+}
+
+impl QuicTransport {
+    /// Binds the endpoint; `our_name` is what our hellos say.
+    pub fn new(bind: SocketAddr, id: &TlsIdentity, opts: &QuicOptions, our_name: &str) -> Result<QuicTransport> {
+        Ok(QuicTransport { ep: endpoint(bind, id, opts)?, seed: seed_client_config(id, opts)?, name: our_name.into() })
+    }
+}
+
+impl Transport for QuicTransport {
+    fn dial<'a>(&'a self, addr: SocketAddr, peer: Option<&'a str>) -> BoxFuture<'a, Result<Linked>> {
+        Box::pin(async move {
+            let link = match peer {
+                Some(peer) => dial(&self.ep, addr, peer, &self.name).await?,
+                None => dial_with_config(&self.ep, self.seed.clone(), addr, SEED_SERVER_NAME, &self.name).await?,
+            };
+            Ok(link.into())
+        })
+    }
+
+    fn accept(&self) -> BoxFuture<'_, Option<Incoming>> {
+        Box::pin(async move {
+            let incoming = self.ep.accept().await?;
+            let from = incoming.remote_address();
+            let name = self.name.clone();
+            let handshake: BoxFuture<'static, Result<Linked>> =
+                Box::pin(async move { accept(incoming, &name).await.map(Linked::from) });
+            Some((from, handshake))
+        })
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.ep.local_addr()
+    }
+
+    fn close(&self) {
+        self.ep.close(0u32.into(), b"shutdown");
     }
 }
 
