@@ -1,5 +1,7 @@
-//! The fabric between gateways: QUIC links authenticated by the cluster PKI, and where to find
-//! the other gateways.
+//! The fabric between gateways: links authenticated by the cluster PKI over a transport
+//! ([`link`]: QUIC in [`quic`], TLS over TCP in [`tcp`]), where to find the other gateways
+//! ([`discovery`]), and membership between them ([`membership`] over signed datagrams,
+//! [`envelope`], moved by [`gossip`]).
 
 pub mod discovery;
 pub mod envelope;
