@@ -158,9 +158,9 @@ pub struct Gateway {
 pub struct LinkStats {
     /// Live links (normally one per peer gateway).
     pub links: usize,
-    /// UDP payload bytes sent on them, since each link came up.
+    /// Bytes sent on them since each link came up (UDP payload for QUIC, TCP payload for TLS/TCP).
     pub udp_tx_bytes: u64,
-    /// UDP payload bytes received on them.
+    /// Bytes received on them.
     pub udp_rx_bytes: u64,
     /// UDP payload bytes membership sent (since the gateway started).
     pub membership_tx_bytes: u64,
