@@ -37,6 +37,8 @@
 //! role = "trusted"                 # what its nodes may do here (default: its certificate's role,
 //!                                  # else policy.default_role)
 //! nodes = ["b*@*"]                 # node names it may announce (default: its certificate's)
+//! via = "gw-r"                     # cannot be dialled: reach it through gw-r (which relays)
+//! relay = false                    # it relays for us: accept connections it forwards
 //!
 //! [[peers]]                        # a peer that only dials in (behind NAT): no addr
 //! name = "gw-board7"
@@ -175,6 +177,10 @@ pub struct FabricConfig {
     /// With `membership`, a link that has carried no relayed connection for this many ms
     /// closes (default 30000).
     pub link_idle_ms: u64,
+    /// Relay for the peers that dial in and cannot be dialled (`[[peers]]` without `addr`):
+    /// announce their nodes to the other peers and forward those peers' connections to them
+    /// (default false).
+    pub relay: bool,
     /// The address other gateways reach this one at (default: `listen`'s address if it names
     /// one, else the address that routes to the first seed).
     pub advertise: Option<std::net::IpAddr>,
@@ -201,12 +207,28 @@ pub struct PeerConfig {
     /// Node-name patterns (`*` globs) it may announce (default: its certificate's).
     #[serde(default)]
     pub nodes: Option<Vec<String>>,
+    /// It cannot be dialled (behind NAT, say): reach its nodes through this gateway, which
+    /// it keeps a link to and which relays for it (`[fabric] relay`).
+    #[serde(default)]
+    pub via: Option<String>,
+    /// It relays for this gateway: accept the connections it forwards from other gateways'
+    /// nodes (this gateway cannot be dialled and keeps its link to it).
+    #[serde(default)]
+    pub relay: bool,
 }
 
 impl PeerConfig {
     /// A peer dialled at `addr`, everything else by default.
     pub fn new(name: &str, addr: SocketAddr) -> PeerConfig {
-        PeerConfig { name: name.into(), addr: Some(addr), compress: false, role: None, nodes: None }
+        PeerConfig {
+            name: name.into(),
+            addr: Some(addr),
+            compress: false,
+            role: None,
+            nodes: None,
+            via: None,
+            relay: false,
+        }
     }
 }
 
@@ -265,6 +287,7 @@ impl Default for FabricConfig {
             membership: false,
             link_idle_ms: 30_000,
             advertise: None,
+            relay: false,
         }
     }
 }

@@ -141,6 +141,8 @@ pub(crate) struct Inner {
     dialling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Bytes through the membership socket.
     gossip_traffic: Arc<gossip::Traffic>,
+    /// Relayed connections this gateway forwards (`[fabric] relay`), by relay id.
+    forwards: Mutex<HashMap<u64, Forwarded>>,
 }
 
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
@@ -211,6 +213,7 @@ impl Gateway {
             gossip: Default::default(),
             dialling: Default::default(),
             gossip_traffic: Default::default(),
+            forwards: Default::default(),
         });
         let mut tasks = vec![];
         let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
@@ -497,6 +500,67 @@ impl Inner {
         }
     }
 
+    fn peer_config(&self, name: &str) -> Option<&crate::config::PeerConfig> {
+        self.cfg.peers.iter().find(|p| p.name == name)
+    }
+
+    /// Whether this gateway relays for `gateway`: `[fabric] relay` is on and `gateway` is a
+    /// peer that dials in and cannot be dialled (no `addr`).
+    fn relays_for(&self, gateway: &str) -> bool {
+        self.cfg.fabric.relay && self.peer_config(gateway).is_some_and(|p| p.addr.is_none())
+    }
+
+    /// For a peer that just linked: the node lists of the gateways this one relays for, and,
+    /// if it relays for that peer, of every other gateway.
+    fn relayed_lists(&self, to: &str) -> Vec<Msg> {
+        let st = self.lock();
+        let mut lists: HashMap<&str, Vec<NodeInfo>> = HashMap::new();
+        for gw in st.peers.keys().filter(|g| *g != to && (self.relays_for(g) || self.relays_for(to))) {
+            lists.entry(gw.as_str()).or_default();
+        }
+        for (name, r) in &st.remote {
+            if let Some(l) = lists.get_mut(r.gateway.as_str()) {
+                l.push(NodeInfo { name: name.clone(), creation: r.creation });
+            }
+        }
+        lists.into_iter().map(|(g, nodes)| Msg::RelayedNodes { gateway: g.to_string(), nodes }).collect()
+    }
+
+    /// `gateway`'s nodes changed: if this gateway relays for it, tell the other peers; tell the
+    /// peers it relays for in any case.
+    fn relayed_nodes_changed(&self, gateway: &str) {
+        if !self.cfg.fabric.relay {
+            return;
+        }
+        let everyone = self.relays_for(gateway);
+        let st = self.lock();
+        let nodes: Vec<NodeInfo> = st
+            .remote
+            .iter()
+            .filter(|(_, r)| r.gateway == gateway)
+            .map(|(n, r)| NodeInfo { name: n.clone(), creation: r.creation })
+            .collect();
+        let m = Msg::RelayedNodes { gateway: gateway.to_string(), nodes };
+        let told = |name: &String| *name != gateway && (everyone || self.relays_for(name));
+        for p in st.peers.iter().filter(|(name, _)| told(name)).flat_map(|(_, links)| links) {
+            let _ = p.control.send(m.clone());
+        }
+    }
+
+    /// A relay's list of the nodes of a gateway it relays for: taken only if our config says we
+    /// reach that gateway through this relay; the names must fit that gateway's `nodes` (from
+    /// our config), else the relay's own grant.
+    fn relayed_nodes(&self, relay: &str, gateway: String, nodes: Vec<NodeInfo>) {
+        if self.peer_config(&gateway).and_then(|p| p.via.as_deref()) != Some(relay) {
+            self.refuse(relay, "name_claim", &format!("nodes of {gateway}, which it does not relay for here"));
+            return;
+        }
+        let relay_grant = lock(&self.grants).get(relay).cloned().unwrap_or_default();
+        let grant = self.effective_grant(&gateway, relay_grant);
+        lock(&self.grants).insert(gateway.clone(), grant);
+        self.replace_remote(&gateway, nodes);
+    }
+
     fn is_revoked(&self, peer: &str, serial: &str) -> bool {
         self.cfg.fabric.revoked.iter().any(|r| r.eq_ignore_ascii_case(serial) || r == peer)
     }
@@ -624,7 +688,7 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
         sock.write_all(&acc.take_output()).await?;
         return Err(relay::RelayError::Refused(format!("{} is not a node registered here", dial.from)));
     }
-    let (conn, _hold, (mut tx, rx)) = open_relay_stream(inner, &gateway).await?;
+    let (conn, link_peer, _hold, (mut tx, rx)) = open_relay_stream(inner, &gateway).await?;
     let relay_id: u64 = rand::random();
     let open = Msg::Open {
         relay: relay_id,
@@ -634,7 +698,7 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
         creation: dial.creation,
     };
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
-    let (merger, rxs) = MergerGuard::register(inner, relay_id, &gateway);
+    let (merger, rxs) = MergerGuard::register(inner, relay_id, &gateway, &link_peer);
     let mut msgs = MsgReader::new(rx);
     let done = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx).await;
     let leftover = inner.metrics.handshake(&gateway, true, done)?;
@@ -646,25 +710,28 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
 async fn open_relay_stream(
     inner: &Arc<Inner>,
     gateway: &str,
-) -> Result<(Arc<dyn Link>, LinkHold, (SendStream, RecvStream)), relay::RelayError> {
+) -> Result<(Arc<dyn Link>, String, LinkHold, (SendStream, RecvStream)), relay::RelayError> {
     let mut error = None;
     // Twice: the link may close under us (the far side found it idle), then a fresh one.
     for _ in 0..2 {
-        let (conn, hold) = link_to(inner, gateway).await?;
+        let (conn, peer, hold) = link_to(inner, gateway).await?;
         match conn.open_bi().await {
-            Ok(s) => return Ok((conn, hold, s)),
+            Ok(s) => return Ok((conn, peer, hold, s)),
             Err(e) => error = Some(e),
         }
     }
     Err(relay::RelayError::Refused(format!("link to {gateway}: {}", error.map(|e| e.to_string()).unwrap_or_default())))
 }
 
-/// The newest link to `gateway`, held for a relayed connection; with membership, one is dialled
-/// if there is none.
-async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(Arc<dyn Link>, LinkHold), relay::RelayError> {
+/// The newest link to `gateway` (or to the gateway it is reached through, `via`), held for a
+/// relayed connection, and the gateway at its other end; with membership, one is dialled if
+/// there is none.
+async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(Arc<dyn Link>, String, LinkHold), relay::RelayError> {
+    let via = inner.cfg.peers.iter().find(|p| p.name == gateway).and_then(|p| p.via.clone());
+    let hop = via.unwrap_or_else(|| gateway.to_string());
     let newest = |inner: &Inner| {
         let st = inner.lock();
-        st.peers.get(gateway).and_then(|l| l.last()).map(|p| (p.conn.clone(), p.usage.hold()))
+        st.peers.get(&hop).and_then(|l| l.last()).map(|p| (p.conn.clone(), hop.clone(), p.usage.hold()))
     };
     if let Some(l) = newest(inner) {
         return Ok(l);
@@ -742,10 +809,12 @@ struct MergerGuard {
 }
 
 impl MergerGuard {
-    fn register(inner: &Arc<Inner>, id: u64, peer: &str) -> (MergerGuard, relay::MergerRx) {
+    /// `origin` is the gateway whose nodes are on the other end (its role applies), `link_peer`
+    /// the gateway the link goes to (only it may add lanes): the same unless relayed.
+    fn register(inner: &Arc<Inner>, id: u64, origin: &str, link_peer: &str) -> (MergerGuard, relay::MergerRx) {
         let (to_node, rx) = mpsc::channel(64);
         let (replies, replies_rx) = mpsc::unbounded_channel();
-        let tx = relay::Merger { to_node, replies, peer: peer.into(), policy: inner.inbound_policy(peer) };
+        let tx = relay::Merger { to_node, replies, peer: link_peer.into(), policy: inner.inbound_policy(origin) };
         lock(&inner.mergers).insert(id, tx.clone());
         (MergerGuard { inner: inner.clone(), id, tx }, (rx, replies_rx))
     }
@@ -764,48 +833,153 @@ impl Drop for MergerGuard {
 /// How long an `Open` from a node its gateway has not announced yet waits for the announcement.
 const ANNOUNCEMENT_WAIT: Duration = Duration::from_secs(1);
 
-#[allow(clippy::too_many_arguments)]
-async fn relay_to_local(
-    inner: Arc<Inner>,
-    conn: Arc<dyn Link>,
-    relay_id: u64,
-    peer_gateway: String,
-    mut tx: SendStream,
-    mut msgs: MsgReader<RecvStream>,
+/// An `Open` from a peer gateway: `from` (behind `origin`, the peer itself unless the peer
+/// relays for us and forwarded it) dials `to`.
+struct OpenReq {
+    relay: u64,
     from: String,
     to: String,
     flags: u64,
     creation: u32,
-) -> Result<(), relay::RelayError> {
-    // The dialler must be a node its own gateway announced (no claiming others' names). A node
-    // that just registered over there dials at once, and its announcement travels on another
-    // stream of the link: it may arrive a little after this `Open`, so wait for it briefly.
+    origin: Option<String>,
+}
+
+/// True once `from` is a node `gateway` announced; a node that just registered over there
+/// dials at once, and its announcement travels on another stream of the link: it may arrive a
+/// little after the `Open`, so wait for it briefly.
+async fn announced_by(inner: &Inner, from: &str, gateway: &str) -> bool {
     let deadline = tokio::time::Instant::now() + ANNOUNCEMENT_WAIT;
-    let port = loop {
-        let (announced, port) = {
-            let st = inner.lock();
-            (st.remote.get(&from).map(|r| r.gateway == peer_gateway), st.local.get(&to).map(|l| l.port))
-        };
-        match (announced, port) {
-            (Some(true), Some(p)) => break Some(p),
-            (None, Some(_)) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await
-            }
-            _ => break None,
+    loop {
+        let known = inner.lock().remote.get(from).map(|r| r.gateway == gateway);
+        match known {
+            Some(known) => return known,
+            None if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
+            None => return false,
         }
+    }
+}
+
+async fn relay_to_local(
+    inner: Arc<Inner>,
+    conn: Arc<dyn Link>,
+    peer_gateway: String,
+    mut tx: SendStream,
+    mut msgs: MsgReader<RecvStream>,
+    open: OpenReq,
+) -> Result<(), relay::RelayError> {
+    let OpenReq { relay: relay_id, from, to, flags, creation, origin } = open;
+    let port = inner.lock().local.get(&to).map(|l| l.port);
+    if port.is_none() && origin.is_none() && inner.cfg.fabric.relay {
+        let target = inner.lock().remote.get(&to).map(|r| r.gateway.clone());
+        // Between a gateway we relay for and any other.
+        if let Some(target) = target.filter(|g| inner.relays_for(g) || inner.relays_for(&peer_gateway)) {
+            let open = Msg::Open { relay: relay_id, from, to, flags, creation };
+            return forward(&inner, conn, &peer_gateway, tx, msgs, open, &target).await;
+        }
+    }
+    // The dialler must be a node its own gateway announced (no claiming others' names), or,
+    // forwarded by a relay, one that relay vouches for: it relays for us, or our config says
+    // we reach the dialler's gateway through it.
+    let vouched = origin.as_deref().is_some_and(|o| {
+        inner.peer_config(&peer_gateway).is_some_and(|p| p.relay)
+            || inner.peer_config(o).and_then(|p| p.via.as_deref()) == Some(peer_gateway.as_str())
+    });
+    let allowed = match &origin {
+        Some(_) => vouched && !inner.lock().local.contains_key(&from),
+        None => announced_by(&inner, &from, &peer_gateway).await,
     };
-    let Some(port) = port else {
+    let Some(port) = port.filter(|_| allowed) else {
         let _ =
             tx.write_all(&Msg::Refused(format!("{to} is not here or {from} is not {peer_gateway}'s")).encode()).await;
         inner.metrics.refused(&peer_gateway, "unknown_node");
         return Err(relay::RelayError::Refused(format!("{from} -> {to}")));
     };
-    let (merger, rxs) = MergerGuard::register(&inner, relay_id, &peer_gateway);
+    let origin = origin.unwrap_or_else(|| peer_gateway.clone());
+    let (merger, rxs) = MergerGuard::register(&inner, relay_id, &origin, &peer_gateway);
     let dialled =
         relay::dial_local_target(port, &from, &to, DFlags(flags), creation, &inner.cookie, &mut msgs, &mut tx).await;
-    let (sock, leftover) = inner.metrics.handshake(&peer_gateway, false, dialled)?;
-    info!(%from, %to, "relayed connection up");
-    carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &peer_gateway).await
+    let (sock, leftover) = inner.metrics.handshake(&origin, false, dialled)?;
+    info!(%from, %to, via = ?(origin != peer_gateway).then_some(&peer_gateway), "relayed connection up");
+    carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &origin).await
+}
+
+/// Passes a relayed connection from `peer`'s node on to `target`, a gateway this one relays
+/// for: its stream and lanes are spliced to new ones on the link to `target`. The target's
+/// gateway sees who the dialler is behind (`Forwarded`) and applies its own policy.
+async fn forward(
+    inner: &Arc<Inner>,
+    conn: Arc<dyn Link>,
+    peer: &str,
+    mut tx: SendStream,
+    msgs: MsgReader<RecvStream>,
+    open: Msg,
+    target: &str,
+) -> Result<(), relay::RelayError> {
+    let Msg::Open { relay: relay_id, ref from, .. } = open else { return Ok(()) };
+    let refuse = |why: String| relay::RelayError::Refused(why);
+    if !announced_by(inner, from, peer).await {
+        let _ = tx.write_all(&Msg::Refused(format!("{from} is not {peer}'s")).encode()).await;
+        inner.metrics.refused(peer, "unknown_node");
+        return Err(refuse(format!("forwarding {from}: not {peer}'s")));
+    }
+    let (out, _, _hold, (mut out_tx, mut out_rx)) = open_relay_stream(inner, target).await?;
+    out_tx.write_all(&Msg::Forwarded { origin: peer.to_string() }.encode()).await?;
+    out_tx.write_all(&open.encode()).await?;
+    let _entry = ForwardGuard::register(inner, relay_id, (peer, conn), (target, out));
+    let (mut rx, pending) = msgs.into_parts();
+    out_tx.write_all(&pending).await?;
+    info!(%from, via = %inner.cfg.name, %target, "forwarding a relayed connection");
+    let there = tokio::io::copy(&mut rx, &mut out_tx);
+    let back = tokio::io::copy(&mut out_rx, &mut tx);
+    // Whichever way ends first ends the connection.
+    tokio::select! {
+        _ = there => {}
+        _ = back => {}
+    }
+    Ok(())
+}
+
+/// The two links of a forwarded relayed connection, by relay id (for its lanes).
+type Forwarded = ((String, Arc<dyn Link>), (String, Arc<dyn Link>));
+
+/// A forwarded connection's entry in [`Inner::forwards`] while it lives.
+struct ForwardGuard {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl ForwardGuard {
+    fn register(inner: &Arc<Inner>, id: u64, a: (&str, Arc<dyn Link>), b: (&str, Arc<dyn Link>)) -> ForwardGuard {
+        lock(&inner.forwards).insert(id, ((a.0.to_string(), a.1), (b.0.to_string(), b.1)));
+        ForwardGuard { inner: inner.clone(), id }
+    }
+}
+
+impl Drop for ForwardGuard {
+    fn drop(&mut self) {
+        lock(&self.inner.forwards).remove(&self.id);
+    }
+}
+
+/// Splices a lane of a forwarded connection, arriving from `peer`, to a new lane on the other link.
+async fn forward_lane(
+    inner: &Arc<Inner>,
+    relay: u64,
+    peer: &str,
+    mut rx: RecvStream,
+    pending: &[u8],
+) -> std::io::Result<()> {
+    let other = lock(&inner.forwards).get(&relay).and_then(|((a, la), (b, lb))| match peer {
+        p if p == a => Some(lb.clone()),
+        p if p == b => Some(la.clone()),
+        _ => None,
+    });
+    let Some(other) = other else { return Ok(()) };
+    let mut out = other.open_uni().await?;
+    out.write_all(&Msg::Lane { relay }.encode()).await?;
+    out.write_all(pending).await?;
+    tokio::io::copy(&mut rx, &mut out).await?;
+    Ok(())
 }
 
 async fn accept_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>) {
@@ -982,8 +1156,13 @@ fn code(c: quinn::VarInt) -> u32 {
     u32::try_from(c.into_inner()).unwrap_or(0)
 }
 
-/// Serves one link to another gateway until it closes.
-async fn run_link(inner: Arc<Inner>, link: Linked) {
+/// Serves one link to another gateway until it closes. (Boxed: links open links, through
+/// `link_to`, and a recursive future needs a name.)
+fn run_link(inner: Arc<Inner>, link: Linked) -> link::BoxFuture<'static, ()> {
+    Box::pin(serve_link(inner, link))
+}
+
+async fn serve_link(inner: Arc<Inner>, link: Linked) {
     let peer = link.peer_name.clone();
     let conn = link.link.clone();
     if peer == inner.cfg.name {
@@ -1012,6 +1191,9 @@ async fn run_link(inner: Arc<Inner>, link: Linked) {
     inner.metrics.link_up(&peer);
     let _ = ctl_tx.send(Msg::Control);
     let _ = ctl_tx.send(Msg::Nodes(inner.local_list()));
+    for m in inner.relayed_lists(&peer) {
+        let _ = ctl_tx.send(m);
+    }
     // Our announcements go out on our own control stream.
     let writer_conn = conn.clone();
     let writer = tokio::spawn(async move {
@@ -1037,13 +1219,17 @@ async fn run_link(inner: Arc<Inner>, link: Linked) {
         tokio::spawn(async move {
             let _hold = hold;
             let mut msgs = MsgReader::new(rx);
-            match msgs.next("open").await {
+            let mut first = msgs.next("open").await;
+            let mut origin = None;
+            if let Ok(Msg::Forwarded { origin: o }) = first {
+                origin = Some(o);
+                first = msgs.next("open").await;
+            }
+            match first {
                 Ok(Msg::Open { relay, from, to, flags, creation }) => {
                     inner.relays.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) =
-                        relay_to_local(inner.clone(), conn, relay, peer, tx, msgs, from, to.clone(), flags, creation)
-                            .await
-                    {
+                    let open = OpenReq { relay, from, to: to.clone(), flags, creation, origin };
+                    if let Err(e) = relay_to_local(inner.clone(), conn, peer, tx, msgs, open).await {
                         info!(%to, "relay ended: {e}");
                     }
                     inner.relays.fetch_sub(1, Ordering::Relaxed);
@@ -1081,7 +1267,12 @@ async fn run_link(inner: Arc<Inner>, link: Linked) {
         // nothing about the peer's nodes.
         if !inner.cfg.fabric.membership {
             inner.forget_remote(|_, r| r.gateway == peer);
+            // And the gateways reached through it.
+            let via: Vec<String> =
+                inner.cfg.peers.iter().filter(|p| p.via.as_deref() == Some(&peer)).map(|p| p.name.clone()).collect();
+            inner.forget_remote(|_, r| via.contains(&r.gateway));
         }
+        inner.relayed_nodes_changed(&peer);
     }
 }
 
@@ -1092,10 +1283,14 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
         Ok(Msg::Lane { relay }) => {
             // A lane of a relayed connection: its packets join that relay's merger.
             // Only the peer whose relay it is may add lanes to it.
+            let (rx, pending) = msgs.into_parts();
             let Some(merger) = lock(&inner.mergers).get(&relay).filter(|m| *m.peer == *peer).cloned() else {
+                // Or a lane of a connection this gateway forwards.
+                if let Err(e) = forward_lane(&inner, relay, &peer, rx, &pending).await {
+                    debug!(%peer, "forwarded lane of relay {relay:#x} ended: {e}");
+                }
                 return;
             };
-            let (rx, pending) = msgs.into_parts();
             if let Err(e) = relay::feed_lane_stream(rx, &pending, merger).await {
                 debug!(%peer, "lane of relay {relay:#x} ended: {e}");
             }
@@ -1112,9 +1307,19 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
             }
         };
         match m {
-            Ok(Msg::Nodes(nodes)) => inner.replace_remote(&peer, nodes),
-            Ok(Msg::NodeUp(n)) => inner.admit_remote(&peer, n),
-            Ok(Msg::NodeDown(name)) => inner.forget_remote(|n, r| n == name && r.gateway == peer),
+            Ok(Msg::Nodes(nodes)) => {
+                inner.replace_remote(&peer, nodes);
+                inner.relayed_nodes_changed(&peer);
+            }
+            Ok(Msg::NodeUp(n)) => {
+                inner.admit_remote(&peer, n);
+                inner.relayed_nodes_changed(&peer);
+            }
+            Ok(Msg::NodeDown(name)) => {
+                inner.forget_remote(|n, r| n == name && r.gateway == peer);
+                inner.relayed_nodes_changed(&peer);
+            }
+            Ok(Msg::RelayedNodes { gateway, nodes }) => inner.relayed_nodes(&peer, gateway, nodes),
             Ok(other) => warn!(%peer, "unexpected control message {other:?}"),
             Err(e) => {
                 debug!(%peer, "control stream ended: {e}");

@@ -49,6 +49,12 @@ pub enum Msg {
     Connected,
     /// The relay is refused (unknown node, target unreachable, policy...).
     Refused(String),
+    /// First frame of a relay stream a relay gateway forwards (an `Open` follows): the gateway
+    /// the dialling node is behind.
+    Forwarded { origin: String },
+    /// From a relay gateway: the complete node list of a gateway it relays for (one that
+    /// cannot be dialled), replacing what was known.
+    RelayedNodes { gateway: String, nodes: Vec<NodeInfo> },
 }
 
 /// Decoding errors: the peer gateway broke the protocol.
@@ -76,6 +82,8 @@ mod tag {
     pub const CONNECTED: u8 = 15;
     pub const REFUSED: u8 = 16;
     pub const LANE: u8 = 17;
+    pub const FORWARDED: u8 = 18;
+    pub const RELAYED_NODES: u8 = 19;
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -93,11 +101,16 @@ impl Msg {
             Msg::Control => b.push(tag::CONTROL),
             Msg::Nodes(nodes) => {
                 b.push(tag::NODES);
-                b.extend_from_slice(&(nodes.len() as u32).to_be_bytes());
-                for n in nodes {
-                    put_str(&mut b, &n.name);
-                    b.extend_from_slice(&n.creation.to_be_bytes());
-                }
+                put_nodes(&mut b, nodes);
+            }
+            Msg::RelayedNodes { gateway, nodes } => {
+                b.push(tag::RELAYED_NODES);
+                put_str(&mut b, gateway);
+                put_nodes(&mut b, nodes);
+            }
+            Msg::Forwarded { origin } => {
+                b.push(tag::FORWARDED);
+                put_str(&mut b, origin);
             }
             Msg::NodeUp(n) => {
                 b.push(tag::NODE_UP);
@@ -163,18 +176,9 @@ impl Msg {
         let t = r.u8("frame")?;
         let msg = match t {
             tag::CONTROL => Msg::Control,
-            tag::NODES => {
-                let n = r.u32("nodes")?;
-                // Each entry takes at least 6 bytes: no allocation beyond what is there.
-                if u64::from(n) * 6 > r.0.len() as u64 {
-                    return Err(WireError::Malformed("nodes"));
-                }
-                let mut nodes = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    nodes.push(NodeInfo { name: r.str("nodes")?, creation: r.u32("nodes")? });
-                }
-                Msg::Nodes(nodes)
-            }
+            tag::NODES => Msg::Nodes(r.nodes()?),
+            tag::RELAYED_NODES => Msg::RelayedNodes { gateway: r.str("relayed_nodes")?, nodes: r.nodes()? },
+            tag::FORWARDED => Msg::Forwarded { origin: r.str("forwarded")? },
             tag::NODE_UP => Msg::NodeUp(NodeInfo { name: r.str("node_up")?, creation: r.u32("node_up")? }),
             tag::NODE_DOWN => Msg::NodeDown(r.str("node_down")?),
             tag::OPEN => Msg::Open {
@@ -200,9 +204,30 @@ impl Msg {
     }
 }
 
+fn put_nodes(b: &mut Vec<u8>, nodes: &[NodeInfo]) {
+    b.extend_from_slice(&(nodes.len() as u32).to_be_bytes());
+    for n in nodes {
+        put_str(b, &n.name);
+        b.extend_from_slice(&n.creation.to_be_bytes());
+    }
+}
+
 struct Fields<'a>(&'a [u8]);
 
 impl Fields<'_> {
+    fn nodes(&mut self) -> Result<Vec<NodeInfo>, WireError> {
+        let n = self.u32("nodes")?;
+        // Each entry takes at least 6 bytes: no allocation beyond what is there.
+        if u64::from(n) * 6 > self.0.len() as u64 {
+            return Err(WireError::Malformed("nodes"));
+        }
+        let mut nodes = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            nodes.push(NodeInfo { name: self.str("nodes")?, creation: self.u32("nodes")? });
+        }
+        Ok(nodes)
+    }
+
     fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], WireError> {
         if self.0.len() < n {
             return Err(WireError::Malformed(what));
@@ -254,6 +279,8 @@ mod tests {
             Msg::Proceed,
             Msg::Connected,
             Msg::Refused("no such node".into()),
+            Msg::Forwarded { origin: "gw-a".into() },
+            Msg::RelayedNodes { gateway: "gw-n".into(), nodes: vec![NodeInfo { name: "d@n".into(), creation: 3 }] },
         ];
         let mut buf = BytesMut::new();
         for m in &all {

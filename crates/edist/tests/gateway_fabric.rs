@@ -418,6 +418,11 @@ struct Setup<'a> {
     membership: Option<u64>,
     /// `[fabric] transport` (default: `$EDIST_TEST_TRANSPORT`, else QUIC).
     transport: Option<&'a str>,
+    /// `(n, r)`: host n is not on the bridge but behind host r, on a link of its own (a subnet
+    /// only r routes to): nobody else can dial it, and it can dial only r. It dials r
+    /// (`relay = true`) and reaches the others `via` r; r relays (`[fabric] relay`); the
+    /// others reach it `via` r.
+    behind: Option<(usize, usize)>,
 }
 
 /// The transport the namespace tests run on: `EDIST_TEST_TRANSPORT=tcp` runs them all over TLS
@@ -500,10 +505,17 @@ impl Cluster {
         ip(&["-n", &switch.name, "link", "set", "br0", "up"])?;
         let mut cluster =
             Cluster { dir: dir.clone(), cookie: unique("cookie"), passed: false, hosts: Vec::new(), switch };
-        let ips: Vec<Ipv4Addr> = (0..n).map(|i| Ipv4Addr::new(10, 213, subnet, i as u8 + 1)).collect();
+        let hidden = Ipv4Addr::new(10, 214, subnet, 2);
+        let ips: Vec<Ipv4Addr> = (0..n)
+            .map(|i| match setup.behind {
+                Some((b, _)) if b == i => hidden,
+                _ => Ipv4Addr::new(10, 213, subnet, i as u8 + 1),
+            })
+            .collect();
         for (i, addr) in ips.iter().enumerate() {
             let ns = Netns::new()?;
             let port = format!("p{i}");
+            let behind = setup.behind.filter(|(b, _)| *b == i);
             ip(&[
                 "-n",
                 &cluster.switch.name,
@@ -518,13 +530,19 @@ impl Cluster {
                 "netns",
                 &ns.name,
             ])?;
-            ip(&["-n", &cluster.switch.name, "link", "set", &port, "master", "br0", "up"])?;
-            ip(&["-n", &ns.name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-            ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
+            if behind.is_none() {
+                ip(&["-n", &cluster.switch.name, "link", "set", &port, "master", "br0", "up"])?;
+                ip(&["-n", &ns.name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+                ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
+            } else {
+                ip(&["-n", &cluster.switch.name, "link", "del", &port])?;
+            }
             let gw_name = format!("gw-{i}");
+            // The relay also listens on its link to the hidden host.
+            let listen = if setup.behind.is_some_and(|(_, r)| r == i) { Ipv4Addr::UNSPECIFIED } else { *addr };
             let mut toml = format!(
                 "name = \"{gw_name}\"\ncookie = \"{}\"\n\n[local]\ncontrol = \"{CONTROL}\"\n{}\n\
-                 [fabric]\nlisten = \"{addr}:{FABRIC_PORT}\"\ncerts = \"{}\"\n{}",
+                 [fabric]\nlisten = \"{listen}:{FABRIC_PORT}\"\ncerts = \"{}\"\n{}",
                 cluster.cookie,
                 setup.local.map(|f| f(i)).unwrap_or_default(),
                 certs.display(),
@@ -546,9 +564,22 @@ impl Cluster {
                     "membership = true\nlink_idle_ms = {idle}\nseeds = [\"{seed}:{FABRIC_PORT}\"]\n"
                 ));
             }
+            if setup.behind.is_some_and(|(_, r)| r == i) {
+                toml.push_str("relay = true\n");
+            }
             let named_peers = !setup.dns_seeds && setup.membership.is_none();
             for (j, other) in ips.iter().enumerate().filter(|(j, _)| *j != i && named_peers) {
-                toml.push_str(&format!("\n[[peers]]\nname = \"gw-{j}\"\naddr = \"{other}:{FABRIC_PORT}\"\n"));
+                let entry = match setup.behind {
+                    // The hidden host names its relay only, at the relay's address on their link.
+                    Some((b, r)) if b == i && j == r => {
+                        format!("addr = \"10.214.{subnet}.1:{FABRIC_PORT}\"\nrelay = true\n")
+                    }
+                    Some((b, r)) if b == i => format!("via = \"gw-{r}\"\n"),
+                    Some((b, _)) if b == j && setup.behind.is_some_and(|(_, r)| r == i) => String::new(),
+                    Some((b, r)) if b == j => format!("via = \"gw-{r}\"\n"),
+                    _ => format!("addr = \"{other}:{FABRIC_PORT}\"\n"),
+                };
+                toml.push_str(&format!("\n[[peers]]\nname = \"gw-{j}\"\n{entry}"));
                 toml.push_str(&setup.peer.map(|f| f(i, j)).unwrap_or_default());
             }
             toml.push_str(&setup.tail.map(|f| f(i)).unwrap_or_default());
@@ -557,13 +588,22 @@ impl Cluster {
             let log = dir.join(format!("{gw_name}.log"));
             cluster.hosts.push(Host { idx: i, gw_name, ip: *addr, config, log, gateway: None, ns });
         }
+        if let Some((b, r)) = setup.behind {
+            // A link of their own between the hidden host and its relay.
+            let (hb, hr) = (&cluster.hosts[b].ns.name, &cluster.hosts[r].ns.name);
+            ip(&["-n", hr, "link", "add", "hide0", "type", "veth", "peer", "name", "eth0", "netns", hb])?;
+            ip(&["-n", hr, "addr", "add", &format!("10.214.{subnet}.1/24"), "dev", "hide0"])?;
+            ip(&["-n", hr, "link", "set", "hide0", "up"])?;
+            ip(&["-n", hb, "addr", "add", &format!("{hidden}/24"), "dev", "eth0"])?;
+            ip(&["-n", hb, "link", "set", "eth0", "up"])?;
+        }
         for (i, h) in cluster.hosts.iter_mut().enumerate() {
             if i > 0 && !stagger.is_zero() {
                 sleep(stagger).await;
             }
             h.start_gateway().await?;
         }
-        if !setup.partial_mesh && setup.membership.is_none() {
+        if !setup.partial_mesh && setup.membership.is_none() && setup.behind.is_none() {
             cluster.wait_links().await?;
         }
         Ok(cluster)
@@ -1124,6 +1164,50 @@ async fn hundred_megabytes_both_ways_fabric_and_plain_otp() -> Result<()> {
         if cfg!(debug_assertions) { " (edist gateways are a debug build)" } else { "" }
     );
     drop((p, pq, epmds));
+    cluster.passed();
+    Ok(())
+}
+
+/// A gateway nobody can dial (host 2 sits on a link of its own behind host 1, whose gateway
+/// relays for it): host 0's nodes still know its nodes and reach them through the relay, both
+/// ways, a 20 MB message included (its lanes are forwarded too), and host 2's own policy holds
+/// for host 0's nodes (its config gives gw-0 a role that may spawn only `erlang:node/0`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_cannot_be_dialled_is_reached_through_a_relay() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    const SIZE: usize = 20 * MB;
+    let peer = |i, j| if i == 2 && j == 0 { "role = \"narrow\"\n".to_string() } else { String::new() };
+    let tail = |i| if i == 2 { "\n[roles.narrow]\nspawn = [\"erlang:node/0\"]\n".to_string() } else { String::new() };
+    let setup = Setup { behind: Some((2, 1)), peer: Some(&peer), tail: Some(&tail), ..Setup::default() };
+    let cluster = Cluster::start_with(3, setup).await?;
+    // gw-2 has its link to the relay only; gw-0 has no route to it at all.
+    for (i, want) in [(0, vec!["gw-1"]), (1, vec!["gw-0", "gw-2"]), (2, vec!["gw-1"])] {
+        let h = cluster.host(i)?;
+        let want = &want;
+        cluster
+            .wait(&format!("gw-{i}'s links {want:?}"), || async move {
+                Ok(h.status().await.map(|st| strings(&st, "peers") == *want).unwrap_or(false))
+            })
+            .await?;
+    }
+    let hidden = cluster.host(2)?.ip.to_string();
+    let route = cluster.host(0)?.ns.command("ip").args(["route", "get", &hidden]).output().await?;
+    ensure!(!route.status.success(), "host 0 has a route to the hidden host {hidden}");
+    // `erl` waits until every gateway knows the node: gw-0 learns n's through the relay.
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut n = cluster.erl(2, "n", &[]).await?;
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&n.name))).await?, "pong");
+    assert_eq!(n.eval(&format!("rpc:call({}, erlang, node, [])", q(&a.name))).await?, a.name);
+    assert_eq!(n.eval("edist_fabric_t:start_sink()").await?, "ok");
+    let r = a.eval_within(&format!("edist_fabric_t:bulk({}, {SIZE})", q(&n.name)), Duration::from_secs(120)).await?;
+    let (there, back) = bulk_result(&r, SIZE)?;
+    eprintln!("relay: 20 MB a->n {there:.0} MB/s, back {back:.0} MB/s");
+    // gw-2's policy for gw-0's nodes, though they come through gw-1: only erlang:node/0.
+    assert_eq!(a.eval(&format!("rpc:call({}, erlang, node, [])", q(&n.name))).await?, n.name);
+    let r = a.eval(&format!("rpc:call({}, os, cmd, [\"id\"])", q(&n.name))).await?;
+    ensure!(r == "{badrpc,{'EXIT',edist_refused}}", "os:cmd from gw-0's node through the relay: {r}");
+    let st = cluster.host(2)?.status().await?;
+    ensure!(refusals(&st).iter().any(|(peer, _, n)| peer == "gw-0" && *n > 0), "refusals at gw-2: {st}");
     cluster.passed();
     Ok(())
 }
