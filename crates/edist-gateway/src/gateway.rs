@@ -1017,23 +1017,30 @@ async fn dial_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, peer: Strin
 /// Dials the addresses the seed sources give, again every few seconds, unless a link to that
 /// address is up; whoever answers (with a certificate of the cluster CA) becomes a peer.
 async fn seed_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, sources: Vec<Box<dyn Discovery>>) {
-    // Addresses that turned out to be this gateway itself.
-    let mut own = std::collections::HashSet::new();
+    // Who answered at each address (ourselves included). A link the seed dialled in to us
+    // shows its source address, which over TCP is not its listening one, so the name is what
+    // tells whether that gateway is linked already.
+    let mut who = HashMap::<std::net::SocketAddr, String>::new();
+    let me = inner.cfg.name.as_str();
     loop {
         for source in &sources {
             for addr in source.discover().await {
-                let linked = inner.lock().peers.values().flatten().any(|p| p.conn.remote_address() == addr);
-                if linked || own.contains(&addr) {
+                let linked = {
+                    let st = inner.lock();
+                    let named = who.get(&addr).is_some_and(|n| n == me || st.peers.contains_key(n));
+                    named || st.peers.values().flatten().any(|p| p.conn.remote_address() == addr)
+                };
+                if linked {
                     continue;
                 }
-                let me = inner.cfg.name.as_str();
                 match transport.dial(addr, None).await {
                     Ok(link) if link.peer_name == me => {
                         link.link.close(code(quic::CLOSE_NORMAL), b"that is me");
-                        own.insert(addr);
+                        who.insert(addr, link.peer_name);
                     }
                     Ok(link) => {
                         debug!(peer = %link.peer_name, %addr, "seed answered");
+                        who.insert(addr, link.peer_name.clone());
                         tokio::spawn(run_link(inner.clone(), link));
                     }
                     Err(e) => {
