@@ -27,6 +27,7 @@
 //! revoked = []                     # certificate serials (hex) or identities refused
 //! seeds = ["gateways.internal:4371"] # DNS names (all their addresses) or ip:port to dial
 //! membership = false               # SWIM between gateways, lazy links (UDP port + 1)
+//! relay = false                    # relay for peers that dial in and cannot be dialled
 //! link_idle_ms = 30000             # with membership: idle links close after this
 //! advertise = "10.0.0.1"           # address others reach us at (default: listen's, or the route to a seed)
 //!
