@@ -727,7 +727,7 @@ async fn open_relay_stream(
 /// relayed connection, and the gateway at its other end; with membership, one is dialled if
 /// there is none.
 async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(Arc<dyn Link>, String, LinkHold), relay::RelayError> {
-    let via = inner.cfg.peers.iter().find(|p| p.name == gateway).and_then(|p| p.via.clone());
+    let via = inner.peer_config(gateway).and_then(|p| p.via.clone());
     let hop = via.unwrap_or_else(|| gateway.to_string());
     let newest = |inner: &Inner| {
         let st = inner.lock();

@@ -91,7 +91,7 @@ impl Transport for TcpTransport {
                 let link =
                     TcpLink::start(tokio_rustls::TlsStream::Client(tls), shared, yamux::Mode::Client, addr, &self.opts);
                 track(&self.links, &link);
-                dial_hello(link, identity, &self.name).await
+                hello(link, identity, &self.name, true).await
             };
             tokio::time::timeout(HELLO_TIMEOUT, dial).await.unwrap_or(Err(FabricError::HelloTimeout(HELLO_TIMEOUT)))
         })
@@ -119,7 +119,7 @@ impl Transport for TcpTransport {
                         let tls = tokio_rustls::TlsStream::Server(tls);
                         let link = TcpLink::start(tls, shared, yamux::Mode::Server, from, &opts);
                         track(&links, &link);
-                        accept_hello(link, identity, &name).await
+                        hello(link, identity, &name, false).await
                     };
                     tokio::time::timeout(HELLO_TIMEOUT, accept)
                         .await
@@ -154,39 +154,33 @@ fn tls_err(e: io::Error) -> FabricError {
     }
 }
 
-/// The dialler's hello: ours out on the first stream, the acceptor's back; its name must be
-/// its certificate's identity.
-async fn dial_hello(
+/// The hello on the link's first stream: the dialler's, then the acceptor's answer; each
+/// name must be the sender's certificate identity.
+async fn hello(
     link: Arc<TcpLink>,
     cert: Option<rustls_pki_types::CertificateDer<'static>>,
     our_name: &str,
+    dialler: bool,
 ) -> quic::Result<Linked> {
     let result = async {
         let identity = cert.as_ref().and_then(quic::certificate_identity).ok_or(FabricError::NoPeerIdentity)?;
-        let (mut send, mut recv) = link.open_bi().await.map_err(|e| link.error(e))?;
-        let hello = Hello { kind: HelloKind::Hello, version: PROTOCOL_VERSION, name: our_name.to_owned() };
-        send.write_all(&hello.encode()).await.map_err(|e| link.error(e))?;
-        let answer = read_hello(&link, &mut recv, HelloKind::HelloAck).await?;
-        check_hello(&answer, &identity)?;
-        Ok(identity)
-    }
-    .await;
-    finish(link, cert, result)
-}
-
-/// The acceptor's hello: the dialler's first, then ours.
-async fn accept_hello(
-    link: Arc<TcpLink>,
-    cert: Option<rustls_pki_types::CertificateDer<'static>>,
-    our_name: &str,
-) -> quic::Result<Linked> {
-    let result = async {
-        let identity = cert.as_ref().and_then(quic::certificate_identity).ok_or(FabricError::NoPeerIdentity)?;
-        let (mut send, mut recv) = link.accept_bi().await.map_err(|e| link.error(e))?;
-        let hello = read_hello(&link, &mut recv, HelloKind::Hello).await?;
-        check_hello(&hello, &identity)?;
-        let answer = Hello { kind: HelloKind::HelloAck, version: PROTOCOL_VERSION, name: our_name.to_owned() };
-        send.write_all(&answer.encode()).await.map_err(|e| link.error(e))?;
+        let (ours, theirs) = match dialler {
+            true => (HelloKind::Hello, HelloKind::HelloAck),
+            false => (HelloKind::HelloAck, HelloKind::Hello),
+        };
+        let ours = Hello { kind: ours, version: PROTOCOL_VERSION, name: our_name.to_owned() }.encode();
+        let (mut send, mut recv) = match dialler {
+            true => link.open_bi().await,
+            false => link.accept_bi().await,
+        }
+        .map_err(|e| link.error(e))?;
+        if dialler {
+            send.write_all(&ours).await.map_err(|e| link.error(e))?;
+        }
+        check_hello(&read_hello(&link, &mut recv, theirs).await?, &identity)?;
+        if !dialler {
+            send.write_all(&ours).await.map_err(|e| link.error(e))?;
+        }
         Ok(identity)
     }
     .await;
