@@ -348,7 +348,7 @@ impl Membership {
                     self.members.insert(m.name.clone(), m.clone());
                     // Ask for its list at the next tick.
                     let r = self.remotes.entry(m.name.clone()).or_default();
-                    r.heard = r.heard.max(r.have + 1);
+                    r.heard = r.heard.max(r.have.saturating_add(1));
                     r.last_pull = None;
                     self.out.push_back(Output::Up(m));
                 }

@@ -417,7 +417,8 @@ impl Driver {
                 let mut every = tokio::time::interval(keep_alive.min(idle / 4).max(Duration::from_millis(10)));
                 loop {
                     every.tick().await;
-                    let silent = epoch.elapsed().as_millis() as u64 - shared.last_rx_ms.load(Relaxed);
+                    // (Saturating: a byte may land between the two readings.)
+                    let silent = (epoch.elapsed().as_millis() as u64).saturating_sub(shared.last_rx_ms.load(Relaxed));
                     if Duration::from_millis(silent) > idle {
                         shared.set_closed(Closed::Lost(format!("timed out: nothing heard for {idle:?}")));
                         let _ = stop.send(None);
