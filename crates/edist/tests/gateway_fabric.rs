@@ -1182,11 +1182,10 @@ async fn a_gateway_that_cannot_be_dialled_is_reached_through_a_relay() -> Result
     let cluster = Cluster::start_with(3, setup).await?;
     // gw-2 has its link to the relay only; gw-0 has no route to it at all.
     for (i, want) in [(0, vec!["gw-1"]), (1, vec!["gw-0", "gw-2"]), (2, vec!["gw-1"])] {
-        let h = cluster.host(i)?;
-        let want = &want;
+        let (c, want) = (&cluster, &want);
         cluster
             .wait(&format!("gw-{i}'s links {want:?}"), || async move {
-                Ok(h.status().await.map(|st| strings(&st, "peers") == *want).unwrap_or(false))
+                Ok(c.peers(i).await.map(|p| p == *want).unwrap_or(false))
             })
             .await?;
     }
