@@ -791,11 +791,11 @@ async fn carry(
 
 /// Opens lane streams of relay `relay_id` on `conn`.
 fn lane_opener(conn: Arc<dyn Link>, relay_id: u64) -> relay::LaneOpener {
-    Box::new(move || {
+    Box::new(move |lane| {
         let conn = conn.clone();
         Box::pin(async move {
             let mut s = conn.open_uni().await?;
-            s.write_all(&Msg::Lane { relay: relay_id }.encode()).await?;
+            s.write_all(&Msg::Lane { relay: relay_id, lane }.encode()).await?;
             Ok(s)
         })
     })
@@ -814,7 +814,13 @@ impl MergerGuard {
     fn register(inner: &Arc<Inner>, id: u64, origin: &str, link_peer: &str) -> (MergerGuard, relay::MergerRx) {
         let (to_node, rx) = mpsc::channel(64);
         let (replies, replies_rx) = mpsc::unbounded_channel();
-        let tx = relay::Merger { to_node, replies, peer: link_peer.into(), policy: inner.inbound_policy(origin) };
+        let tx = relay::Merger {
+            to_node,
+            replies,
+            peer: link_peer.into(),
+            policy: inner.inbound_policy(origin),
+            sync: Arc::default(),
+        };
         lock(&inner.mergers).insert(id, tx.clone());
         (MergerGuard { inner: inner.clone(), id, tx }, (rx, replies_rx))
     }
@@ -826,6 +832,7 @@ impl MergerGuard {
 
 impl Drop for MergerGuard {
     fn drop(&mut self) {
+        self.tx.sync.close();
         lock(&self.inner.mergers).remove(&self.id);
     }
 }
@@ -964,7 +971,7 @@ impl Drop for ForwardGuard {
 /// Splices a lane of a forwarded connection, arriving from `peer`, to a new lane on the other link.
 async fn forward_lane(
     inner: &Arc<Inner>,
-    relay: u64,
+    (relay, lane): (u64, u8),
     peer: &str,
     mut rx: RecvStream,
     pending: &[u8],
@@ -976,7 +983,7 @@ async fn forward_lane(
     });
     let Some(other) = other else { return Ok(()) };
     let mut out = other.open_uni().await?;
-    out.write_all(&Msg::Lane { relay }.encode()).await?;
+    out.write_all(&Msg::Lane { relay, lane }.encode()).await?;
     out.write_all(pending).await?;
     tokio::io::copy(&mut rx, &mut out).await?;
     Ok(())
@@ -1287,18 +1294,18 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
     let mut msgs = MsgReader::new(rx);
     match msgs.next("control").await {
         Ok(Msg::Control) => {}
-        Ok(Msg::Lane { relay }) => {
+        Ok(Msg::Lane { relay, lane }) => {
             // A lane of a relayed connection: its packets join that relay's merger.
             // Only the peer whose relay it is may add lanes to it.
             let (rx, pending) = msgs.into_parts();
             let Some(merger) = lock(&inner.mergers).get(&relay).filter(|m| *m.peer == *peer).cloned() else {
                 // Or a lane of a connection this gateway forwards.
-                if let Err(e) = forward_lane(&inner, relay, &peer, rx, &pending).await {
+                if let Err(e) = forward_lane(&inner, (relay, lane), &peer, rx, &pending).await {
                     debug!(%peer, "forwarded lane of relay {relay:#x} ended: {e}");
                 }
                 return;
             };
-            if let Err(e) = relay::feed_lane_stream(rx, &pending, merger).await {
+            if let Err(e) = relay::feed_lane_stream(lane, rx, &pending, merger).await {
                 debug!(%peer, "lane of relay {relay:#x} ended: {e}");
             }
             return;

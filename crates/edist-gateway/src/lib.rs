@@ -10,6 +10,7 @@ pub mod wire;
 
 pub mod fabric;
 pub mod gateway;
+pub mod lane_frame;
 pub mod metrics;
 pub mod pki;
 pub mod policy;

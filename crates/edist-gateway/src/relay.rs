@@ -12,13 +12,14 @@
 //! Both legs negotiate `a.flags & b.flags & RELAY_MASK`: the far side gets the initiator's
 //! flags, the initiator gets the far side's challenge flags. The cookie stays on each host.
 
+use crate::lane_frame::{self, maybe_compress, Decoded, Frame, LaneCtl, COMPRESSED, CONTROL};
 use crate::policy::{Ingress, Reason, Role, SharedPeer};
 use crate::wire::Msg;
 use bytes::BytesMut;
 use edist_proto::dist::handshake::{
     Acceptor, AcceptorConfig, AcceptorEvent, HandshakeError, Initiator, InitiatorConfig, InitiatorEvent, Status,
 };
-use edist_proto::dist::lane::{Assigner, Classifier};
+use edist_proto::dist::lane::{Route, Router};
 use edist_proto::dist::DFlags;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -357,9 +358,6 @@ impl Default for LaneConfig {
     }
 }
 
-/// Senders a relay remembers the lane of (beyond, senders are hashed onto lanes).
-const MAX_SENDERS: usize = 65_536;
-
 /// A byte budget: queued packets hold part of it until their lane has written them.
 #[derive(Debug, Clone)]
 pub struct Budget {
@@ -389,53 +387,12 @@ impl Budget {
 /// What a queued packet holds of the relay's and the gateway's budgets.
 type Held = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
-/// The queue of one outgoing lane: packets with what they hold of the budgets.
-type LaneTx = mpsc::UnboundedSender<(std::time::Instant, Vec<u8>, Held)>;
+/// One frame queued for a lane: when its packet arrived, the frame, and what it holds of the
+/// budgets (`None` for a control frame, which holds nothing and is not a packet).
+type Queued = (std::time::Instant, Vec<u8>, Option<Held>);
 
-/// Marks an lz4-compressed packet on a lane (packets are far below 2 GiB, so the bit is free).
-/// The receiver always understands it; only the sender's config decides to compress.
-const COMPRESSED: u32 = 1 << 31;
-
-/// The lane frame of one packet (length prefix included): compressed when that pays.
-fn maybe_compress(packet: Vec<u8>, above: Option<usize>) -> Vec<u8> {
-    let Some(payload) = packet.get(4..) else { return packet };
-    match above {
-        Some(t) if payload.len() > t => {
-            let c = lz4_flex::compress_prepend_size(payload);
-            if c.len() + 16 >= payload.len() {
-                return packet;
-            }
-            let mut out = Vec::with_capacity(4 + c.len());
-            out.extend_from_slice(&(c.len() as u32 | COMPRESSED).to_be_bytes());
-            out.extend_from_slice(&c);
-            out
-        }
-        _ => packet,
-    }
-}
-
-/// Inflates a compressed lane frame's body into a plain packet, refusing sizes over the limit.
-fn decompress(body: &[u8]) -> std::io::Result<Vec<u8>> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let size = body
-        .get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_le_bytes)
-        .ok_or_else(|| bad("short compressed packet"))?;
-    if size as usize > MAX_PACKET {
-        return Err(bad("compressed packet inflates over the relay limit"));
-    }
-    let plain =
-        lz4_flex::decompress_size_prepended(body).map_err(|e| bad(&format!("corrupt compressed packet: {e}")))?;
-    let mut out = Vec::with_capacity(4 + plain.len());
-    out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
-    out.extend_from_slice(&plain);
-    Ok(out)
-}
-
-/// Largest packet relayed (OTP fragments at 64 KiB; a peer that does not fragment may send
-/// more).
-const MAX_PACKET: usize = 256 << 20;
+/// The queue of one outgoing lane.
+type LaneTx = mpsc::UnboundedSender<Queued>;
 
 /// Where the lanes of one relayed connection deliver what they bring from the fabric.
 #[derive(Clone)]
@@ -449,6 +406,8 @@ pub struct Merger {
     pub peer: Arc<str>,
     /// The ingress policy towards the local node; `None`: packets pass untouched.
     pub policy: Option<Arc<InboundPolicy>>,
+    /// What the lanes delivered, both ways (the ordering rule's barriers and reports).
+    pub sync: Arc<LaneSync>,
 }
 
 /// A packet and the time it arrived at the gateway (for the time-in-gateway histogram).
@@ -470,59 +429,175 @@ pub struct InboundPolicy {
     pub on_refuse: OnRefuse,
 }
 
-/// Opens a lane stream towards the peer gateway (the `Lane` frame is sent by the caller).
+/// Opens a lane stream towards the peer gateway for lane `n` (the `Lane` frame is sent by the
+/// opener).
 pub type LaneOpener = Box<
-    dyn Fn() -> std::pin::Pin<
+    dyn Fn(
+            u8,
+        ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = std::io::Result<crate::fabric::link::SendStream>> + Send>,
         > + Send
         + Sync,
 >;
 
-/// Splits a byte stream into whole packets with their length prefix; `None` at a clean end.
-struct Packets<R> {
+/// Lanes of one relayed connection and direction, at most (lane indices are one byte).
+const MAX_LANES: usize = 256;
+
+/// Frames of a bulk lane delivered before the receiving side reports them even while more
+/// keep coming (so a sender whose large message is through can return to the ordered lane).
+const REPORT_EVERY: u64 = 16;
+
+/// The lanes' progress, shared by a relay's pump and its incoming lanes: how many frames each
+/// incoming lane delivered to the node (lanes wait on each other's counts at barriers), and how
+/// many of our outgoing lanes' frames the peer reports delivered.
+#[derive(Debug, Default)]
+pub struct LaneSync {
+    state: std::sync::Mutex<SyncState>,
+    /// Wakes incoming lanes waiting at a barrier.
+    progress: tokio::sync::Notify,
+    /// Wakes the pump: a report to send, or one received.
+    pump: tokio::sync::Notify,
+}
+
+/// A lane and a count of its frames.
+type LaneCount = (u8, u64);
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Frames delivered to the node, per incoming lane.
+    delivered: Vec<u64>,
+    /// What we last reported to the peer, per incoming lane.
+    reported: Vec<u64>,
+    /// Lanes whose count should be reported.
+    report_due: bool,
+    /// Per outgoing lane, what the peer reported delivered (taken by the pump).
+    peer_delivered: Vec<LaneCount>,
+    /// The relay ended: nobody waits any more.
+    closed: bool,
+}
+
+fn set_at(v: &mut Vec<u64>, i: usize, f: impl FnOnce(&mut u64)) {
+    if i < MAX_LANES {
+        if v.len() <= i {
+            v.resize(i + 1, 0);
+        }
+        if let Some(x) = v.get_mut(i) {
+            f(x);
+        }
+    }
+}
+
+impl LaneSync {
+    fn state(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Incoming lane `lane` delivered one more frame; `report`: tell the peer now.
+    fn delivered(&self, lane: u8, report: bool) {
+        let mut st = self.state();
+        set_at(&mut st.delivered, lane as usize, |d| *d += 1);
+        if lane != 0 && report {
+            st.report_due = true;
+            drop(st);
+            self.pump.notify_one();
+        }
+        self.progress.notify_waiters();
+    }
+
+    /// Waits until incoming lane `lane` delivered `count` frames; false once the relay ended.
+    async fn after(&self, lane: u8, count: u64) -> bool {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.state();
+                if st.closed {
+                    return false;
+                }
+                if st.delivered.get(lane as usize).copied().unwrap_or(0) >= count {
+                    return true;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The peer reports our outgoing lane `lane` delivered `count` frames.
+    fn peer_delivered(&self, lane: u8, count: u64) {
+        let mut st = self.state();
+        if st.peer_delivered.len() < MAX_LANES {
+            st.peer_delivered.push((lane, count));
+        } else if let Some(e) = st.peer_delivered.iter_mut().find(|e| e.0 == lane) {
+            e.1 = e.1.max(count);
+        }
+        drop(st);
+        self.pump.notify_one();
+    }
+
+    /// The pump's share: reports to send and reports received.
+    fn take(&self) -> (Vec<LaneCount>, Vec<LaneCount>) {
+        let mut st = self.state();
+        let mut out = Vec::new();
+        if std::mem::take(&mut st.report_due) {
+            let SyncState { delivered, reported, .. } = &mut *st;
+            for (i, d) in delivered.iter().enumerate().skip(1) {
+                let r = reported.get(i).copied().unwrap_or(0);
+                if *d > r {
+                    out.push((i as u8, *d));
+                }
+            }
+            for (i, d) in out.iter() {
+                set_at(reported, *i as usize, |r| *r = *d);
+            }
+        }
+        (out, std::mem::take(&mut st.peer_delivered))
+    }
+
+    /// The relay ended: lanes waiting at a barrier give up.
+    pub fn close(&self) {
+        self.state().closed = true;
+        self.progress.notify_waiters();
+    }
+}
+
+/// Splits a byte stream into frames; `None` at a clean end.
+struct Frames<R> {
     r: R,
     buf: BytesMut,
-    /// A lane from the fabric: compressed frames are allowed (and inflated).
+    /// A lane from the fabric: compressed and control frames are allowed.
     fabric: bool,
     /// The stream is dead when a read waits longer than this (a node's ticks keep it alive).
     silence: Option<Duration>,
 }
 
-/// Bytes a packet reader asks for at least, per read.
+/// Bytes a frame reader asks for at least, per read.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// An empty packet: a tick.
 const TICK: [u8; 4] = [0; 4];
 
-impl<R: AsyncRead + Unpin> Packets<R> {
+impl<R: AsyncRead + Unpin> Frames<R> {
     fn new(r: R, pending: &[u8], fabric: bool) -> Self {
         // Small to start: most connections are idle most of the time. Large packets grow it.
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         buf.extend_from_slice(pending);
-        Packets { r, buf, fabric, silence: None }
+        Frames { r, buf, fabric, silence: None }
     }
 
-    async fn next(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+    /// Whether a whole frame is already buffered (the next one needs no read).
+    fn ready(&self) -> bool {
+        let Some(hdr) = self.buf.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()) else { return false };
+        let flags = if self.fabric { COMPRESSED | CONTROL } else { 0 };
+        self.buf.len() >= 4 + (u32::from_be_bytes(hdr) & !flags) as usize
+    }
+
+    async fn next(&mut self) -> std::io::Result<Option<Frame>> {
         loop {
-            if let Some(hdr) = self.buf.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()) {
-                let raw = u32::from_be_bytes(hdr);
-                let compressed = self.fabric && raw & COMPRESSED != 0;
-                let len = if compressed { raw & !COMPRESSED } else { raw } as usize;
-                if len > MAX_PACKET {
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "packet over the relay limit"));
-                }
-                if self.buf.len() >= 4 + len {
-                    let frame = self.buf.split_to(4 + len);
-                    return match compressed {
-                        true => decompress(frame.get(4..).unwrap_or_default()).map(Some),
-                        false => Ok(Some(frame.to_vec())),
-                    };
-                }
+            match lane_frame::decode(&mut self.buf, self.fabric)? {
+                Decoded::Frame(f) => return Ok(Some(f)),
                 // Grow with the bytes that actually arrive, not with the claimed length.
-                self.buf.reserve((4 + len - self.buf.len()).min(1 << 20));
-            }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-                self.buf.reserve(READ_CHUNK);
+                Decoded::Need(n) => self.buf.reserve(n.clamp(READ_CHUNK / 2, 1 << 20)),
             }
             let read = self.r.read_buf(&mut self.buf);
             let n = match self.silence {
@@ -536,14 +611,26 @@ impl<R: AsyncRead + Unpin> Packets<R> {
             }
         }
     }
+
+    /// The next distribution packet from a node (which sends no control frames).
+    async fn next_packet(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        match self.next().await? {
+            Some(Frame::Packet(p)) => Ok(Some(p)),
+            Some(Frame::Ctl(_)) => {
+                Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "control frame from a node"))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 /// Carries a connected relay until either side ends, then ends both (fact 9).
 ///
-/// Towards the fabric, packets are spread over lanes by their sender ([`Classifier`]): lane 0
-/// is the relay stream itself, lanes 1..=`lanes` are unidirectional streams opened on first
-/// use. From the fabric, packets of all lanes (lane 0 here, the others through `merger_rx`,
-/// fed by [`feed_lane`]) are written to the local node whole, interleaved at packet boundaries.
+/// Towards the fabric, a [`Router`] puts each packet on a lane (the ordering rule): lane 0, the
+/// relay stream itself, carries small messages in the node's order; lanes 1..=`lanes` are
+/// unidirectional streams opened on first use for large messages. From the fabric, packets of
+/// all lanes (lane 0 here, the others through `merger_rx`, fed by [`feed_lane`]) are written to
+/// the local node whole, interleaved at packet boundaries, barriers respected.
 #[allow(clippy::too_many_arguments)]
 pub async fn pump<R, W>(
     sock: TcpStream,
@@ -568,9 +655,10 @@ where
     }
     let (sr, mut sw) = sock.into_split();
     let (mut m_out, mut m_in) = metrics.split();
+    let sync = merger.sync.clone();
     // Lane 0 in: its packets join the merger like any other lane's.
     // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
-    let mut lane0_in = tokio::spawn(feed_lane(Packets::new(rx, pending_to_sock, true), merger));
+    let mut lane0_in = tokio::spawn(feed_lane(0, Frames::new(rx, pending_to_sock, true), merger));
     let ticktime = lanes_cfg.net_ticktime.max(Duration::from_secs(1));
     // Whatever reaches the node keeps its connection alive; with nothing to write, a tick does
     // (as the far node would, had its ticks crossed). Every second at least, so that a node
@@ -595,15 +683,16 @@ where
         Ok::<(), std::io::Error>(())
     };
     let up = async {
-        let mut from_node = Packets::new(sr, pending_to_stream, false);
+        let mut from_node = Frames::new(sr, pending_to_stream, false);
         // The node ticks every quarter of its ticktime when idle: silent for all of it, it hangs.
         from_node.silence = Some(ticktime);
-        let mut classifier = Classifier::new();
         let relay_budget = Budget::new(lanes_cfg.relay_buffer);
-        let mut lanes: Vec<Option<LaneTx>> = (0..=lanes_cfg.lanes).map(|_| None).collect();
-        // Bytes queued per lane (for the assignment of new senders), kept by the lane writers.
-        let queued: Vec<Arc<AtomicUsize>> = (0..=lanes_cfg.lanes).map(|_| Arc::default()).collect();
-        let mut assigner = Assigner::new(lanes_cfg.lanes, MAX_SENDERS);
+        let bulk = lanes_cfg.lanes.min(MAX_LANES as u64 - 1);
+        let mut lanes: Vec<Option<LaneTx>> = (0..=bulk).map(|_| None).collect();
+        // Bytes queued per lane (for the choice of a lane for a large message), kept by the
+        // lane writers.
+        let queued: Vec<Arc<AtomicUsize>> = (0..=bulk).map(|_| Arc::default()).collect();
+        let mut router = Router::new(bulk);
         let mut writers = tokio::task::JoinSet::new();
         let (lane0_tx, lane0_rx) = mpsc::unbounded_channel();
         let q0 = queued.first().cloned().unwrap_or_default();
@@ -612,26 +701,46 @@ where
             *slot = Some(lane0_tx);
         }
         loop {
-            let (p, lane) = tokio::select! {
-                p = from_node.next() => match p? {
+            let (p, route) = tokio::select! {
+                p = from_node.next_packet() => match p? {
                     // Ticks stay here: the far node gets its own from its gateway.
                     Some(p) if p == TICK => continue,
                     Some(p) => {
                         let load = |l: u64| queued.get(l as usize).map_or(0, |q| q.load(Ordering::Relaxed));
-                        let lane = classifier.classify(p.get(4..).unwrap_or_default()).map(|k| assigner.lane(k, load));
-                        (p, lane.unwrap_or(0) as usize)
+                        let route = router.route(p.get(4..).unwrap_or_default(), load);
+                        (p, route)
                     }
                     None => break,
                 },
                 // The policy's answers to refused requests of the peer's nodes.
-                Some(r) = replies_rx.recv() => (r, 0),
+                Some(r) = replies_rx.recv() => {
+                    router.ordered_frame();
+                    (r, Route::default())
+                }
+                // Delivery reports: ours to the peer (on lane 0), the peer's to the router.
+                _ = sync.pump.notified() => {
+                    let (reports, received) = sync.take();
+                    for (lane, count) in received {
+                        router.delivered(lane.into(), count);
+                    }
+                    let lane0 = lanes.first().and_then(|l| l.as_ref());
+                    let now = std::time::Instant::now();
+                    for (lane, count) in reports {
+                        let report = LaneCtl::Delivered { lane, count }.encode();
+                        if lane0.is_none_or(|l| l.send((now, report, None)).is_err()) {
+                            break;
+                        }
+                    }
+                    continue;
+                }
             };
             let arrived = std::time::Instant::now();
+            let lane = route.lane as usize;
             let Some(slot) = lanes.get_mut(lane) else { continue };
             if slot.is_none() {
                 let (ltx, lrx) = mpsc::unbounded_channel();
                 let q = queued.get(lane).cloned().unwrap_or_default();
-                writers.spawn(write_lane(lrx, open_lane(), m_out.lane(lane), q));
+                writers.spawn(write_lane(lrx, open_lane(lane as u8), m_out.lane(lane), q));
                 *slot = Some(ltx);
             }
             let kind = crate::metrics::Kind::of(&p);
@@ -642,15 +751,13 @@ where
             else {
                 break;
             };
-            let held = (r, g);
             if let Some(q) = queued.get(lane) {
                 q.fetch_add(p.len(), Ordering::Relaxed);
             }
-            let sent = match slot {
-                Some(ltx) => ltx.send((arrived, p, held)).is_ok(),
-                None => false,
-            };
-            if !sent {
+            let Some(ltx) = slot.as_ref() else { break };
+            let barriers =
+                route.after.iter().map(|(l, c)| (arrived, LaneCtl::After { lane: *l as u8, count: *c }.encode(), None));
+            if barriers.chain([(arrived, p, Some((r, g)))]).any(|f| ltx.send(f).is_err()) {
                 break;
             }
         }
@@ -662,12 +769,13 @@ where
         r = &mut lane0_in => r.unwrap_or(Ok(())),
     };
     lane0_in.abort();
+    sync.close();
     Ok(r?)
 }
 
-/// Writes the packets queued for one lane to its stream, opened by `open`.
+/// Writes the frames queued for one lane to its stream, opened by `open`.
 async fn write_lane<W, F>(
-    mut packets: mpsc::UnboundedReceiver<(std::time::Instant, Vec<u8>, Held)>,
+    mut frames: mpsc::UnboundedReceiver<Queued>,
     open: F,
     mut metrics: crate::metrics::LaneMetrics,
     queued: Arc<AtomicUsize>,
@@ -677,79 +785,78 @@ where
     F: std::future::Future<Output = std::io::Result<W>>,
 {
     let mut w = open.await?;
-    while let Some((t, p, held)) = packets.recv().await {
+    while let Some((t, p, held)) = frames.recv().await {
         w.write_all(&p).await?;
-        queued.fetch_sub(p.len(), Ordering::Relaxed);
-        drop(held);
-        metrics.written(t, packets.len());
+        if let Some(held) = held {
+            queued.fetch_sub(p.len(), Ordering::Relaxed);
+            drop(held);
+            metrics.written(t, frames.len());
+        }
     }
     w.shutdown().await
 }
 
-/// Feeds the packets of one incoming lane to the relay's merger, through the policy.
-async fn feed_lane<R: AsyncRead + Unpin>(mut lane: Packets<R>, merger: Merger) -> std::io::Result<()> {
-    let Some(policy) = merger.policy.clone() else {
-        while let Some(p) = lane.next().await? {
-            if merger.to_node.send((std::time::Instant::now(), p)).await.is_err() {
-                break;
+/// Feeds the frames of incoming lane `lane` to the relay's merger: packets through the policy,
+/// in order, each after the barriers in front of it.
+async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger: Merger) -> std::io::Result<()> {
+    let mut ingress = merger.policy.as_ref().map(|p| Ingress::new(p.role.clone(), p.peer.clone()));
+    let mut unreported = 0u64;
+    while let Some(f) = frames.next().await? {
+        let p = match f {
+            Frame::Packet(p) => p,
+            Frame::Ctl(LaneCtl::After { lane: other, count }) => {
+                if !merger.sync.after(other, count).await {
+                    return Ok(());
+                }
+                continue;
             }
-        }
-        return Ok(());
-    };
-    let mut ingress = Ingress::new(policy.role.clone(), policy.peer.clone());
-    while let Some(p) = lane.next().await? {
-        let wait = ingress.delay(&p, std::time::Instant::now());
-        if !wait.is_zero() {
-            // Over the role's rate: this lane (and through QUIC flow control, its sender) waits.
-            tokio::time::sleep(wait).await;
-        }
-        let verdict =
-            ingress.packet(p).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-        if let Some((reason, why)) = &verdict.refused {
-            (policy.on_refuse)(*reason, why);
-        }
-        for r in verdict.reply {
-            let _ = merger.replies.send(r);
-        }
-        for f in verdict.forward {
+            Frame::Ctl(LaneCtl::Delivered { lane: ours, count }) => {
+                merger.sync.peer_delivered(ours, count);
+                continue;
+            }
+        };
+        let forward = match (&mut ingress, &merger.policy) {
+            (Some(ingress), Some(policy)) => {
+                let wait = ingress.delay(&p, std::time::Instant::now());
+                if !wait.is_zero() {
+                    // Over the role's rate: this lane (and through QUIC flow control, its sender) waits.
+                    tokio::time::sleep(wait).await;
+                }
+                let verdict = ingress
+                    .packet(p)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+                if let Some((reason, why)) = &verdict.refused {
+                    (policy.on_refuse)(*reason, why);
+                }
+                for r in verdict.reply {
+                    let _ = merger.replies.send(r);
+                }
+                verdict.forward
+            }
+            _ => vec![p],
+        };
+        for f in forward {
             if merger.to_node.send((std::time::Instant::now(), f)).await.is_err() {
                 return Ok(());
             }
         }
+        unreported += 1;
+        let report = !frames.ready() || unreported >= REPORT_EVERY;
+        if report {
+            unreported = 0;
+        }
+        merger.sync.delivered(lane, report);
     }
     Ok(())
 }
 
-/// Feeds an incoming lane stream (after its `Lane` frame; `pending` are bytes already read
+/// Feeds incoming lane stream `lane` (after its `Lane` frame; `pending` are bytes already read
 /// past it) to the relay's merger.
 pub async fn feed_lane_stream(
+    lane: u8,
     rx: crate::fabric::link::RecvStream,
     pending: &[u8],
     merger: Merger,
 ) -> std::io::Result<()> {
-    feed_lane(Packets::new(rx, pending, true), merger).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compression_round_trips_and_refuses_bombs() {
-        let mut packet = vec![0, 0, 0, 0];
-        packet.extend(std::iter::repeat_n(7u8, 100_000));
-        let len = (packet.len() - 4) as u32;
-        packet[..4].copy_from_slice(&len.to_be_bytes());
-        let framed = maybe_compress(packet.clone(), Some(1024));
-        assert!(framed.len() < 2000);
-        let hdr = u32::from_be_bytes(framed[..4].try_into().unwrap());
-        assert!(hdr & COMPRESSED != 0);
-        assert_eq!(decompress(&framed[4..]).unwrap(), packet);
-        // Incompressible or small packets go as they are.
-        assert_eq!(maybe_compress(packet.clone(), None), packet);
-        assert_eq!(maybe_compress(vec![0, 0, 0, 1, 9], Some(0)), vec![0, 0, 0, 1, 9]);
-        // A size prefix claiming 4 GiB is refused before inflating.
-        assert!(decompress(&[0xff, 0xff, 0xff, 0xff, 0, 0]).is_err());
-        assert!(decompress(&[1, 0]).is_err());
-    }
+    feed_lane(lane, Frames::new(rx, pending, true), merger).await
 }

@@ -34,9 +34,9 @@ pub enum Msg {
     /// First frame of a relay stream: `from` (behind the sender) dials `to` (behind the receiver)
     /// with these handshake flags and creation; `relay` names the connection for its lanes.
     Open { relay: u64, from: String, to: String, flags: u64, creation: u32 },
-    /// First frame of a unidirectional lane stream: more packets of relayed connection `relay`
-    /// (whole length-prefixed distribution packets follow).
-    Lane { relay: u64 },
+    /// First frame of a unidirectional lane stream: lane `lane` (1..) of relayed connection
+    /// `relay` (lane frames follow, see `lane_frame`).
+    Lane { relay: u64, lane: u8 },
     /// The target node's handshake status (`ok`, `nok`, `alive`, ...).
     Status(String),
     /// The target node's challenge: its flags and creation (the challenge itself stays local).
@@ -148,9 +148,10 @@ impl Msg {
                 b.push(tag::REFUSED);
                 put_str(&mut b, r);
             }
-            Msg::Lane { relay } => {
+            Msg::Lane { relay, lane } => {
                 b.push(tag::LANE);
                 b.extend_from_slice(&relay.to_be_bytes());
+                b.push(*lane);
             }
         }
         let len = (b.len() - 4) as u32;
@@ -194,7 +195,7 @@ impl Msg {
             tag::PROCEED => Msg::Proceed,
             tag::CONNECTED => Msg::Connected,
             tag::REFUSED => Msg::Refused(r.str("refused")?),
-            tag::LANE => Msg::Lane { relay: r.u64("lane")? },
+            tag::LANE => Msg::Lane { relay: r.u64("lane")?, lane: r.u8("lane")? },
             other => return Err(WireError::UnknownTag(other)),
         };
         if !r.0.is_empty() {
@@ -272,7 +273,7 @@ mod tests {
             Msg::NodeUp(NodeInfo { name: "c@h".into(), creation: 9 }),
             Msg::NodeDown("c@h".into()),
             Msg::Open { relay: 7, from: "a@h".into(), to: "b@g".into(), flags: 0xD07DF5FBC, creation: 42 },
-            Msg::Lane { relay: 7 },
+            Msg::Lane { relay: 7, lane: 3 },
             Msg::Status("ok_simultaneous".into()),
             Msg::Challenge { flags: 1, creation: 2 },
             Msg::AliveAnswer(true),
