@@ -33,7 +33,8 @@ pub enum Closed {
 
 /// A link to another gateway.
 pub trait Link: Send + Sync + std::fmt::Debug {
-    /// Opens a stream both ways.
+    /// Opens a stream both ways. Such streams carry ordered traffic and go first where the
+    /// transport can prioritise (QUIC); unidirectional ones carry bulk lanes.
     fn open_bi(&self) -> BoxFuture<'_, std::io::Result<(SendStream, RecvStream)>>;
     /// Opens a stream towards the peer.
     fn open_uni(&self) -> BoxFuture<'_, std::io::Result<SendStream>>;

@@ -672,11 +672,19 @@ fn from_read(e: quinn::ReadExactError) -> FabricError {
     }
 }
 
+/// A stream both ways carries ordered traffic (a link's control stream, a relayed connection's
+/// ordered lane of small messages): QUIC sends it before the unidirectional bulk lanes, so a
+/// small message crosses in front of queued bulk data on the wire too.
+fn ordered(s: quinn::SendStream) -> SendStream {
+    let _ = s.set_priority(1);
+    Box::new(s)
+}
+
 impl super::link::Link for quinn::Connection {
     fn open_bi(&self) -> BoxFuture<'_, std::io::Result<(SendStream, RecvStream)>> {
         Box::pin(async move {
             let (s, r) = quinn::Connection::open_bi(self).await.map_err(std::io::Error::other)?;
-            Ok((Box::new(s) as SendStream, Box::new(r) as RecvStream))
+            Ok((ordered(s), Box::new(r) as RecvStream))
         })
     }
 
@@ -689,7 +697,7 @@ impl super::link::Link for quinn::Connection {
     fn accept_bi(&self) -> BoxFuture<'_, std::io::Result<(SendStream, RecvStream)>> {
         Box::pin(async move {
             let (s, r) = quinn::Connection::accept_bi(self).await.map_err(std::io::Error::other)?;
-            Ok((Box::new(s) as SendStream, Box::new(r) as RecvStream))
+            Ok((ordered(s), Box::new(r) as RecvStream))
         })
     }
 
