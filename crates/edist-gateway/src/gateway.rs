@@ -343,7 +343,7 @@ impl Inner {
             relay_buffer: self.cfg.fabric.relay_buffer,
             gateway_buffer: self.buffer.clone(),
             socket_buffer: Some(self.cfg.local.socket_buffer),
-            net_ticktime: Duration::from_secs(self.cfg.local.net_ticktime),
+            net_ticktime: relay::Ticktime::new(Duration::from_secs(self.cfg.local.net_ticktime)),
             compress_above: compress.then_some(self.cfg.fabric.compress_threshold),
         }
     }

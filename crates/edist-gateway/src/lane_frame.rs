@@ -28,10 +28,18 @@ pub enum LaneCtl {
     After { lane: u8, count: u64 },
     /// From the receiving side: it delivered `count` frames of the sender's lane `lane`.
     Delivered { lane: u8, count: u64 },
+    /// The sender's node missed its ticks (hung or overloaded): stop ticking towards the far
+    /// node, so that it decides for itself, with its own `net_ticktime`, as over one OTP
+    /// connection.
+    Silent,
+    /// The sender's node speaks again after [`LaneCtl::Silent`].
+    Alive,
 }
 
 const AFTER: u8 = 1;
 const DELIVERED: u8 = 2;
+const SILENT: u8 = 3;
+const ALIVE: u8 = 4;
 
 impl LaneCtl {
     /// The frame, length prefix and flag included.
@@ -39,6 +47,8 @@ impl LaneCtl {
         let (kind, lane, count) = match *self {
             LaneCtl::After { lane, count } => (AFTER, lane, count),
             LaneCtl::Delivered { lane, count } => (DELIVERED, lane, count),
+            LaneCtl::Silent => (SILENT, 0, 0),
+            LaneCtl::Alive => (ALIVE, 0, 0),
         };
         let mut b = Vec::with_capacity(14);
         b.extend_from_slice(&(10 | CONTROL).to_be_bytes());
@@ -54,6 +64,8 @@ impl LaneCtl {
         match *kind {
             AFTER => Ok(LaneCtl::After { lane: *lane, count }),
             DELIVERED => Ok(LaneCtl::Delivered { lane: *lane, count }),
+            SILENT => Ok(LaneCtl::Silent),
+            ALIVE => Ok(LaneCtl::Alive),
             _ => Err(FrameError::Control),
         }
     }
@@ -186,7 +198,12 @@ mod tests {
 
     #[test]
     fn control_frames_round_trip_and_only_from_gateways() {
-        for c in [LaneCtl::After { lane: 0, count: 7 }, LaneCtl::Delivered { lane: 255, count: u64::MAX }] {
+        for c in [
+            LaneCtl::After { lane: 0, count: 7 },
+            LaneCtl::Delivered { lane: 255, count: u64::MAX },
+            LaneCtl::Silent,
+            LaneCtl::Alive,
+        ] {
             let mut buf = BytesMut::from(&c.encode()[..]);
             buf.extend_from_slice(&[0, 0, 0, 0]);
             assert_eq!(decode(&mut buf, true), Ok(Decoded::Frame(Frame::Ctl(c))));

@@ -340,9 +340,51 @@ pub struct LaneConfig {
     /// Kernel receive buffer of the loopback connection from the node; `None`: the kernel's.
     pub socket_buffer: Option<usize>,
     /// The local node's `net_ticktime`: ticks are answered here instead of crossing the fabric
-    /// (the gateway ticks every second, or quarter of it if less), and a node silent for this
-    /// long is hung.
-    pub net_ticktime: Duration,
+    /// (the gateway ticks every second, or a quarter of it if less). A node silent for over half
+    /// of it missed its ticks: the far gateway is told and stops ticking, so the far node
+    /// decides with its own `net_ticktime` (and reports `net_tick_timeout`), as in OTP.
+    pub net_ticktime: Ticktime,
+}
+
+/// A local node's `net_ticktime`, as its plug last reported it (it can change at run time,
+/// `net_kernel:set_net_ticktime/1`), or the configured one.
+#[derive(Debug, Clone)]
+pub struct Ticktime {
+    configured: Duration,
+    /// Milliseconds reported by the node; 0: none yet.
+    reported: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Ticktime {
+    /// A ticktime the node has not reported yet.
+    pub fn new(configured: Duration) -> Self {
+        Ticktime { configured, reported: Arc::default() }
+    }
+
+    /// The same, following what the node reports into `reported` (milliseconds).
+    pub fn reported_into(configured: Duration, reported: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Ticktime { configured, reported }
+    }
+
+    /// The node's ticktime now (at least a second).
+    pub fn get(&self) -> Duration {
+        match self.reported.load(Ordering::Relaxed) {
+            0 => self.configured,
+            ms => Duration::from_millis(ms),
+        }
+        .max(Duration::from_secs(1))
+    }
+
+    /// How long the node may stay silent before it counts as missing its ticks: it ticks every
+    /// quarter of its ticktime unless it sent something, so a gap of up to half of it is normal.
+    fn silent_after(&self) -> Duration {
+        self.get() / 2 + self.get() / 20 + Duration::from_millis(200)
+    }
+
+    /// How often the gateway ticks towards the node when nothing else goes there.
+    fn tick_every(&self) -> Duration {
+        (self.get() / 4).min(Duration::from_secs(1))
+    }
 }
 
 impl Default for LaneConfig {
@@ -353,7 +395,7 @@ impl Default for LaneConfig {
             gateway_buffer: Budget::new(256 << 20),
             compress_above: None,
             socket_buffer: None,
-            net_ticktime: Duration::from_secs(60),
+            net_ticktime: Ticktime::new(Duration::from_secs(60)),
         }
     }
 }
@@ -474,6 +516,8 @@ struct SyncState {
     peer_delivered: Vec<LaneCount>,
     /// The relay ended: nobody waits any more.
     closed: bool,
+    /// The far node missed its ticks ([`LaneCtl::Silent`]): no ticks towards ours.
+    peer_silent: bool,
 }
 
 fn set_at(v: &mut Vec<u64>, i: usize, f: impl FnOnce(&mut u64)) {
@@ -554,6 +598,14 @@ impl LaneSync {
         (out, std::mem::take(&mut st.peer_delivered))
     }
 
+    fn set_peer_silent(&self, silent: bool) {
+        self.state().peer_silent = silent;
+    }
+
+    fn peer_silent(&self) -> bool {
+        self.state().peer_silent
+    }
+
     /// The relay ended: lanes waiting at a barrier give up.
     pub fn close(&self) {
         self.state().closed = true;
@@ -567,8 +619,6 @@ struct Frames<R> {
     buf: BytesMut,
     /// A lane from the fabric: compressed and control frames are allowed.
     fabric: bool,
-    /// The stream is dead when a read waits longer than this (a node's ticks keep it alive).
-    silence: Option<Duration>,
 }
 
 /// Bytes a frame reader asks for at least, per read.
@@ -582,7 +632,7 @@ impl<R: AsyncRead + Unpin> Frames<R> {
         // Small to start: most connections are idle most of the time. Large packets grow it.
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         buf.extend_from_slice(pending);
-        Frames { r, buf, fabric, silence: None }
+        Frames { r, buf, fabric }
     }
 
     /// Whether a whole frame is already buffered (the next one needs no read).
@@ -599,14 +649,7 @@ impl<R: AsyncRead + Unpin> Frames<R> {
                 // Grow with the bytes that actually arrive, not with the claimed length.
                 Decoded::Need(n) => self.buf.reserve(n.clamp(READ_CHUNK / 2, 1 << 20)),
             }
-            let read = self.r.read_buf(&mut self.buf);
-            let n = match self.silence {
-                Some(d) => timeout(d, read).await.map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "the local node sent nothing, not even a tick")
-                })??,
-                None => read.await?,
-            };
-            if n == 0 {
+            if self.r.read_buf(&mut self.buf).await? == 0 {
                 return Ok(None);
             }
         }
@@ -659,18 +702,18 @@ where
     // Lane 0 in: its packets join the merger like any other lane's.
     // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
     let mut lane0_in = tokio::spawn(feed_lane(0, Frames::new(rx, pending_to_sock, true), merger));
-    let ticktime = lanes_cfg.net_ticktime.max(Duration::from_secs(1));
+    let ticktime = lanes_cfg.net_ticktime.clone();
     // Whatever reaches the node keeps its connection alive; with nothing to write, a tick does
-    // (as the far node would, had its ticks crossed). Every second at least, so that a node
-    // whose own ticktime is shorter than the configured one stays connected too.
-    let tick_every = (ticktime / 4).min(Duration::from_secs(1));
+    // (as the far node would, had its ticks crossed), unless the far node missed its own.
     let down = async {
         loop {
-            let (t, p) = match timeout(tick_every, merger_rx.recv()).await {
+            let (t, p) = match timeout(ticktime.tick_every(), merger_rx.recv()).await {
                 Ok(Some(tp)) => tp,
                 Ok(None) => break,
                 Err(_) => {
-                    sw.write_all(&TICK).await?;
+                    if !sync.peer_silent() {
+                        sw.write_all(&TICK).await?;
+                    }
                     continue;
                 }
             };
@@ -684,8 +727,9 @@ where
     };
     let up = async {
         let mut from_node = Frames::new(sr, pending_to_stream, false);
-        // The node ticks every quarter of its ticktime when idle: silent for all of it, it hangs.
-        from_node.silence = Some(ticktime);
+        // When the node last sent anything, and whether the far gateway was told it went silent.
+        let mut heard = tokio::time::Instant::now();
+        let mut silent = false;
         let relay_budget = Budget::new(lanes_cfg.relay_buffer);
         let bulk = lanes_cfg.lanes.min(MAX_LANES as u64 - 1);
         let mut lanes: Vec<Option<LaneTx>> = (0..=bulk).map(|_| None).collect();
@@ -703,9 +747,16 @@ where
         loop {
             let (p, route) = tokio::select! {
                 p = from_node.next_packet() => match p? {
-                    // Ticks stay here: the far node gets its own from its gateway.
-                    Some(p) if p == TICK => continue,
                     Some(p) => {
+                        heard = tokio::time::Instant::now();
+                        let lane0 = lanes.first().and_then(|l| l.as_ref());
+                        if std::mem::take(&mut silent) && lane0.is_none_or(|l| l.send(control(LaneCtl::Alive)).is_err()) {
+                            break;
+                        }
+                        // Ticks stay here: the far node gets its own from its gateway.
+                        if p == TICK {
+                            continue;
+                        }
                         let load = |l: u64| queued.get(l as usize).map_or(0, |q| q.load(Ordering::Relaxed));
                         let route = router.route(p.get(4..).unwrap_or_default(), load);
                         (p, route)
@@ -717,6 +768,14 @@ where
                     router.ordered_frame();
                     (r, Route::default())
                 }
+                // The node missed its ticks: the far node stops getting them too.
+                _ = tokio::time::sleep_until(heard + ticktime.silent_after()), if !silent => {
+                    silent = true;
+                    if lanes.first().and_then(|l| l.as_ref()).is_none_or(|l| l.send(control(LaneCtl::Silent)).is_err()) {
+                        break;
+                    }
+                    continue;
+                }
                 // Delivery reports: ours to the peer (on lane 0), the peer's to the router.
                 _ = sync.pump.notified() => {
                     let (reports, received) = sync.take();
@@ -724,10 +783,8 @@ where
                         router.delivered(lane.into(), count);
                     }
                     let lane0 = lanes.first().and_then(|l| l.as_ref());
-                    let now = std::time::Instant::now();
                     for (lane, count) in reports {
-                        let report = LaneCtl::Delivered { lane, count }.encode();
-                        if lane0.is_none_or(|l| l.send((now, report, None)).is_err()) {
+                        if lane0.is_none_or(|l| l.send(control(LaneCtl::Delivered { lane, count })).is_err()) {
                             break;
                         }
                     }
@@ -755,8 +812,7 @@ where
                 q.fetch_add(p.len(), Ordering::Relaxed);
             }
             let Some(ltx) = slot.as_ref() else { break };
-            let barriers =
-                route.after.iter().map(|(l, c)| (arrived, LaneCtl::After { lane: *l as u8, count: *c }.encode(), None));
+            let barriers = route.after.iter().map(|(l, c)| control(LaneCtl::After { lane: *l as u8, count: *c }));
             if barriers.chain([(arrived, p, Some((r, g)))]).any(|f| ltx.send(f).is_err()) {
                 break;
             }
@@ -771,6 +827,11 @@ where
     lane0_in.abort();
     sync.close();
     Ok(r?)
+}
+
+/// A control frame, queued for a lane.
+fn control(c: LaneCtl) -> Queued {
+    (std::time::Instant::now(), c.encode(), None)
 }
 
 /// Writes the frames queued for one lane to its stream, opened by `open`.
@@ -812,6 +873,14 @@ async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger
             }
             Frame::Ctl(LaneCtl::Delivered { lane: ours, count }) => {
                 merger.sync.peer_delivered(ours, count);
+                continue;
+            }
+            Frame::Ctl(LaneCtl::Silent) => {
+                merger.sync.set_peer_silent(true);
+                continue;
+            }
+            Frame::Ctl(LaneCtl::Alive) => {
+                merger.sync.set_peer_silent(false);
                 continue;
             }
         };
