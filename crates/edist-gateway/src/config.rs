@@ -143,8 +143,8 @@ pub struct FabricConfig {
     /// A silent peer gateway counts as dead after this many ms (default 1500: within 2 s of a
     /// gateway's death its nodes are down everywhere).
     pub idle_timeout_ms: u64,
-    /// Lanes (QUIC streams) per relayed connection and direction besides the default one;
-    /// a new sender gets the least-loaded lane and keeps it (default 8).
+    /// Bulk lanes (QUIC streams) per relayed connection and direction besides the ordered one:
+    /// a large message takes the least-loaded one (default 8; 0: everything in OTP's order).
     pub lanes: u64,
     /// Bytes one relayed connection may hold on their way to a peer gateway, all its lanes
     /// together (default 32 MiB). The relay keeps reading from its node until this is used up

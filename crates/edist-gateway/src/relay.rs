@@ -325,9 +325,8 @@ where
 /// How a relay spreads traffic over lanes, and how much it may hold.
 #[derive(Debug, Clone)]
 pub struct LaneConfig {
-    /// Lanes per relayed connection and direction besides the default lane (the relay
-    /// stream): each new sender goes to the lane with the fewest bytes queued and stays there,
-    /// so one sender's large message only delays the senders that share its lane.
+    /// Bulk lanes per relayed connection and direction besides the ordered lane (the relay
+    /// stream): a large message takes the one with the fewest bytes queued (see [`Router`]).
     pub lanes: u64,
     /// Bytes this relay may hold on their way to the peer gateway, all lanes together: the
     /// relay keeps reading from its node (so a small message can overtake a queued large one)
