@@ -163,11 +163,15 @@ pub fn impersonating_acceptor(target: &str, creation: u32, cookie: &str) -> Acce
 /// The initiator's side, steps 2–4, once the relay stream is open and `Open` was sent: mirror
 /// the far node's status and challenge to the local node, check the local node's digest, let
 /// the far side finish, then ack. Returns bytes the local node sent after its reply.
+///
+/// `named`: the name and creation given to a local node that asked for a dynamic name; it
+/// gets them as its status (`named:`) in place of the far node's `ok`.
 pub async fn finish_local_leg<R, W>(
     sock: &mut TcpStream,
     acc: &mut Acceptor,
     msgs: &mut MsgReader<R>,
     tx: &mut W,
+    named: Option<(String, u32)>,
 ) -> Result<Vec<u8>, RelayError>
 where
     R: AsyncRead + Unpin,
@@ -218,10 +222,10 @@ where
         }
         m => return Err(RelayError::Unexpected(m)),
     }
-    if alive {
-        acc.send_challenge_now()?;
-    } else {
-        acc.respond(status)?;
+    match named {
+        _ if alive => acc.send_challenge_now()?,
+        Some((name, creation)) => acc.respond(Status::Named { name, creation })?,
+        None => acc.respond(status)?,
     }
     sock.write_all(&acc.take_output()).await?;
     loop {

@@ -147,7 +147,10 @@ impl Node {
                 .map_err(|e| NodeError::Io { node: cfg.name.clone(), source: e })?;
             let port = l.local_addr().map_err(|e| NodeError::Io { node: cfg.name.clone(), source: e })?.port();
             let epmd_addr = cfg.gateway.unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.epmd_port)));
-            let reg = epmd::register(epmd_addr, alive, port, true).await.map_err(|e| match e {
+            // epmd knows the nodes of one host and takes the alive part; a gateway takes the
+            // full name, so a host part other than the gateway's own is kept.
+            let reg_name = if cfg.gateway.is_some() { cfg.name.as_str() } else { alive };
+            let reg = epmd::register(epmd_addr, reg_name, port, true).await.map_err(|e| match e {
                 epmd::EpmdClientError::NameTaken { .. } => NodeError::NameTaken(cfg.name.clone()),
                 e => NodeError::Epmd { host: "localhost".into(), source: e },
             })?;
