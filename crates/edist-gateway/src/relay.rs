@@ -217,7 +217,13 @@ where
     }
     match msgs.next("challenge").await? {
         Msg::Challenge { flags, creation } => {
-            acc.set_flags(DFlags(flags & RELAY_MASK));
+            let flags = match named {
+                // As OTP's acceptor answers a node that asks for a name: NAME_ME in place of
+                // PUBLISHED, or the node refuses the connection (dist_util:do_setnode).
+                Some(_) => (flags & RELAY_MASK & !DFlags::PUBLISHED) | DFlags::NAME_ME,
+                None => flags & RELAY_MASK,
+            };
+            acc.set_flags(DFlags(flags));
             acc.set_creation(creation);
         }
         m => return Err(RelayError::Unexpected(m)),
