@@ -3,9 +3,11 @@
 //!
 //! ```toml
 //! name = "gw-a"                    # this gateway's identity; must match its certificate
-//! host = "hosta"                   # host part of local node names (default: short hostname)
+//! host = "hosta"                   # host part for registrations of an alive part alone (the
+//!                                  # plug sends full names; default: short hostname)
 //! cookie = "secret"                # cookie of the local BEAM nodes (default: $EDIST_COOKIE,
-//!                                  # then ~/.erlang.cookie); it never leaves this host
+//!                                  # then ~/.erlang.cookie); it never leaves this host; only
+//!                                  # needed with a fabric
 //!
 //! [local]
 //! control = "127.0.0.1:4370"       # where the edist_epmd plug registers and resolves
@@ -77,9 +79,12 @@ use std::path::PathBuf;
 pub struct Config {
     /// This gateway's identity (default: `gw-<host>`); must match its certificate's name.
     pub name: String,
-    /// Host part of the local nodes' names (default: the short host name).
+    /// Host part of local nodes that register an alive part alone (default: the short host
+    /// name). The plug registers full names, which keep their own host part.
     pub host: String,
-    /// Cookie of the local BEAM nodes (default: `$EDIST_COOKIE`, then `~/.erlang.cookie`).
+    /// Cookie of the local BEAM nodes (default: `$EDIST_COOKIE`, then `~/.erlang.cookie`):
+    /// their handshakes with nodes on other hosts are checked against it. Not needed without
+    /// a fabric, where nothing is relayed.
     pub cookie: Option<String>,
     /// The local side.
     pub local: LocalConfig,

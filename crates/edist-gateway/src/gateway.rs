@@ -371,7 +371,8 @@ impl Inner {
     fn status(&self) -> StatusReport {
         let st = self.lock();
         let mut local_nodes: Vec<_> = st.local.iter().filter_map(|(n, l)| Some((n.clone(), l.port?))).collect();
-        let mut outbound_only: Vec<_> = st.local.iter().filter(|(_, l)| l.port.is_none()).map(|(n, _)| n.clone()).collect();
+        let mut outbound_only: Vec<_> =
+            st.local.iter().filter(|(_, l)| l.port.is_none()).map(|(n, _)| n.clone()).collect();
         let mut remote_nodes: Vec<_> = st.remote.iter().map(|(n, r)| (n.clone(), r.gateway.clone())).collect();
         let mut peers: Vec<_> = st.peers.keys().cloned().collect();
         let mut impersonated: Vec<_> = st.impersonators.iter().map(|(n, i)| (n.clone(), i.port)).collect();
@@ -667,7 +668,10 @@ impl LocalDirectory for Directory {
     fn names(&self) -> Vec<(String, u16)> {
         let Some(inner) = self.0.upgrade() else { return vec![] };
         let st = inner.lock();
-        st.local.iter().filter_map(|(n, l)| Some((n.split('@').next().unwrap_or_default().to_string(), l.port?))).collect()
+        st.local
+            .iter()
+            .filter_map(|(n, l)| Some((n.split('@').next().unwrap_or_default().to_string(), l.port?)))
+            .collect()
     }
 }
 
@@ -1459,5 +1463,61 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base36_is_erlangs_integer_to_list_36() {
+        // integer_to_list(N, 36) in Erlang.
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "Z");
+        assert_eq!(base36(36), "10");
+        assert_eq!(base36(u64::MAX), "3W5E11264SGSF");
+    }
+
+    #[tokio::test]
+    async fn nodes_that_do_not_listen_are_held_while_connected_and_names_keep_their_host() {
+        let mut cfg = Config { host: "gwhost".into(), ..Config::default() };
+        cfg.local.control = "127.0.0.1:0".parse().unwrap();
+        cfg.fabric.certs = std::env::temp_dir().join(format!("edist-no-certs-{}", std::process::id()));
+        let gw = Gateway::start(cfg).await.unwrap();
+        let dir = Directory(Arc::downgrade(&gw.inner));
+        // Full names keep their host part; an alive part alone gets the gateway's.
+        let long = dir.register("b@10.0.0.2", 1000).unwrap();
+        let short = dir.register("c", 1001).unwrap();
+        assert_eq!(dir.resolve("b@10.0.0.2"), Some(1000));
+        assert_eq!(dir.resolve("c@gwhost"), Some(1001));
+        assert!(matches!(dir.register("b@10.0.0.2", 1), Err(RegisterError::Duplicate)));
+        // A node that does not listen: listed while it has connections, never resolvable.
+        let g1 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7).unwrap();
+        let g2 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7).unwrap();
+        assert!(g1.is_some() && g2.is_some());
+        assert!(OutboundGuard::admit(&gw.inner, "b@10.0.0.2", 5).unwrap().is_none(), "registered: nothing to hold");
+        let st = gw.status();
+        assert_eq!(st.outbound_only, vec!["n@elsewhere".to_string()]);
+        assert_eq!(st.local_nodes, vec![("b@10.0.0.2".to_string(), 1000), ("c@gwhost".to_string(), 1001)]);
+        assert_eq!(dir.resolve("n@elsewhere"), None);
+        assert!(matches!(dir.register("n@elsewhere", 1), Err(RegisterError::Duplicate)));
+        let mut names = dir.names();
+        names.sort();
+        assert_eq!(names, vec![("b".to_string(), 1000), ("c".to_string(), 1001)]);
+        drop(g1);
+        assert_eq!(gw.status().outbound_only.len(), 1);
+        drop(g2);
+        assert!(gw.status().outbound_only.is_empty());
+        // A remote node's name is not for a local node to take.
+        gw.inner.lock().remote.insert("r@far".into(), RemoteNode { creation: 4, gateway: "gw-far".into() });
+        assert!(OutboundGuard::admit(&gw.inner, "r@far", 5).is_err());
+        // Dynamic names: at the node's host, never one in use.
+        let (name, creation) = dynamic_name(&gw.inner, "hosta");
+        assert!(name.ends_with("@hosta") && creation >= 4, "{name}");
+        drop((long, short));
+        assert!(gw.status().local_nodes.is_empty());
+        gw.shutdown();
     }
 }

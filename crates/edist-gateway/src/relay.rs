@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
 /// Flags a relay never lets through: the atom cache needs per-connection state on both ends,
-/// and dynamic names cannot be impersonated.
+/// and a dynamic name is given by the dialler's own gateway (the far leg dials under it).
 pub const RELAY_MASK: u64 =
     !(DFlags::DIST_HDR_ATOM_CACHE | DFlags::ATOM_CACHE | DFlags::HIDDEN_ATOM_CACHE | DFlags::NAME_ME);
 

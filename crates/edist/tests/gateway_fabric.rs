@@ -2005,7 +2005,9 @@ async fn nodes_that_do_not_listen_connect_out() -> Result<()> {
 
 /// `{Result, Millis}` of evaluating `expr` on a node.
 fn timed(expr: &str) -> String {
-    format!("T0 = erlang:monotonic_time(millisecond), R = begin {expr} end, {{R, erlang:monotonic_time(millisecond) - T0}}")
+    format!(
+        "T0 = erlang:monotonic_time(millisecond), R = begin {expr} end, {{R, erlang:monotonic_time(millisecond) - T0}}"
+    )
 }
 
 /// Parses `{Result,Millis}`.

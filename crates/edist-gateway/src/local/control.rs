@@ -527,6 +527,15 @@ mod tests {
         assert_eq!(n.epmd_port, u32::from(addr.port()));
         assert_eq!(n.entries, vec![("a".to_string(), 1000), ("b".to_string(), 2000)]);
 
+        // The plug sends full names: a long name keeps its host part.
+        let (long, resp) = register(addr, "l@10.0.0.9", 3000).await;
+        assert_eq!(resp.result, 0);
+        assert!(matches!(port_please(addr, "l@10.0.0.9").await, Port2Resp::Ok(NodeInfo { port: 3000, .. })));
+        assert_eq!(port_please(addr, "l@h").await, Port2Resp::Err(1));
+        assert_eq!(register(addr, "a@h", 3001).await.1.result, 1, "a@h is a, registered already");
+        drop(long);
+        until("l to unregister", || dir.resolve("l@10.0.0.9").is_none()).await;
+
         // A duplicate is refused with result 1; the original stays.
         let (_dup, resp) = register(addr, "a", 3000).await;
         assert_eq!(resp.result, 1);
