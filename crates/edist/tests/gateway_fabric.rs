@@ -1933,7 +1933,7 @@ async fn long_names_and_host_parts_of_their_own_cross_hosts() -> Result<()> {
     assert_eq!(a.eval(&format!("net_adm:ping({qf})")).await?, "pong");
     assert_eq!(a.eval(&format!("erpc:call({qf}, erlang, node, [])")).await?, printed(&f.name));
     assert_eq!(a.eval("lists:sort(nodes())").await?, {
-        let mut n = vec![printed(&b.name), printed(&f.name)];
+        let mut n = [printed(&b.name), printed(&f.name)];
         n.sort();
         format!("[{}]", n.join(","))
     });
