@@ -10,7 +10,12 @@
 %%
 %% * register_node/2,3: ALIVE2_REQ over a connection that stays open for the node's lifetime
 %%   (owned by the `edist_epmd' process); closing it unregisters the node. When the gateway
-%%   closes it, the process re-registers every 2 s, like erl_epmd does with epmd.
+%%   closes it, the process re-registers every 2 s, like erl_epmd does with epmd. The name sent
+%%   is the FULL node name ("b@10.0.0.2", "b@host.example.com", "b@hostA"): OTP hands
+%%   register_node/3 only the alive part, but calls listen_port_please(Name, Host) just before
+%%   it with the host part net_kernel settled on (-name, -sname, or net_kernel:start/2), so the
+%%   plug keeps that host. Nodes that do not listen (-dist_listen false, dynamic names) never
+%%   register: the gateway learns them from their first outgoing handshake.
 %% * address_please/3: PORT_PLEASE2_REQ "Name@Host" on a fresh connection, short timeouts,
 %%   answers {ok, Loopback, Port, 6} so that port_please is never called.
 %% * names/0,1: NAMES_REQ.
@@ -42,7 +47,8 @@
 -define(PORT2_RESP, $w).
 -define(NAMES_REQ, $n).
 
--record(state, {socket = undefined, name, port}).
+%% host: the host part given to listen_port_please/2, for the register_node call that follows.
+-record(state, {socket = undefined, name, port, host}).
 
 %%% ---------------------------------------------------------------------------------------
 %%% -epmd_module callbacks
@@ -56,7 +62,11 @@ register_node(Name, Port) ->
 register_node(Name, Port, _Driver) ->
     gen_server:call(?MODULE, {register, to_string(Name), Port}, infinity).
 
-listen_port_please(_Name, _Host) ->
+%% Called by inet_tcp_dist (and inet_tls_dist through it) in net_kernel's process right before
+%% register_node/3, with the host part of the node name: the only place OTP tells an epmd module
+%% the full name before the node is alive. Kept in the gen_server for register_node.
+listen_port_please(_Name, Host) ->
+    catch gen_server:call(?MODULE, {host, to_string(Host)}, ?REG_TIMEOUT),
     {ok, 0}.
 
 address_please(Name, Host, Family) ->
@@ -101,7 +111,10 @@ default_env(Key, Value) ->
         {ok, _} -> ok
     end.
 
-handle_call({register, Name, Port}, _From, #state{socket = undefined} = State) ->
+handle_call({host, Host}, _From, State) ->
+    {reply, ok, State#state{host = Host}};
+handle_call({register, Alive, Port}, _From, #state{socket = undefined, host = Host} = State) ->
+    Name = registered_name(Alive, Host),
     case do_register(Name, Port) of
         {ok, Socket, Creation} ->
             {reply, {ok, Creation}, State#state{socket = Socket, name = Name, port = Port}};
@@ -170,6 +183,16 @@ log_unreachable(Reason) ->
         false ->
             error_logger:error_msg("~ts", [Line])
     end.
+
+%% The name to register: the full node name when the host part is known (it always is with
+%% inet_tcp_dist); else the alive part alone, which the gateway completes with its own host.
+registered_name(Alive, Host) when is_list(Host), Host =/= "" ->
+    case lists:member($@, Alive) of
+        true -> Alive;
+        false -> Alive ++ "@" ++ Host
+    end;
+registered_name(Alive, _) ->
+    Alive.
 
 %% Whether distribution is being started from the command line (net_kernel then halts the
 %% node when registration fails) rather than by net_kernel:start/1 at run time.

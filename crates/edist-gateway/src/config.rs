@@ -3,9 +3,11 @@
 //!
 //! ```toml
 //! name = "gw-a"                    # this gateway's identity; must match its certificate
-//! host = "hosta"                   # host part of local node names (default: short hostname)
+//! host = "hosta"                   # host part for registrations of an alive part alone (the
+//!                                  # plug sends full names; default: short hostname)
 //! cookie = "secret"                # cookie of the local BEAM nodes (default: $EDIST_COOKIE,
-//!                                  # then ~/.erlang.cookie); it never leaves this host
+//!                                  # then ~/.erlang.cookie); it never leaves this host; only
+//!                                  # needed with a fabric
 //!
 //! [local]
 //! control = "127.0.0.1:4370"       # where the edist_epmd plug registers and resolves
@@ -18,7 +20,7 @@
 //! certs = "./edist-certs"          # ca.pem, <name>.pem, <name>.key from `edist certs`
 //! keep_alive_ms = 500              # QUIC keep-alive
 //! idle_timeout_ms = 1500           # a silent peer gateway is dead after this
-//! lanes = 8                        # QUIC streams per relayed connection and direction (+1)
+//! lanes = 8                        # bulk lanes (QUIC streams) per relayed connection and direction
 //! relay_buffer = 33554432         # bytes a relayed connection may hold towards the fabric
 //! gateway_buffer = 268435456       # the same for all relays together: the memory bound
 //! compress_threshold = 1024        # peers with `compress = true` get lz4 above this size
@@ -77,9 +79,12 @@ use std::path::PathBuf;
 pub struct Config {
     /// This gateway's identity (default: `gw-<host>`); must match its certificate's name.
     pub name: String,
-    /// Host part of the local nodes' names (default: the short host name).
+    /// Host part of local nodes that register an alive part alone (default: the short host
+    /// name). The plug registers full names, which keep their own host part.
     pub host: String,
-    /// Cookie of the local BEAM nodes (default: `$EDIST_COOKIE`, then `~/.erlang.cookie`).
+    /// Cookie of the local BEAM nodes (default: `$EDIST_COOKIE`, then `~/.erlang.cookie`):
+    /// their handshakes with nodes on other hosts are checked against it. Not needed without
+    /// a fabric, where nothing is relayed.
     pub cookie: Option<String>,
     /// The local side.
     pub local: LocalConfig,
@@ -335,6 +340,7 @@ impl Config {
         if self.peers.iter().any(|p| p.name == self.name) {
             return Err(ConfigError::Invalid(format!("peer {} has this gateway's own name", self.name)));
         }
+        self.validate_numbers()?;
         let roles = self.roles()?;
         let named = std::iter::once(&self.policy.default_role).chain(self.peers.iter().filter_map(|p| p.role.as_ref()));
         for r in named {
@@ -343,6 +349,49 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("unknown role {r:?} (known: {})", known.join(", "))));
             }
         }
+        Ok(())
+    }
+
+    /// Numbers that parse but would leave the gateway unable to do its job.
+    fn validate_numbers(&self) -> Result<(), ConfigError> {
+        let (l, f) = (&self.local, &self.fabric);
+        let at_least = |key: &str, value: u64, min: u64, why: &str| {
+            if value < min {
+                return Err(ConfigError::Invalid(format!("{key} = {value}: must be at least {min} ({why})")));
+            }
+            Ok(())
+        };
+        let size = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        at_least(
+            "local.max_listeners",
+            size(l.max_listeners),
+            1,
+            "with none, no local node could reach a node on another host",
+        )?;
+        at_least("local.socket_buffer", size(l.socket_buffer), 1, "the receive buffer of relayed connections")?;
+        at_least("local.net_ticktime", l.net_ticktime, 1, "seconds; with 0 every relayed connection counts as hung")?;
+        at_least("fabric.keep_alive_ms", f.keep_alive_ms, 1, "milliseconds between keep-alives on an idle link")?;
+        at_least("fabric.idle_timeout_ms", f.idle_timeout_ms, 1, "milliseconds; with 0 every link is dead at once")?;
+        if f.keep_alive_ms >= f.idle_timeout_ms {
+            return Err(ConfigError::Invalid(format!(
+                "fabric.keep_alive_ms = {} must be below fabric.idle_timeout_ms = {} (a third of it or less): \
+                 an idle link would time out between two keep-alives",
+                f.keep_alive_ms, f.idle_timeout_ms
+            )));
+        }
+        // Lane numbers are one byte on the wire; 0 is meaningful (everything in OTP's order).
+        if f.lanes > 255 {
+            return Err(ConfigError::Invalid(format!(
+                "fabric.lanes = {}: must be at most 255 (bulk lanes besides the ordered one)",
+                f.lanes
+            )));
+        }
+        // One 64 KiB distribution fragment: a smaller buffer still passes every packet, but
+        // one at a time, so nothing overtakes anything and a link's bandwidth goes unused.
+        let fragment = 64 << 10;
+        at_least("fabric.relay_buffer", size(f.relay_buffer), fragment, "bytes: one distribution fragment")?;
+        at_least("fabric.gateway_buffer", size(f.gateway_buffer), fragment, "bytes: one distribution fragment")?;
+        at_least("fabric.link_idle_ms", f.link_idle_ms, 1, "milliseconds; with 0 links close as soon as they open")?;
         Ok(())
     }
 
@@ -375,5 +424,37 @@ mod tests {
         assert_eq!(d.local.control.port(), 4370);
         assert!(Config::from_toml("[local]\ncontrol = \"0.0.0.0:1\"", "x".as_ref()).is_err());
         assert!(Config::from_toml("bogus = 1", "x".as_ref()).is_err());
+    }
+
+    #[test]
+    fn numbers_that_make_the_gateway_useless_are_refused_with_the_key_named() {
+        for (toml, key) in [
+            ("[local]\nmax_listeners = 0", "local.max_listeners"),
+            ("[local]\nsocket_buffer = 0", "local.socket_buffer"),
+            ("[local]\nnet_ticktime = 0", "local.net_ticktime"),
+            ("[fabric]\nkeep_alive_ms = 0", "fabric.keep_alive_ms"),
+            ("[fabric]\nidle_timeout_ms = 0", "fabric.idle_timeout_ms"),
+            ("[fabric]\nkeep_alive_ms = 2000\nidle_timeout_ms = 1500", "fabric.keep_alive_ms"),
+            ("[fabric]\nkeep_alive_ms = 1500\nidle_timeout_ms = 1500", "fabric.keep_alive_ms"),
+            ("[fabric]\nlanes = 256", "fabric.lanes"),
+            ("[fabric]\nrelay_buffer = 0", "fabric.relay_buffer"),
+            ("[fabric]\nrelay_buffer = 65535", "fabric.relay_buffer"),
+            ("[fabric]\ngateway_buffer = 0", "fabric.gateway_buffer"),
+            ("[fabric]\nlink_idle_ms = 0", "fabric.link_idle_ms"),
+        ] {
+            match Config::from_toml(toml, "x".as_ref()) {
+                Err(ConfigError::Invalid(msg)) => assert!(msg.starts_with(key), "{toml}: {msg}"),
+                other => panic!("{toml}: {other:?}"),
+            }
+        }
+        // The smallest useful values pass.
+        let ok = "[local]\nmax_listeners = 1\nsocket_buffer = 1\nnet_ticktime = 1\n\
+                  [fabric]\nkeep_alive_ms = 1\nidle_timeout_ms = 2\nlanes = 0\nrelay_buffer = 65536\n\
+                  gateway_buffer = 65536\nlink_idle_ms = 1\ncompress_threshold = 0";
+        Config::from_toml(ok, "x".as_ref()).unwrap();
+        // And a config built in code is checked when the gateway starts (Gateway::start).
+        let mut c = Config::default();
+        c.fabric.relay_buffer = 0;
+        assert!(c.validate().is_err());
     }
 }

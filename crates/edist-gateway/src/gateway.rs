@@ -32,7 +32,10 @@ use tracing::{debug, info, warn};
 pub enum GatewayError {
     #[error("binding {what} on {addr}: {source}")]
     Bind { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
-    #[error("no cookie for the local nodes: set `cookie` in the config, $EDIST_COOKIE, or ~/.erlang.cookie")]
+    #[error(
+        "no cookie for the local nodes, which a gateway with a fabric needs to check their handshakes with \
+         nodes on other hosts: set `cookie` in the config, $EDIST_COOKIE, or ~/.erlang.cookie"
+    )]
     NoCookie,
     #[error("fabric: {0}")]
     Fabric(String),
@@ -41,8 +44,13 @@ pub enum GatewayError {
 }
 
 struct LocalNode {
-    port: u16,
+    /// Where it accepts distribution connections; `None` for a node that only connects out
+    /// (`-dist_listen false`, a dynamic name): it never registered, and is known while it has
+    /// relayed connections (see [`OutboundGuard`]).
+    port: Option<u16>,
     creation: u32,
+    /// Relayed connections a node without `port` has open.
+    outbound: usize,
 }
 
 struct RemoteNode {
@@ -116,7 +124,8 @@ struct State {
 
 pub(crate) struct Inner {
     cfg: Config,
-    cookie: String,
+    /// The local nodes' cookie; `None` only without a fabric, where nothing is relayed.
+    cookie: Option<String>,
     state: Mutex<State>,
     metrics: Metrics,
     next_link: AtomicU64,
@@ -174,7 +183,12 @@ pub struct LinkStats {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatusReport {
     pub name: String,
+    /// Registered local nodes and their distribution ports.
     pub local_nodes: Vec<(String, u16)>,
+    /// Local nodes that do not listen (`-dist_listen false`, dynamic names), known while they
+    /// have relayed connections open.
+    #[serde(default)]
+    pub outbound_only: Vec<String>,
     pub remote_nodes: Vec<(String, String)>,
     pub peers: Vec<String>,
     pub impersonated: Vec<(String, u16)>,
@@ -189,7 +203,15 @@ pub struct StatusReport {
 impl Gateway {
     /// Starts the local control server and, when certificates for `cfg.name` exist, the fabric.
     pub async fn start(cfg: Config) -> Result<Gateway, GatewayError> {
-        let cookie = cfg.cookie.clone().or_else(edist_node::cookie::default_cookie).ok_or(GatewayError::NoCookie)?;
+        cfg.validate()?;
+        let certs = &cfg.fabric.certs;
+        let have_certs = certs.join(format!("{}.pem", cfg.name)).exists();
+        // The cookie only checks the handshakes of relayed connections: a single host (no
+        // fabric) relays nothing, since its nodes connect to each other directly.
+        let cookie = cfg.cookie.clone().or_else(edist_node::cookie::default_cookie);
+        if have_certs && cookie.is_none() {
+            return Err(GatewayError::NoCookie);
+        }
         let control_listener = TcpListener::bind(cfg.local.control).await.map_err(|e| GatewayError::Bind {
             what: "local control",
             addr: cfg.local.control,
@@ -229,8 +251,6 @@ impl Gateway {
         }
 
         let mut transport = None;
-        let certs = &cfg.fabric.certs;
-        let have_certs = certs.join(format!("{}.pem", cfg.name)).exists();
         if have_certs {
             let id = TlsIdentity::load(certs, &cfg.name).map_err(|e| GatewayError::Fabric(e.to_string()))?;
             let opts = QuicOptions {
@@ -350,11 +370,14 @@ impl Inner {
 
     fn status(&self) -> StatusReport {
         let st = self.lock();
-        let mut local_nodes: Vec<_> = st.local.iter().map(|(n, l)| (n.clone(), l.port)).collect();
+        let mut local_nodes: Vec<_> = st.local.iter().filter_map(|(n, l)| Some((n.clone(), l.port?))).collect();
+        let mut outbound_only: Vec<_> =
+            st.local.iter().filter(|(_, l)| l.port.is_none()).map(|(n, _)| n.clone()).collect();
         let mut remote_nodes: Vec<_> = st.remote.iter().map(|(n, r)| (n.clone(), r.gateway.clone())).collect();
         let mut peers: Vec<_> = st.peers.keys().cloned().collect();
         let mut impersonated: Vec<_> = st.impersonators.iter().map(|(n, i)| (n.clone(), i.port)).collect();
         local_nodes.sort();
+        outbound_only.sort();
         remote_nodes.sort();
         peers.sort();
         impersonated.sort();
@@ -363,6 +386,7 @@ impl Inner {
         StatusReport {
             name: self.cfg.name.clone(),
             local_nodes,
+            outbound_only,
             remote_nodes,
             peers,
             impersonated,
@@ -597,16 +621,16 @@ impl Drop for LocalGuard {
 }
 
 impl LocalDirectory for Directory {
-    fn register(&self, alive: &str, port: u16) -> Result<Registration, RegisterError> {
+    fn register(&self, name: &str, port: u16) -> Result<Registration, RegisterError> {
         let inner = self.0.upgrade().ok_or(RegisterError::Unavailable)?;
-        let name = format!("{alive}@{}", inner.cfg.host);
+        let name = control::full_node_name(name, &inner.cfg.host)?;
         let creation = rand::random::<u32>().max(4);
         {
             let mut st = inner.lock();
             if st.local.contains_key(&name) || st.remote.contains_key(&name) {
                 return Err(RegisterError::Duplicate);
             }
-            st.local.insert(name.clone(), LocalNode { port, creation });
+            st.local.insert(name.clone(), LocalNode { port: Some(port), creation, outbound: 0 });
         }
         info!(node = %name, port, "local node registered");
         inner.broadcast(Msg::NodeUp(NodeInfo { name: name.clone(), creation }));
@@ -617,7 +641,8 @@ impl LocalDirectory for Directory {
         let inner = self.0.upgrade()?;
         let mut st = inner.lock();
         if let Some(l) = st.local.get(full_name) {
-            return Some(l.port);
+            // None for a node that only connects out: nobody can dial it, as with OTP.
+            return l.port;
         }
         if let Some(i) = st.impersonators.get(full_name) {
             return Some(i.port);
@@ -643,8 +668,89 @@ impl LocalDirectory for Directory {
     fn names(&self) -> Vec<(String, u16)> {
         let Some(inner) = self.0.upgrade() else { return vec![] };
         let st = inner.lock();
-        st.local.iter().map(|(n, l)| (n.split('@').next().unwrap_or_default().to_string(), l.port)).collect()
+        st.local
+            .iter()
+            .filter_map(|(n, l)| Some((n.split('@').next().unwrap_or_default().to_string(), l.port?)))
+            .collect()
     }
+}
+
+/// A local node that does not listen (`-dist_listen false`, a dynamic name) is known, and
+/// announced to the fabric, while it has relayed connections: the far gateway accepts a
+/// connection only from a node its gateway announced. Dropping the last guard forgets it.
+struct OutboundGuard {
+    inner: Arc<Inner>,
+    name: String,
+}
+
+impl OutboundGuard {
+    /// Admits `name` dialling out. `Ok(None)`: a registered node, nothing to hold. Refused when
+    /// the name is a remote node's.
+    fn admit(inner: &Arc<Inner>, name: &str, creation: u32) -> Result<Option<OutboundGuard>, String> {
+        control::full_node_name(name, &inner.cfg.host).map_err(|e| e.to_string())?;
+        let mut st = inner.lock();
+        if let Some(r) = st.remote.get(name) {
+            return Err(format!("{name} is a node behind {}", r.gateway));
+        }
+        match st.local.get_mut(name) {
+            Some(l) if l.port.is_some() => return Ok(None),
+            Some(l) => l.outbound += 1,
+            None => {
+                st.local.insert(name.to_string(), LocalNode { port: None, creation, outbound: 1 });
+                drop(st);
+                info!(node = %name, "local node connects out without listening");
+                inner.broadcast(Msg::NodeUp(NodeInfo { name: name.to_string(), creation }));
+            }
+        }
+        Ok(Some(OutboundGuard { inner: inner.clone(), name: name.to_string() }))
+    }
+}
+
+impl Drop for OutboundGuard {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        let last = match st.local.get_mut(&self.name) {
+            Some(l) if l.port.is_none() => {
+                l.outbound = l.outbound.saturating_sub(1);
+                l.outbound == 0
+            }
+            _ => false,
+        };
+        if last {
+            st.local.remove(&self.name);
+            drop(st);
+            info!(node = %self.name, "local node without a listener has no relayed connection left");
+            self.inner.broadcast(Msg::NodeDown(self.name.clone()));
+        }
+    }
+}
+
+/// A name for a node that asked for one (a dynamic name, `-sname undefined`: `NAME_ME` in its
+/// handshake, `host` in place of its name), as OTP's `net_kernel` makes them: a random base-36
+/// number at the node's host, with a fresh creation.
+fn dynamic_name(inner: &Inner, host: &str) -> (String, u32) {
+    loop {
+        let name = format!("{}@{host}", base36(rand::random::<u64>()));
+        let st = inner.lock();
+        if !st.local.contains_key(&name) && !st.remote.contains_key(&name) {
+            return (name, rand::random::<u32>().max(4));
+        }
+    }
+}
+
+/// `n` in base 36, upper case, as `integer_to_list(N, 36)`.
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Accepts local nodes' connections to a remote node `target`.
@@ -677,32 +783,53 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
         let r = st.remote.get(target).ok_or_else(|| relay::RelayError::Refused(format!("{target} is unknown")))?;
         (r.creation, r.gateway.clone())
     };
-    let mut acc = relay::impersonating_acceptor(target, creation, &inner.cookie);
+    let Some(cookie) = inner.cookie.as_deref() else {
+        return Err(relay::RelayError::Refused("no cookie to check local nodes with".into()));
+    };
+    let mut acc = relay::impersonating_acceptor(target, creation, cookie);
     let dial = relay::read_local_name(&mut sock, &mut acc).await?;
-    // Only registered local nodes may dial out, under their own name. (Not checked against the
-    // creation we handed out: a node that re-registered after a gateway restart keeps the
-    // creation it started with.)
-    if !inner.lock().local.contains_key(&dial.from) {
-        inner.metrics.refused("local", "unregistered_node");
-        acc.respond(Status::NotAllowed)?;
-        sock.write_all(&acc.take_output()).await?;
-        return Err(relay::RelayError::Refused(format!("{} is not a node registered here", dial.from)));
-    }
+    // A node with a dynamic name (NAME_ME) sent only its host: name it here, as the node it
+    // dialled would, and dial the far node under that name.
+    let named = dial.flags.has(DFlags::NAME_ME).then(|| dynamic_name(inner, &dial.from));
+    let (from, from_creation) = named.clone().unwrap_or((dial.from.clone(), dial.creation));
+    // Registered nodes dial out under their own name (not checked against the creation we
+    // handed out: a node that re-registered after a gateway restart keeps the creation it
+    // started with); a node that does not listen is announced for as long as it has relayed
+    // connections. Either way the node proves the cookie below before the far node hears
+    // from it; until then the name is only claimed, and the claim goes with the connection.
+    let _outbound = match OutboundGuard::admit(inner, &from, from_creation) {
+        Ok(g) => g,
+        Err(why) => {
+            inner.metrics.refused("local", "name_taken");
+            acc.respond(Status::NotAllowed)?;
+            sock.write_all(&acc.take_output()).await?;
+            return Err(relay::RelayError::Refused(format!("{from} may not dial out: {why}")));
+        }
+    };
     let (conn, link_peer, _hold, (mut tx, rx)) = open_relay_stream(inner, &gateway).await?;
     let relay_id: u64 = rand::random();
     let open = Msg::Open {
         relay: relay_id,
-        from: dial.from.clone(),
+        from: from.clone(),
         to: target.to_string(),
         flags: dial.flags.0 & RELAY_MASK,
-        creation: dial.creation,
+        creation: from_creation,
     };
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
     let (merger, rxs) = MergerGuard::register(inner, relay_id, &gateway, &link_peer);
     let mut msgs = MsgReader::new(rx);
-    let done = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx).await;
+    let done = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx, named).await;
+    if let Err(relay::RelayError::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest)) = &done {
+        // What the dialled node would log (dist_util), and why it happens behind a gateway.
+        warn!(
+            "** Connection attempt from node {from} rejected. Invalid challenge reply. ** \
+             ({from} dialled {target} with a cookie other than this gateway's: towards nodes on other hosts \
+             every node uses its gateway's cookie, as its own or as a per-node cookie set with \
+             erlang:set_cookie({target}, Cookie))"
+        );
+    }
     let leftover = inner.metrics.handshake(&gateway, true, done)?;
-    info!(from = %dial.from, to = %target, "relayed connection up");
+    info!(%from, to = %target, "relayed connection up");
     carry(inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &gateway).await
 }
 
@@ -875,7 +1002,7 @@ async fn relay_to_local(
     open: OpenReq,
 ) -> Result<(), relay::RelayError> {
     let OpenReq { relay: relay_id, from, to, flags, creation, origin } = open;
-    let port = inner.lock().local.get(&to).map(|l| l.port);
+    let port = inner.lock().local.get(&to).and_then(|l| l.port);
     if port.is_none() && origin.is_none() && inner.cfg.fabric.relay {
         let target = inner.lock().remote.get(&to).map(|r| r.gateway.clone());
         // Between a gateway we relay for and any other.
@@ -902,9 +1029,12 @@ async fn relay_to_local(
         return Err(relay::RelayError::Refused(format!("{from} -> {to}")));
     };
     let origin = origin.unwrap_or_else(|| peer_gateway.clone());
+    let Some(cookie) = inner.cookie.as_deref() else {
+        let _ = tx.write_all(&Msg::Refused("no cookie for the local nodes".into()).encode()).await;
+        return Err(relay::RelayError::Refused(format!("{from} -> {to}: no cookie for the local nodes")));
+    };
     let (merger, rxs) = MergerGuard::register(&inner, relay_id, &origin, &peer_gateway);
-    let dialled =
-        relay::dial_local_target(port, &from, &to, DFlags(flags), creation, &inner.cookie, &mut msgs, &mut tx).await;
+    let dialled = relay::dial_local_target(port, &from, &to, DFlags(flags), creation, cookie, &mut msgs, &mut tx).await;
     let (sock, leftover) = inner.metrics.handshake(&origin, false, dialled)?;
     info!(%from, %to, via = ?(origin != peer_gateway).then_some(&peer_gateway), "relayed connection up");
     carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &origin).await
@@ -1340,5 +1470,61 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base36_is_erlangs_integer_to_list_36() {
+        // integer_to_list(N, 36) in Erlang.
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "Z");
+        assert_eq!(base36(36), "10");
+        assert_eq!(base36(u64::MAX), "3W5E11264SGSF");
+    }
+
+    #[tokio::test]
+    async fn nodes_that_do_not_listen_are_held_while_connected_and_names_keep_their_host() {
+        let mut cfg = Config { host: "gwhost".into(), ..Config::default() };
+        cfg.local.control = "127.0.0.1:0".parse().unwrap();
+        cfg.fabric.certs = std::env::temp_dir().join(format!("edist-no-certs-{}", std::process::id()));
+        let gw = Gateway::start(cfg).await.unwrap();
+        let dir = Directory(Arc::downgrade(&gw.inner));
+        // Full names keep their host part; an alive part alone gets the gateway's.
+        let long = dir.register("b@10.0.0.2", 1000).unwrap();
+        let short = dir.register("c", 1001).unwrap();
+        assert_eq!(dir.resolve("b@10.0.0.2"), Some(1000));
+        assert_eq!(dir.resolve("c@gwhost"), Some(1001));
+        assert!(matches!(dir.register("b@10.0.0.2", 1), Err(RegisterError::Duplicate)));
+        // A node that does not listen: listed while it has connections, never resolvable.
+        let g1 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7).unwrap();
+        let g2 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7).unwrap();
+        assert!(g1.is_some() && g2.is_some());
+        assert!(OutboundGuard::admit(&gw.inner, "b@10.0.0.2", 5).unwrap().is_none(), "registered: nothing to hold");
+        let st = gw.status();
+        assert_eq!(st.outbound_only, vec!["n@elsewhere".to_string()]);
+        assert_eq!(st.local_nodes, vec![("b@10.0.0.2".to_string(), 1000), ("c@gwhost".to_string(), 1001)]);
+        assert_eq!(dir.resolve("n@elsewhere"), None);
+        assert!(matches!(dir.register("n@elsewhere", 1), Err(RegisterError::Duplicate)));
+        let mut names = dir.names();
+        names.sort();
+        assert_eq!(names, vec![("b".to_string(), 1000), ("c".to_string(), 1001)]);
+        drop(g1);
+        assert_eq!(gw.status().outbound_only.len(), 1);
+        drop(g2);
+        assert!(gw.status().outbound_only.is_empty());
+        // A remote node's name is not for a local node to take.
+        gw.inner.lock().remote.insert("r@far".into(), RemoteNode { creation: 4, gateway: "gw-far".into() });
+        assert!(OutboundGuard::admit(&gw.inner, "r@far", 5).is_err());
+        // Dynamic names: at the node's host, never one in use.
+        let (name, creation) = dynamic_name(&gw.inner, "hosta");
+        assert!(name.ends_with("@hosta") && creation >= 4, "{name}");
+        drop((long, short));
+        assert!(gw.status().local_nodes.is_empty());
+        gw.shutdown();
     }
 }

@@ -163,6 +163,7 @@ fn outcome(e: &crate::relay::RelayError) -> &'static str {
     match e {
         E::Refused(_) => "refused",
         E::Timeout(_) => "timeout",
+        E::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest) => "bad_cookie",
         E::Handshake(_) => "bad_handshake",
         _ => "error",
     }

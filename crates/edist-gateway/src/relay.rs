@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
 /// Flags a relay never lets through: the atom cache needs per-connection state on both ends,
-/// and dynamic names cannot be impersonated.
+/// and a dynamic name is given by the dialler's own gateway (the far leg dials under it).
 pub const RELAY_MASK: u64 =
     !(DFlags::DIST_HDR_ATOM_CACHE | DFlags::ATOM_CACHE | DFlags::HIDDEN_ATOM_CACHE | DFlags::NAME_ME);
 
@@ -164,11 +164,15 @@ pub fn impersonating_acceptor(target: &str, creation: u32, cookie: &str) -> Acce
 /// The initiator's side, steps 2–4, once the relay stream is open and `Open` was sent: mirror
 /// the far node's status and challenge to the local node, check the local node's digest, let
 /// the far side finish, then ack. Returns bytes the local node sent after its reply.
+///
+/// `named`: the name and creation given to a local node that asked for a dynamic name; it
+/// gets them as its status (`named:`) in place of the far node's `ok`.
 pub async fn finish_local_leg<R, W>(
     sock: &mut TcpStream,
     acc: &mut Acceptor,
     msgs: &mut MsgReader<R>,
     tx: &mut W,
+    named: Option<(String, u32)>,
 ) -> Result<Vec<u8>, RelayError>
 where
     R: AsyncRead + Unpin,
@@ -214,15 +218,21 @@ where
     }
     match msgs.next("challenge").await? {
         Msg::Challenge { flags, creation } => {
-            acc.set_flags(DFlags(flags & RELAY_MASK));
+            let flags = match named {
+                // As OTP's acceptor answers a node that asks for a name: NAME_ME in place of
+                // PUBLISHED, or the node refuses the connection (dist_util:do_setnode).
+                Some(_) => (flags & RELAY_MASK & !DFlags::PUBLISHED) | DFlags::NAME_ME,
+                None => flags & RELAY_MASK,
+            };
+            acc.set_flags(DFlags(flags));
             acc.set_creation(creation);
         }
         m => return Err(RelayError::Unexpected(m)),
     }
-    if alive {
-        acc.send_challenge_now()?;
-    } else {
-        acc.respond(status)?;
+    match named {
+        _ if alive => acc.send_challenge_now()?,
+        Some((name, creation)) => acc.respond(Status::Named { name, creation })?,
+        None => acc.respond(status)?,
     }
     sock.write_all(&acc.take_output()).await?;
     loop {

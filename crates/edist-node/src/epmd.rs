@@ -179,10 +179,26 @@ impl EpmdClient {
         self.register_req(Alive2Req::new(name, port, hidden)).await
     }
 
+    /// Registers a full node name `alive@host` at an edist gateway's control port, which keeps
+    /// the host part (long names, host parts other than the gateway's), as the plug does.
+    pub async fn gateway_register(
+        &self,
+        full_name: &str,
+        port: u16,
+        hidden: bool,
+    ) -> Result<Registration, EpmdClientError> {
+        codec::validate_name(full_name).map_err(|source| EpmdClientError::InvalidRequest { op: "ALIVE2", source })?;
+        self.register_unchecked(Alive2Req::new(full_name, port, hidden)).await
+    }
+
     /// Registers with a fully specified ALIVE2_REQ.
     pub async fn register_req(&self, req: Alive2Req) -> Result<Registration, EpmdClientError> {
+        check_alive_name(&req.name, "ALIVE2")?;
+        self.register_unchecked(req).await
+    }
+
+    async fn register_unchecked(&self, req: Alive2Req) -> Result<Registration, EpmdClientError> {
         const OP: &str = "ALIVE2";
-        check_alive_name(&req.name, OP)?;
         let deadline = Instant::now() + self.timeout;
         let name = req.name.clone();
         let port = req.port;

@@ -147,7 +147,14 @@ impl Node {
                 .map_err(|e| NodeError::Io { node: cfg.name.clone(), source: e })?;
             let port = l.local_addr().map_err(|e| NodeError::Io { node: cfg.name.clone(), source: e })?.port();
             let epmd_addr = cfg.gateway.unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.epmd_port)));
-            let reg = epmd::register(epmd_addr, alive, port, true).await.map_err(|e| match e {
+            // epmd knows the nodes of one host and takes the alive part; a gateway takes the
+            // full name, so a host part other than the gateway's own is kept.
+            let client = epmd::EpmdClient::new(epmd_addr);
+            let registered = match cfg.gateway {
+                Some(_) => client.gateway_register(&cfg.name, port, true).await,
+                None => client.register(alive, port, true).await,
+            };
+            let reg = registered.map_err(|e| match e {
                 epmd::EpmdClientError::NameTaken { .. } => NodeError::NameTaken(cfg.name.clone()),
                 e => NodeError::Epmd { host: "localhost".into(), source: e },
             })?;

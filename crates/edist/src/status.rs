@@ -182,6 +182,9 @@ pub fn render(r: &StatusReport, rates: &[PeerRate]) -> String {
     for (n, p) in &r.local_nodes {
         let _ = writeln!(s, "  {n:<40} port {p}");
     }
+    for n in &r.outbound_only {
+        let _ = writeln!(s, "  {n:<40} connects out only (no listener)");
+    }
     let _ = writeln!(s, "peer gateways:");
     for p in &r.peers {
         let _ = writeln!(s, "  {p:<20} link up");
@@ -236,7 +239,8 @@ mod tests {
         let lane = TrafficCounts { bytes: msgs_out * 10, messages: msgs_out, fragments: 0, queued: 0 };
         StatusReport {
             name: "gw-a".into(),
-            local_nodes: vec![],
+            local_nodes: vec![("a@10.0.0.1".into(), 4242)],
+            outbound_only: vec!["dyn@hosta".into()],
             remote_nodes: vec![],
             peers: vec!["gw-b".into()],
             impersonated: vec![],
@@ -264,6 +268,8 @@ mod tests {
         assert!(text.contains("now in 4.0 kB/s 0 msg/s, out 400 B/s 40 msg/s"), "{text}");
         assert!(text.contains("lane 1"), "{text}");
         assert!(text.contains("policy") && text.contains(" 3\n"), "{text}");
+        assert!(text.contains("a@10.0.0.1") && text.contains("port 4242"), "{text}");
+        assert!(text.contains("dyn@hosta") && text.contains("connects out only"), "{text}");
         // Counters that went backwards (a restarted gateway) give 0, not a huge rate.
         assert_eq!(rates(&report(3000, 15), &report(0, 0), Duration::from_secs(1))[0].in_bytes_per_s, 0.0);
     }

@@ -456,6 +456,64 @@ fn remote_names(st: &Value) -> Vec<String> {
     pairs.iter().filter_map(|p| Some(p.get(0)?.as_str()?.to_owned())).collect()
 }
 
+/// How a test node is named, and its cookie.
+struct Naming {
+    /// `-sname` or `-name`.
+    flag: &'static str,
+    /// Its argument: `alive`, `alive@host` or `undefined` (`undefined@host`).
+    arg: String,
+    /// The node's full name; for a dynamic name, `undefined` until it has one.
+    full: String,
+    /// `-setcookie` (default: the cluster's, which every gateway has).
+    cookie: Option<String>,
+}
+
+impl Naming {
+    /// `-sname <prefix><unique>`: `...@<short host name>`, as every gateway's `host`.
+    fn short(prefix: &str) -> Naming {
+        let alive = unique(prefix);
+        Naming { flag: "-sname", full: format!("{alive}@{}", host()), arg: alive, cookie: None }
+    }
+
+    /// `-sname <prefix><unique>@<host_part>`: a short name with a host part of its own.
+    fn short_at(prefix: &str, host_part: &str) -> Naming {
+        let full = format!("{}@{host_part}", unique(prefix));
+        Naming { flag: "-sname", arg: full.clone(), full, cookie: None }
+    }
+
+    /// `-name <prefix><unique>@<host_part>`: a long name (an IP address or an FQDN).
+    fn long(prefix: &str, host_part: &str) -> Naming {
+        let full = format!("{}@{host_part}", unique(prefix));
+        Naming { flag: "-name", arg: full.clone(), full, cookie: None }
+    }
+
+    /// A dynamic name (OTP 23+), given by the first node it connects to: `-sname undefined`,
+    /// or with a host part, `-name undefined@<host_part>`.
+    fn dynamic(long_host: Option<&str>) -> Naming {
+        let (flag, arg) = match long_host {
+            Some(h) => ("-name", format!("undefined@{h}")),
+            None => ("-sname", "undefined".to_string()),
+        };
+        Naming { flag, arg, full: "undefined".into(), cookie: None }
+    }
+
+    fn cookie(mut self, cookie: &str) -> Naming {
+        self.cookie = Some(cookie.to_string());
+        self
+    }
+}
+
+/// An atom as `~p` prints it: quoted unless it is a plain lower-case word.
+fn printed(atom: &str) -> String {
+    let plain = atom.starts_with(|c: char| c.is_ascii_lowercase())
+        && atom.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@');
+    if plain {
+        atom.to_string()
+    } else {
+        q(atom)
+    }
+}
+
 /// Changes to the default cluster of [`Cluster::start_with`].
 #[derive(Default)]
 struct Setup<'a> {
@@ -746,27 +804,47 @@ impl Cluster {
         Ok(node)
     }
 
+    /// A plugged-in BEAM node on host `i` named as `naming` says, known to every gateway.
+    async fn erl_named(&self, i: usize, naming: Naming, extra: &[&str]) -> Result<Node> {
+        let node = self.erl_as(i, naming, extra).await?;
+        self.wait_known(&node.name, i).await?;
+        Ok(node)
+    }
+
     /// A plugged-in BEAM node on host `i`, registered with its own gateway (others may refuse it).
     async fn erl_local(&self, i: usize, prefix: &str, extra: &[&str]) -> Result<Node> {
-        let t = tools()?;
+        self.erl_as(i, Naming::short(prefix), extra).await
+    }
+
+    /// A plugged-in BEAM node on host `i` named as `naming` says, registered with its gateway.
+    async fn erl_as(&self, i: usize, naming: Naming, extra: &[&str]) -> Result<Node> {
+        let node = self.erl_spawn(i, naming, extra).await?;
         let h = self.host(i)?;
-        let sname = unique(prefix);
-        let mut cmd = h.ns.command("erl");
-        cmd.args(&t.flags)
-            .args(["-kernel", "inet_dist_use_interface", "{127,0,0,1}"])
-            .args(["-sname", &sname, "-setcookie", &self.cookie])
-            .arg("-pa")
-            .arg(&t.helper_dir)
-            .args(extra)
-            // Nothing may fall back to a real epmd.
-            .env("ERL_EPMD_PORT", "1");
-        let node = Node::spawn(cmd, format!("{sname}@{}", host()), &self.dir.join(format!("{sname}.stderr"))).await?;
         let name = node.name.as_str();
         self.wait(&format!("{name} to register on host {i}"), || async move {
             Ok(h.status().await.map(|st| pairs(&st, "local_nodes").iter().any(|(n, _)| n == name)).unwrap_or(false))
         })
         .await?;
         Ok(node)
+    }
+
+    /// A plugged-in BEAM node on host `i`, running; nothing waited for.
+    async fn erl_spawn(&self, i: usize, naming: Naming, extra: &[&str]) -> Result<Node> {
+        let t = tools()?;
+        let h = self.host(i)?;
+        let cookie = naming.cookie.as_deref().unwrap_or(&self.cookie);
+        let mut cmd = h.ns.command("erl");
+        cmd.args(&t.flags)
+            .args(["-kernel", "inet_dist_use_interface", "{127,0,0,1}"])
+            .args([naming.flag, &naming.arg, "-setcookie", cookie])
+            .arg("-pa")
+            .arg(&t.helper_dir)
+            .args(extra)
+            // Nothing may fall back to a real epmd.
+            .env("ERL_EPMD_PORT", "1");
+        let stem = if naming.full == "undefined" { unique("undefined") } else { naming.full.replace('.', "_") };
+        let log = self.dir.join(format!("{stem}.stderr"));
+        Node::spawn(cmd, naming.full, &log).await
     }
 
     /// Marks the test as passed: the logs are not printed and the directory goes away.
@@ -1917,6 +1995,180 @@ async fn ten_gigabytes_to_a_slow_consumer_stay_within_the_memory_bound() -> Resu
         // relay_buffer (32 MiB) + QUIC windows + the merger: well under 128 MiB.
         ensure!(grown < 128 * 1024, "gateway {i} grew by {grown} KiB");
     }
+    cluster.passed();
+    Ok(())
+}
+
+/// Names as OTP has them cross hosts: long names with an IP address or an FQDN as host part,
+/// and a short name whose host part is not the gateway's host, are registered, announced and
+/// shown (`edist status`) as the nodes have them, and nodes on the other host reach them under
+/// those names: ping, rpc and erpc, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_names_and_host_parts_of_their_own_cross_hosts() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let (ip0, ip1) = (cluster.host(0)?.ip.to_string(), cluster.host(1)?.ip.to_string());
+    let mut a = cluster.erl_named(0, Naming::long("a", &ip0), &[]).await?;
+    let mut b = cluster.erl_named(1, Naming::long("b", &ip1), &[]).await?;
+    let f = cluster.erl_named(1, Naming::long("f", "node.example.com"), &[]).await?;
+    let mut s = cluster.erl_named(0, Naming::short("s"), &[]).await?;
+    let c = cluster.erl_named(1, Naming::short_at("c", "elsewhere"), &[]).await?;
+    ensure!(b.name.ends_with(&format!("@{ip1}")) && c.name.ends_with("@elsewhere"), "{} {}", b.name, c.name);
+
+    // The registry under the names the nodes have, on both gateways.
+    let (st0, st1) = (cluster.host(0)?.status().await?, cluster.host(1)?.status().await?);
+    for n in [&b.name, &f.name, &c.name] {
+        ensure!(pairs(&st1, "local_nodes").iter().any(|(x, _)| x == n), "gw-1 does not list {n}: {st1}");
+        ensure!(
+            pairs(&st0, "remote_nodes").iter().any(|(x, g)| x == n && g.as_str() == Some("gw-1")),
+            "gw-0 does not list {n} behind gw-1: {st0}"
+        );
+    }
+    ensure!(pairs(&st0, "local_nodes").iter().any(|(x, _)| *x == a.name), "gw-0 does not list {}: {st0}", a.name);
+
+    let (qa, qb, qf, qc) = (q(&a.name), q(&b.name), q(&f.name), q(&c.name));
+    assert_eq!(a.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    assert_eq!(a.eval(&format!("rpc:call({qb}, erlang, node, [])")).await?, printed(&b.name));
+    assert_eq!(b.eval(&format!("rpc:call({qa}, erlang, node, [])")).await?, printed(&a.name));
+    assert_eq!(a.eval(&format!("net_adm:ping({qf})")).await?, "pong");
+    assert_eq!(a.eval(&format!("erpc:call({qf}, erlang, node, [])")).await?, printed(&f.name));
+    assert_eq!(a.eval("lists:sort(nodes())").await?, {
+        let mut n = [printed(&b.name), printed(&f.name)];
+        n.sort();
+        format!("[{}]", n.join(","))
+    });
+    assert_eq!(s.eval(&format!("net_adm:ping({qc})")).await?, "pong");
+    assert_eq!(s.eval(&format!("rpc:call({qc}, erlang, node, [])")).await?, printed(&c.name));
+    cluster.passed();
+    Ok(())
+}
+
+/// Nodes that register no port connect out through the fabric: one started with
+/// `-dist_listen false`, and dynamic names (OTP 23+: `-sname undefined`, `-name undefined@IP`),
+/// which the gateway names as the node they dial would. While connected they are listed as
+/// `outbound_only` by their gateway and known to the other one, the far node reaches them back
+/// over their connection, and they are forgotten when their last connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_do_not_listen_connect_out() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let (ip0, ip1) = (cluster.host(0)?.ip.to_string(), cluster.host(1)?.ip.to_string());
+    let (h0, h1) = (cluster.host(0)?, cluster.host(1)?);
+    let mut b = cluster.erl(1, "b", &[]).await?;
+    let mut bl = cluster.erl_named(1, Naming::long("bl", &ip1), &[]).await?;
+    let (qb, qbl) = (q(&b.name), q(&bl.name));
+    let outbound_only = |st: &Value| strings(st, "outbound_only");
+
+    // -dist_listen false: no registration, yet it connects out.
+    let mut n = cluster.erl_spawn(0, Naming::short("n"), &["-dist_listen", "false"]).await?;
+    let qn = q(&n.name);
+    assert_eq!(n.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    assert_eq!(n.eval(&format!("rpc:call({qb}, erlang, node, [])")).await?, printed(&b.name));
+    assert_eq!(b.eval(&format!("rpc:call({qn}, erlang, node, [])")).await?, printed(&n.name));
+    // As with OTP, a node that does not listen is hidden.
+    assert_eq!(b.eval(&format!("{{lists:member({qn}, nodes(hidden)), nodes()}}")).await?, "{true,[]}");
+    let st0 = h0.status().await?;
+    ensure!(outbound_only(&st0) == [n.name.clone()], "gw-0 does not list {} as outbound only: {st0}", n.name);
+    ensure!(!pairs(&st0, "local_nodes").iter().any(|(x, _)| *x == n.name), "{} has no port: {st0}", n.name);
+    cluster.wait_known_by(1, &n.name, 0).await?;
+    assert_eq!(n.eval(&format!("erlang:disconnect_node({qb})")).await?, "true");
+    cluster
+        .wait(&format!("{} to be forgotten", n.name), || async {
+            let (st0, st1) = (h0.status().await?, h1.status().await?);
+            Ok(outbound_only(&st0).is_empty() && !remote_names(&st1).contains(&n.name))
+        })
+        .await?;
+    // Nobody can dial it (it has no listener), as with OTP.
+    assert_eq!(b.eval(&format!("net_adm:ping({qn})")).await?, "pang");
+
+    // A dynamic short name: named by the gateway in its first handshake. (Until it has a name,
+    // OTP connects it only on an explicit connect_node, not automatically.)
+    let mut d = cluster.erl_spawn(0, Naming::dynamic(None), &[]).await?;
+    assert_eq!(d.eval("node()").await?, "nonode@nohost");
+    assert_eq!(d.eval(&format!("net_kernel:connect_node({qb})")).await?, "true");
+    let dn = d.eval("atom_to_list(node())").await?.trim_matches('"').to_string();
+    ensure!(dn.ends_with(&format!("@{}", host())) && !dn.starts_with("undefined@"), "dynamic name {dn}");
+    assert_eq!(d.eval(&format!("rpc:call({qb}, erlang, node, [])")).await?, printed(&b.name));
+    assert_eq!(b.eval(&format!("rpc:call({}, erlang, node, [])", q(&dn))).await?, printed(&dn));
+    ensure!(outbound_only(&h0.status().await?).contains(&dn), "gw-0 does not list {dn}");
+    cluster.wait_known_by(1, &dn, 0).await?;
+
+    // A dynamic long name, with the host part given.
+    let mut dl = cluster.erl_spawn(0, Naming::dynamic(Some(&ip0)), &[]).await?;
+    assert_eq!(dl.eval(&format!("net_kernel:connect_node({qbl})")).await?, "true");
+    let dln = dl.eval("atom_to_list(node())").await?.trim_matches('"').to_string();
+    ensure!(dln.ends_with(&format!("@{ip0}")) && !dln.starts_with("undefined@"), "dynamic name {dln}");
+    assert_eq!(bl.eval(&format!("rpc:call({}, erlang, node, [])", q(&dln))).await?, printed(&dln));
+    cluster.passed();
+    Ok(())
+}
+
+/// `{Result, Millis}` of evaluating `expr` on a node.
+fn timed(expr: &str) -> String {
+    format!(
+        "T0 = erlang:monotonic_time(millisecond), R = begin {expr} end, {{R, erlang:monotonic_time(millisecond) - T0}}"
+    )
+}
+
+/// Parses `{Result,Millis}`.
+fn timed_result(r: &str) -> Result<(String, u64)> {
+    let (res, ms) = r.trim_matches(|c| c == '{' || c == '}').rsplit_once(',').with_context(|| r.to_string())?;
+    Ok((res.to_string(), ms.parse().with_context(|| r.to_string())?))
+}
+
+/// A node whose cookie is not its gateway's is refused at once, as OTP refuses a wrong cookie:
+/// `pang` (and `nodedown` for a monitor) well within a second, both when it dials and when it is
+/// dialled, and the gateway logs the refusal in OTP's words. A per-node cookie set to the
+/// gateway's (`erlang:set_cookie(Node, Cookie)`) makes it work; one of any other value is refused
+/// like a wrong cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_other_than_the_gateways_is_refused_at_once() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let mut b = cluster.erl(1, "b", &[]).await?;
+    let mut w = cluster.erl_named(0, Naming::short("w").cookie("not_the_gateways"), &[]).await?;
+    let (qb, qw) = (q(&b.name), q(&w.name));
+    let fast = Duration::from_millis(2000);
+    let refused = |r: &str, what: &str| -> Result<()> {
+        let (res, ms) = timed_result(r)?;
+        ensure!(res != "pong" && res != "ok", "{what}: {r}");
+        ensure!(Duration::from_millis(ms) < fast, "{what} took {ms} ms: {r}");
+        eprintln!("{what}: {res} after {ms} ms");
+        Ok(())
+    };
+
+    // w dials b.
+    refused(&w.eval(&timed(&format!("net_adm:ping({qb})"))).await?, "ping from the wrong cookie")?;
+    let r = w
+        .eval(&timed(&format!(
+            "erlang:monitor_node({qb}, true), receive {{nodedown, {qb}}} -> nodedown after 7000 -> no_nodedown end"
+        )))
+        .await?;
+    refused(&r, "monitor_node from the wrong cookie")?;
+    ensure!(r.starts_with("{nodedown,"), "{r}");
+    // b dials w: w's gateway dials w with its own cookie, and w refuses it.
+    refused(&b.eval(&timed(&format!("net_adm:ping({qw})"))).await?, "ping to the wrong cookie")?;
+    let log = std::fs::read_to_string(&cluster.host(0)?.log)?;
+    ensure!(
+        log.contains(&format!("Connection attempt from node {} rejected. Invalid challenge reply.", w.name)),
+        "gw-0 did not log the refusal"
+    );
+    let st0 = cluster.host(0)?.status().await?;
+    let bad_cookie = st0
+        .pointer("/metrics/handshakes")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|h| h.get(2).and_then(Value::as_str) == Some("bad_cookie")));
+    ensure!(bad_cookie, "no bad_cookie handshake counted: {st0}");
+
+    // A per-node cookie for b equal to the gateway's cookie: w reaches b.
+    assert_eq!(w.eval(&format!("erlang:set_cookie({qb}, {})", q(&cluster.cookie))).await?, "true");
+    assert_eq!(w.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    assert_eq!(w.eval(&format!("rpc:call({qb}, erlang, node, [])")).await?, printed(&b.name));
+
+    // A node with the gateway's cookie but another per-node cookie for b: refused at once.
+    let mut g = cluster.erl(0, "g", &[]).await?;
+    assert_eq!(g.eval(&format!("erlang:set_cookie({qb}, other_cookie)")).await?, "true");
+    refused(&g.eval(&timed(&format!("net_adm:ping({qb})"))).await?, "ping with another per-node cookie")?;
     cluster.passed();
     Ok(())
 }

@@ -6,8 +6,11 @@
 //! the answer is the loopback port where that node, or the gateway impersonating it, accepts
 //! distribution connections.
 //!
-//! * ALIVE2_REQ registers `alive@<this host>` in a [`LocalDirectory`]; the connection stays
-//!   open for the node's lifetime, and its close drops the [`Registration`], which unregisters.
+//! * ALIVE2_REQ registers a node in a [`LocalDirectory`] under the name it carries: the full
+//!   name (`b@10.0.0.2`, `b@host.example.com`) as the plug sends it, or, from a client that
+//!   sends only the alive part as epmd expects, `alive@<this host>` (see [`full_node_name`]).
+//!   The connection stays open for the node's lifetime, and its close drops the
+//!   [`Registration`], which unregisters.
 //! * PORT_PLEASE2_REQ is answered from [`LocalDirectory::resolve`], NAMES_REQ from
 //!   [`LocalDirectory::names`]; both connections close after the answer, as with epmd.
 //! * DUMP, KILL and STOP are not served: the connection is closed.
@@ -36,9 +39,10 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:4370";
 
 /// Where the gateway keeps the nodes of its own host.
 pub trait LocalDirectory: Send + Sync {
-    /// Registers `alive@<this host>` listening for distribution on loopback `port`. The name
+    /// Registers `name` listening for distribution on loopback `port`: a full node name
+    /// (`alive@host`, any host part), or an alive part alone for `alive@<this host>`. The name
     /// stays registered until the returned [`Registration`] is dropped.
-    fn register(&self, alive: &str, port: u16) -> Result<Registration, RegisterError>;
+    fn register(&self, name: &str, port: u16) -> Result<Registration, RegisterError>;
     /// The loopback port where `full_name` (`name@host`, local or remote) accepts
     /// distribution connections, if it is known.
     fn resolve(&self, full_name: &str) -> Option<u16>;
@@ -93,6 +97,34 @@ pub enum RegisterError {
     /// The directory refuses for another reason (policy, capacity, ...).
     #[error("registration refused: {0}")]
     Refused(String),
+}
+
+/// The full node name a registration of `name` stands for: `name` itself when it has a host
+/// part (`b@10.0.0.2`: long names, FQDNs and host parts other than this host's are kept as the
+/// node has them, since other nodes dial exactly that name), else `name@default_host`.
+///
+/// Refused: an empty alive or host part, more than one `@`, control characters (the NAMES
+/// answer is line-based), and names over 255 bytes (OTP's limit for atoms).
+pub fn full_node_name(name: &str, default_host: &str) -> Result<String, RegisterError> {
+    let invalid = |reason| RegisterError::InvalidName { name: name.to_owned(), reason };
+    let full = match name.split_once('@') {
+        Some(_) => name.to_owned(),
+        None => format!("{name}@{default_host}"),
+    };
+    let (alive, host) = full.split_once('@').ok_or_else(|| invalid("no host part"))?;
+    if alive.is_empty() || host.is_empty() {
+        return Err(invalid("empty alive or host part"));
+    }
+    if host.contains('@') {
+        return Err(invalid("more than one '@'"));
+    }
+    if full.chars().any(char::is_control) {
+        return Err(invalid("contains a control character"));
+    }
+    if full.len() > 255 {
+        return Err(invalid("longer than 255 bytes"));
+    }
+    Ok(full)
 }
 
 /// Limits of the control server.
@@ -396,20 +428,16 @@ impl fmt::Debug for StaticDirectory {
 }
 
 impl LocalDirectory for StaticDirectory {
-    fn register(&self, alive: &str, port: u16) -> Result<Registration, RegisterError> {
-        let invalid = |reason| RegisterError::InvalidName { name: alive.to_owned(), reason };
-        epmd::validate_name(alive).map_err(|_| invalid("empty, too long or containing NUL"))?;
-        if alive.contains('@') || alive.contains('\n') {
-            return Err(invalid("contains '@' or a newline"));
-        }
-        let full_name = format!("{alive}@{}", self.host);
+    fn register(&self, name: &str, port: u16) -> Result<Registration, RegisterError> {
+        let full_name = full_node_name(name, &self.host)?;
+        let alive = full_name.split('@').next().unwrap_or_default().to_owned();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
             if nodes.contains_key(&full_name) {
                 return Err(RegisterError::Duplicate);
             }
-            nodes.insert(full_name.clone(), StaticEntry { alive: alive.to_owned(), port, id });
+            nodes.insert(full_name.clone(), StaticEntry { alive, port, id });
         }
         let creation = rand::Rng::gen_range(&mut rand::thread_rng(), 4..=u32::MAX);
         let guard = StaticGuard { nodes: Arc::downgrade(&self.nodes), full_name, id };
@@ -498,6 +526,15 @@ mod tests {
         let n = names(addr).await;
         assert_eq!(n.epmd_port, u32::from(addr.port()));
         assert_eq!(n.entries, vec![("a".to_string(), 1000), ("b".to_string(), 2000)]);
+
+        // The plug sends full names: a long name keeps its host part.
+        let (long, resp) = register(addr, "l@10.0.0.9", 3000).await;
+        assert_eq!(resp.result, 0);
+        assert!(matches!(port_please(addr, "l@10.0.0.9").await, Port2Resp::Ok(NodeInfo { port: 3000, .. })));
+        assert_eq!(port_please(addr, "l@h").await, Port2Resp::Err(1));
+        assert_eq!(register(addr, "a@h", 3001).await.1.result, 1, "a@h is a, registered already");
+        drop(long);
+        until("l to unregister", || dir.resolve("l@10.0.0.9").is_none()).await;
 
         // A duplicate is refused with result 1; the original stays.
         let (_dup, resp) = register(addr, "a", 3000).await;
@@ -598,11 +635,18 @@ mod tests {
     #[test]
     fn static_directory_rules() {
         let d = StaticDirectory::new("host");
-        assert!(matches!(d.register("", 1), Err(RegisterError::InvalidName { .. })));
-        assert!(matches!(d.register("a@b", 1), Err(RegisterError::InvalidName { .. })));
+        for bad in ["", "@h", "a@", "a@b@c", "a\nb", "a@b\n"] {
+            assert!(matches!(d.register(bad, 1), Err(RegisterError::InvalidName { .. })), "{bad:?}");
+        }
+        // A full name keeps its host part, whatever it is.
+        let long = d.register("l@10.0.0.2", 7).unwrap();
+        assert_eq!(d.resolve("l@10.0.0.2"), Some(7));
+        assert_eq!(d.resolve("l@host"), None);
+        drop(long);
         let r = d.register("x", 5).unwrap();
         assert!(r.creation() >= 4);
         assert_eq!(d.register("x", 6).unwrap_err(), RegisterError::Duplicate);
+        assert_eq!(d.register("x@host", 6).unwrap_err(), RegisterError::Duplicate, "the same node, spelt in full");
         assert_eq!(d.resolve("x@host"), Some(5));
         assert_eq!(d.names(), vec![("x".into(), 5)]);
         drop(r);
