@@ -9,6 +9,7 @@ use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, SendStream, Tr
 use crate::fabric::membership::{MemberId, Membership};
 use crate::fabric::quic::{self, QuicOptions, TlsIdentity};
 use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
+use crate::local::plug::Plug;
 use crate::metrics::{self, Metrics, MetricsSnapshot};
 use crate::policy;
 use crate::relay::{self, MsgReader, RELAY_MASK};
@@ -51,6 +52,8 @@ struct LocalNode {
     creation: u32,
     /// Relayed connections a node without `port` has open.
     outbound: usize,
+    /// The line to its plug, on its registration.
+    plug: Option<Plug>,
 }
 
 struct RemoteNode {
@@ -355,6 +358,11 @@ impl Inner {
         lock(&self.state)
     }
 
+    /// The local nodes' `net_ticktime` as configured (a node's plug may report another).
+    fn configured_ticktime(&self) -> Duration {
+        Duration::from_secs(self.cfg.local.net_ticktime)
+    }
+
     /// Lane settings of relays towards `peer`.
     fn lanes(&self, peer: &str) -> relay::LaneConfig {
         let compress = self.cfg.peers.iter().any(|p| p.name == peer && p.compress);
@@ -363,7 +371,8 @@ impl Inner {
             relay_buffer: self.cfg.fabric.relay_buffer,
             gateway_buffer: self.buffer.clone(),
             socket_buffer: Some(self.cfg.local.socket_buffer),
-            net_ticktime: relay::Ticktime::new(Duration::from_secs(self.cfg.local.net_ticktime)),
+            net_ticktime: relay::Ticktime::new(self.configured_ticktime()),
+            plug: None,
             compress_above: compress.then_some(self.cfg.fabric.compress_threshold),
         }
     }
@@ -621,7 +630,7 @@ impl Drop for LocalGuard {
 }
 
 impl LocalDirectory for Directory {
-    fn register(&self, name: &str, port: u16) -> Result<Registration, RegisterError> {
+    fn register(&self, name: &str, port: u16, plug: Plug) -> Result<Registration, RegisterError> {
         let inner = self.0.upgrade().ok_or(RegisterError::Unavailable)?;
         let name = control::full_node_name(name, &inner.cfg.host)?;
         let creation = rand::random::<u32>().max(4);
@@ -630,7 +639,7 @@ impl LocalDirectory for Directory {
             if st.local.contains_key(&name) || st.remote.contains_key(&name) {
                 return Err(RegisterError::Duplicate);
             }
-            st.local.insert(name.clone(), LocalNode { port: Some(port), creation, outbound: 0 });
+            st.local.insert(name.clone(), LocalNode { port: Some(port), creation, outbound: 0, plug: Some(plug) });
         }
         info!(node = %name, port, "local node registered");
         inner.broadcast(Msg::NodeUp(NodeInfo { name: name.clone(), creation }));
@@ -696,7 +705,7 @@ impl OutboundGuard {
             Some(l) if l.port.is_some() => return Ok(None),
             Some(l) => l.outbound += 1,
             None => {
-                st.local.insert(name.to_string(), LocalNode { port: None, creation, outbound: 1 });
+                st.local.insert(name.to_string(), LocalNode { port: None, creation, outbound: 1, plug: None });
                 drop(st);
                 info!(node = %name, "local node connects out without listening");
                 inner.broadcast(Msg::NodeUp(NodeInfo { name: name.to_string(), creation }));
@@ -830,7 +839,7 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     }
     let leftover = inner.metrics.handshake(&gateway, true, done)?;
     info!(%from, to = %target, "relayed connection up");
-    carry(inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &gateway).await
+    carry(inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, (&from, &gateway)).await
 }
 
 /// A new stream for a relayed connection to `gateway`'s nodes, on its link (opened if need be).
@@ -897,10 +906,15 @@ async fn carry(
     (merger, rxs): (MergerGuard, relay::MergerRx),
     conn: Arc<dyn Link>,
     relay_id: u64,
-    peer_gateway: &str,
+    (node, peer_gateway): (&str, &str),
 ) -> Result<(), relay::RelayError> {
     let (rx, buf) = msgs.into_parts();
-    let lanes = inner.lanes(peer_gateway);
+    let mut lanes = inner.lanes(peer_gateway);
+    // The local node's plug, where it has one: its ticktime, and holds on its senders.
+    if let Some(plug) = inner.lock().local.get(node).and_then(|l| l.plug.clone()) {
+        lanes.net_ticktime = relay::Ticktime::reported_into(inner.configured_ticktime(), plug.ticktime_ms());
+        lanes.plug = Some(plug);
+    }
     relay::pump(
         sock,
         rx,
@@ -1037,7 +1051,7 @@ async fn relay_to_local(
     let dialled = relay::dial_local_target(port, &from, &to, DFlags(flags), creation, cookie, &mut msgs, &mut tx).await;
     let (sock, leftover) = inner.metrics.handshake(&origin, false, dialled)?;
     info!(%from, %to, via = ?(origin != peer_gateway).then_some(&peer_gateway), "relayed connection up");
-    carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, &origin).await
+    carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, (&to, &origin)).await
 }
 
 /// Passes a relayed connection from `peer`'s node on to `target`, a gateway this one relays

@@ -19,7 +19,8 @@ use bytes::BytesMut;
 use edist_proto::dist::handshake::{
     Acceptor, AcceptorConfig, AcceptorEvent, HandshakeError, Initiator, InitiatorConfig, InitiatorEvent, Status,
 };
-use edist_proto::dist::lane::{Route, Router};
+use crate::local::plug::Plug;
+use edist_proto::dist::lane::{Route, Router, Sender};
 use edist_proto::dist::DFlags;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -353,6 +354,8 @@ pub struct LaneConfig {
     /// of it missed its ticks: the far gateway is told and stops ticking, so the far node
     /// decides with its own `net_ticktime` (and reports `net_tick_timeout`), as in OTP.
     pub net_ticktime: Ticktime,
+    /// The local node's plug: holds back a process that sends more than its lane carries soon.
+    pub plug: Option<Plug>,
 }
 
 /// A local node's `net_ticktime`, as its plug last reported it (it can change at run time,
@@ -405,6 +408,7 @@ impl Default for LaneConfig {
             compress_above: None,
             socket_buffer: None,
             net_ticktime: Ticktime::new(Duration::from_secs(60)),
+            plug: None,
         }
     }
 }
@@ -439,8 +443,89 @@ impl Budget {
 type Held = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// One frame queued for a lane: when its packet arrived, the frame, and what it holds of the
-/// budgets (`None` for a control frame, which holds nothing and is not a packet).
-type Queued = (std::time::Instant, Vec<u8>, Option<Held>);
+/// budgets and of its sender's share (`None` for a control frame, which is not a packet).
+type Queued = (std::time::Instant, Vec<u8>, Option<(Held, Option<SenderBytes>)>);
+
+/// Bytes of one sender waiting in a relay's lanes.
+type SenderBytes = Arc<AtomicUsize>;
+
+/// How long a sender's queued bytes may take to drain before the plug holds it back: what edist
+/// keeps in front of a link is sized by time, not bytes.
+const HOLD_AFTER: Duration = Duration::from_millis(50);
+/// A sender's share before its lanes' rate is known, and its bounds.
+const SHARE_START: usize = 1 << 20;
+const SHARE_MIN: usize = 128 << 10;
+const SHARE_MAX: usize = 8 << 20;
+/// Senders whose queued bytes are tracked per relay (beyond, the idle ones are forgotten).
+const MAX_TRACKED: usize = 4096;
+
+/// Per-sender bytes waiting in one relay's lanes, and the senders held back (sans IO but for
+/// the counters the lane writers decrement).
+///
+/// A sender whose bytes pass its share is held by the node's plug (suspended, so only it stops:
+/// the relay keeps reading the node's socket and everyone else's messages flow); once they fall
+/// to half of it, it is released. Releasing everything is the owner's job when the relay ends.
+#[derive(Debug, Default)]
+struct Holds {
+    senders: std::collections::HashMap<u64, SenderBytes>,
+    held: std::collections::HashMap<u64, edist_proto::etf::Pid>,
+}
+
+impl Holds {
+    /// The counter to charge a frame of `key` to.
+    fn counter(&mut self, key: u64) -> SenderBytes {
+        if self.senders.len() >= MAX_TRACKED && !self.senders.contains_key(&key) {
+            let held = &self.held;
+            self.senders.retain(|k, c| c.load(Ordering::Relaxed) > 0 || held.contains_key(k));
+        }
+        self.senders.entry(key).or_default().clone()
+    }
+
+    /// After queueing `packet` of `key`: the pid to hold, if the sender is now over `share`.
+    fn over(&mut self, key: u64, packet: &[u8], share: usize) -> Option<edist_proto::etf::Pid> {
+        let queued = self.senders.get(&key)?.load(Ordering::Relaxed);
+        if queued <= share || self.held.contains_key(&key) {
+            return None;
+        }
+        let pid = edist_proto::dist::lane::sender_pid(packet.get(4..)?)?;
+        self.held.insert(key, pid.clone());
+        Some(pid)
+    }
+
+    /// Held senders whose bytes fell to half of `share`: release them.
+    fn drained(&mut self, share: usize) -> Vec<edist_proto::etf::Pid> {
+        let senders = &self.senders;
+        let low = |k: &u64| senders.get(k).is_none_or(|c| c.load(Ordering::Relaxed) <= share / 2);
+        let done: Vec<u64> = self.held.keys().filter(|k| low(k)).copied().collect();
+        done.iter().filter_map(|k| self.held.remove(k)).collect()
+    }
+
+    fn any_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Every held sender, forgotten.
+    fn release_all(&mut self) -> Vec<edist_proto::etf::Pid> {
+        self.held.drain().map(|(_, p)| p).collect()
+    }
+}
+
+/// Bytes per second the lanes of a relay write, smoothed: how fast a sender's share drains.
+#[derive(Debug, Default)]
+struct Rate {
+    written: AtomicUsize,
+}
+
+impl Rate {
+    /// A sender's share: what the lanes write in [`HOLD_AFTER`], within bounds; `per_s` the
+    /// latest measurement (0: none yet).
+    fn share(per_s: f64) -> usize {
+        if per_s <= 0.0 {
+            return SHARE_START;
+        }
+        ((per_s * HOLD_AFTER.as_secs_f64()) as usize).clamp(SHARE_MIN, SHARE_MAX)
+    }
+}
 
 /// The queue of one outgoing lane.
 type LaneTx = mpsc::UnboundedSender<Queued>;
@@ -746,10 +831,21 @@ where
         // lane writers.
         let queued: Vec<Arc<AtomicUsize>> = (0..=bulk).map(|_| Arc::default()).collect();
         let mut router = Router::new(bulk);
+        let mut holds = Holds::default();
+        let plug = lanes_cfg.plug.clone();
+        // What the lanes wrote, sampled while senders are held, to size their share.
+        let rate = Arc::new(Rate::default());
+        let (mut per_s, mut sampled) = (0.0f64, (std::time::Instant::now(), 0usize));
         let mut writers = tokio::task::JoinSet::new();
         let (lane0_tx, lane0_rx) = mpsc::unbounded_channel();
         let q0 = queued.first().cloned().unwrap_or_default();
-        writers.spawn(write_lane(lane0_rx, Box::pin(async move { Ok::<W, std::io::Error>(tx) }), m_out.lane(0), q0));
+        writers.spawn(write_lane(
+            lane0_rx,
+            Box::pin(async move { Ok::<W, std::io::Error>(tx) }),
+            m_out.lane(0),
+            q0,
+            rate.clone(),
+        ));
         if let Some(slot) = lanes.get_mut(0) {
             *slot = Some(lane0_tx);
         }
@@ -776,6 +872,23 @@ where
                 Some(r) = replies_rx.recv() => {
                     router.ordered_frame();
                     (r, Route::default())
+                }
+                // Held senders whose lanes drained go again.
+                _ = tokio::time::sleep(Duration::from_millis(5)), if holds.any_held() => {
+                    let now = std::time::Instant::now();
+                    let total = rate.written.load(Ordering::Relaxed);
+                    let dt = now.duration_since(sampled.0).as_secs_f64();
+                    if dt >= 0.05 {
+                        let r = total.saturating_sub(sampled.1) as f64 / dt;
+                        per_s = if per_s == 0.0 { r } else { 0.7 * per_s + 0.3 * r };
+                        sampled = (now, total);
+                    }
+                    for pid in holds.drained(Rate::share(per_s)) {
+                        if let Some(p) = &plug {
+                            p.release(&pid);
+                        }
+                    }
+                    continue;
                 }
                 // The node missed its ticks: the far node stops getting them too.
                 _ = tokio::time::sleep_until(heard + ticktime.silent_after()), if !silent => {
@@ -806,7 +919,7 @@ where
             if slot.is_none() {
                 let (ltx, lrx) = mpsc::unbounded_channel();
                 let q = queued.get(lane).cloned().unwrap_or_default();
-                writers.spawn(write_lane(lrx, open_lane(lane as u8), m_out.lane(lane), q));
+                writers.spawn(write_lane(lrx, open_lane(lane as u8), m_out.lane(lane), q, rate.clone()));
                 *slot = Some(ltx);
             }
             let kind = crate::metrics::Kind::of(&p);
@@ -820,10 +933,33 @@ where
             if let Some(q) = queued.get(lane) {
                 q.fetch_add(p.len(), Ordering::Relaxed);
             }
+            // Charged to its sender (if a plug can hold it back), which is held once over its share.
+            let mut hold = None;
+            let charged = match (route.sender, plug.as_ref().filter(|p| p.speaks())) {
+                (Sender::Pid(key), Some(_)) => {
+                    let c = holds.counter(key);
+                    c.fetch_add(p.len(), Ordering::Relaxed);
+                    hold = holds.over(key, &p, Rate::share(per_s));
+                    Some(c)
+                }
+                _ => None,
+            };
+            if let (Some(pid), Some(plug)) = (hold, &plug) {
+                if !holds.any_held() || sampled.1 == 0 {
+                    sampled = (std::time::Instant::now(), rate.written.load(Ordering::Relaxed));
+                }
+                plug.hold(&pid);
+            }
             let Some(ltx) = slot.as_ref() else { break };
             let barriers = route.after.iter().map(|(l, c)| control(LaneCtl::After { lane: *l as u8, count: *c }));
-            if barriers.chain([(arrived, p, Some((r, g)))]).any(|f| ltx.send(f).is_err()) {
+            if barriers.chain([(arrived, p, Some(((r, g), charged)))]).any(|f| ltx.send(f).is_err()) {
                 break;
+            }
+        }
+        // Nothing stays held by a relay that ended.
+        for pid in holds.release_all() {
+            if let Some(p) = &plug {
+                p.release(&pid);
             }
         }
         Ok::<(), std::io::Error>(())
@@ -849,6 +985,7 @@ async fn write_lane<W, F>(
     open: F,
     mut metrics: crate::metrics::LaneMetrics,
     queued: Arc<AtomicUsize>,
+    rate: Arc<Rate>,
 ) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
@@ -857,8 +994,12 @@ where
     let mut w = open.await?;
     while let Some((t, p, held)) = frames.recv().await {
         w.write_all(&p).await?;
-        if let Some(held) = held {
+        if let Some((held, sender)) = held {
             queued.fetch_sub(p.len(), Ordering::Relaxed);
+            if let Some(s) = sender {
+                s.fetch_sub(p.len(), Ordering::Relaxed);
+            }
+            rate.written.fetch_add(p.len(), Ordering::Relaxed);
             drop(held);
             metrics.written(t, frames.len());
         }

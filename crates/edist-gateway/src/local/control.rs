@@ -20,6 +20,7 @@
 //! a timeout and is at most [`epmd::MAX_REQUEST_LEN`] bytes. Nothing a peer sends can panic
 //! the server.
 
+use super::plug::{Plug, Reports};
 use edist_proto::epmd::{self, Alive2Resp, NamesResp, NodeInfo, Port2Resp, Request};
 use std::collections::HashMap;
 use std::fmt;
@@ -41,8 +42,9 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:4370";
 pub trait LocalDirectory: Send + Sync {
     /// Registers `name` listening for distribution on loopback `port`: a full node name
     /// (`alive@host`, any host part), or an alive part alone for `alive@<this host>`. The name
-    /// stays registered until the returned [`Registration`] is dropped.
-    fn register(&self, name: &str, port: u16) -> Result<Registration, RegisterError>;
+    /// stays registered until the returned [`Registration`] is dropped. `plug` is the line to
+    /// the node's plug on this registration (it may never speak).
+    fn register(&self, name: &str, port: u16, plug: Plug) -> Result<Registration, RegisterError>;
     /// The loopback port where `full_name` (`name@host`, local or remote) accepts
     /// distribution connections, if it is known.
     fn resolve(&self, full_name: &str) -> Option<u16>;
@@ -284,8 +286,9 @@ impl Conn {
     }
 
     async fn register(mut self, req: epmd::Alive2Req, permit: OwnedSemaphorePermit) {
+        let (plug, mut commands) = Plug::new();
         let result = match self.reg_slots.clone().try_acquire_owned() {
-            Ok(slot) => self.registry.register(&req.name, req.port).map(|reg| (reg, slot)),
+            Ok(slot) => self.registry.register(&req.name, req.port, plug.clone()).map(|reg| (reg, slot)),
             Err(_) => {
                 Err(RegisterError::Refused(format!("{} registrations are live already", self.config.max_registrations)))
             }
@@ -313,13 +316,26 @@ impl Conn {
         tracing::info!(name = %req.name, port = req.port, creation, "control port: node registered");
         // From now on this connection counts against the registrations, not the requests.
         drop(permit);
-        // The node stays registered until it closes the connection; anything it sends is
-        // ignored, as epmd does.
-        let mut sink = [0u8; 256];
+        // The node stays registered until it closes the connection. A plug reports on it and
+        // takes commands (see `plug`); anything else a node sends is ignored, as epmd does.
+        let mut reports = Reports::default();
+        let mut buf = [0u8; 256];
         loop {
-            match self.stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            tokio::select! {
+                n = self.stream.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        for r in reports.push(buf.get(..n).unwrap_or_default()) {
+                            tracing::debug!(name = %req.name, "control port: plug reports {r:?}");
+                            plug.report(&r);
+                        }
+                    }
+                },
+                Some(c) = commands.recv() => {
+                    if !self.write(&c).await {
+                        break;
+                    }
+                }
             }
         }
         drop(registration);
@@ -428,7 +444,7 @@ impl fmt::Debug for StaticDirectory {
 }
 
 impl LocalDirectory for StaticDirectory {
-    fn register(&self, name: &str, port: u16) -> Result<Registration, RegisterError> {
+    fn register(&self, name: &str, port: u16, _plug: Plug) -> Result<Registration, RegisterError> {
         let full_name = full_node_name(name, &self.host)?;
         let alive = full_name.split('@').next().unwrap_or_default().to_owned();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

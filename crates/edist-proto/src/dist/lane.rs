@@ -87,12 +87,13 @@ mod tests {
 }
 
 /// Who sent a message, as far as routing is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Sender {
     /// A process, by a hash of its pid.
     Pid(u64),
     /// No pid to go by: a `SEND` without sender (queued while the connection was set up), a
     /// monitor's `DOWN` from a registered name, a failed spawn's reply, a `NODE_LINK`.
+    #[default]
     Unknown,
 }
 
@@ -148,27 +149,9 @@ fn inspect_opt(packet: &[u8]) -> Option<Packet> {
 ///
 /// [`Control::sender`]: super::control::Control::sender
 fn sender_of(body: &[u8]) -> Sender {
-    use super::control::op;
-    use crate::etf::{walk, Limits, NoopVisitor, Reader, Token};
     use std::hash::{Hash, Hasher};
-    let mut r = Reader::new(body);
-    let Ok(Token::Tuple(_)) = r.token() else { return Sender::Unknown };
-    let Ok(Token::Int(o)) = r.token() else { return Sender::Unknown };
-    // Which field (counting after the op) names the sender.
-    let field = match u8::try_from(o) {
-        Ok(op::SEND | op::SEND_TT | op::NODE_LINK) | Err(_) => return Sender::Unknown,
-        Ok(op::SPAWN_REQUEST | op::SPAWN_REQUEST_TT | op::UNLINK_ID | op::UNLINK_ID_ACK) => 1,
-        Ok(op::SPAWN_REPLY | op::SPAWN_REPLY_TT) => 3,
-        Ok(_) => 0,
-    };
-    let limits = Limits::default();
-    for _ in 0..field {
-        if walk(&mut r, &limits, 0, &mut NoopVisitor).is_err() {
-            return Sender::Unknown;
-        }
-    }
-    match r.token() {
-        Ok(Token::Pid { id, serial, node, .. }) => {
+    match sender_token(body) {
+        Some(crate::etf::Token::Pid { id, serial, node, .. }) => {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             (id, serial).hash(&mut h);
             if let crate::etf::AtomText::Text(t) = node {
@@ -178,6 +161,53 @@ fn sender_of(body: &[u8]) -> Sender {
         }
         _ => Sender::Unknown,
     }
+}
+
+/// The sending process of a packet (without its length prefix), if it names one by pid: whom to
+/// hold back when it sends too much.
+pub fn sender_pid(packet: &[u8]) -> Option<crate::etf::Pid> {
+    let mut r = crate::etf::Reader::new(packet);
+    if r.u8().ok()? != crate::etf::tag::VERSION {
+        return None;
+    }
+    match r.u8().ok()? {
+        68 => {}
+        69 => {
+            r.u64().ok()?;
+            r.u64().ok()?;
+        }
+        _ => return None,
+    }
+    if r.u8().ok()? != 0 {
+        return None;
+    }
+    match sender_token(r.rest())? {
+        crate::etf::Token::Pid { node: crate::etf::AtomText::Text(t), id, serial, creation } => {
+            Some(crate::etf::Pid { node: crate::etf::Atom::from(t.as_ref()), id, serial, creation })
+        }
+        _ => None,
+    }
+}
+
+/// The token of the control message's field that names its sender.
+fn sender_token(body: &[u8]) -> Option<crate::etf::Token<'_>> {
+    use super::control::op;
+    use crate::etf::{walk, Limits, NoopVisitor, Reader, Token};
+    let mut r = Reader::new(body);
+    let Ok(Token::Tuple(_)) = r.token() else { return None };
+    let Ok(Token::Int(o)) = r.token() else { return None };
+    // Which field (counting after the op) names the sender.
+    let field = match u8::try_from(o) {
+        Ok(op::SEND | op::SEND_TT | op::NODE_LINK) | Err(_) => return None,
+        Ok(op::SPAWN_REQUEST | op::SPAWN_REQUEST_TT | op::UNLINK_ID | op::UNLINK_ID_ACK) => 1,
+        Ok(op::SPAWN_REPLY | op::SPAWN_REPLY_TT) => 3,
+        Ok(_) => 0,
+    };
+    let limits = Limits::default();
+    for _ in 0..field {
+        walk(&mut r, &limits, 0, &mut NoopVisitor).ok()?;
+    }
+    r.token().ok()
 }
 
 /// The ordered lane: small messages of every sender, in the order the node sent them.
@@ -202,6 +232,8 @@ pub struct Route {
     pub lane: u64,
     /// `(lane, count)`: before this packet, the receiver delivers `count` frames of `lane`.
     pub after: Vec<(u64, u64)>,
+    /// The process the packet comes from (a fragment's: its message's).
+    pub sender: Sender,
 }
 
 /// Where a sender's latest frame went while it has a large message in flight.
@@ -266,7 +298,7 @@ impl Router {
                 let found = if last { self.open.remove(&seq) } else { self.open.get(&seq).copied() };
                 // A continuation nobody announced: its start was never seen, any lane is as good.
                 let (lane, sender) = found.unwrap_or((ORDERED, Sender::Unknown));
-                (Route { lane, after: Vec::new() }, sender)
+                (Route { lane, ..Route::default() }, sender)
             }
             Packet::Start { sender, seq, fragments } => {
                 let large = fragments > 1 || packet.len() > LARGE;
@@ -274,6 +306,7 @@ impl Router {
                 (route, sender)
             }
         };
+        let route = Route { sender, ..route };
         let lane = route.lane;
         if let Some(n) = self.sent.get_mut(lane as usize) {
             *n += 1;
@@ -301,21 +334,21 @@ impl Router {
         };
         let route = match (sender, tail) {
             // Behind its own large message, on that message's lane.
-            (_, Some(t)) if can_track => Route { lane: t.lane, after: Vec::new() },
+            (_, Some(t)) if can_track => Route { lane: t.lane, ..Route::default() },
             // Its fragments could not be followed there: the ordered lane, once its tail is out.
-            (_, Some(t)) => Route { lane: ORDERED, after: vec![(t.lane, t.last)] },
+            (_, Some(t)) => Route { lane: ORDERED, after: vec![(t.lane, t.last)], ..Route::default() },
             (Sender::Pid(_), None) if large && can_track && self.bulk_lanes > 0 && self.bulk_room() => {
                 // What the ordered lane carried before (this sender's earlier messages among
                 // them) reaches the node first.
                 let after = vec![(ORDERED, self.sent_on(ORDERED))];
-                Route { lane: self.emptiest(queued), after }
+                Route { lane: self.emptiest(queued), after, ..Route::default() }
             }
             (Sender::Pid(_), None) => Route::default(),
             // Anyone's: behind every large message in flight; and whoever sent it, what that
             // sender sends next must stay behind it, so every sender starts over in order.
             (Sender::Unknown, None) => {
                 self.bulk.clear();
-                Route { lane: ORDERED, after: self.outstanding() }
+                Route { lane: ORDERED, after: self.outstanding(), ..Route::default() }
             }
         };
         if fragmented && can_track {
@@ -443,13 +476,20 @@ mod router_tests {
             _ => Sender::Unknown,
         };
         assert_eq!(key(&packets(&spawn_reply, 0, 0)[0]), key(&packets(&exit_from_8, 0, 0)[0]));
+        // The pid itself, for holding a sender back: whole messages and first fragments only.
+        assert_eq!(sender_pid(&send(4, 10, 0)[0]), Some(pid(4)));
+        assert_eq!(sender_pid(&big[0]), Some(pid(3)));
+        assert_eq!(sender_pid(&big[1]), None);
+        assert_eq!(sender_pid(&plain[0]), None);
     }
 
     #[test]
     fn small_messages_share_the_ordered_lane_and_large_ones_get_their_own() {
         let mut r = Router::new(4);
         let none = |_: u64| 0;
-        assert_eq!(r.route(&send(1, 10, 0)[0], none), Route { lane: ORDERED, after: vec![] });
+        let first_small = r.route(&send(1, 10, 0)[0], none);
+        assert_eq!((first_small.lane, first_small.after), (ORDERED, vec![]));
+        assert!(matches!(first_small.sender, Sender::Pid(_)));
         assert_eq!(r.route(&send(2, 10, 0)[0], none).lane, ORDERED);
         // A large message of sender 1: a bulk lane, after the two ordered frames.
         let big = send(1, 5000, 7);
@@ -457,7 +497,7 @@ mod router_tests {
         assert_ne!(first.lane, ORDERED);
         assert_eq!(first.after, vec![(ORDERED, 2)]);
         for p in &big[1..] {
-            assert_eq!(r.route(p, none), Route { lane: first.lane, after: vec![] });
+            assert_eq!(r.route(p, none), Route { lane: first.lane, after: vec![], sender: first.sender });
         }
         // Sender 1 stays behind its large message; sender 2 does not wait.
         assert_eq!(r.route(&send(1, 10, 0)[0], none).lane, first.lane);
