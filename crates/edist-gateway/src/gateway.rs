@@ -829,12 +829,17 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     let mut msgs = MsgReader::new(rx);
     let done = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx, named).await;
     if let Err(relay::RelayError::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest)) = &done {
-        // What the dialled node would log (dist_util), and why it happens behind a gateway.
-        warn!(
-            "** Connection attempt from node {from} rejected. Invalid challenge reply. ** \
-             ({from} dialled {target} with a cookie other than this gateway's: towards nodes on other hosts \
-             every node uses its gateway's cookie, as its own or as a per-node cookie set with \
-             erlang:set_cookie({target}, Cookie))"
+        // What the dialled node would log (dist_util), and why it happens behind a gateway;
+        // once per burst, since any local process can try.
+        inner.refuse(
+            "local",
+            "bad_cookie",
+            &format!(
+                "a handshake: ** Connection attempt from node {from} rejected. Invalid challenge reply. ** \
+                 ({from} dialled {target} with a cookie other than this gateway's: towards nodes on other \
+                 hosts every node uses its gateway's cookie, as its own or as a per-node cookie set with \
+                 erlang:set_cookie({target}, Cookie))"
+            ),
         );
     }
     let leftover = inner.metrics.handshake(&gateway, true, done)?;

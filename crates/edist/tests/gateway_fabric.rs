@@ -2012,7 +2012,7 @@ async fn long_names_and_host_parts_of_their_own_cross_hosts() -> Result<()> {
     let mut b = cluster.erl_named(1, Naming::long("b", &ip1), &[]).await?;
     let f = cluster.erl_named(1, Naming::long("f", "node.example.com"), &[]).await?;
     let mut s = cluster.erl_named(0, Naming::short("s"), &[]).await?;
-    let c = cluster.erl_named(1, Naming::short_at("c", "elsewhere"), &[]).await?;
+    let mut c = cluster.erl_named(1, Naming::short_at("c", "elsewhere"), &[]).await?;
     ensure!(b.name.ends_with(&format!("@{ip1}")) && c.name.ends_with("@elsewhere"), "{} {}", b.name, c.name);
 
     // The registry under the names the nodes have, on both gateways.
@@ -2039,6 +2039,10 @@ async fn long_names_and_host_parts_of_their_own_cross_hosts() -> Result<()> {
     });
     assert_eq!(s.eval(&format!("net_adm:ping({qc})")).await?, "pong");
     assert_eq!(s.eval(&format!("rpc:call({qc}, erlang, node, [])")).await?, printed(&c.name));
+    // And the node with a host part of its own dials out.
+    let qs = q(&s.name);
+    assert_eq!(c.eval(&format!("erlang:disconnect_node({qs})")).await?, "true");
+    assert_eq!(c.eval(&format!("net_adm:ping({qs})")).await?, "pong");
     cluster.passed();
     Ok(())
 }
