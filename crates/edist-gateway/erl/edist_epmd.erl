@@ -16,6 +16,14 @@
 %%   it with the host part net_kernel settled on (-name, -sname, or net_kernel:start/2), so the
 %%   plug keeps that host. Nodes that do not listen (-dist_listen false, dynamic names) never
 %%   register: the gateway learns them from their first outgoing handshake.
+%% * After the registration answer the connection carries `{packet, 4}' frames of terms both
+%%   ways: the plug says `{edist_plug, 1, NetTicktime}' and `{net_ticktime, T}' whenever the
+%%   node's ticktime changes (net_kernel:set_net_ticktime/1), so the gateway judges the node's
+%%   liveness by its real ticktime; the gateway says `{hold, Pid}' / `{release, Pid}': a process
+%%   that sends more than its lane can carry soon is suspended (erlang:suspend_process/2,
+%%   asynchronous) until its lane drained — only that process, not every sender to the node as
+%%   OTP's busy_dist_port would. System processes are never held, and everything held is
+%%   resumed when the connection closes (and by the runtime if this process dies).
 %% * address_please/3: PORT_PLEASE2_REQ "Name@Host" on a fresh connection, short timeouts,
 %%   answers {ok, Loopback, Port, 6} so that port_please is never called.
 %% * names/0,1: NAMES_REQ.
@@ -28,6 +36,7 @@
 -export([start_link/0, register_node/2, register_node/3, listen_port_please/2,
          address_please/3, port_please/2, port_please/3, names/0, names/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2, code_change/3]).
+-export([held/0]).
 
 -define(DEFAULT_GATEWAY, "127.0.0.1:4370").
 %% Registration: connect and answer timeouts.
@@ -48,7 +57,19 @@
 -define(NAMES_REQ, $n).
 
 %% host: the host part given to listen_port_please/2, for the register_node call that follows.
--record(state, {socket = undefined, name, port, host}).
+-record(state, {socket = undefined, name, port, host,
+                %% the ticktime last told to the gateway, and the processes held for it
+                ticktime = undefined, held = #{}}).
+%% How often the node's ticktime is looked at.
+-define(TICKTIME_POLL_MS, 1000).
+%% Registered processes never held, whatever the gateway says: the runtime's and OTP's own.
+-define(NEVER_HOLD, [net_kernel, global_name_server, global_group, global_group_check, rex,
+                     erl_epmd, edist_epmd, auth, code_server, init, application_controller,
+                     kernel_sup, kernel_safe_sup, kernel_refc, user, user_drv, standard_error,
+                     standard_error_sup, logger, logger_sup, logger_proxy, erts_code_purger,
+                     file_server_2, inet_db, erl_signal_server, erl_prim_loader, pg,
+                     socket_registry, timer_server, erpc, net_sup, erts_dirty_process_signal_handler,
+                     erts_literal_area_collector, global_name_server_locker]).
 
 %%% ---------------------------------------------------------------------------------------
 %%% -epmd_module callbacks
@@ -93,6 +114,10 @@ names(Host) ->
         false -> {error, address}
     end.
 
+%% The processes held for the gateway now.
+held() ->
+    gen_server:call(?MODULE, held).
+
 %%% ---------------------------------------------------------------------------------------
 %%% gen_server: owns the registration socket
 
@@ -126,6 +151,8 @@ handle_call({register, Alive, Port}, _From, #state{socket = undefined, host = Ho
     end;
 handle_call({register, _Name, _Port}, _From, State) ->
     {reply, {error, already_registered}, State};
+handle_call(held, _From, #state{held = Held} = State) ->
+    {reply, maps:keys(Held), State};
 handle_call(_Request, _From, State) ->
     {reply, {error, badarg}, State}.
 
@@ -137,9 +164,28 @@ handle_info({tcp_closed, Socket}, #state{socket = Socket} = State) ->
 handle_info({tcp_error, Socket, _Reason}, #state{socket = Socket} = State) ->
     gen_tcp:close(Socket),
     lost(State);
-handle_info({tcp, Socket, _Data}, #state{socket = Socket} = State) ->
-    %% The gateway has nothing to say on this socket; ignore whatever arrives.
+handle_info({tcp, Socket, Data}, #state{socket = Socket} = State) ->
+    case catch binary_to_term(Data, [safe]) of
+        {hold, Pid} when is_pid(Pid) -> {noreply, hold(Pid, State)};
+        {release, Pid} when is_pid(Pid) -> {noreply, release(Pid, State)};
+        _ -> {noreply, State}
+    end;
+handle_info(check_ticktime, #state{socket = undefined} = State) ->
     {noreply, State};
+handle_info(check_ticktime, State) ->
+    %% Asked from another process: net_kernel may be calling this one (register_node).
+    Me = self(),
+    spawn(fun() -> Me ! {ticktime, catch net_kernel:get_net_ticktime()} end),
+    erlang:send_after(?TICKTIME_POLL_MS, self(), check_ticktime),
+    {noreply, State};
+handle_info({ticktime, T0}, #state{socket = Socket, ticktime = Told} = State) ->
+    case ticktime_seconds(T0) of
+        T when is_integer(T), T =/= Told, Socket =/= undefined ->
+            _ = gen_tcp:send(Socket, term_to_binary({net_ticktime, T})),
+            {noreply, State#state{ticktime = T}};
+        _ ->
+            {noreply, State}
+    end;
 handle_info(reregister, #state{socket = undefined, name = Name, port = Port} = State)
   when Name =/= undefined ->
     case do_register(Name, Port) of
@@ -154,16 +200,81 @@ handle_info(reregister, #state{socket = undefined, name = Name, port = Port} = S
 handle_info(_Msg, State) ->
     {noreply, State}.
 
-terminate(_Reason, #state{socket = undefined}) ->
+terminate(_Reason, #state{socket = undefined} = State) ->
+    release_all(State),
     ok;
-terminate(_Reason, #state{socket = Socket}) ->
+terminate(_Reason, #state{socket = Socket} = State) ->
+    release_all(State),
     gen_tcp:close(Socket),
     ok.
 
 code_change(_OldVsn, State, _Extra) ->
     {ok, State}.
 
-lost(#state{name = Name} = State) ->
+%% The gateway's line after registration: {packet, 4} terms, and the plug's hello.
+plug_line(Socket) ->
+    T = case application:get_env(kernel, net_ticktime) of
+            {ok, N} when is_integer(N), N > 0 -> N;
+            _ -> 60
+        end,
+    case gen_tcp:send(Socket, term_to_binary({edist_plug, 1, T})) of
+        ok ->
+            erlang:send_after(?TICKTIME_POLL_MS, self(), check_ticktime),
+            {ok, T};
+        {error, _} = E ->
+            E
+    end.
+
+ticktime_seconds(T) when is_integer(T), T > 0 -> T;
+ticktime_seconds({ongoing_change_to, T}) when is_integer(T), T > 0 -> T;
+ticktime_seconds(_) -> undefined.
+
+hold(Pid, #state{held = Held} = State) ->
+    case maps:is_key(Pid, Held) orelse not holdable(Pid) of
+        true ->
+            State;
+        false ->
+            case catch erlang:suspend_process(Pid, [asynchronous]) of
+                true -> State#state{held = Held#{Pid => true}};
+                _ -> State
+            end
+    end.
+
+release(Pid, #state{held = Held} = State) ->
+    case maps:take(Pid, Held) of
+        {true, Rest} ->
+            catch erlang:resume_process(Pid),
+            State#state{held = Rest};
+        error ->
+            State
+    end.
+
+release_all(#state{held = Held} = State) ->
+    _ = [catch erlang:resume_process(P) || P <- maps:keys(Held)],
+    State#state{held = #{}}.
+
+%% Only ordinary processes of this node: not the runtime's or OTP's own (by name), not a
+%% distribution controller, not a process running at high or max priority.
+holdable(Pid) when node(Pid) =:= node(), Pid =/= self() ->
+    case erlang:process_info(Pid, [registered_name, priority]) of
+        [{registered_name, Name}, {priority, Prio}] ->
+            not lists:member(Name, ?NEVER_HOLD)
+                andalso (Prio =:= normal orelse Prio =:= low)
+                andalso not is_dist_controller(Pid);
+        _ ->
+            false
+    end;
+holdable(_) ->
+    false.
+
+is_dist_controller(Pid) ->
+    case catch erlang:system_info(dist_ctrl) of
+        L when is_list(L) -> lists:keymember(Pid, 2, L);
+        _ -> true
+    end.
+
+lost(#state{name = Name} = State0) ->
+    State = release_all(State0#state{ticktime = undefined}),
     error_logger:warning_msg("edist_epmd: the edist gateway at ~ts closed the registration of ~ts; "
                              "re-registering every ~b ms~n",
                              [gateway_string(), Name, ?RETRY_MS]),
@@ -215,8 +326,9 @@ do_register(Name, Port) ->
                      end,
             case Result of
                 {ok, Creation} ->
-                    case inet:setopts(Socket, [{active, true}]) of
+                    case inet:setopts(Socket, [{active, true}, {packet, 4}]) of
                         ok ->
+                            _ = plug_line(Socket),
                             {ok, Socket, Creation};
                         {error, _} = E2 ->
                             gen_tcp:close(Socket),

@@ -46,7 +46,7 @@ const HELPER_MODULE: &str = r#"
 -module(edist_fabric_t).
 -behaviour(gen_server).
 -export([start_server/1, init/1, handle_call/3, handle_cast/2, handle_info/2]).
--export([wait/2, start_sink/0, bulk/2, watch_nodedown/1, order_sink/0, order_round/2]).
+-export([wait/2, start_sink/0, bulk/2, watch_nodedown/1, order_sink/0, order_round/2, hold_round/3, held_sender/2]).
 
 %% A key-value gen_server, started unlinked and registered as Name.
 start_server(Name) ->
@@ -159,6 +159,60 @@ chain(Sink) ->
             Other ! {chain, N + 1, self()},
             case N + 1 > 400 of true -> ok; false -> chain(Sink) end
     end.
+
+%% Per-sender hold: a sender fires Count binaries of Size bytes at Sink (numbered, order-checked
+%% there) while another process pings Sink's node every 5 ms. Returns
+%% {SenderWasHeld, PingsWhileHeld, PingerEverHeld, Report}: whether the plug held the sender
+%% (edist_epmd:held/0), how many pings came back while it was, whether the pinger was ever held,
+%% and the sink's report once everything arrived.
+hold_round(Sink, Count, Size) ->
+    Me = self(),
+    Bin = binary:copy(<<7>>, Size),
+    Sender = spawn(fun() -> [Sink ! {order, held, N, Bin} || N <- lists:seq(1, Count)], Me ! sent end),
+    Pinger = spawn(fun() -> pinger(node(Sink)) end),
+    {Held, Pings, PingerHeld} = watch_hold(Sender, Pinger, false, 0, false),
+    Pinger ! stop,
+    Want = Count,
+    R = wait(fun() ->
+                     Sink ! {order_report, self()},
+                     receive {order_report, S} ->
+                             case maps:get(held, S, {0, 0}) of {Want, _} -> {ok, S}; _ -> S end
+                     end
+             end, 120000),
+    Sink ! {order_reset, self()},
+    receive order_reset -> ok after 5000 -> ok end,
+    {Held, Pings, PingerHeld, R}.
+watch_hold(Sender, Pinger, Held, Pings, PingerHeld) ->
+    receive
+        sent -> {Held, Pings, PingerHeld}
+    after 5 ->
+            H = edist_epmd:held(),
+            SenderHeld = lists:member(Sender, H),
+            Pinger ! {count, self()},
+            P = receive {pings, X} -> X after 1000 -> 0 end,
+            watch_hold(Sender, Pinger, Held orelse SenderHeld,
+                       case SenderHeld of true -> Pings + P; false -> Pings end,
+                       PingerHeld orelse lists:member(Pinger, H))
+    end.
+%% Pings rex on Node (a call that needs nothing registered by the test) every 5 ms; answers
+%% {count, From} with the pings completed since the last count.
+pinger(Node) -> pinger(Node, 0).
+pinger(Node, N) ->
+    receive
+        stop -> ok;
+        {count, From} -> From ! {pings, N}, pinger(Node, 0)
+    after 5 ->
+            _ = rpc:call(Node, erlang, node, [], 2000),
+            pinger(Node, N + 1)
+    end.
+
+%% A sender of Count binaries of Size bytes to Sink (its pid put as `held'); returns the pid once
+%% the plug holds it.
+held_sender(Sink, {Count, Size}) ->
+    Bin = binary:copy(<<7>>, Size),
+    S = spawn(fun() -> [Sink ! {order, killed, N, Bin} || N <- lists:seq(1, Count)] end),
+    put(held, S),
+    wait(fun() -> case lists:member(S, edist_epmd:held()) of true -> {ok, S}; false -> no end end, 30000).
 
 %% A process that prints "nodedown Node Reason SystemMicros" when Node goes down.
 watch_nodedown(Node) ->
@@ -948,6 +1002,60 @@ async fn order_holds_per_pair_and_for_small_messages_on_connections_senders_open
         .await?;
     let want = format!("[{}]", vec!["[]"; rounds as usize].join(","));
     assert_eq!(out, want, "out-of-order messages by sender, per round (a tuple: the round did not complete)");
+    Ok(())
+}
+
+/// Per-sender backpressure over a slow link (host 0 sends at 20 Mbit): a fire-and-forget bulk
+/// sender is held by its node's plug once its bytes queued in the gateway pass its share, while
+/// another process's calls keep crossing (it is never held); held senders go again when their
+/// lane drains, and everything arrives in order. A gateway killed while a sender is held leaves
+/// no process suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_sender_is_held_alone_and_released() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(2).await?;
+    let ns = cluster.host(0)?.ns.name.clone();
+    let shaped = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "20mbit"])
+        .args(["burst", "64kb", "latency", "100ms"])
+        .status()?;
+    ensure!(shaped.success(), "tc tbf on host 0");
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b = cluster.erl(1, "b", &[]).await?;
+    assert_eq!(b.eval("register(order_sink, edist_fabric_t:order_sink())").await?, "true");
+    let qb = q(&b.name);
+    a.eval(&format!("put(sink, rpc:call({qb}, erlang, whereis, [order_sink]))")).await?;
+    // 24 MiB at 20 Mbit: about 10 s.
+    let out = a.eval_within("edist_fabric_t:hold_round(get(sink), 24, 1048576)", Duration::from_secs(150)).await?;
+    let (held, pings, pinger_held, report) = {
+        let t = out.strip_prefix('{').and_then(|t| t.strip_suffix('}')).unwrap_or_default();
+        let mut it = t.splitn(4, ',');
+        (
+            it.next().unwrap_or(""),
+            it.next().unwrap_or("0").parse::<u32>()?,
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+        )
+    };
+    assert_eq!(held, "true", "the bulk sender was never held: {out}");
+    assert_eq!(pinger_held, "false", "the small sender was held: {out}");
+    assert!(pings >= 20, "only {pings} calls crossed while the bulk sender was held: {out}");
+    assert_eq!(report, "#{held => {24,0}}", "the held sender's messages arrived, in order");
+    assert_eq!(a.eval("edist_epmd:held()").await?, "[]", "nothing stays held");
+
+    // A held sender, then its gateway dies: the plug lets it go.
+    let pid = a.eval_within("edist_fabric_t:held_sender(get(sink), {400, 1048576})", Duration::from_secs(40)).await?;
+    ensure!(pid.starts_with('<'), "no sender was held: {pid}");
+    cluster.hosts[0].kill_gateway().await?;
+    let after = a
+        .eval(
+            "edist_fabric_t:wait(fun() -> case {edist_epmd:held(), process_info(get(held), status)} of \
+             {[], {status, S}} when S =/= suspended -> {ok, released}; {[], undefined} -> {ok, released}; \
+             Other -> Other end end, 5000)",
+        )
+        .await?;
+    assert_eq!(after, "released");
+    cluster.passed();
     Ok(())
 }
 

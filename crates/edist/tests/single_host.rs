@@ -136,10 +136,10 @@ async fn a_single_host_gateway_needs_no_cookie_and_keeps_long_names() -> Result<
 
     // Numbers that would make the gateway useless are refused, naming the key.
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, format!("[local]\ncontrol = \"{control}\"\n[fabric]\nlanes = 0\n"))?;
+    std::fs::write(&bad, format!("[local]\ncontrol = \"{control}\"\n[fabric]\nlanes = 256\n"))?;
     let out = tokio::time::timeout(Duration::from_secs(10), gateway(&bad).output()).await??;
     let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success() && err.contains("fabric.lanes = 0"), "lanes = 0: {err}");
+    ensure!(!out.status.success() && err.contains("fabric.lanes = 256"), "lanes = 256: {err}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
