@@ -47,10 +47,7 @@ impl Reports {
             return out;
         }
         self.buf.extend_from_slice(bytes);
-        loop {
-            let Some(len) = self.buf.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()).map(u32::from_be_bytes) else {
-                break;
-            };
+        while let Some(len) = self.buf.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()).map(u32::from_be_bytes) {
             let len = len as usize;
             if len > MAX_FRAME {
                 self.turn_off();
