@@ -211,18 +211,21 @@ scenario(throughput, B, Opts) ->
 scenario(S, B, Opts) when S =:= hol; S =:= lossy ->
     D = maps:get(duration_ms, Opts, 10000),
     I = maps:get(ping_interval_ms, Opts, 5),
-    P = fun(Size) -> phase(B, #{senders => 2, size => Size, duration_ms => D, ping_interval_ms => I,
-                                 sample_recv => true, drain => S =:= hol}) end,
+    N = maps:get(senders, Opts, 2),
+    P = fun(Senders, Size) -> phase(B, #{senders => Senders, size => Size, duration_ms => D, ping_interval_ms => I,
+                                          sample_recv => true, drain => S =:= hol}) end,
     %% In this order: the 8 MB phase first, as in DESIGN.md.
-    R8 = P(8 * ?MIB),
-    R64 = P(64 * 1024),
+    R8 = P(N, 8 * ?MIB),
+    R64 = P(N, 64 * 1024),
     case S of
         hol ->
+            %% Four senders of 1 MiB: more senders than bulk sizes, in between.
+            R1 = P(4, ?MIB),
             %% Senders that wait for an ack per message (as gen_server:call users do): at most
             %% one message per sender in flight, so no buffer anywhere fills up for good.
-            RA = phase(B, #{senders => 2, size => 8 * ?MIB, duration_ms => D, ping_interval_ms => I,
+            RA = phase(B, #{senders => N, size => 8 * ?MIB, duration_ms => D, ping_interval_ms => I,
                             sample_recv => true, acked => true}),
-            #{bulk_8mb => R8, bulk_64kb => R64, acked_8mb => RA};
+            #{bulk_8mb => R8, bulk_64kb => R64, bulk_1mib_x4 => R1, acked_8mb => RA};
         lossy ->
             #{bulk_8mb => R8, bulk_64kb => R64}
     end.

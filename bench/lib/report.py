@@ -15,7 +15,19 @@ import subprocess
 import sys
 
 MODES = [("plain", "plain OTP"), ("tls", "OTP TLS"), ("edist", "edist")]
+# The shaped link (hol, lossy) and the senders per phase, from meta.json.
+LINK_RATE = "100mbit"
 LINK_MB_S = 100e6 / 8 / 1e6  # 100 Mbit/s in MB/s (10^6 bytes)
+SENDERS = 2
+
+
+def tc_rate_bits(rate):
+    """bits/s of a tc rate such as 100mbit, 20Mbit, 512kbit."""
+    r = rate.lower().rstrip("ps").rstrip("/")
+    for suffix, mult in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3), ("bit", 1.0)):
+        if r.endswith(suffix):
+            return float(r[: -len(suffix)]) * mult
+    return float(r)
 
 
 def dig(d, *path):
@@ -43,7 +55,14 @@ def target_link(frac):
     def t(v):
         e = v.get("edist")
         need = frac * LINK_MB_S
-        return f"edist >= {need:.2f} MB/s ({frac:.0%} of 100 Mbit)", (None if e is None else e >= need)
+        return f"edist >= {need:.2f} MB/s ({frac:.0%} of {LINK_RATE})", (None if e is None else e >= need)
+    return t
+
+
+def target_drain(limit_s):
+    def t(v):
+        e = v.get("edist")
+        return f"edist <= {limit_s:g} s", (None if e is None else e <= limit_s)
     return t
 
 
@@ -116,15 +135,19 @@ def rows_for(scenario):
             ] + cpu_rows(s)),
         ]
     groups = []
-    phases = [("bulk_8mb", "two senders of 8 MB binaries"), ("bulk_64kb", "two senders of 64 KB binaries")]
+    n = {1: "one sender", 2: "two senders", 3: "three senders", 4: "four senders"}.get(SENDERS, f"{SENDERS} senders")
+    phases = [("bulk_8mb", f"{n} of 8 MB binaries"), ("bulk_64kb", f"{n} of 64 KB binaries")]
     if scenario == "hol":
-        phases.append(("acked_8mb", "two senders of 8 MB binaries, each waiting for an ack per message,"))
+        phases.append(("bulk_1mib_x4", "four senders of 1 MiB binaries"))
+        phases.append(("acked_8mb", f"{n} of 8 MB binaries, each waiting for an ack per message,"))
     for key, title in phases:
         ph = ("results", key)
         hol = scenario == "hol"
         rows = [
-            Row("ping RTT p50", "ms", ph + ("rtt_us", "p50"), f_ms, scale=1e-3),
-            Row("ping RTT p99", "ms", ph + ("rtt_us", "p99"), f_ms, scale=1e-3, target=target_p99(10) if hol else None),
+            Row("ping RTT p50", "ms", ph + ("rtt_us", "p50"), f_ms, scale=1e-3,
+                target=target_p99(3) if hol and LINK_MB_S >= 12.5 else None),
+            Row("ping RTT p99", "ms", ph + ("rtt_us", "p99"), f_ms, scale=1e-3,
+                target=target_p99(10 if LINK_MB_S >= 12.5 else 20) if hol else None),
             Row("ping RTT max", "ms", ph + ("rtt_us", "max"), f_ms, scale=1e-3),
             Row("pings", "", ph + ("rtt_us", "n"), f_n, ratio=False),
             Row("  unanswered at the end", "", ph + ("rtt_us", "censored"), f_n, ratio=False),
@@ -132,7 +155,7 @@ def rows_for(scenario):
         if hol:
             rows += [
                 Row("bulk, whole msgs delivered", "MB/s", ph + ("mb_s",), "{:,.2f}", target=target_link(0.9)),
-                Row("  drain after deadline", "s", ph + ("drain_s",), "{:,.1f}", ratio=False),
+                Row("  drain after deadline", "s", ph + ("drain_s",), "{:,.1f}", ratio=False, target=target_drain(1.0)),
             ]
         rows.append(Row("bulk, window goodput at b", "MB/s", ph + ("window_mb_s",), "{:,.2f}"))
         groups.append((f"{title} + one ping every 5 ms", rows + cpu_rows(ph, proxies=not hol)))
@@ -176,6 +199,10 @@ def main():
     a = ap.parse_args()
     with open(os.path.join(a.work, "meta.json")) as f:
         meta = json.load(f)
+    global LINK_RATE, LINK_MB_S, SENDERS
+    LINK_RATE = meta.get("rate", LINK_RATE)
+    LINK_MB_S = tc_rate_bits(LINK_RATE) / 8 / 1e6
+    SENDERS = int(meta.get("senders", SENDERS))
     results = {}
     for m, _ in MODES:
         p = os.path.join(a.work, f"{m}.json")
