@@ -734,7 +734,29 @@ impl super::link::Link for quinn::Connection {
 
 impl From<PeerLink> for Linked {
     fn from(l: PeerLink) -> Linked {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(size_send_window(l.conn.clone()));
+        }
         Linked { link: Arc::new(l.conn), peer_name: l.peer_name, grant: l.grant }
+    }
+}
+
+/// Keeps what QUIC buffers for sending to about two congestion windows: enough to keep the path
+/// full, little enough that bulk data waits in the gateway's lanes (where senders are held back
+/// and small messages go first) instead of in front of everything here. quinn's default (10 MB)
+/// is seconds of data on a slow link.
+async fn size_send_window(conn: quinn::Connection) {
+    const MIN: u64 = 256 << 10;
+    const MAX: u64 = 32 << 20;
+    let mut last = 0;
+    while conn.close_reason().is_none() {
+        let window = conn.stats().path.cwnd.saturating_mul(2).clamp(MIN, MAX);
+        // Only on a real change: setting it wakes writers.
+        if window.abs_diff(last) > last / 8 {
+            conn.set_send_window(window);
+            last = window;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
