@@ -1625,6 +1625,40 @@ async fn ticks_stay_on_their_host_and_a_hung_node_is_noticed() -> Result<()> {
     Ok(())
 }
 
+/// `net_kernel:set_net_ticktime/1` at run time takes effect across the fabric: the gateways keep
+/// the default (60 s) in their config, the nodes switch to 4 s, and a hung node is then noticed
+/// by its peer after about that, with OTP's reason — not after the configured minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticktime_changed_at_run_time_takes_effect_across_the_fabric() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b = cluster.erl(1, "b", &[]).await?;
+    let qb = q(&b.name);
+    assert_eq!(a.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    for n in [&mut a, &mut b] {
+        // No transition period: the new ticktime holds at once.
+        assert_eq!(n.eval("net_kernel:set_net_ticktime(4, 0)").await?, "change_initiated");
+    }
+    a.watch_nodedown(&b.name).await?;
+    // The plugs report the new ticktime within a second or two; the connection stays up.
+    sleep(Duration::from_secs(8)).await;
+    assert_eq!(a.eval(&format!("nodes() =:= [{qb}]")).await?, "true", "the connection went down");
+    let os_pid = b.eval("os:getpid()").await?.trim_matches('"').to_string();
+    ensure!(std::process::Command::new("kill").args(["-STOP", &os_pid]).status()?.success());
+    let stopped = now_us();
+    let seen = a.nodedown(&b.name, Duration::from_secs(40)).await;
+    let _ = std::process::Command::new("kill").args(["-CONT", &os_pid]).status();
+    let (reason, at) = seen?;
+    let delay = at - stopped;
+    eprintln!("fabric: nodedown ({reason}) {:.1} ms after the far node hung (ticktime 4 s set at run time)", ms(delay));
+    assert_eq!(reason, "net_tick_timeout");
+    // With the configured 60 s the gateway would have waited 30 s before telling the far side.
+    assert!(delay < 15_000_000, "a hung node was noticed only after {:.1} ms", ms(delay));
+    cluster.passed();
+    Ok(())
+}
+
 /// No gateway names another: each finds the others through one DNS name (a hosts file in each
 /// namespace) that resolves to every gateway's address, skips itself, and links to whoever
 /// answers with a cluster certificate. The nodes then reach each other as usual.
