@@ -934,6 +934,7 @@ where
                 q.fetch_add(p.len(), Ordering::Relaxed);
             }
             // Charged to its sender (if a plug can hold it back), which is held once over its share.
+            let holding = holds.any_held();
             let mut hold = None;
             let charged = match (route.sender, plug.as_ref().filter(|p| p.speaks())) {
                 (Sender::Pid(key), Some(_)) => {
@@ -945,7 +946,8 @@ where
                 _ => None,
             };
             if let (Some(pid), Some(plug)) = (hold, &plug) {
-                if !holds.any_held() || sampled.1 == 0 {
+                if !holding {
+                    // The rate the lanes drain at is sampled while anyone is held.
                     sampled = (std::time::Instant::now(), rate.written.load(Ordering::Relaxed));
                 }
                 plug.hold(&pid);
@@ -1078,4 +1080,62 @@ pub async fn feed_lane_stream(
     merger: Merger,
 ) -> std::io::Result<()> {
     feed_lane(lane, Frames::new(rx, pending, true), merger).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod hold_tests {
+    use super::*;
+    use edist_proto::dist::control::{encode_message, Control};
+    use edist_proto::etf::{Atom, Pid, Term};
+
+    fn pid(id: u32) -> Pid {
+        Pid { node: Atom::from("a@h"), id, serial: 0, creation: 1 }
+    }
+
+    /// A whole SEND_SENDER packet from `from`, length prefix included.
+    fn packet(from: u32) -> Vec<u8> {
+        let (ctrl, pl) = encode_message(&Control::SendSender { from: pid(from), to: pid(9) }, Some(&Term::Int(1)));
+        let mut body = vec![131, 68, 0];
+        body.extend_from_slice(&ctrl);
+        body.extend_from_slice(&pl);
+        let mut p = (body.len() as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(&body);
+        p
+    }
+
+    #[test]
+    fn a_sender_over_its_share_is_held_once_and_released_at_half() {
+        let mut h = Holds::default();
+        let c = h.counter(1);
+        c.fetch_add(900, Ordering::Relaxed);
+        assert_eq!(h.over(1, &packet(1), 1000), None, "within its share");
+        c.fetch_add(200, Ordering::Relaxed);
+        assert_eq!(h.over(1, &packet(1), 1000), Some(pid(1)));
+        assert_eq!(h.over(1, &packet(1), 1000), None, "held already");
+        assert!(h.any_held());
+        // The lane writes some of it: not yet at half the share.
+        c.fetch_sub(400, Ordering::Relaxed);
+        assert!(h.drained(1000).is_empty());
+        c.fetch_sub(300, Ordering::Relaxed);
+        assert_eq!(h.drained(1000), vec![pid(1)]);
+        assert!(!h.any_held());
+        // A packet without a sender pid cannot be held (a SEND).
+        let c2 = h.counter(2);
+        c2.fetch_add(5000, Ordering::Relaxed);
+        assert_eq!(h.over(2, &[0, 0, 0, 3, 131, 68, 0], 1000), None);
+        // Everything held is let go at the end.
+        c.fetch_add(5000, Ordering::Relaxed);
+        assert!(h.over(1, &packet(1), 1000).is_some());
+        assert_eq!(h.release_all(), vec![pid(1)]);
+        assert!(!h.any_held());
+    }
+
+    #[test]
+    fn shares_follow_the_rate_within_bounds() {
+        assert_eq!(Rate::share(0.0), SHARE_START);
+        assert_eq!(Rate::share(1.0), SHARE_MIN);
+        assert_eq!(Rate::share(12.5e6), 625_000);
+        assert_eq!(Rate::share(1e12), SHARE_MAX);
+    }
 }
