@@ -373,6 +373,7 @@ impl Inner {
             socket_buffer: Some(self.cfg.local.socket_buffer),
             net_ticktime: relay::Ticktime::new(self.configured_ticktime()),
             plug: None,
+            link: None,
             compress_above: compress.then_some(self.cfg.fabric.compress_threshold),
         }
     }
@@ -915,6 +916,7 @@ async fn carry(
 ) -> Result<(), relay::RelayError> {
     let (rx, buf) = msgs.into_parts();
     let mut lanes = inner.lanes(peer_gateway);
+    lanes.link = Some(conn.clone());
     // The local node's plug, where it has one: its ticktime, and holds on its senders.
     if let Some(plug) = inner.lock().local.get(node).and_then(|l| l.plug.clone()) {
         lanes.net_ticktime = relay::Ticktime::reported_into(inner.configured_ticktime(), plug.ticktime_ms());

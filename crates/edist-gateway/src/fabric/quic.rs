@@ -327,6 +327,9 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 }
 
 /// The QUIC transport configuration for `opts`.
+/// What a link may buffer for sending, all streams together (a bound, not an allocation).
+const SEND_WINDOW: u64 = 64 << 20;
+
 pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
     if opts.keep_alive >= opts.idle_timeout {
         return Err(FabricError::Options(format!(
@@ -340,7 +343,11 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
     t.keep_alive_interval(Some(opts.keep_alive))
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(opts.max_bidi_streams.into())
-        .max_concurrent_uni_streams(opts.max_uni_streams.into());
+        .max_concurrent_uni_streams(opts.max_uni_streams.into())
+        // Bulk lanes keep about a congestion window each in QUIC's send buffer (relay.rs, lane
+        // flow): the rest of this is headroom, so that a small message on the ordered lane never
+        // waits for buffer space behind bulk data (it then goes first: stream priority).
+        .send_window(SEND_WINDOW);
     match opts.congestion {
         Congestion::Bbr => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
         Congestion::Cubic => t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
@@ -730,33 +737,15 @@ impl super::link::Link for quinn::Connection {
         let s = self.stats();
         (s.udp_tx.bytes, s.udp_rx.bytes)
     }
+
+    fn in_flight_hint(&self) -> Option<u64> {
+        Some(self.stats().path.cwnd)
+    }
 }
 
 impl From<PeerLink> for Linked {
     fn from(l: PeerLink) -> Linked {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(size_send_window(l.conn.clone()));
-        }
         Linked { link: Arc::new(l.conn), peer_name: l.peer_name, grant: l.grant }
-    }
-}
-
-/// Keeps what QUIC buffers for sending to about two congestion windows: enough to keep the path
-/// full, little enough that bulk data waits in the gateway's lanes (where senders are held back
-/// and small messages go first) instead of in front of everything here. quinn's default (10 MB)
-/// is seconds of data on a slow link.
-async fn size_send_window(conn: quinn::Connection) {
-    const MIN: u64 = 256 << 10;
-    const MAX: u64 = 32 << 20;
-    let mut last = 0;
-    while conn.close_reason().is_none() {
-        let window = conn.stats().path.cwnd.saturating_mul(2).clamp(MIN, MAX);
-        // Only on a real change: setting it wakes writers.
-        if window.abs_diff(last) > last / 8 {
-            conn.set_send_window(window);
-            last = window;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
