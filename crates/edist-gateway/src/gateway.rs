@@ -1514,11 +1514,11 @@ mod tests {
         let gw = Gateway::start(cfg).await.unwrap();
         let dir = Directory(Arc::downgrade(&gw.inner));
         // Full names keep their host part; an alive part alone gets the gateway's.
-        let long = dir.register("b@10.0.0.2", 1000).unwrap();
-        let short = dir.register("c", 1001).unwrap();
+        let long = dir.register("b@10.0.0.2", 1000, Plug::new().0).unwrap();
+        let short = dir.register("c", 1001, Plug::new().0).unwrap();
         assert_eq!(dir.resolve("b@10.0.0.2"), Some(1000));
         assert_eq!(dir.resolve("c@gwhost"), Some(1001));
-        assert!(matches!(dir.register("b@10.0.0.2", 1), Err(RegisterError::Duplicate)));
+        assert!(matches!(dir.register("b@10.0.0.2", 1, Plug::new().0), Err(RegisterError::Duplicate)));
         // A node that does not listen: listed while it has connections, never resolvable.
         let g1 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7).unwrap();
         let g2 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7).unwrap();
@@ -1528,7 +1528,7 @@ mod tests {
         assert_eq!(st.outbound_only, vec!["n@elsewhere".to_string()]);
         assert_eq!(st.local_nodes, vec![("b@10.0.0.2".to_string(), 1000), ("c@gwhost".to_string(), 1001)]);
         assert_eq!(dir.resolve("n@elsewhere"), None);
-        assert!(matches!(dir.register("n@elsewhere", 1), Err(RegisterError::Duplicate)));
+        assert!(matches!(dir.register("n@elsewhere", 1, Plug::new().0), Err(RegisterError::Duplicate)));
         let mut names = dir.names();
         names.sort();
         assert_eq!(names, vec![("b".to_string(), 1000), ("c".to_string(), 1001)]);

@@ -652,24 +652,24 @@ mod tests {
     fn static_directory_rules() {
         let d = StaticDirectory::new("host");
         for bad in ["", "@h", "a@", "a@b@c", "a\nb", "a@b\n"] {
-            assert!(matches!(d.register(bad, 1), Err(RegisterError::InvalidName { .. })), "{bad:?}");
+            assert!(matches!(d.register(bad, 1, Plug::new().0), Err(RegisterError::InvalidName { .. })), "{bad:?}");
         }
         // A full name keeps its host part, whatever it is.
-        let long = d.register("l@10.0.0.2", 7).unwrap();
+        let long = d.register("l@10.0.0.2", 7, Plug::new().0).unwrap();
         assert_eq!(d.resolve("l@10.0.0.2"), Some(7));
         assert_eq!(d.resolve("l@host"), None);
         drop(long);
-        let r = d.register("x", 5).unwrap();
+        let r = d.register("x", 5, Plug::new().0).unwrap();
         assert!(r.creation() >= 4);
-        assert_eq!(d.register("x", 6).unwrap_err(), RegisterError::Duplicate);
-        assert_eq!(d.register("x@host", 6).unwrap_err(), RegisterError::Duplicate, "the same node, spelt in full");
+        assert_eq!(d.register("x", 6, Plug::new().0).unwrap_err(), RegisterError::Duplicate);
+        assert_eq!(d.register("x@host", 6, Plug::new().0).unwrap_err(), RegisterError::Duplicate, "the same node, spelt in full");
         assert_eq!(d.resolve("x@host"), Some(5));
         assert_eq!(d.names(), vec![("x".into(), 5)]);
         drop(r);
         assert_eq!(d.resolve("x@host"), None);
         assert!(d.names().is_empty());
         // A guard outliving its directory is harmless.
-        let r = d.register("y", 1).unwrap();
+        let r = d.register("y", 1, Plug::new().0).unwrap();
         drop(d);
         drop(r);
     }
