@@ -462,17 +462,21 @@ impl Inner {
             return None;
         }
         let t0 = tokio::time::Instant::now();
+        let asked = t0.into_std();
         let deadline = t0 + Duration::from_millis(self.cfg.local.lookup_wait_ms);
-        let Some(joined) = lock(&self.waiters).join(full_name) else {
-            warn!(node = %full_name, "lookup: too many lookups waiting for the fabric; answering unknown");
-            return None;
-        };
-        let mut wait = Waiting { inner: self, name: full_name, answer: Some(joined.answer) };
-        if joined.first {
-            debug!(node = %full_name, ?plan, "lookup: not known here, asking the fabric");
-        }
+        let likely = if plan == Plan::AskMembers { self.likely_owners(full_name) } else { Vec::new() };
+        debug!(node = %full_name, ?plan, ?likely, "lookup: not known here, asking the fabric");
+        let mut wait = Waiting { inner: self, name: full_name, answer: None };
         let found = loop {
-            let settled = wait.answer.as_mut().map(|a| *a.borrow_and_update());
+            if wait.answer.is_none() {
+                // Joins the lookup in flight, or starts one (again, after one settled).
+                let Some(joined) = lock(&self.waiters).join(full_name) else {
+                    warn!(node = %full_name, "lookup: too many lookups waiting for the fabric; answering unknown");
+                    break None;
+                };
+                wait.answer = Some(joined.answer);
+            }
+            let answer = wait.answer.as_mut().map(|a| *a.borrow_and_update());
             if let Some(port) = self.resolve_now(full_name) {
                 break Some(port);
             }
@@ -481,7 +485,7 @@ impl Inner {
             }
             let now = tokio::time::Instant::now();
             let given_up = match plan {
-                Plan::AskMembers => settled == Some(Answer::Unknown),
+                Plan::AskMembers => answer.is_some_and(|a| a.unknown_to(asked)),
                 Plan::AwaitLists => lookup::plan(self.lookup_situation()) != Plan::AwaitLists,
                 Plan::Unknown => true,
             };
@@ -490,19 +494,15 @@ impl Inner {
             }
             if plan == Plan::AskMembers {
                 if let Some(g) = self.gossip.get() {
-                    let likely = self.likely_owners(full_name);
-                    let _ = g.send(Command::Lookup { name: full_name.to_string(), likely });
+                    let _ = g.send(Command::Lookup { name: full_name.to_string(), likely: likely.clone(), asked });
                 }
             }
             let next = deadline.min(now + lookup::POLL);
-            match wait.answer.as_mut() {
-                Some(a) => {
-                    if let Ok(Err(_)) = tokio::time::timeout_at(next, a.changed()).await {
-                        // Settled and gone: one last look decides.
-                        wait.answer = None;
-                    }
+            if let Some(a) = wait.answer.as_mut() {
+                if let Ok(Err(_)) = tokio::time::timeout_at(next, a.changed()).await {
+                    // Settled, and its value seen: join (or start) the next one.
+                    wait.leave();
                 }
-                None => tokio::time::sleep_until(next).await,
             }
         };
         let ms = t0.elapsed().as_millis();
@@ -674,13 +674,15 @@ impl Inner {
                     // the lookup; refused, the node is unknown here.
                     self.admit_remote(&gateway, node);
                 }
-                if !self.lock().remote.get(&name).is_some_and(|r| r.gateway == gateway) {
-                    lock(&self.waiters).settle(&name, Answer::Unknown);
+                let admitted = self.lock().remote.get(&name).is_some_and(|r| r.gateway == gateway);
+                if !admitted {
+                    // What the owner says is now: unknown to whoever asked before.
+                    lock(&self.waiters).settle(&name, Answer::Unknown { since: std::time::Instant::now() });
                 }
             }
-            Event::Unknown { name } => {
+            Event::Unknown { name, since } => {
                 debug!(node = %name, "lookup: no member has it");
-                lock(&self.waiters).settle(&name, Answer::Unknown);
+                lock(&self.waiters).settle(&name, Answer::Unknown { since });
             }
             Event::Refused { from, why } => self.refuse(&from.ip().to_string(), "membership", &why),
         }
@@ -829,10 +831,17 @@ struct Waiting<'a> {
     answer: Option<tokio::sync::watch::Receiver<Answer>>,
 }
 
+impl Waiting<'_> {
+    fn leave(&mut self) {
+        if self.answer.take().is_some() {
+            lock(&self.inner.waiters).leave(self.name);
+        }
+    }
+}
+
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.answer = None;
-        lock(&self.inner.waiters).leave(self.name);
+        self.leave();
     }
 }
 

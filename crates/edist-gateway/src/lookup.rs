@@ -17,12 +17,13 @@
 //!
 //! Nothing here remembers a negative answer: every lookup of an unknown name asks afresh, so a
 //! node that registers right after an "unknown" is found by the next lookup. Concurrent lookups
-//! of one name share one question ([`Waiters`]).
+//! of one name share one question ([`Waiters`]), and a "nobody has it" counts only for callers
+//! that asked before the question did ([`Answer::Unknown`]).
 //!
 //! The decisions are sans IO; the waiting itself is in `gateway.rs` (`Inner::lookup`).
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// How long after its start a gateway with static peers waits, in lookups of unknown names, for
@@ -43,8 +44,16 @@ pub enum Answer {
     Asking,
     /// The node was admitted to the registry: resolve it again.
     Known,
-    /// Nobody has it.
-    Unknown,
+    /// Nobody has it, say the answers to a question asked at `since`: true for a caller who
+    /// asked no later than that (a node that came since may have been missed).
+    Unknown { since: Instant },
+}
+
+impl Answer {
+    /// Whether this settles the lookup of a caller who asked at `asked` as "unknown".
+    pub fn unknown_to(self, asked: Instant) -> bool {
+        matches!(self, Answer::Unknown { since } if since >= asked)
+    }
 }
 
 /// What a lookup of an unknown name can still hope for.
@@ -209,13 +218,16 @@ mod tests {
     #[test]
     fn one_lookup_per_name_settled_once_and_never_remembered() {
         let mut w = Waiters::new(2);
+        let t0 = Instant::now();
         let a = w.join("b@h").unwrap();
         let b = w.join("b@h").unwrap();
         assert!(a.first && !b.first, "the second caller shares the first one's question");
         assert_eq!(w.len(), 1);
-        w.settle("b@h", Answer::Unknown);
-        assert_eq!(*a.answer.borrow(), Answer::Unknown);
-        assert_eq!(*b.answer.borrow(), Answer::Unknown);
+        w.settle("b@h", Answer::Unknown { since: t0 });
+        assert!(a.answer.borrow().unknown_to(t0));
+        // A caller who asked after the question began may have missed a node that came since.
+        assert!(!b.answer.borrow().unknown_to(t0 + Duration::from_millis(1)));
+        assert!(!Answer::Known.unknown_to(t0) && !Answer::Asking.unknown_to(t0));
         // The next lookup asks afresh.
         let c = w.join("b@h").unwrap();
         assert!(c.first);

@@ -19,9 +19,10 @@ pub enum Command {
     Nodes(Vec<NodeInfo>),
     /// Ask the gateway at this membership address to let us in.
     Announce(SocketAddr),
-    /// Whose node is `name`? Ask the `likely` owners first (see [`Membership::lookup`]); sent
-    /// again while waiting, to ask again whoever has not answered.
-    Lookup { name: String, likely: Vec<String> },
+    /// Whose node is `name`? Ask the `likely` owners first (see [`Membership::lookup`]); the
+    /// caller's question began at `asked`. Sent again while waiting, to ask again whoever has
+    /// not answered.
+    Lookup { name: String, likely: Vec<String>, asked: Instant },
 }
 
 /// What membership tells the gateway.
@@ -36,8 +37,8 @@ pub enum Event {
     /// A gateway says `node` is its own (answering a lookup), signed by it; `grant` is its
     /// certificate's.
     Node { gateway: String, node: NodeInfo, grant: Arc<Grant> },
-    /// Every member says `name` is not its node.
-    Unknown { name: String },
+    /// Every member says `name` is not its node, answering a question asked at `since`.
+    Unknown { name: String, since: Instant },
     /// A datagram was refused.
     Refused { from: SocketAddr, why: String },
 }
@@ -90,7 +91,7 @@ pub async fn run(
             c = commands.recv() => match c {
                 Some(Command::Nodes(nodes)) => m.set_local_nodes(nodes),
                 Some(Command::Announce(addr)) => m.announce(addr),
-                Some(Command::Lookup { name, likely }) => m.lookup(&name, &likely, Instant::now()),
+                Some(Command::Lookup { name, likely, asked }) => m.lookup(&name, &likely, asked, Instant::now()),
                 None => return,
             },
             Some(t) = timers.recv() => m.handle_timer(t),
@@ -122,7 +123,7 @@ pub async fn run(
                     let grant = last_grant.clone().unwrap_or_default();
                     events(Event::Node { gateway, node, grant })
                 }
-                Output::Unknown { name } => events(Event::Unknown { name }),
+                Output::Unknown { name, since } => events(Event::Unknown { name, since }),
             }
         }
     }

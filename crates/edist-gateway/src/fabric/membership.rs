@@ -72,8 +72,9 @@ pub enum Output {
     /// `gateway` says `node` is one of its own, answering a [`Membership::lookup`] (its full
     /// list follows at the next pull).
     Node { gateway: String, node: NodeInfo },
-    /// Every member asked says `name` is not its node (see [`Membership::lookup`]).
-    Unknown { name: String },
+    /// Every member asked says `name` is not its node, answering a question asked at `since`
+    /// (see [`Membership::lookup`]): callers who asked later may not take it.
+    Unknown { name: String, since: Instant },
 }
 
 /// Errors of the membership core: a peer broke the protocol, or foca refused something.
@@ -90,11 +91,13 @@ mod kind {
     pub const SWIM: u8 = 0;
     pub const PULL: u8 = 1;
     pub const NODES: u8 = 2;
-    /// `[name]`: is this node yours?
+    /// `[question u32][name]`: is this node yours? (`question` tells answers to an earlier
+    /// question about the name from answers to this one.)
     pub const WHO: u8 = 3;
-    /// `[version u64][name][creation u32]`: it is, and my node list is at `version`.
+    /// `[question u32][version u64][name][creation u32]`: it is, and my node list is at
+    /// `version`.
     pub const HAVE: u8 = 4;
-    /// `[name]`: it is not.
+    /// `[question u32][name]`: it is not.
     pub const NOT_HERE: u8 = 5;
 }
 
@@ -129,6 +132,9 @@ const MAX_NAME: usize = 255;
 #[derive(Debug)]
 struct Lookup {
     started: Instant,
+    /// This question's number: answers to another one about the same name say no only of
+    /// what was true then.
+    question: u32,
     /// Members asked that have not answered, and when they were last asked.
     waiting: HashMap<String, Instant>,
     /// Members that said the node is not theirs.
@@ -166,6 +172,8 @@ pub struct Membership {
     config: Config,
     /// Names being looked up (see [`Membership::lookup`]).
     lookups: HashMap<String, Lookup>,
+    /// The number of the next lookup question.
+    next_question: u32,
     /// The latest time the caller gave us, for what foca's notifications start.
     now: Instant,
 }
@@ -204,6 +212,7 @@ impl Membership {
             settled: false,
             config,
             lookups: HashMap::new(),
+            next_question: rand::random(),
             now: Instant::now(),
         }
     }
@@ -255,28 +264,23 @@ impl Membership {
             }
             kind::NODES => self.receive_nodes(sender, body, now),
             kind::WHO => {
-                let (name, _) = take_str(body).ok_or(MembershipError::Malformed("who"))?;
-                self.answer_who(sender, &name);
+                let (question, name) = question_and_name(body).ok_or(MembershipError::Malformed("who"))?;
+                self.answer_who(sender, question, &name);
                 Ok(())
             }
             kind::HAVE => {
-                let bad = MembershipError::Malformed("have");
-                let (v, rest) = body.split_first_chunk::<8>().ok_or(MembershipError::Malformed("have"))?;
-                let (name, rest) = take_str(rest).ok_or(MembershipError::Malformed("have"))?;
-                let (creation, _) = rest.split_first_chunk::<4>().ok_or(bad)?;
+                let bad = || MembershipError::Malformed("have");
+                let (question, rest) = body.split_first_chunk::<4>().ok_or_else(bad)?;
+                let (v, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+                let (name, rest) = take_str(rest).ok_or_else(bad)?;
+                let (creation, _) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
                 let node = NodeInfo { name, creation: u32::from_be_bytes(*creation) };
-                self.receive_have(sender, u64::from_be_bytes(*v), node);
+                self.receive_have(sender, u32::from_be_bytes(*question), u64::from_be_bytes(*v), node);
                 Ok(())
             }
             kind::NOT_HERE => {
-                let (name, _) = take_str(body).ok_or(MembershipError::Malformed("not here"))?;
-                if let Some(l) = self.lookups.get_mut(&name) {
-                    // Only the answer of a member we asked counts.
-                    if l.waiting.remove(sender).is_some() {
-                        l.denied.insert(sender.to_string());
-                        self.advance_lookup(&name);
-                    }
-                }
+                let (question, name) = question_and_name(body).ok_or(MembershipError::Malformed("not here"))?;
+                self.denied(sender, question, &name);
                 Ok(())
             }
             _ => Err(MembershipError::Malformed("unknown kind")),
@@ -329,29 +333,37 @@ impl Membership {
     /// [`Output::Unknown`] — except while this gateway is still joining, when more members may
     /// come (they are asked as they do) and only the caller's own bound ends the wait.
     ///
-    /// Asking again for a name in flight asks again the members that have not answered for
+    /// `asked` is when the caller's own question began: a lookup of the name that started
+    /// earlier is asked afresh (its noes may predate the node), one that started since is the
+    /// caller's too, and polling it again asks again the members that have not answered for
     /// [`LOOKUP_RESEND`]: the caller polls, this decides what goes on the wire. Nothing of a
     /// lookup outlives it: the next one asks afresh.
-    pub fn lookup(&mut self, name: &str, likely: &[String], now: Instant) {
+    pub fn lookup(&mut self, name: &str, likely: &[String], asked: Instant, now: Instant) {
         self.now = self.now.max(now);
+        if self.lookups.get(name).is_some_and(|l| l.started < asked) {
+            self.lookups.remove(name);
+        }
         if let Some(l) = self.lookups.get_mut(name) {
-            for (member, asked) in &mut l.waiting {
+            for (member, last) in &mut l.waiting {
                 let Some(m) = self.members.get(member) else { continue };
-                if now.saturating_duration_since(*asked) >= LOOKUP_RESEND {
-                    *asked = now;
-                    self.out.push_back(Output::Send { to: m.gossip, payload: name_message(kind::WHO, name) });
+                if now.saturating_duration_since(*last) >= LOOKUP_RESEND {
+                    *last = now;
+                    self.out
+                        .push_back(Output::Send { to: m.gossip, payload: who_message(kind::WHO, l.question, name) });
                 }
             }
             return;
         }
         if name.is_empty() || name.len() > MAX_NAME || self.lookups.len() >= MAX_LOOKUPS {
-            self.out.push_back(Output::Unknown { name: name.to_string() });
+            self.out.push_back(Output::Unknown { name: name.to_string(), since: now });
             return;
         }
-        let mut l = Lookup { started: now, waiting: HashMap::new(), denied: HashSet::new(), wide: false };
+        let question = self.next_question;
+        self.next_question = self.next_question.wrapping_add(1);
+        let mut l = Lookup { started: now, question, waiting: HashMap::new(), denied: HashSet::new(), wide: false };
         for m in likely.iter().filter_map(|g| self.members.get(g)) {
             l.waiting.insert(m.name.clone(), now);
-            self.out.push_back(Output::Send { to: m.gossip, payload: name_message(kind::WHO, name) });
+            self.out.push_back(Output::Send { to: m.gossip, payload: who_message(kind::WHO, question, name) });
         }
         self.lookups.insert(name.to_string(), l);
         // No likely owner is a member: ask everyone.
@@ -359,23 +371,34 @@ impl Membership {
     }
 
     /// Answers a member's lookup: the node if it is ours, else "not here".
-    fn answer_who(&mut self, sender: &str, name: &str) {
+    fn answer_who(&mut self, sender: &str, question: u32, name: &str) {
         let Some(to) = self.members.get(sender).map(|m| m.gossip) else { return };
         let payload = match self.nodes.iter().find(|n| n.name == name) {
             Some(n) => {
                 let mut p = vec![kind::HAVE];
+                p.extend_from_slice(&question.to_be_bytes());
                 p.extend_from_slice(&self.version.to_be_bytes());
                 put_str(&mut p, &n.name);
                 p.extend_from_slice(&n.creation.to_be_bytes());
                 p
             }
-            None => name_message(kind::NOT_HERE, name),
+            None => who_message(kind::NOT_HERE, question, name),
         };
         self.out.push_back(Output::Send { to, payload });
     }
 
+    /// A member says `name` is not its node, answering `question`.
+    fn denied(&mut self, sender: &str, question: u32, name: &str) {
+        let Some(l) = self.lookups.get_mut(name) else { return };
+        // Only an answer to this very question, from a member it asked, counts.
+        if l.question == question && l.waiting.remove(sender).is_some() {
+            l.denied.insert(sender.to_string());
+            self.advance_lookup(name);
+        }
+    }
+
     /// A member says `node` is its own, its list being at `version`.
-    fn receive_have(&mut self, sender: &str, version: u64, node: NodeInfo) {
+    fn receive_have(&mut self, sender: &str, question: u32, version: u64, node: NodeInfo) {
         if !self.members.contains_key(sender) {
             return;
         }
@@ -383,18 +406,17 @@ impl Membership {
         // Its whole list follows at the next tick's pull: the registry stays the owner's list.
         r.heard = r.heard.max(version);
         let fresh = version > r.have;
-        let Some(l) = self.lookups.get_mut(&node.name) else {
+        if !self.lookups.contains_key(&node.name) {
             return; // not asked (or answered already): only lookups take single nodes
-        };
+        }
         if fresh {
+            // A yes holds whichever question it answers: the node is there at `version`.
             self.lookups.remove(&node.name);
             self.out.push_back(Output::Node { gateway: sender.to_string(), node });
         } else {
             // The list we hold from it is as new: the node is in it (and was taken, or refused,
             // by the gateway), or has gone since. Either way this answer adds nothing.
-            l.waiting.remove(sender);
-            l.denied.insert(sender.to_string());
-            self.advance_lookup(&node.name);
+            self.denied(sender, question, &node.name);
         }
     }
 
@@ -409,7 +431,7 @@ impl Membership {
             l.wide = true;
             for m in self.members.values().filter(|m| !l.denied.contains(&m.name)) {
                 l.waiting.insert(m.name.clone(), self.now);
-                self.out.push_back(Output::Send { to: m.gossip, payload: name_message(kind::WHO, name) });
+                self.out.push_back(Output::Send { to: m.gossip, payload: who_message(kind::WHO, l.question, name) });
             }
             if !l.waiting.is_empty() {
                 return;
@@ -418,8 +440,9 @@ impl Membership {
         if !self.settled {
             return; // still joining: a member yet to come may have it
         }
-        self.lookups.remove(name);
-        self.out.push_back(Output::Unknown { name: name.to_string() });
+        if let Some(l) = self.lookups.remove(name) {
+            self.out.push_back(Output::Unknown { name: name.to_string(), since: l.started });
+        }
     }
 
     /// The next thing to do, if any.
@@ -532,7 +555,8 @@ impl Membership {
                     for (name, l) in self.lookups.iter_mut().filter(|(_, l)| l.wide) {
                         l.denied.remove(&m.name);
                         l.waiting.insert(m.name.clone(), self.now);
-                        self.out.push_back(Output::Send { to: m.gossip, payload: name_message(kind::WHO, name) });
+                        let payload = who_message(kind::WHO, l.question, name);
+                        self.out.push_back(Output::Send { to: m.gossip, payload });
                     }
                     self.out.push_back(Output::Up(m));
                 }
@@ -561,11 +585,19 @@ impl Membership {
     }
 }
 
-/// A `WHO` or `NOT_HERE` datagram about `name`.
-fn name_message(k: u8, name: &str) -> Vec<u8> {
+/// A `WHO` or `NOT_HERE` datagram: `question` about `name`.
+fn who_message(k: u8, question: u32, name: &str) -> Vec<u8> {
     let mut p = vec![k];
+    p.extend_from_slice(&question.to_be_bytes());
     put_str(&mut p, name);
     p
+}
+
+/// The body of a `WHO` or `NOT_HERE` datagram.
+fn question_and_name(body: &[u8]) -> Option<(u32, String)> {
+    let (question, rest) = body.split_first_chunk::<4>()?;
+    let (name, _) = take_str(rest)?;
+    Some((u32::from_be_bytes(*question), name))
 }
 
 fn finish_part(cur: &mut Vec<u8>, count: &mut u16) -> Vec<u8> {
@@ -785,7 +817,7 @@ mod tests {
                             Output::Down(m) => self.downs[i].push(m.name),
                             Output::Up(_) => {}
                             Output::Node { gateway, node } => self.found[i].push((gateway, node)),
-                            Output::Unknown { name } => self.unknown[i].push(name),
+                            Output::Unknown { name, .. } => self.unknown[i].push(name),
                         }
                     }
                 }
@@ -927,6 +959,15 @@ mod tests {
         sim.start + sim.now + after
     }
 
+    fn have_message(question: u32, version: u64, name: &str) -> Vec<u8> {
+        let mut p = vec![kind::HAVE];
+        p.extend_from_slice(&question.to_be_bytes());
+        p.extend_from_slice(&version.to_be_bytes());
+        put_str(&mut p, name);
+        p.extend_from_slice(&7u32.to_be_bytes());
+        p
+    }
+
     fn sent_by_kind(sim: &Sim, k: u8) -> Vec<(usize, usize)> {
         sim.lookup_log.iter().filter(|(_, _, kk)| *kk == k).map(|(f, t, _)| (*f, *t)).collect()
     }
@@ -935,7 +976,7 @@ mod tests {
     fn a_lookup_finds_a_node_before_its_list_spreads() {
         let mut sim = converged_then_b_registers(4);
         let now = at(&sim, Duration::ZERO);
-        sim.members[0].lookup("b@h1", &[], now);
+        sim.members[0].lookup("b@h1", &[], now, now);
         sim.pump();
         // Everyone was asked (no likely owner given); the owner said yes, the others no.
         assert_eq!(sent_by_kind(&sim, kind::WHO).len(), 3);
@@ -952,13 +993,13 @@ mod tests {
     fn the_likely_owner_is_asked_first_and_everyone_else_only_if_it_says_no() {
         let mut sim = converged_then_b_registers(4);
         let now = at(&sim, Duration::ZERO);
-        sim.members[0].lookup("b@h1", &["gw-1".to_string(), "gw-9".to_string()], now);
+        sim.members[0].lookup("b@h1", &["gw-1".to_string(), "gw-9".to_string()], now, now);
         sim.pump();
         assert_eq!(sent_by_kind(&sim, kind::WHO), [(0, 1)], "only the likely owner (gw-9 is no member)");
         assert_eq!(sim.found[0].len(), 1);
 
         let mut sim = converged_then_b_registers(4);
-        sim.members[0].lookup("b@h1", &["gw-2".to_string()], now);
+        sim.members[0].lookup("b@h1", &["gw-2".to_string()], now, now);
         sim.pump();
         let who = sent_by_kind(&sim, kind::WHO);
         assert_eq!(who[0], (0, 2));
@@ -972,7 +1013,7 @@ mod tests {
     fn a_name_nobody_has_is_unknown_once_every_member_said_no_and_nothing_is_remembered() {
         let mut sim = converged_then_b_registers(3);
         let now = at(&sim, Duration::ZERO);
-        sim.members[0].lookup("nobody@h", &[], now);
+        sim.members[0].lookup("nobody@h", &[], now, now);
         sim.pump();
         assert_eq!(sim.unknown[0], ["nobody@h"]);
         assert!(sim.found[0].is_empty());
@@ -980,7 +1021,7 @@ mod tests {
         sim.members[2].set_local_nodes(vec![node("nobody@h")]);
         sim.pump();
         sim.lookup_log.clear();
-        sim.members[0].lookup("nobody@h", &[], now);
+        sim.members[0].lookup("nobody@h", &[], now, now);
         sim.pump();
         assert_eq!(sent_by_kind(&sim, kind::WHO).len(), 2);
         assert_eq!(sim.found[0], [("gw-2".to_string(), node("nobody@h"))]);
@@ -992,22 +1033,51 @@ mod tests {
         let mut sim = converged_then_b_registers(3);
         sim.alive[2] = false;
         let t0 = at(&sim, Duration::ZERO);
-        sim.members[0].lookup("nobody@h", &[], t0);
+        sim.members[0].lookup("nobody@h", &[], t0, t0);
         sim.pump();
         assert!(sim.unknown[0].is_empty(), "gw-2 has not answered");
         // Polled again at once: nothing resent; after the resend interval, only gw-2 again.
         sim.lookup_log.clear();
-        sim.members[0].lookup("nobody@h", &[], t0 + Duration::from_millis(10));
+        sim.members[0].lookup("nobody@h", &[], t0, t0 + Duration::from_millis(10));
         sim.pump();
         assert!(sent_by_kind(&sim, kind::WHO).is_empty());
-        sim.members[0].lookup("nobody@h", &[], t0 + LOOKUP_RESEND);
+        sim.members[0].lookup("nobody@h", &[], t0, t0 + LOOKUP_RESEND);
         sim.pump();
         assert_eq!(sent_by_kind(&sim, kind::WHO), [(0, 2)]);
         // Back, it answers the resent question.
         sim.alive[2] = true;
-        sim.members[0].lookup("nobody@h", &[], t0 + LOOKUP_RESEND * 2);
+        sim.members[0].lookup("nobody@h", &[], t0, t0 + LOOKUP_RESEND * 2);
         sim.pump();
         assert_eq!(sim.unknown[0], ["nobody@h"]);
+    }
+
+    #[test]
+    fn a_later_caller_asks_afresh_and_answers_to_the_old_question_do_not_count() {
+        let mut sim = converged_then_b_registers(3);
+        sim.alive[2] = false;
+        let t0 = at(&sim, Duration::ZERO);
+        sim.members[0].lookup("late@h1", &[], t0, t0);
+        sim.pump();
+        let old = sim.members[0].lookups["late@h1"].question;
+        assert_eq!(sim.members[0].lookups["late@h1"].denied.len(), 1, "gw-1 said no");
+        // late@h1 registers now; a caller who asks after that must not get gw-1's old no.
+        sim.members[1].set_local_nodes(vec![node("b@h1"), node("late@h1")]);
+        sim.pump();
+        sim.lookup_log.clear();
+        let t1 = t0 + Duration::from_millis(20);
+        sim.members[0].lookup("late@h1", &[], t1, t1);
+        let l = &sim.members[0].lookups["late@h1"];
+        assert!(l.question != old && l.denied.is_empty() && l.started == t1);
+        // gw-2's answer to the old question arrives late: it does not count.
+        sim.members[0].handle_datagram("gw-2", &who_message(kind::NOT_HERE, old, "late@h1"), t1).unwrap();
+        assert!(sim.members[0].lookups["late@h1"].waiting.contains_key("gw-2"));
+        sim.pump();
+        assert_eq!(sim.found[0], [("gw-1".to_string(), node("late@h1"))], "asked again, gw-1 says yes");
+        // The first caller, polling on, does not restart what started after it asked.
+        sim.members[0].lookup("nobody@h", &[], t1, t1);
+        let q = sim.members[0].lookups["nobody@h"].question;
+        sim.members[0].lookup("nobody@h", &[], t0, t1 + LOOKUP_RESEND);
+        assert_eq!(sim.members[0].lookups["nobody@h"].question, q);
     }
 
     #[test]
@@ -1015,8 +1085,8 @@ mod tests {
         let mut sim = Sim::new(3);
         sim.members[2].set_local_nodes(vec![node("c@h2")]);
         let t0 = at(&sim, Duration::ZERO);
-        sim.members[0].lookup("c@h2", &[], t0);
-        sim.members[0].lookup("nobody@h", &[], t0);
+        sim.members[0].lookup("c@h2", &[], t0, t0);
+        sim.members[0].lookup("nobody@h", &[], t0, t0);
         sim.pump();
         assert!(sim.unknown[0].is_empty() && sim.found[0].is_empty(), "nobody to ask yet: wait");
         for i in 1..3 {
@@ -1032,7 +1102,7 @@ mod tests {
         assert!(sim.members[0].settled);
         assert!(sim.unknown[0].is_empty() && sim.members[0].lookups.is_empty());
         let now = at(&sim, Duration::ZERO);
-        sim.members[0].lookup("nobody@h", &[], now);
+        sim.members[0].lookup("nobody@h", &[], now, now);
         sim.pump();
         assert_eq!(sim.unknown[0], ["nobody@h"]);
     }
@@ -1043,26 +1113,23 @@ mod tests {
         sim.run(Duration::from_secs(2)); // gw-0 now holds gw-1's list with b
         let now = at(&sim, Duration::ZERO);
         // A yes nobody asked for: no node from it.
-        let mut have = vec![kind::HAVE];
-        have.extend_from_slice(&99u64.to_be_bytes());
-        put_str(&mut have, "x@h1");
-        have.extend_from_slice(&7u32.to_be_bytes());
+        let have = have_message(1, 99, "x@h1");
         sim.members[0].handle_datagram("gw-1", &have, now).unwrap();
         sim.pump();
         assert!(sim.found[0].is_empty());
         // A yes about a list no newer than ours (the gateway refused b, say): it counts as a no.
-        sim.members[0].lookup("b@h1", &[], now);
+        sim.members[0].lookup("b@h1", &[], now, now);
         sim.pump();
         assert!(sim.found[0].is_empty());
         assert_eq!(sim.unknown[0], ["b@h1"]);
         // Questions from non-members go unanswered.
         let before = sim.lookup_log.len();
-        sim.members[1].handle_datagram("gw-9", &name_message(kind::WHO, "b@h1"), now).unwrap();
+        sim.members[1].handle_datagram("gw-9", &who_message(kind::WHO, 1, "b@h1"), now).unwrap();
         sim.pump();
         assert_eq!(sim.lookup_log.len(), before);
         // A no from a member that was not asked changes nothing.
-        sim.members[0].lookup("nobody@h", &["gw-1".to_string()], now);
-        sim.members[0].handle_datagram("gw-2", &name_message(kind::NOT_HERE, "nobody@h"), now).unwrap();
+        sim.members[0].lookup("nobody@h", &["gw-1".to_string()], now, now);
+        sim.members[0].handle_datagram("gw-2", &who_message(kind::NOT_HERE, 1, "nobody@h"), now).unwrap();
         assert!(sim.members[0].lookups["nobody@h"].denied.is_empty());
     }
 
@@ -1070,23 +1137,20 @@ mod tests {
     fn lookups_are_bounded_and_malformed_answers_refused() {
         let mut m = Membership::new(id(0), 3);
         let now = Instant::now();
-        m.lookup(&"x".repeat(MAX_NAME + 1), &[], now);
-        m.lookup("", &[], now);
+        m.lookup(&"x".repeat(MAX_NAME + 1), &[], now, now);
+        m.lookup("", &[], now, now);
         let unknown = std::iter::from_fn(|| m.poll()).filter(|o| matches!(o, Output::Unknown { .. })).count();
         assert_eq!(unknown, 2, "names no node can have");
         for i in 0..MAX_LOOKUPS {
-            m.lookup(&format!("n{i}@h"), &[], now);
+            m.lookup(&format!("n{i}@h"), &[], now, now);
         }
         assert!(m.poll().is_none(), "no member to ask: waiting");
-        m.lookup("one-more@h", &[], now);
-        assert_eq!(m.poll(), Some(Output::Unknown { name: "one-more@h".into() }));
+        m.lookup("one-more@h", &[], now, now);
+        assert_eq!(m.poll(), Some(Output::Unknown { name: "one-more@h".into(), since: now }));
         // Forgotten after a while (whoever asked gave up long before).
         m.tick(now + LOOKUP_FORGET);
         assert!(m.lookups.is_empty());
-        let mut have = vec![kind::HAVE];
-        have.extend_from_slice(&1u64.to_be_bytes());
-        put_str(&mut have, "x@h");
-        have.extend_from_slice(&7u32.to_be_bytes());
+        let have = have_message(1, 1, "x@h");
         for k in [kind::WHO, kind::NOT_HERE] {
             assert!(m.handle_datagram("gw-1", &[k], now).is_err());
             assert!(m.handle_datagram("gw-1", &[k, 5, b'a'], now).is_err(), "a name cut short");
