@@ -1679,6 +1679,11 @@ mod tests {
         let short = dir.register("c", 1001, Plug::new().0).unwrap();
         assert_eq!(dir.resolve("b@10.0.0.2"), Some(1000));
         assert_eq!(dir.resolve("c@gwhost"), Some(1001));
+        // Without a fabric there is nobody to ask: a name not known is unknown at once.
+        assert_eq!(dir.lookup("c@gwhost").await, Some(1001));
+        let t = std::time::Instant::now();
+        assert_eq!(dir.lookup("zz@nowhere").await, None);
+        assert!(t.elapsed() < Duration::from_millis(100), "{:?}", t.elapsed());
         assert!(matches!(dir.register("b@10.0.0.2", 1, Plug::new().0), Err(RegisterError::Duplicate)));
         // A node that does not listen: listed while it has connections, never resolvable.
         let g1 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7).unwrap();
