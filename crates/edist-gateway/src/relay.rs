@@ -13,13 +13,13 @@
 //! flags, the initiator gets the far side's challenge flags. The cookie stays on each host.
 
 use crate::lane_frame::{self, maybe_compress, Decoded, Frame, LaneCtl, COMPRESSED, CONTROL};
-use crate::local::plug::Plug;
 use crate::policy::{Ingress, Reason, Role, SharedPeer};
 use crate::wire::Msg;
 use bytes::BytesMut;
 use edist_proto::dist::handshake::{
     Acceptor, AcceptorConfig, AcceptorEvent, HandshakeError, Initiator, InitiatorConfig, InitiatorEvent, Status,
 };
+use crate::local::plug::Plug;
 use edist_proto::dist::lane::{Route, Router, Sender};
 use edist_proto::dist::DFlags;
 use std::sync::atomic::{AtomicUsize, Ordering};
