@@ -417,124 +417,6 @@ impl Inner {
         }
     }
 
-    /// The loopback port of `full_name` from what the gateway knows now: a local node's own, or
-    /// that of a listener impersonating a remote node (opened here if need be).
-    fn resolve_now(self: &Arc<Self>, full_name: &str) -> Option<u16> {
-        let mut st = self.lock();
-        if let Some(l) = st.local.get(full_name) {
-            // None for a node that only connects out: nobody can dial it, as with OTP.
-            return l.port;
-        }
-        if let Some(i) = st.impersonators.get(full_name) {
-            return Some(i.port);
-        }
-        if !st.remote.contains_key(full_name) || st.impersonators.len() >= self.cfg.local.max_listeners {
-            return None;
-        }
-        // Open a loopback listener impersonating this node (std, so this stays synchronous).
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
-        listener.set_nonblocking(true).ok()?;
-        let port = listener.local_addr().ok()?.port();
-        let listener = TcpListener::from_std(listener).ok()?;
-        let task = tokio::spawn(impersonate(Arc::downgrade(self), listener, full_name.to_string())).abort_handle();
-        st.impersonators.insert(full_name.to_string(), Impersonator { port, task });
-        debug!(node = %full_name, port, "impersonating");
-        Some(port)
-    }
-
-    /// Whether `full_name` is a node the gateway knows, local or remote (dialable or not).
-    fn knows(&self, full_name: &str) -> bool {
-        let st = self.lock();
-        st.local.contains_key(full_name) || st.remote.contains_key(full_name)
-    }
-
-    /// [`Inner::resolve_now`], or, for a name not known yet, what the fabric says within
-    /// `[local] lookup_wait_ms` (see [`crate::lookup`]): the owner's answer, "nobody has it"
-    /// from every member, or the node list of a peer whose link comes up.
-    async fn lookup(self: &Arc<Self>, full_name: &str) -> Option<u16> {
-        if let Some(port) = self.resolve_now(full_name) {
-            return Some(port);
-        }
-        let plan = lookup::plan(self.lookup_situation());
-        // Known without a port (a local node that does not listen, no listener left to
-        // impersonate with): the fabric has nothing to add.
-        if plan == Plan::Unknown || self.knows(full_name) {
-            return None;
-        }
-        let t0 = tokio::time::Instant::now();
-        let asked = t0.into_std();
-        let deadline = t0 + Duration::from_millis(self.cfg.local.lookup_wait_ms);
-        let likely = if plan == Plan::AskMembers { self.likely_owners(full_name) } else { Vec::new() };
-        debug!(node = %full_name, ?plan, ?likely, "lookup: not known here, asking the fabric");
-        let mut wait = Waiting { inner: self, name: full_name, answer: None };
-        let found = loop {
-            if wait.answer.is_none() {
-                // Joins the lookup in flight, or starts one (again, after one settled).
-                let Some(joined) = lock(&self.waiters).join(full_name) else {
-                    warn!(node = %full_name, "lookup: too many lookups waiting for the fabric; answering unknown");
-                    break None;
-                };
-                wait.answer = Some(joined.answer);
-            }
-            let answer = wait.answer.as_mut().map(|a| *a.borrow_and_update());
-            if let Some(port) = self.resolve_now(full_name) {
-                break Some(port);
-            }
-            if self.knows(full_name) {
-                break None;
-            }
-            let now = tokio::time::Instant::now();
-            let given_up = match plan {
-                Plan::AskMembers => answer.is_some_and(|a| a.unknown_to(asked)),
-                Plan::AwaitLists => lookup::plan(self.lookup_situation()) != Plan::AwaitLists,
-                Plan::Unknown => true,
-            };
-            if given_up || now >= deadline {
-                break None;
-            }
-            if plan == Plan::AskMembers {
-                if let Some(g) = self.gossip.get() {
-                    let _ = g.send(Command::Lookup { name: full_name.to_string(), likely: likely.clone(), asked });
-                }
-            }
-            let next = deadline.min(now + lookup::POLL);
-            if let Some(a) = wait.answer.as_mut() {
-                if let Ok(Err(_)) = tokio::time::timeout_at(next, a.changed()).await {
-                    // Settled, and its value seen: join (or start) the next one.
-                    wait.leave();
-                }
-            }
-        };
-        let ms = t0.elapsed().as_millis();
-        match found {
-            Some(port) => info!(node = %full_name, port, ms, "lookup: found through the fabric"),
-            None => debug!(node = %full_name, ms, "lookup: unknown"),
-        }
-        found
-    }
-
-    /// What a lookup of an unknown name can hope for, now.
-    fn lookup_situation(&self) -> lookup::Situation {
-        let st = self.lock();
-        let cfg = &self.cfg;
-        // A peer's list comes over its own link, or through the gateway it is reached `via`.
-        let peers_missing = cfg.peers.iter().any(|p| !st.listed.contains(&p.name));
-        let seeds_missing = !cfg.fabric.seeds.is_empty() && st.listed.is_empty();
-        lookup::Situation {
-            fabric: self.transport.get().is_some(),
-            membership: cfg.fabric.membership && self.gossip.get().is_some(),
-            may_wait: cfg.local.lookup_wait_ms > 0,
-            uptime: self.started.elapsed(),
-            lists_missing: peers_missing || seeds_missing,
-        }
-    }
-
-    /// The gateways likely to own `name`, to ask first.
-    fn likely_owners(&self, name: &str) -> Vec<String> {
-        let st = self.lock();
-        lookup::likely_owners(name, st.remote.iter().map(|(n, r)| (n.as_str(), r.gateway.as_str())))
-    }
-
     /// The ingress policy for relays from `peer`'s nodes; `None` when its role lets every
     /// packet through untouched.
     fn inbound_policy(self: &Arc<Self>, peer: &str) -> Option<Arc<relay::InboundPolicy>> {
@@ -763,6 +645,127 @@ impl Inner {
                 imp.task.abort();
             }
         }
+    }
+}
+
+/// Lookups from the control port (see [`crate::lookup`]).
+impl Inner {
+    /// The loopback port of `full_name` from what the gateway knows now: a local node's own, or
+    /// that of a listener impersonating a remote node (opened here if need be).
+    fn resolve_now(self: &Arc<Self>, full_name: &str) -> Option<u16> {
+        let mut st = self.lock();
+        if let Some(l) = st.local.get(full_name) {
+            // None for a node that only connects out: nobody can dial it, as with OTP.
+            return l.port;
+        }
+        if let Some(i) = st.impersonators.get(full_name) {
+            return Some(i.port);
+        }
+        if !st.remote.contains_key(full_name) || st.impersonators.len() >= self.cfg.local.max_listeners {
+            return None;
+        }
+        // Open a loopback listener impersonating this node (std, so this stays synchronous).
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
+        listener.set_nonblocking(true).ok()?;
+        let port = listener.local_addr().ok()?.port();
+        let listener = TcpListener::from_std(listener).ok()?;
+        let task = tokio::spawn(impersonate(Arc::downgrade(self), listener, full_name.to_string())).abort_handle();
+        st.impersonators.insert(full_name.to_string(), Impersonator { port, task });
+        debug!(node = %full_name, port, "impersonating");
+        Some(port)
+    }
+
+    /// Whether `full_name` is a node the gateway knows, local or remote (dialable or not).
+    fn knows(&self, full_name: &str) -> bool {
+        let st = self.lock();
+        st.local.contains_key(full_name) || st.remote.contains_key(full_name)
+    }
+
+    /// [`Inner::resolve_now`], or, for a name not known yet, what the fabric says within
+    /// `[local] lookup_wait_ms` (see [`crate::lookup`]): the owner's answer, "nobody has it"
+    /// from every member, or the node list of a peer whose link comes up.
+    async fn lookup(self: &Arc<Self>, full_name: &str) -> Option<u16> {
+        if let Some(port) = self.resolve_now(full_name) {
+            return Some(port);
+        }
+        let plan = lookup::plan(self.lookup_situation());
+        // Known without a port (a local node that does not listen, no listener left to
+        // impersonate with): the fabric has nothing to add.
+        if plan == Plan::Unknown || self.knows(full_name) {
+            return None;
+        }
+        let t0 = tokio::time::Instant::now();
+        let asked = t0.into_std();
+        let deadline = t0 + Duration::from_millis(self.cfg.local.lookup_wait_ms);
+        let likely = if plan == Plan::AskMembers { self.likely_owners(full_name) } else { Vec::new() };
+        debug!(node = %full_name, ?plan, ?likely, "lookup: not known here, asking the fabric");
+        let mut wait = Waiting { inner: self, name: full_name, answer: None };
+        let found = loop {
+            if wait.answer.is_none() {
+                // Joins the lookup in flight, or starts one (again, after one settled).
+                let Some(joined) = lock(&self.waiters).join(full_name) else {
+                    warn!(node = %full_name, "lookup: too many lookups waiting for the fabric; answering unknown");
+                    break None;
+                };
+                wait.answer = Some(joined.answer);
+            }
+            let answer = wait.answer.as_mut().map(|a| *a.borrow_and_update());
+            if let Some(port) = self.resolve_now(full_name) {
+                break Some(port);
+            }
+            if self.knows(full_name) {
+                break None;
+            }
+            let now = tokio::time::Instant::now();
+            let given_up = match plan {
+                Plan::AskMembers => answer.is_some_and(|a| a.unknown_to(asked)),
+                Plan::AwaitLists => lookup::plan(self.lookup_situation()) != Plan::AwaitLists,
+                Plan::Unknown => true,
+            };
+            if given_up || now >= deadline {
+                break None;
+            }
+            if plan == Plan::AskMembers {
+                if let Some(g) = self.gossip.get() {
+                    let _ = g.send(Command::Lookup { name: full_name.to_string(), likely: likely.clone(), asked });
+                }
+            }
+            let next = deadline.min(now + lookup::POLL);
+            if let Some(a) = wait.answer.as_mut() {
+                if let Ok(Err(_)) = tokio::time::timeout_at(next, a.changed()).await {
+                    // Settled, and its value seen: join (or start) the next one.
+                    wait.leave();
+                }
+            }
+        };
+        let ms = t0.elapsed().as_millis();
+        match found {
+            Some(port) => info!(node = %full_name, port, ms, "lookup: found through the fabric"),
+            None => debug!(node = %full_name, ms, "lookup: unknown"),
+        }
+        found
+    }
+
+    /// What a lookup of an unknown name can hope for, now.
+    fn lookup_situation(&self) -> lookup::Situation {
+        let st = self.lock();
+        let cfg = &self.cfg;
+        // A peer's list comes over its own link, or through the gateway it is reached `via`.
+        let peers_missing = cfg.peers.iter().any(|p| !st.listed.contains(&p.name));
+        let seeds_missing = !cfg.fabric.seeds.is_empty() && st.listed.is_empty();
+        lookup::Situation {
+            fabric: self.transport.get().is_some(),
+            membership: cfg.fabric.membership && self.gossip.get().is_some(),
+            may_wait: cfg.local.lookup_wait_ms > 0,
+            uptime: self.started.elapsed(),
+            lists_missing: peers_missing || seeds_missing,
+        }
+    }
+
+    /// The gateways likely to own `name`, to ask first.
+    fn likely_owners(&self, name: &str) -> Vec<String> {
+        let st = self.lock();
+        lookup::likely_owners(name, st.remote.iter().map(|(n, r)| (n.as_str(), r.gateway.as_str())))
     }
 }
 
