@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Role {
+    /// The role a `[roles.NAME]` table of a new name starts from (default `device`; a built-in
+    /// role's table changes the built-in and has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     /// `spawn_request` (and so `erpc`/`rpc` calls) of these `module:function/arity` patterns
     /// (`*` matches any run of characters); `erpc` calls are checked against the MFA they run.
     /// Empty: no spawning at all.
@@ -121,6 +125,7 @@ impl Role {
     /// Everything allowed, no limits: plain Erlang distribution.
     pub fn trusted() -> Role {
         Role {
+            base: None,
             spawn: vec!["*".into()],
             deny_names: Vec::new(),
             allow_names: None,
@@ -148,6 +153,7 @@ impl Role {
     /// monitors, ping; no code execution or remote control; hidden; limits.
     pub fn device() -> Role {
         Role {
+            base: None,
             spawn: Vec::new(),
             deny_names: DEVICE_DENIED_NAMES.iter().map(|s| s.to_string()).collect(),
             allow_names: None,
@@ -173,7 +179,7 @@ impl Role {
 
     /// True when nothing needs to be looked at: packets pass untouched (the fast path).
     pub fn is_open(&self) -> bool {
-        *self == Role::trusted()
+        Role { base: None, ..self.clone() } == Role::trusted()
     }
 
     /// Whether a send to (or monitor of) registered name `name` passes the name lists.
@@ -240,6 +246,9 @@ pub fn resolve_roles(configured: &BTreeMap<String, toml::Table>) -> Result<BTree
             for (k, v) in table {
                 merged.insert(k, v);
             }
+            if !is_builtin_name(name) {
+                merged.insert("base".into(), toml::Value::String(start.clone()));
+            }
             let role: Role = merged.try_into().map_err(|e| format!("[roles.{name}]: {e}"))?;
             roles.insert(name.clone(), role);
             done.insert(name.clone());
@@ -269,7 +278,9 @@ pub fn explain(name: &str, role: &Role) -> String {
     let mut out = String::new();
     let yes = |b: bool| if b { "yes" } else { "no" };
     let limit = |n: u64, unit: &str| if n == 0 { "unlimited".to_string() } else { format!("{n} {unit}") };
-    let _ = writeln!(out, "role {name}{}", if role.is_open() { " (trusted: packets pass untouched)" } else { "" });
+    let from = role.base.as_ref().map(|b| format!(" (from {b})")).unwrap_or_default();
+    let open = if role.is_open() { " (trusted: packets pass untouched)" } else { "" };
+    let _ = writeln!(out, "role {name}{from}{open}");
     if role.audit {
         let _ = writeln!(out, "  AUDIT MODE: refusals below are only logged and counted; everything passes");
     }
