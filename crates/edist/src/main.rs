@@ -152,8 +152,12 @@ fn policy(cmd: PolicyCmd) -> Result<()> {
                 anyhow!("no role {role:?} (known: {})", roles.keys().cloned().collect::<Vec<_>>().join(", "))
             })?;
             print!("{}", edist_gateway::policy::role::explain(&role, r));
-            let peers: Vec<&str> =
-                cfg.peers.iter().filter(|p| p.role.as_deref() == Some(role.as_str())).map(|p| p.name.as_str()).collect();
+            let peers: Vec<&str> = cfg
+                .peers
+                .iter()
+                .filter(|p| p.role.as_deref() == Some(role.as_str()))
+                .map(|p| p.name.as_str())
+                .collect();
             if !peers.is_empty() {
                 println!("\n# peers with this role in the config: {}", peers.join(", "));
             }
@@ -164,8 +168,12 @@ fn policy(cmd: PolicyCmd) -> Result<()> {
         PolicyCmd::List { config } => {
             let cfg = load(config)?;
             for (name, r) in cfg.roles()? {
-                let peers: Vec<&str> =
-                    cfg.peers.iter().filter(|p| p.role.as_deref() == Some(name.as_str())).map(|p| p.name.as_str()).collect();
+                let peers: Vec<&str> = cfg
+                    .peers
+                    .iter()
+                    .filter(|p| p.role.as_deref() == Some(name.as_str()))
+                    .map(|p| p.name.as_str())
+                    .collect();
                 let mut notes = vec![];
                 if r.is_open() {
                     notes.push("trusted".to_string());
@@ -179,7 +187,10 @@ fn policy(cmd: PolicyCmd) -> Result<()> {
                 if !peers.is_empty() {
                     notes.push(format!("peers: {}", peers.join(", ")));
                 }
-                println!("{name}{}", if notes.is_empty() { String::new() } else { format!("  ({})", notes.join("; ")) });
+                println!(
+                    "{name}{}",
+                    if notes.is_empty() { String::new() } else { format!("  ({})", notes.join("; ")) }
+                );
             }
         }
     }
