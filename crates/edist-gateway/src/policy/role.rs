@@ -367,7 +367,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
                 mark = ti;
                 pi += 1;
             }
-            Some(&c) if c == t[ti] => {
+            Some(&c) if t.get(ti) == Some(&c) => {
                 pi += 1;
                 ti += 1;
             }
@@ -381,7 +381,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
             },
         }
     }
-    p[pi..].iter().all(|&c| c == b'*')
+    p.get(pi..).unwrap_or_default().iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
