@@ -1460,7 +1460,14 @@ async fn a_gateway_that_cannot_be_dialled_is_reached_through_a_relay() -> Result
     let _serial = SERIAL.lock().await;
     const SIZE: usize = 20 * MB;
     let peer = |i, j| if i == 2 && j == 0 { "role = \"narrow\"\n".to_string() } else { String::new() };
-    let tail = |i| if i == 2 { "\n[roles.narrow]\nspawn = [\"erlang:node/0\"]\n".to_string() } else { String::new() };
+    // A new role starts from `device`'s rules; this one is trusted but for spawns.
+    let tail = |i| {
+        if i == 2 {
+            "\n[roles.narrow]\nbase = \"trusted\"\nspawn = [\"erlang:node/0\"]\n".to_string()
+        } else {
+            String::new()
+        }
+    };
     let setup = Setup { behind: Some((2, 1)), peer: Some(&peer), tail: Some(&tail), ..Setup::default() };
     let cluster = Cluster::start_with(3, setup).await?;
     // gw-2 has its link to the relay only; gw-0 has no route to it at all.
@@ -2145,6 +2152,15 @@ async fn the_builtin_device_role_pings_and_calls_and_can_do_nothing_else() -> Re
     let r = dev2.eval(&timed(&format!("net_adm:ping({qs})"))).await?;
     ensure!(fast("ping from a new device node after the flood", &r, 3000)? == "pong", "{r}");
     assert_eq!(dev2.eval(&format!("gen_server:call({{kv, {qs}}}, {{get, k}})")).await?, "42");
+    // A connection the server dials is hidden both ways too (the other leg of the handshake).
+    let mut dev3 = cluster.erl(1, "devthree", &[]).await?;
+    let q3 = q(&dev3.name);
+    assert_eq!(srv.eval(&format!("net_adm:ping({q3})")).await?, "pong");
+    let r = srv.eval(&format!("{{lists:member({q3}, nodes()), lists:member({q3}, nodes(hidden))}}")).await?;
+    ensure!(r == "{false,true}", "a device the server dialled is not hidden for it: {r}");
+    let r = dev3.eval(&format!("{{lists:member({qs}, nodes()), lists:member({qs}, nodes(hidden))}}")).await?;
+    ensure!(r == "{false,true}", "the server that dialled is not hidden for the device: {r}");
+    assert_eq!(dev3.eval(&format!("gen_server:call({{kv, {qs}}}, {{get, k}})")).await?, "42");
 
     // Throughout: the trusted node, and global on the server.
     assert_eq!(other.eval(&format!("rpc:call({qs}, erlang, node, [])")).await?, srv.name);
