@@ -361,13 +361,137 @@ fn epmd() {
     write("epmd", "names_resp", &names.encode().unwrap_or_default());
 }
 
+/// The `ingress` target's records: kind (0, 1: from the peer on lane 0 or 1; 2: sent by the
+/// local node), u16 length, packet without its u32 prefix. The peer's node is `dev@h`, ours
+/// `srv@h`: a session of pings, calls, handed pids, links, spawns and refused attacks.
+fn ingress() {
+    let flags = DFlags(OTP25_FLAGS & !(DFlags::DIST_HDR_ATOM_CACHE | DFlags::ATOM_CACHE | DFlags::HIDDEN_ATOM_CACHE));
+    let dev = |n: u32| Pid { node: Atom::from("dev@h"), id: n, serial: 0, creation: 5 };
+    let srv = |n: u32| Pid { node: Atom::from("srv@h"), id: n, serial: 0, creation: 6 };
+    let dref = |n: u32| Ref { node: Atom::from("dev@h"), creation: 5, ids: vec![n, 0, 0] };
+    let sref = |n: u32| Ref { node: Atom::from("srv@h"), creation: 6, ids: vec![n, 0, 0] };
+    let call = |from: Pid, r: Ref, req: Term| {
+        let tag = Term::List(vec![a("alias")], Box::new(Term::Ref(r)));
+        Term::tuple([a("$gen_call"), Term::tuple([Term::Pid(from), tag]), req])
+    };
+    let rec = |kind: u8, c: &Control, payload: Option<&Term>, frag: usize| -> Vec<u8> {
+        let (ctrl, pl) = encode_message(c, payload);
+        let mut packets = Vec::new();
+        frame_message(&mut packets, flags, 3, &ctrl, &pl, frag);
+        let mut out = Vec::new();
+        for p in packets {
+            let body = &p[4..];
+            out.push(kind);
+            out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            out.extend_from_slice(body);
+        }
+        out
+    };
+    let nk = || Atom::from("net_kernel");
+    let kv = || Atom::from("kv");
+    let session: Vec<(&str, Vec<u8>)> = vec![
+        ("ping_monitor", rec(0, &Control::MonitorP { from: dev(1), to: ProcRef::Name(nk()), reference: dref(1) }, None, 0)),
+        (
+            "ping_call",
+            rec(
+                0,
+                &Control::RegSend { from: dev(1), to: nk() },
+                Some(&call(dev(1), dref(1), Term::tuple([a("is_auth"), a("dev@h")]))),
+                0,
+            ),
+        ),
+        (
+            "disconnect",
+            rec(
+                0,
+                &Control::RegSend { from: dev(1), to: nk() },
+                Some(&call(dev(1), dref(2), Term::tuple([a("disconnect"), a("t@h")]))),
+                0,
+            ),
+        ),
+        ("kv_call", rec(0, &Control::RegSend { from: dev(1), to: kv() }, Some(&call(dev(1), dref(3), a("get"))), 0)),
+        ("hand_pid", rec(2, &Control::SendSender { from: srv(2), to: dev(1) }, Some(&Term::Pid(srv(9))), 0)),
+        ("send_handed", rec(1, &Control::SendSender { from: dev(1), to: srv(9) }, Some(&a("hi")), 0)),
+        ("link_refused", rec(0, &Control::Link { from: dev(1), to: srv(9) }, None, 0)),
+        ("local_link", rec(2, &Control::Link { from: srv(9), to: dev(1) }, None, 0)),
+        ("exit_over_link", rec(0, &Control::Exit { from: dev(1), to: srv(9), reason: a("boom") }, None, 0)),
+        ("local_monitor", rec(2, &Control::MonitorP { from: srv(2), to: ProcRef::Pid(dev(1)), reference: sref(4) }, None, 0)),
+        (
+            "down",
+            rec(
+                1,
+                &Control::MonitorPExit { from: ProcRef::Pid(dev(1)), to: srv(2), reference: sref(4), reason: a("x") },
+                None,
+                0,
+            ),
+        ),
+        (
+            "local_spawn",
+            rec(
+                2,
+                &Control::SpawnRequest {
+                    req_id: sref(5),
+                    from: srv(2),
+                    group_leader: srv(3),
+                    module: Atom::from("erpc"),
+                    function: Atom::from("execute_call"),
+                    arity: 4,
+                    opts: Term::list([a("monitor"), a("link")]),
+                },
+                Some(&Term::list([Term::Ref(sref(6)), a("erlang"), a("node"), Term::Nil])),
+                0,
+            ),
+        ),
+        (
+            "spawn_reply",
+            rec(0, &Control::SpawnReply { req_id: sref(5), to: srv(2), flags: 3, result: Term::Pid(dev(7)) }, None, 0),
+        ),
+        (
+            "rpc_refused",
+            rec(
+                0,
+                &Control::SpawnRequest {
+                    req_id: dref(8),
+                    from: dev(1),
+                    group_leader: dev(1),
+                    module: Atom::from("erpc"),
+                    function: Atom::from("execute_call"),
+                    arity: 4,
+                    opts: Term::list([a("monitor")]),
+                },
+                Some(&Term::list([Term::Ref(dref(9)), a("os"), a("cmd"), Term::list([Term::String(b"id".to_vec())])])),
+                0,
+            ),
+        ),
+        ("exit2", rec(0, &Control::Exit2 { from: dev(1), to: srv(9), reason: a("kill") }, None, 0)),
+        ("group_leader", rec(0, &Control::GroupLeader { from: dev(1), to: srv(9) }, None, 0)),
+        (
+            "atoms",
+            rec(0, &Control::RegSend { from: dev(1), to: kv() }, Some(&Term::tuple((0..20).map(|i| a(&format!("x{i}"))).collect::<Vec<_>>())), 0),
+        ),
+        (
+            "fragmented",
+            rec(1, &Control::RegSend { from: dev(1), to: kv() }, Some(&Term::binary(vec![7; 200])), 64),
+        ),
+        ("fun", rec(0, &Control::RegSend { from: dev(1), to: kv() }, Some(&Term::Export { module: Atom::from("os"), function: Atom::from("cmd"), arity: 1 }), 0)),
+    ];
+    let all: Vec<u8> = session.iter().flat_map(|(_, r)| r.clone()).collect();
+    for sel in 0u8..4 {
+        write("ingress", &format!("role{sel}_session"), &[&[sel][..], &all].concat());
+        for (label, r) in &session {
+            write("ingress", &format!("role{sel}_{label}"), &[&[sel][..], r].concat());
+        }
+    }
+}
+
 fn main() {
     etf_and_text();
     from_otp();
     dist();
     handshakes();
     epmd();
-    for t in ["etf_term", "text_parse", "dist_packet", "handshake_acceptor", "handshake_initiator", "epmd"] {
+    ingress();
+    for t in ["etf_term", "text_parse", "dist_packet", "handshake_acceptor", "handshake_initiator", "epmd", "ingress"] {
         let n = fs::read_dir(Path::new("corpus").join(t)).map(|d| d.count()).unwrap_or(0);
         println!("corpus/{t}: {n} files");
     }

@@ -209,6 +209,9 @@ pub struct StatusReport {
     /// Traffic per peer and lane, refusals, handshake outcomes, link events.
     #[serde(default)]
     pub metrics: MetricsSnapshot,
+    /// Per peer gateway under a restricted role: its role, atom budget left, capabilities held.
+    #[serde(default)]
+    pub policy: Vec<policy::PeerReport>,
 }
 
 impl Gateway {
@@ -415,15 +418,43 @@ impl Inner {
             bytes_in,
             bytes_out,
             metrics: self.metrics.snapshot(),
+            policy: self.policy_reports(),
         }
     }
 
-    /// The ingress policy for relays from `peer`'s nodes; `None` when its role lets every
-    /// packet through untouched.
-    fn inbound_policy(self: &Arc<Self>, peer: &str) -> Option<Arc<relay::InboundPolicy>> {
-        let role_name = self.peer_role(peer).unwrap_or_else(|| self.cfg.policy.default_role.clone());
+    /// What each peer gateway under a restricted role uses of it, by peer name.
+    fn policy_reports(&self) -> Vec<policy::PeerReport> {
+        let peers: Vec<(String, policy::SharedPeer)> =
+            lock(&self.peer_budgets).iter().map(|(p, s)| (p.clone(), s.clone())).collect();
+        let mut out: Vec<policy::PeerReport> = peers
+            .into_iter()
+            .map(|(peer, state)| {
+                let (name, role) = self.role_of(&peer);
+                let usage = state.lock().unwrap_or_else(|e| e.into_inner()).usage();
+                policy::PeerReport::new(peer, name, &role, usage)
+            })
+            .collect();
+        out.sort_by(|a, b| a.peer.cmp(&b.peer));
+        out
+    }
+
+    /// The role of peer gateway `peer`, and its name: its config entry's, else its
+    /// certificate's, else `policy.default_role`.
+    fn role_of(&self, peer: &str) -> (String, Arc<policy::Role>) {
+        let name = self.peer_role(peer).unwrap_or_else(|| self.cfg.policy.default_role.clone());
         // Validated with the config; an unknown name cannot get here, but fail closed anyway.
-        let role = self.roles.get(&role_name).cloned().unwrap_or_else(|| Arc::new(policy::Role::device()));
+        let role = self.roles.get(&name).cloned().unwrap_or_else(|| Arc::new(policy::Role::device()));
+        (name, role)
+    }
+
+    /// The ingress policy for a relayed connection between local node `local` and `remote`,
+    /// a node of `peer`'s; `None` when its role lets every packet through untouched.
+    fn inbound_policy(
+        self: &Arc<Self>,
+        peer: &str,
+        (local, remote): (&str, &str),
+    ) -> Option<Arc<relay::InboundPolicy>> {
+        let (_, role) = self.role_of(peer);
         if role.is_open() {
             return None;
         }
@@ -431,14 +462,24 @@ impl Inner {
         let weak = Arc::downgrade(self);
         let peer_name = peer.to_string();
         Some(Arc::new(relay::InboundPolicy {
-            role,
-            peer: shared,
-            on_refuse: Box::new(move |reason, what| {
+            session: policy::Session::new(role, shared, local, remote),
+            on_refuse: Box::new(move |r| {
                 if let Some(inner) = weak.upgrade() {
-                    inner.refuse(&peer_name, reason.as_str(), what);
+                    inner.refuse_by_policy(&peer_name, r);
                 }
             }),
         }))
+    }
+
+    /// Logs (the first of each target at once, then once per burst) and counts a refusal of
+    /// the policy, or in audit mode what it would have refused.
+    fn refuse_by_policy(&self, peer: &str, r: &policy::Refusal) {
+        let reason = r.reason.as_str();
+        let filed = self.refusals.record(peer, reason, &r.target, &r.detail, r.audit);
+        match r.audit {
+            true => self.metrics.audited(&filed, reason),
+            false => self.metrics.refused(&filed, reason),
+        }
     }
 
     /// Registers a node a peer announced, if the peer may claim that name: it matches the peer's
@@ -463,7 +504,7 @@ impl Inner {
 
     /// Logs (once per burst) and counts a refusal.
     fn refuse(&self, peer: &str, reason: &str, what: &str) {
-        let filed = self.refusals.record(peer, reason, what);
+        let filed = self.refusals.record(peer, reason, "", what, false);
         self.metrics.refused(&filed, reason);
     }
 
@@ -484,16 +525,44 @@ impl Inner {
     /// The Prometheus exposition: the counters plus gauges of the current state.
     fn render_metrics(&self) -> String {
         let st = self.status();
-        let n = |v: usize| v as u64;
-        self.metrics.render(&[
-            ("edist_local_nodes", "Local nodes registered", n(st.local_nodes.len())),
-            ("edist_remote_nodes", "Remote nodes announced by peer gateways", n(st.remote_nodes.len())),
-            ("edist_peer_links", "Peer gateways with a link up", n(st.peers.len())),
-            ("edist_impersonated_nodes", "Loopback listeners impersonating remote nodes", n(st.impersonated.len())),
-            ("edist_relays_open", "Relayed connections open", st.relays_open),
-        ])
+        let per = |f: fn(&policy::PeerReport) -> Option<u64>| {
+            st.policy.iter().filter_map(|p| Some((p.peer.clone(), f(p)?))).collect::<Vec<_>>()
+        };
+        let per_peer = [
+            (
+                "edist_policy_atoms_left",
+                "Atoms new to the local nodes a peer gateway may still send (its role's atom budget left)",
+                per(|p| p.atoms_left),
+            ),
+            (
+                "edist_policy_atoms_charged",
+                "New atoms a peer gateway's nodes sent here",
+                per(|p| Some(p.usage.atoms_charged)),
+            ),
+            (
+                "edist_policy_grants",
+                "Pids, aliases and ports handed to a peer gateway's nodes (its capabilities)",
+                per(|p| Some(p.usage.grants)),
+            ),
+            ("edist_policy_links", "Links between local processes and a peer gateway's", per(|p| Some(p.usage.links))),
+        ];
+        self.metrics.render_with(&per_peer_scalars(&st), &per_peer)
     }
+}
 
+/// The gateway-wide gauges of a status.
+fn per_peer_scalars(st: &StatusReport) -> Vec<(&'static str, &'static str, u64)> {
+    let n = |v: usize| v as u64;
+    vec![
+        ("edist_local_nodes", "Local nodes registered", n(st.local_nodes.len())),
+        ("edist_remote_nodes", "Remote nodes announced by peer gateways", n(st.remote_nodes.len())),
+        ("edist_peer_links", "Peer gateways with a link up", n(st.peers.len())),
+        ("edist_impersonated_nodes", "Loopback listeners impersonating remote nodes", n(st.impersonated.len())),
+        ("edist_relays_open", "Relayed connections open", st.relays_open),
+    ]
+}
+
+impl Inner {
     fn local_list(&self) -> Vec<NodeInfo> {
         self.lock().local.iter().map(|(n, l)| NodeInfo { name: n.clone(), creation: l.creation }).collect()
     }
@@ -982,17 +1051,19 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     };
     let (conn, link_peer, _hold, (mut tx, rx)) = open_relay_stream(inner, &gateway).await?;
     let relay_id: u64 = rand::random();
+    // A role that hides the far node: it sees ours as hidden, and ours it (finish_local_leg).
+    let hide = inner.role_of(&gateway).1.hidden;
     let open = Msg::Open {
         relay: relay_id,
         from: from.clone(),
         to: target.to_string(),
-        flags: dial.flags.0 & RELAY_MASK,
+        flags: dial.flags.0 & RELAY_MASK & relay::hidden_mask(hide),
         creation: from_creation,
     };
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
-    let (merger, rxs) = MergerGuard::register(inner, relay_id, &gateway, &link_peer);
+    let (merger, rxs) = MergerGuard::register(inner, relay_id, (&gateway, &link_peer), (&from, target));
     let mut msgs = MsgReader::new(rx);
-    let done = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx, named).await;
+    let done = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx, named, hide).await;
     if let Err(relay::RelayError::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest)) = &done {
         // What the dialled node would log (dist_util), and why it happens behind a gateway;
         // once per burst, since any local process can try.
@@ -1123,14 +1194,20 @@ struct MergerGuard {
 impl MergerGuard {
     /// `origin` is the gateway whose nodes are on the other end (its role applies), `link_peer`
     /// the gateway the link goes to (only it may add lanes): the same unless relayed.
-    fn register(inner: &Arc<Inner>, id: u64, origin: &str, link_peer: &str) -> (MergerGuard, relay::MergerRx) {
+    /// `nodes`: (local node, remote node) of the connection.
+    fn register(
+        inner: &Arc<Inner>,
+        id: u64,
+        (origin, link_peer): (&str, &str),
+        nodes: (&str, &str),
+    ) -> (MergerGuard, relay::MergerRx) {
         let (to_node, rx) = mpsc::channel(64);
         let (replies, replies_rx) = mpsc::unbounded_channel();
         let tx = relay::Merger {
             to_node,
             replies,
             peer: link_peer.into(),
-            policy: inner.inbound_policy(origin),
+            policy: inner.inbound_policy(origin, nodes),
             sync: Arc::default(),
         };
         lock(&inner.mergers).insert(id, tx.clone());
@@ -1218,8 +1295,11 @@ async fn relay_to_local(
         let _ = tx.write_all(&Msg::Refused("no cookie for the local nodes".into()).encode()).await;
         return Err(relay::RelayError::Refused(format!("{from} -> {to}: no cookie for the local nodes")));
     };
-    let (merger, rxs) = MergerGuard::register(&inner, relay_id, &origin, &peer_gateway);
-    let dialled = relay::dial_local_target(port, &from, &to, DFlags(flags), creation, cookie, &mut msgs, &mut tx).await;
+    let (merger, rxs) = MergerGuard::register(&inner, relay_id, (&origin, &peer_gateway), (&to, &from));
+    // A role that hides the peer's nodes: the handshake makes this a hidden connection both ways.
+    let hide = inner.role_of(&origin).1.hidden;
+    let dialled =
+        relay::dial_local_target(port, &from, &to, DFlags(flags), creation, cookie, &mut msgs, &mut tx, hide).await;
     let (sock, leftover) = inner.metrics.handshake(&origin, false, dialled)?;
     info!(%from, %to, via = ?(origin != peer_gateway).then_some(&peer_gateway), "relayed connection up");
     carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, (&to, &origin)).await

@@ -175,6 +175,8 @@ pub struct Metrics {
     peers: Mutex<BTreeMap<String, Arc<PeerStats>>>,
     /// (peer, reason) -> count.
     refusals: Mutex<BTreeMap<(String, String), u64>>,
+    /// (peer, reason) -> count of what a role in audit mode would have refused (it passed).
+    audits: Mutex<BTreeMap<(String, String), u64>>,
     /// (peer, direction, outcome) -> count.
     handshakes: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
     /// (peer, outcome) -> count, for the QUIC + hello handshakes of fabric links.
@@ -199,6 +201,12 @@ impl Metrics {
     /// `reason` is a short fixed word (it becomes a label: no free text, no node names).
     pub fn refused(&self, peer: &str, reason: &str) {
         bump(&self.refusals, (peer.to_string(), reason.to_string()));
+    }
+
+    /// Counts what the policy would have refused of `peer` in audit mode (it passed); `reason`
+    /// as for [`Metrics::refused`].
+    pub fn audited(&self, peer: &str, reason: &str) {
+        bump(&self.audits, (peer.to_string(), reason.to_string()));
     }
 
     /// Counts the outcome of a relayed handshake with a node behind `peer`; `outgoing` when a
@@ -266,6 +274,7 @@ impl Metrics {
         MetricsSnapshot {
             traffic,
             refusals: lock(&self.refusals).iter().map(|((p, r), n)| (p.clone(), r.clone(), *n)).collect(),
+            audits: lock(&self.audits).iter().map(|((p, r), n)| (p.clone(), r.clone(), *n)).collect(),
             handshakes: lock(&self.handshakes)
                 .iter()
                 .map(|((p, d, o), n)| (p.clone(), d.to_string(), o.to_string(), *n))
@@ -278,9 +287,17 @@ impl Metrics {
     /// The Prometheus text exposition of these metrics plus `gauges` (name, help, value),
     /// which the caller reads from its state at scrape time.
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
-        text::render(self, &self.snapshot(), gauges)
+        text::render(self, &self.snapshot(), gauges, &[])
+    }
+
+    /// [`Metrics::render`] plus gauges per peer gateway: (name, help, [(peer, value)]).
+    pub fn render_with(&self, gauges: &[(&str, &str, u64)], per_peer: &[PeerGauge<'_>]) -> String {
+        text::render(self, &self.snapshot(), gauges, per_peer)
     }
 }
+
+/// A gauge with a value per peer gateway: name, help, (peer, value) pairs.
+pub type PeerGauge<'a> = (&'a str, &'a str, Vec<(String, u64)>);
 
 /// What [`Metrics`] counted, for `edist status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +306,9 @@ pub struct MetricsSnapshot {
     pub traffic: Vec<PeerTraffic>,
     /// (peer, reason, count).
     pub refusals: Vec<(String, String, u64)>,
+    /// (peer, reason, count) of what roles in audit mode would have refused (it passed).
+    #[serde(default)]
+    pub audits: Vec<(String, String, u64)>,
     /// (peer, direction, outcome, count) of relayed handshakes.
     pub handshakes: Vec<(String, String, String, u64)>,
     /// (peer, outcome, count) of fabric link handshakes.

@@ -15,7 +15,7 @@
 use crate::fabric::link::Link;
 use crate::lane_frame::{self, maybe_compress, Decoded, Frame, LaneCtl};
 use crate::local::plug::Plug;
-use crate::policy::{Ingress, Reason, Role, SharedPeer};
+use crate::policy::{Refusal, Session};
 use crate::wire::Msg;
 use bytes::BytesMut;
 use edist_proto::dist::handshake::{
@@ -36,6 +36,18 @@ use tokio::time::timeout;
 /// and a dynamic name is given by the dialler's own gateway (the far leg dials under it).
 pub const RELAY_MASK: u64 =
     !(DFlags::DIST_HDR_ATOM_CACHE | DFlags::ATOM_CACHE | DFlags::HIDDEN_ATOM_CACHE | DFlags::NAME_ME);
+
+/// The flags a relayed handshake keeps: all, or all but `PUBLISHED` when the connection is to
+/// be hidden (a node whose peer lacks `PUBLISHED` treats the connection as hidden, and OTP then
+/// clears it on both sides, `dist_util:adjust_flags/2`; no other flag changes, so both legs
+/// still agree on every flag that shapes the bytes).
+pub fn hidden_mask(hide: bool) -> u64 {
+    if hide {
+        !DFlags::PUBLISHED
+    } else {
+        !0
+    }
+}
 
 /// Per-step timeout of a relayed handshake (OTP's `net_setuptime` is 7 s).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(7);
@@ -169,12 +181,16 @@ pub fn impersonating_acceptor(target: &str, creation: u32, cookie: &str) -> Acce
 ///
 /// `named`: the name and creation given to a local node that asked for a dynamic name; it
 /// gets them as its status (`named:`) in place of the far node's `ok`.
+/// `hide`: the far node is presented to the local one as a hidden node (its role says so; the
+/// caller also clears `PUBLISHED` in the `Open` it sent, so both ends see a hidden connection,
+/// as OTP's own handshake would make it when either side is hidden).
 pub async fn finish_local_leg<R, W>(
     sock: &mut TcpStream,
     acc: &mut Acceptor,
     msgs: &mut MsgReader<R>,
     tx: &mut W,
     named: Option<(String, u32)>,
+    hide: bool,
 ) -> Result<Vec<u8>, RelayError>
 where
     R: AsyncRead + Unpin,
@@ -224,7 +240,7 @@ where
                 // As OTP's acceptor answers a node that asks for a name: NAME_ME in place of
                 // PUBLISHED, or the node refuses the connection (dist_util:do_setnode).
                 Some(_) => (flags & RELAY_MASK & !DFlags::PUBLISHED) | DFlags::NAME_ME,
-                None => flags & RELAY_MASK,
+                None => flags & RELAY_MASK & hidden_mask(hide),
             };
             acc.set_flags(DFlags(flags));
             acc.set_creation(creation);
@@ -261,6 +277,7 @@ where
 
 /// The far side: dial the real local node `to` as `from` and mirror the handshake over the
 /// relay stream. Returns the connected socket and bytes the node sent after its ack.
+/// `hide`: `from` is presented to `to` as a hidden node, and `to` to `from` (its role says so).
 #[allow(clippy::too_many_arguments)]
 pub async fn dial_local_target<R, W>(
     port: u16,
@@ -271,6 +288,7 @@ pub async fn dial_local_target<R, W>(
     cookie: &str,
     msgs: &mut MsgReader<R>,
     tx: &mut W,
+    hide: bool,
 ) -> Result<(TcpStream, Vec<u8>), RelayError>
 where
     R: AsyncRead + Unpin,
@@ -282,7 +300,7 @@ where
     let _ = sock.set_nodelay(true);
     let mut init = Initiator::new(InitiatorConfig {
         name: from.to_string(),
-        flags: DFlags(flags.0 & RELAY_MASK),
+        flags: DFlags(flags.0 & RELAY_MASK & hidden_mask(hide)),
         creation,
         cookie: cookie.as_bytes().to_vec(),
         challenge: rand::random(),
@@ -316,7 +334,8 @@ where
                 }
             }
             Some(InitiatorEvent::Challenge { flags, creation, .. }) => {
-                tx.write_all(&Msg::Challenge { flags: flags.0, creation }.encode()).await?;
+                let flags = flags.0 & hidden_mask(hide);
+                tx.write_all(&Msg::Challenge { flags, creation }.encode()).await?;
                 match msgs.next("proceed").await? {
                     Msg::Proceed => init.reply()?,
                     m => return Err(RelayError::Unexpected(m)),
@@ -556,15 +575,13 @@ pub type Stamped = (std::time::Instant, Vec<u8>);
 /// The receiving ends of a relay's [`Merger`]: packets for the local node, replies for the peer.
 pub type MergerRx = (mpsc::Receiver<Stamped>, mpsc::UnboundedReceiver<Vec<u8>>);
 
-/// Called with each refusal and its description.
-pub type OnRefuse = Box<dyn Fn(Reason, &str) + Send + Sync>;
+/// Called with each refusal (or, in audit mode, each would-be refusal).
+pub type OnRefuse = Box<dyn Fn(&Refusal) + Send + Sync>;
 
-/// What an incoming lane needs to inspect packets under its peer's role.
+/// What a relay needs to inspect packets under its peer's role.
 pub struct InboundPolicy {
-    /// The peer gateway's role.
-    pub role: Arc<Role>,
-    /// The peer's shared budgets (atoms, rates).
-    pub peer: SharedPeer,
+    /// The connection under the peer gateway's role (role, the peer's shared state, the nodes).
+    pub session: Arc<Session>,
     /// Called for each refusal (logging once per burst and counting are the gateway's).
     pub on_refuse: OnRefuse,
 }
@@ -809,6 +826,8 @@ where
     let (sr, mut sw) = sock.into_split();
     let (mut m_out, mut m_in) = metrics.split();
     let sync = merger.sync.clone();
+    // What the node sends the peer, shown to the policy (the peer's capabilities, free atoms).
+    let mut egress = merger.policy.as_ref().map(|p| p.session.egress());
     // Lane 0 in: its packets join the merger like any other lane's.
     // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
     let mut lane0_in = tokio::spawn(feed_lane(0, Frames::new(rx, pending_to_sock, true), merger));
@@ -881,6 +900,10 @@ where
                         // Ticks stay here: the far node gets its own from its gateway.
                         if p == TICK {
                             continue;
+                        }
+                        // Before it is queued: what it hands the peer exists before the peer can use it.
+                        if let Some(e) = egress.as_mut() {
+                            e.packet(&p);
                         }
                         let load = |l: u64| queued.get(l as usize).map_or(0, |q| q.load(Ordering::Relaxed));
                         let route = router.route(p.get(4..).unwrap_or_default(), load);
@@ -1092,7 +1115,7 @@ where
 /// Feeds the frames of incoming lane `lane` to the relay's merger: packets through the policy,
 /// in order, each after the barriers in front of it.
 async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger: Merger) -> std::io::Result<()> {
-    let mut ingress = merger.policy.as_ref().map(|p| Ingress::new(p.role.clone(), p.peer.clone()));
+    let mut ingress = merger.policy.as_ref().map(|p| p.session.ingress());
     while let Some((f, wire)) = frames.next().await? {
         let p = match f {
             Frame::Packet(p) => p,
@@ -1117,19 +1140,20 @@ async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger
         };
         let forward = match (&mut ingress, &merger.policy) {
             (Some(ingress), Some(policy)) => {
-                let wait = ingress.delay(&p, std::time::Instant::now());
-                if !wait.is_zero() {
-                    // Over the role's rate: this lane (and through QUIC flow control, its sender) waits.
-                    tokio::time::sleep(wait).await;
-                }
+                // Inspected first, then rated: only what passes counts against the role's
+                // rates, so refused traffic does not delay the peer's allowed traffic.
                 let verdict = ingress
-                    .packet(p)
+                    .packet(p, std::time::Instant::now())
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-                if let Some((reason, why)) = &verdict.refused {
-                    (policy.on_refuse)(*reason, why);
+                if let Some(refusal) = &verdict.refused {
+                    (policy.on_refuse)(refusal);
                 }
                 for r in verdict.reply {
                     let _ = merger.replies.send(r);
+                }
+                if !verdict.wait.is_zero() {
+                    // Over the role's rate: this lane (and through QUIC flow control, its sender) waits.
+                    tokio::time::sleep(verdict.wait).await;
                 }
                 verdict.forward
             }

@@ -250,6 +250,40 @@ async fn an_expired_certificate_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// A refused peer learns one fixed code, not why (rustls's text would tell an expired
+/// certificate's dates, or the names a certificate is valid for).
+#[tokio::test]
+async fn refused_certificates_get_a_fixed_code_not_the_cause() -> Result<()> {
+    let dir = cluster("fixed", &["gw-a", "gw-b"])?;
+    pki::issue(&dir.0, "gw-old", 1, expired_options())?;
+    let (a, _) = endpoint(&dir.0, "gw-a")?;
+    let (b, b_addr) = endpoint(&dir.0, "gw-b")?;
+    let (old, old_addr) = endpoint(&dir.0, "gw-old")?;
+    let rogue = TempDir::new("fixed-rogue");
+    pki::init_ca(&rogue.0, "rogue", &CaOptions::default())?;
+    pki::issue(&rogue.0, "gw-c", 30, IssueOptions::default())?;
+    let (c, _) = endpoint(&rogue.0, "gw-c")?;
+    // (case, client, server, its address and name, the client's name, the refused side)
+    for (what, client, server, addr, name, ours, refused) in [
+        ("expired client", &old, &b, b_addr, "gw-b", "gw-old", "dial"),
+        ("client of another CA", &c, &b, b_addr, "gw-b", "gw-c", "dial"),
+        ("expired server", &a, &old, old_addr, "gw-old", "gw-a", "accept"),
+    ] {
+        let (dialed, accepted) = attempt(client, server, addr, name, ours).await?;
+        for (side, r) in [("dial", &dialed), ("accept", &accepted)] {
+            let Err(e) = r else { bail!("{what}, {side}: accepted") };
+            let text = e.to_string();
+            eprintln!("{what}, {side}: {text}");
+            let details = ["expired", "UNIX", "UnknownIssuer", "not valid"];
+            assert!(!details.iter().any(|d| text.contains(d)), "{what}, {side}: {text}");
+            if side == refused {
+                assert!(text.contains(quic::CERT_REFUSED), "{what}, {side}: {text}");
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_hello_must_name_the_certificate_identity() -> Result<()> {
     let dir = cluster("liar", &["gw-a", "gw-b"])?;

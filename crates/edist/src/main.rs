@@ -89,6 +89,11 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Inspect the ingress policy of a configuration.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Check this host's setup: config, gateway, certificates, fabric port, clock, a node's
     /// registration, erl, epmd. One line per check; exit status 1 on any FAIL.
     Doctor {
@@ -111,6 +116,85 @@ enum Cmd {
         #[arg(long)]
         plug_source: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Print the effective rules of a role (built-in or `[roles.NAME]`, with its `base` and
+    /// overrides applied): in words, then as the complete TOML table.
+    Explain {
+        /// The role's name (`device`, `trusted`, or one of the config's `[roles.NAME]`).
+        role: String,
+        /// The gateway's TOML configuration (default: the built-in roles only).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+    /// List the roles of a configuration, and which peers have which.
+    List {
+        /// The gateway's TOML configuration (default: the built-in roles only).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+}
+
+fn policy(cmd: PolicyCmd) -> Result<()> {
+    let load = |config: Option<std::path::PathBuf>| -> Result<edist_gateway::config::Config> {
+        Ok(match config {
+            Some(p) => edist_gateway::config::Config::load(&p)?,
+            None => edist_gateway::config::Config::default(),
+        })
+    };
+    match cmd {
+        PolicyCmd::Explain { role, config } => {
+            let cfg = load(config)?;
+            let roles = cfg.roles()?;
+            let r = roles.get(&role).ok_or_else(|| {
+                anyhow!("no role {role:?} (known: {})", roles.keys().cloned().collect::<Vec<_>>().join(", "))
+            })?;
+            print!("{}", edist_gateway::policy::role::explain(&role, r));
+            let peers: Vec<&str> = cfg
+                .peers
+                .iter()
+                .filter(|p| p.role.as_deref() == Some(role.as_str()))
+                .map(|p| p.name.as_str())
+                .collect();
+            if !peers.is_empty() {
+                println!("\n# peers with this role in the config: {}", peers.join(", "));
+            }
+            if cfg.policy.default_role == role {
+                println!("# the default role: peers without one (in the config or their certificate) get it");
+            }
+        }
+        PolicyCmd::List { config } => {
+            let cfg = load(config)?;
+            for (name, r) in cfg.roles()? {
+                let peers: Vec<&str> = cfg
+                    .peers
+                    .iter()
+                    .filter(|p| p.role.as_deref() == Some(name.as_str()))
+                    .map(|p| p.name.as_str())
+                    .collect();
+                let mut notes = vec![];
+                if r.is_open() {
+                    notes.push("trusted".to_string());
+                }
+                if r.audit {
+                    notes.push("audit".to_string());
+                }
+                if cfg.policy.default_role == name {
+                    notes.push("default".to_string());
+                }
+                if !peers.is_empty() {
+                    notes.push(format!("peers: {}", peers.join(", ")));
+                }
+                println!(
+                    "{name}{}",
+                    if notes.is_empty() { String::new() } else { format!("  ({})", notes.join("; ")) }
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -154,6 +238,7 @@ fn run() -> Result<()> {
                 println!("{v}");
             }
             Cmd::Certs { cmd } => certs(cmd)?,
+            Cmd::Policy { cmd } => policy(cmd)?,
             Cmd::Demo => demo::run().await?,
             Cmd::Gateway { config } => {
                 let cfg = match config {

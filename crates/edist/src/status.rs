@@ -218,6 +218,32 @@ pub fn render(r: &StatusReport, rates: &[PeerRate]) -> String {
     for (p, why, n) in &r.metrics.refusals {
         let _ = writeln!(s, "  {p:<20} {why:<20} {n}");
     }
+    if !r.metrics.audits.is_empty() {
+        let _ = writeln!(s, "audit (would refuse, passed):");
+        for (p, why, n) in &r.metrics.audits {
+            let _ = writeln!(s, "  {p:<20} {why:<20} {n}");
+        }
+    }
+    if !r.policy.is_empty() {
+        let _ = writeln!(s, "policy:");
+        for p in &r.policy {
+            let atoms = match p.atoms_left {
+                Some(left) => format!("atoms left {left} of {}", p.atom_budget),
+                None => "atoms unlimited".into(),
+            };
+            let u = &p.usage;
+            let _ = writeln!(
+                s,
+                "  {:<20} role {}{}  {atoms}  grants {}  links {}  monitors {}",
+                p.peer,
+                p.role,
+                if p.audit { " (audit)" } else { "" },
+                u.grants,
+                u.links,
+                u.monitors
+            );
+        }
+    }
     let _ = writeln!(s, "remote nodes:");
     for (n, g) in &r.remote_nodes {
         let _ = writeln!(s, "  {n:<40} via {g}");
@@ -256,6 +282,14 @@ mod tests {
                 refusals: vec![("gw-b".into(), "policy".into(), 3)],
                 ..Default::default()
             },
+            policy: vec![edist_gateway::policy::PeerReport {
+                peer: "gw-b".into(),
+                role: "device".into(),
+                audit: false,
+                atom_budget: 10,
+                atoms_left: Some(4),
+                usage: Default::default(),
+            }],
         }
     }
 
@@ -268,6 +302,7 @@ mod tests {
         assert!(text.contains("now in 4.0 kB/s 0 msg/s, out 400 B/s 40 msg/s"), "{text}");
         assert!(text.contains("lane 1"), "{text}");
         assert!(text.contains("policy") && text.contains(" 3\n"), "{text}");
+        assert!(text.contains("role device  atoms left 4 of 10"), "{text}");
         assert!(text.contains("a@10.0.0.1") && text.contains("port 4242"), "{text}");
         assert!(text.contains("dyn@hosta") && text.contains("connects out only"), "{text}");
         // Counters that went backwards (a restarted gateway) give 0, not a huge rate.

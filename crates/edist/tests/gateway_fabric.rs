@@ -1460,7 +1460,14 @@ async fn a_gateway_that_cannot_be_dialled_is_reached_through_a_relay() -> Result
     let _serial = SERIAL.lock().await;
     const SIZE: usize = 20 * MB;
     let peer = |i, j| if i == 2 && j == 0 { "role = \"narrow\"\n".to_string() } else { String::new() };
-    let tail = |i| if i == 2 { "\n[roles.narrow]\nspawn = [\"erlang:node/0\"]\n".to_string() } else { String::new() };
+    // A new role starts from `device`'s rules; this one is trusted but for spawns.
+    let tail = |i| {
+        if i == 2 {
+            "\n[roles.narrow]\nbase = \"trusted\"\nspawn = [\"erlang:node/0\"]\n".to_string()
+        } else {
+            String::new()
+        }
+    };
     let setup = Setup { behind: Some((2, 1)), peer: Some(&peer), tail: Some(&tail), ..Setup::default() };
     let cluster = Cluster::start_with(3, setup).await?;
     // gw-2 has its link to the relay only; gw-0 has no route to it at all.
@@ -2066,6 +2073,229 @@ fn refusals(st: &Value) -> Vec<(String, String, u64)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The issue-16 acceptance test: host 1's gateway has the **built-in** `device` role (from its
+/// certificate), host 0's config adds only an allow-list of one registered name (`kv`); host 2
+/// is trusted. The device pings, calls and sends to `kv`, and uses a pid it was handed; it
+/// cannot kill (link or exit), disconnect, register or lock global names, run code (rpc, erpc,
+/// spawn, code_server, raw rex), hijack a group leader or stop the node; its atom flood stops
+/// at the budget without locking its gateway out (a new node behind it still connects). The
+/// server's `global:sync()` and the trusted node keep working; every refusal is answered fast
+/// and shows in the log and the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builtin_device_role_pings_and_calls_and_can_do_nothing_else() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cert_args = |i| if i == 1 { vec!["--role".to_string(), "device".into()] } else { vec![] };
+    let tail = |i| match i {
+        0 => "\n[roles.device]\nallow_names = [\"kv\"]\n".into(),
+        _ => String::new(),
+    };
+    let cluster =
+        Cluster::start_with(3, Setup { cert_args: Some(&cert_args), tail: Some(&tail), ..Setup::default() }).await?;
+    let mut srv = cluster.erl(0, "srv", &[]).await?;
+    let mut dev = cluster.erl(1, "dev", &["+t", "4000000"]).await?;
+    let mut other = cluster.erl(2, "other", &[]).await?;
+    let (qs, qd, qo) = (q(&srv.name), q(&dev.name), q(&other.name));
+    let r = srv.eval("edist_fabric_t:start_server(kv), ok").await?;
+    ensure!(r == "ok", "{r}");
+    // `{Result, Ms}` of `timed(...)`, the result itself possibly a tuple.
+    let fast = |what: &str, r: &str, limit_ms: u64| -> Result<String> {
+        let inner = r.strip_prefix('{').and_then(|r| r.strip_suffix('}')).with_context(|| r.to_string())?;
+        let (res, ms) = inner.rsplit_once(',').with_context(|| r.to_string())?;
+        let ms: u64 = ms.parse().with_context(|| r.to_string())?;
+        ensure!(ms < limit_ms, "{what} took {ms} ms: {res}");
+        Ok(res.to_string())
+    };
+    // The trusted node and the server, and global between them.
+    assert_eq!(other.eval(&format!("net_adm:ping({qs})")).await?, "pong");
+    assert_eq!(other.eval("global:register_name(edist_other, self())").await?, "yes");
+    let r = srv.eval(&timed("global:sync()")).await?;
+    ensure!(fast("the server's global:sync()", &r, 5000)? == "ok", "{r}");
+
+    // Ping works, fast; the device is a hidden node for the server, and the server for it.
+    let r = dev.eval(&timed(&format!("net_adm:ping({qs})"))).await?;
+    ensure!(fast("ping from the device", &r, 3000)? == "pong", "{r}");
+    let r = srv.eval(&format!("{{lists:member({qd}, nodes()), lists:member({qd}, nodes(hidden))}}")).await?;
+    ensure!(r == "{false,true}", "the device is not hidden for the server: {r}");
+    let r = dev.eval(&format!("{{lists:member({qs}, nodes()), lists:member({qs}, nodes(hidden))}}")).await?;
+    ensure!(r == "{false,true}", "the server is not hidden for the device: {r}");
+
+    // Calls and sends to the allowed name.
+    assert_eq!(dev.eval(&format!("gen_server:call({{kv, {qs}}}, {{put, k, 42}})")).await?, "ok");
+    assert_eq!(dev.eval(&format!("{{kv, {qs}}} ! {{note, 1}}")).await?, "{note,1}");
+    assert_eq!(srv.eval("gen_server:call(kv, {get, k})").await?, "42");
+    // A pid the server hands over is a capability: the device calls it directly.
+    ensure!(dev.eval("register(inbox, self())").await? == "true");
+    let r = srv.eval(&format!("{{inbox, {qd}}} ! {{kv, whereis(kv)}}")).await?;
+    ensure!(r.starts_with("{kv,"), "{r}");
+    let r = dev.eval("receive {kv, P} -> put(kv, P), ok after 5000 -> timeout end").await?;
+    ensure!(r == "ok", "{r}");
+    assert_eq!(dev.eval("gen_server:call(get(kv), {get, k})").await?, "42");
+    let kv0 = srv.eval("whereis(kv)").await?;
+
+    // Kill: by exit/2, by a link then a crash. The link is answered at once, as a link to a
+    // process that is not there.
+    ensure!(dev.eval("exit(get(kv), kill)").await? == "true");
+    let r = dev
+        .eval(&timed(
+            "P = get(kv), Me = self(), \
+             spawn(fun() -> process_flag(trap_exit, true), link(P), \
+                            Me ! {linked, receive {'EXIT', P, X} -> X after 5000 -> timeout end} end), \
+             receive {linked, X} -> X after 6000 -> none end",
+        ))
+        .await?;
+    ensure!(fast("a refused link", &r, 2000)? == "noproc", "{r}");
+    let r = dev.eval("P = get(kv), spawn(fun() -> catch link(P), exit(boom) end), ok").await?;
+    ensure!(r == "ok", "{r}");
+    sleep(Duration::from_millis(500)).await;
+    ensure!(srv.eval("whereis(kv)").await? == kv0, "kv was killed or restarted");
+
+    // Disconnect a trusted node through net_kernel: refused at once.
+    for req in [format!("{{disconnect, {qo}}}"), "{connect, normal, 'x@nowhere'}".to_string()] {
+        let r = dev.eval(&timed(&format!("catch gen_server:call({{net_kernel, {qs}}}, {req}, 10000)"))).await?;
+        ensure!(fast("a net_kernel request", &r, 2000)?.contains("edist_refused"), "{req}: {r}");
+    }
+    let r = dev.eval(&format!("{{net_kernel, {qs}}} ! {{self(), registered_send, kv, x}}, ok")).await?;
+    ensure!(r == "ok", "{r}");
+    assert_eq!(srv.eval(&format!("lists:member({qo}, nodes())")).await?, "true");
+
+    // Global: the device's registration stays on its side, it cannot lock on the server, and
+    // the server's global:sync() does not wait for it.
+    assert_eq!(dev.eval("global:register_name(edist_dev, self())").await?, "yes");
+    // (`true` on the device: global counts a node that does not answer as not objecting.)
+    let r = dev.eval(&timed(&format!("catch global:set_lock({{edist_lock, self()}}, [{qs}], 0)"))).await?;
+    fast("a global lock from the device", &r, 10_000)?;
+    // Had the device's lock been taken here, a requester of ours could not have it.
+    assert_eq!(srv.eval("global:set_lock({edist_lock, self()}, [node()], 0)").await?, "true");
+    assert_eq!(srv.eval("global:del_lock({edist_lock, self()}, [node()])").await?, "true");
+    let r = dev.eval(&format!("{{global_name_server, {qs}}} ! {{register, edist_raw, self(), x}}, ok")).await?;
+    ensure!(r == "ok", "{r}");
+    let r = srv.eval(&timed("global:sync()")).await?;
+    ensure!(fast("the server's global:sync()", &r, 5000)? == "ok", "{r}");
+    assert_eq!(
+        srv.eval("{global:whereis_name(edist_dev), global:whereis_name(edist_raw)}").await?,
+        "{undefined,undefined}"
+    );
+    ensure!(srv.eval("is_pid(global:whereis_name(edist_other))").await? == "true", "global between trusted nodes");
+
+    // Code: rpc, erpc, spawn, code_server, raw rex — refused, fast, and nothing ran.
+    let file = cluster.dir.join("pwned");
+    let touch = format!("\"touch {}\"", file.display());
+    let r = dev.eval(&timed(&format!("rpc:call({qs}, os, cmd, [{touch}])"))).await?;
+    ensure!(fast("rpc", &r, 2000)? == "{badrpc,{'EXIT',edist_refused}}", "{r}");
+    let r = dev.eval(&timed(&format!("catch erpc:call({qs}, os, cmd, [{touch}])"))).await?;
+    ensure!(fast("erpc", &r, 2000)?.contains("edist_refused"), "{r}");
+    let r = dev.eval(&timed(&format!("catch spawn({qs}, os, cmd, [{touch}])"))).await?;
+    fast("spawn/4", &r, 2000)?;
+    let r = dev.eval(&timed(&format!("catch spawn({qs}, fun() -> os:cmd({touch}) end)"))).await?;
+    fast("spawn/2", &r, 2000)?;
+    let r = dev
+        .eval(&timed(&format!("catch gen_server:call({{code_server, {qs}}}, {{ensure_loaded, os}}, 10000)")))
+        .await?;
+    ensure!(fast("code_server", &r, 2000)?.contains("noproc"), "{r}");
+    let r = dev
+        .eval(&format!(
+            "{{rex, {qs}}} ! {{self(), {{call, os, cmd, [{touch}], group_leader()}}}}, \
+             receive {{rex, X}} -> X after 1000 -> no_answer end"
+        ))
+        .await?;
+    ensure!(r == "no_answer", "raw rex: {r}");
+    sleep(Duration::from_millis(300)).await;
+    ensure!(!file.exists(), "a command ran on the server");
+
+    // Group leader, stopping the node.
+    let gl0 = srv.eval("element(2, process_info(whereis(kv), group_leader))").await?;
+    ensure!(dev.eval("group_leader(self(), get(kv))").await? == "true");
+    for stop in [
+        format!("{{init, {qs}}} ! {{stop, stop}}"),
+        format!("rpc:call({qs}, init, stop, [])"),
+        format!("catch erpc:call({qs}, erlang, halt, [])"),
+    ] {
+        dev.eval(&stop).await?;
+    }
+    sleep(Duration::from_millis(1000)).await;
+    ensure!(srv.eval("element(2, process_info(whereis(kv), group_leader))").await? == gl0, "group leader changed");
+    assert_eq!(srv.eval("node()").await?, srv.name);
+
+    // An atom flood: 12,000 messages of one new atom each, then a million more atoms, cut at
+    // the budget (10,000, the built-in's); refusals stay fast, and a new node behind the
+    // device's gateway still connects.
+    let atoms0: i64 = srv.eval("erlang:system_info(atom_count)").await?.parse()?;
+    let r = dev
+        .eval_within(
+            &format!(
+                "[{{kv, {qs}}} ! {{one, list_to_atom(\"edist_g_\" ++ integer_to_list(I))}} || I <- lists:seq(1, 12000)], \
+                 [{{kv, {qs}}} ! {{atoms, [list_to_atom(\"edist_f_\" ++ integer_to_list(I * 10000 + J)) || J <- lists:seq(0, 9999)]}} \
+                 || I <- lists:seq(0, 99)], gen_server:call({{kv, {qs}}}, {{get, k}})"
+            ),
+            Duration::from_secs(120),
+        )
+        .await?;
+    ensure!(r == "42", "{r}");
+    let atoms1: i64 = srv.eval("erlang:system_info(atom_count)").await?.parse()?;
+    ensure!(atoms1 - atoms0 <= 10_000 + 100, "atom table grew by {} (budget 10000)", atoms1 - atoms0);
+    let r = dev.eval(&timed(&format!("catch gen_server:call({{init, {qs}}}, x, 10000)"))).await?;
+    ensure!(fast("a denied call after the flood", &r, 2000)?.contains("noproc"), "{r}");
+    let r = dev
+        .eval(&timed(&format!(
+            "catch gen_server:call({{kv, {qs}}}, {{put, list_to_atom(\"edist_zz_new\"), 1}}, 10000)"
+        )))
+        .await?;
+    ensure!(fast("a call with a new atom after the flood", &r, 2000)?.contains("edist_refused"), "{r}");
+    let mut dev2 = cluster.erl(1, "devtwo", &[]).await?;
+    let r = dev2.eval(&timed(&format!("net_adm:ping({qs})"))).await?;
+    ensure!(fast("ping from a new device node after the flood", &r, 3000)? == "pong", "{r}");
+    assert_eq!(dev2.eval(&format!("gen_server:call({{kv, {qs}}}, {{get, k}})")).await?, "42");
+    // A connection the server dials is hidden both ways too (the other leg of the handshake).
+    let mut dev3 = cluster.erl(1, "devthree", &[]).await?;
+    let q3 = q(&dev3.name);
+    assert_eq!(srv.eval(&format!("net_adm:ping({q3})")).await?, "pong");
+    let r = srv.eval(&format!("{{lists:member({q3}, nodes()), lists:member({q3}, nodes(hidden))}}")).await?;
+    ensure!(r == "{false,true}", "a device the server dialled is not hidden for it: {r}");
+    let r = dev3.eval(&format!("{{lists:member({qs}, nodes()), lists:member({qs}, nodes(hidden))}}")).await?;
+    ensure!(r == "{false,true}", "the server that dialled is not hidden for the device: {r}");
+    assert_eq!(dev3.eval(&format!("gen_server:call({{kv, {qs}}}, {{get, k}})")).await?, "42");
+
+    // Throughout: the trusted node, and global on the server.
+    assert_eq!(other.eval(&format!("rpc:call({qs}, erlang, node, [])")).await?, srv.name);
+    assert_eq!(other.eval(&format!("net_adm:ping({qs})")).await?, "pong");
+    let r = srv.eval(&timed("global:sync()")).await?;
+    ensure!(fast("the server's global:sync() at the end", &r, 5000)? == "ok", "{r}");
+    assert_eq!(srv.eval("whereis(kv)").await?, kv0);
+
+    // Each kind of refusal is counted for the device's gateway, and logged (the first of each
+    // target at once); the budget left shows in the status.
+    let st = cluster.host(0)?.status().await?;
+    let refusals = refusals(&st);
+    for reason in ["service", "name", "spawn", "link", "signal", "atoms"] {
+        ensure!(refusals.iter().any(|(p, r, n)| p == "gw-1" && r == reason && *n >= 1), "no {reason} refusal: {st}");
+    }
+    ensure!(!refusals.iter().any(|(p, _, _)| p == "gw-2"), "the trusted peer was refused: {st}");
+    let left = st
+        .get("policy")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|p| p.get("peer").and_then(Value::as_str) == Some("gw-1")))
+        .and_then(|p| p.get("atoms_left"))
+        .and_then(Value::as_u64);
+    ensure!(left == Some(0), "atoms left for gw-1: {left:?} in {st}");
+    let log = std::fs::read_to_string(&cluster.host(0)?.log)?;
+    for line in [
+        "refused request to net_kernel other than net_adm:ping's is_auth",
+        "refused spawn of os:cmd/1",
+        "refused spawn of erlang:apply/2",
+        "refused send to registered name rex",
+        "refused monitor of registered name code_server",
+        "refused link to a process that did not link to the peer",
+        "refused exit2 signal",
+        "refused group_leader signal",
+        "registered name global_name_server",
+        "refused atom budget of 10000 used up",
+    ] {
+        ensure!(log.contains(line), "no log line {line:?}");
+    }
+    cluster.passed();
+    Ok(())
 }
 
 /// Host 1's certificate grants only `good*@*`: its gateway's announcement of another name is

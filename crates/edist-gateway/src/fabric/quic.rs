@@ -377,10 +377,12 @@ pub fn server_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::Serv
 }
 
 /// The TLS server side of every transport: TLS 1.3, client certificate of the cluster CA
-/// required, ALPN `edist/1`, no resumption.
+/// required, ALPN `edist/1`, no resumption. A refused certificate is answered with one fixed
+/// code ([`CERT_REFUSED`]), whatever the cause.
 pub fn tls_server_config(id: &TlsIdentity) -> Result<rustls::ServerConfig> {
     let provider = crypto_provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(root_store(&id.ca)?, provider.clone()).build()?;
+    let verifier = Arc::new(FixedRefusal::new(verifier));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -410,16 +412,130 @@ pub fn tls_client_config(id: &TlsIdentity, any_identity: bool) -> Result<rustls:
     let provider = crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = match any_identity {
-        true => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyClusterServer { roots: root_store(&id.ca)?, provider })),
-        false => builder.with_root_certificates(root_store(&id.ca)?),
+    // Either way a refused server certificate is answered with the fixed code, not its cause.
+    let inner: Arc<dyn rustls::client::danger::ServerCertVerifier> = match any_identity {
+        true => Arc::new(AnyClusterServer { roots: root_store(&id.ca)?, provider: provider.clone() }),
+        false => rustls::client::WebPkiServerVerifier::builder_with_provider(root_store(&id.ca)?, provider).build()?,
     };
+    let builder = builder.dangerous().with_custom_certificate_verifier(Arc::new(FixedRefusal::new(inner)));
     let mut tls = builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.resumption = Resumption::disabled();
     Ok(tls)
+}
+
+/// What a peer whose certificate is refused is told, whatever the cause (expired, unknown CA,
+/// bad signature, ...): the TLS alert `access_denied` (QUIC: crypto error 0x131), with this
+/// reason text. The cause (with details such as expiry times) stays in this gateway's log.
+pub const CERT_REFUSED: &str = "invalid peer certificate: ApplicationVerificationFailure";
+
+/// A certificate verifier that refuses as `inner` does, but with one fixed error: rustls's own
+/// errors carry details (an expired certificate's dates, the names it is valid for) that QUIC
+/// sends to the peer as the close reason, and a refused peer learns nothing from us.
+#[derive(Debug)]
+struct FixedRefusal<V: ?Sized> {
+    inner: Arc<V>,
+    /// When the last cause was logged (at most one line a second; the rest are counted).
+    logged: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl<V: ?Sized> FixedRefusal<V> {
+    fn new(inner: Arc<V>) -> Self {
+        FixedRefusal { inner, logged: std::sync::Mutex::new((None, 0)) }
+    }
+
+    fn refuse(&self, e: rustls::Error) -> rustls::Error {
+        let mut l = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if l.0.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            let more = std::mem::take(&mut l.1);
+            l.0 = Some(now);
+            tracing::info!("refused a peer's certificate: {e} ({more} more refused since the last line)");
+        } else {
+            l.1 += 1;
+        }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for FixedRefusal<dyn rustls::server::danger::ClientCertVerifier> {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now).map_err(|e| self.refuse(e))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss).map_err(|e| self.refuse(e))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss).map_err(|e| self.refuse(e))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for FixedRefusal<dyn rustls::client::danger::ServerCertVerifier> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now).map_err(|e| self.refuse(e))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss).map_err(|e| self.refuse(e))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss).map_err(|e| self.refuse(e))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The server name a seed dial asks for: unknown, so [`AnyClusterServer`] ignores it.

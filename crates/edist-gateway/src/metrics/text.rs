@@ -63,11 +63,22 @@ fn histogram(out: &mut String, name: &str, help: &str, series: &[(&str, &Histogr
 }
 
 /// Renders everything; `gauges` are (name, help, value) read by the caller at scrape time.
-pub(super) fn render(m: &Metrics, s: &MetricsSnapshot, gauges: &[(&str, &str, u64)]) -> String {
+pub(super) fn render(
+    m: &Metrics,
+    s: &MetricsSnapshot,
+    gauges: &[(&str, &str, u64)],
+    per_peer: &[super::PeerGauge<'_>],
+) -> String {
     let mut out = String::with_capacity(8192);
     for (name, help, v) in gauges {
         head(&mut out, name, "gauge", help);
         sample(&mut out, name, &[], v);
+    }
+    for (name, help, values) in per_peer {
+        head(&mut out, name, "gauge", help);
+        for (peer, v) in values {
+            sample(&mut out, name, &[("peer", peer)], v);
+        }
     }
 
     let mut sent = vec![];
@@ -106,6 +117,15 @@ pub(super) fn render(m: &Metrics, s: &MetricsSnapshot, gauges: &[(&str, &str, u6
     head(&mut out, "edist_refusals_total", "counter", "Requests refused, by peer and reason");
     for (p, r, n) in &s.refusals {
         sample(&mut out, "edist_refusals_total", &[("peer", p), ("reason", r)], n);
+    }
+    head(
+        &mut out,
+        "edist_policy_audit_total",
+        "counter",
+        "What roles in audit mode would have refused (it passed), by peer and reason",
+    );
+    for (p, r, n) in &s.audits {
+        sample(&mut out, "edist_policy_audit_total", &[("peer", p), ("reason", r)], n);
     }
     head(&mut out, "edist_handshakes_total", "counter", "Relayed distribution handshakes, by outcome");
     for (p, d, o, n) in &s.handshakes {

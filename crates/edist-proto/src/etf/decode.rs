@@ -1,5 +1,6 @@
 //! Build an owned [`Term`] from bytes.
 
+use super::keys::KeyCheck;
 use super::reader::{AtomText, Reader, Token};
 use super::term::{Atom, Fun, Pid, Port, Ref, Term};
 use super::{inflate, tag, DecodeError, Limits};
@@ -59,9 +60,14 @@ impl<'l> Decoder<'l> {
     /// top (`compressed_ok`), as in OTP; its inflated content may not be compressed again.
     fn term_at(&self, r: &mut Reader<'_>, depth: u32, compressed_ok: bool) -> Result<Term, DecodeError> {
         let mut stack: Vec<Open> = Vec::new();
+        // Maps with a repeated key are refused, as OTP refuses them (and as `walk` does).
+        let mut keys = KeyCheck::default();
         loop {
             let level = depth.saturating_add(stack.len() as u32);
             let tok = r.token()?;
+            if !matches!(tok, Token::Compressed { .. }) {
+                keys.token(&tok, r.position())?;
+            }
             let mut done = match tok {
                 Token::Tuple(_) | Token::Map(_) | Token::List(_) | Token::Fun { .. } => {
                     let n = tok.children();

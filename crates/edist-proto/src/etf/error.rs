@@ -37,6 +37,9 @@ pub enum DecodeError {
     /// zlib data is corrupt or does not inflate to exactly the announced size.
     #[error("corrupt compressed term")]
     BadCompression,
+    /// A map has the same key twice (under `=:=`, as OTP compares them); OTP refuses the term.
+    #[error("map with a repeated key, at offset {0}")]
+    DuplicateMapKey(usize),
     /// Bytes remain after the term where none were expected.
     #[error("{0} trailing bytes after the term")]
     TrailingBytes(usize),

@@ -7,6 +7,7 @@
 mod decode;
 mod encode;
 mod error;
+mod keys;
 mod reader;
 pub mod tag;
 mod term;
@@ -16,6 +17,7 @@ mod walk;
 pub use decode::{decode, decode_versioned, Decoder};
 pub use encode::{encode, encode_into, encode_versioned, encoded_len_hint};
 pub use error::DecodeError;
+pub use keys::term_hash;
 pub use reader::{AtomText, Reader, Token};
 pub use term::{Atom, Fun, Pid, Port, Ref, Term};
 pub use text::{parse, ParseError};

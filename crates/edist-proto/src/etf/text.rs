@@ -701,9 +701,10 @@ impl<'a> Parser<'a> {
         if self.eat('}') {
             return Ok(Term::Map(pairs));
         }
-        // Keys are compared by their encoding (exact, like `=:=`); a repeated key keeps the
-        // last value, in the first key's place.
-        let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+        // Keys are compared by value, as `=:=` in OTP 25 does (`"ab"` and `[97,98]`, `0.0` and
+        // `-0.0`, maps in any order are one key; see `etf::term_hash`); a repeated key keeps the
+        // last value, in the first key's place, so the map encodes as OTP accepts it.
+        let mut seen: HashMap<u128, usize> = HashMap::new();
         loop {
             let k = self.term()?;
             self.skip_ws();
@@ -711,7 +712,8 @@ impl<'a> Parser<'a> {
                 return Err(self.unexpected("'=>'"));
             }
             let v = self.term()?;
-            let key = encode(&k);
+            let encoded = encode(&k);
+            let key = super::term_hash(&encoded).unwrap_or(u128::MAX - pairs.len() as u128);
             match seen.get(&key).and_then(|i| pairs.get_mut(*i)) {
                 Some(slot) => slot.1 = v,
                 None => {

@@ -1,5 +1,6 @@
 //! Validate and walk a term without building it — the gateway's hot path.
 
+use super::keys::KeyCheck;
 use super::reader::{AtomText, Reader, Token};
 use super::{inflate, DecodeError, Limits};
 
@@ -74,6 +75,8 @@ fn walk_in<'a, V: Visitor<'a>>(
     // Remaining children at each open level; its length is the current depth.
     let mut stack: Vec<u64> = Vec::with_capacity(16);
     stack.push(1);
+    // Maps with a repeated key are refused, as OTP refuses them.
+    let mut keys = KeyCheck::default();
     while let Some(top) = stack.last_mut() {
         if *top == 0 {
             stack.pop();
@@ -83,6 +86,9 @@ fn walk_in<'a, V: Visitor<'a>>(
         let depth = stack.len() as u32;
         let token = r.token()?;
         check_atoms(&token, atom_refs)?;
+        if !matches!(token, Token::Compressed { .. }) {
+            keys.token(&token, r.position())?;
+        }
         if let Token::Compressed { size, data } = &token {
             if depth > 1 || !compressed_ok {
                 return Err(DecodeError::UnknownTag { tag: super::tag::COMPRESSED, offset: r.position() });
