@@ -32,6 +32,7 @@
 //! relay = false                    # relay for peers that dial in and cannot be dialled
 //! link_idle_ms = 30000             # with membership: idle links close after this
 //! advertise = "10.0.0.1"           # address others reach us at (default: listen's, or the route to a seed)
+//! drain_ms = 5000                  # on SIGTERM: how long relayed connections may drain
 //!
 //! [[peers]]                        # other gateways by name (see also fabric.seeds)
 //! name = "gw-b"
@@ -190,6 +191,10 @@ pub struct FabricConfig {
     /// The address other gateways reach this one at (default: `listen`'s address if it names
     /// one, else the address that routes to the first seed).
     pub advertise: Option<std::net::IpAddr>,
+    /// On SIGTERM or SIGINT, how long relayed connections may take to send what is queued
+    /// before the links close (default 5000 ms; keep it below the service manager's stop
+    /// timeout).
+    pub drain_ms: u64,
 }
 
 /// Another gateway: one this gateway dials (with `addr`), or one that only dials in (without),
@@ -294,6 +299,7 @@ impl Default for FabricConfig {
             link_idle_ms: 30_000,
             advertise: None,
             relay: false,
+            drain_ms: 5000,
         }
     }
 }
