@@ -75,9 +75,11 @@ struct Peer {
     conn: Arc<dyn Link>,
     control: mpsc::UnboundedSender<Msg>,
     usage: Arc<LinkUsage>,
-    /// Why it was opened, and when (for `edist status`).
+    /// Why it was opened, when, and the serial of the certificate the peer presented (for
+    /// `edist status`).
     why: LinkReason,
     since: tokio::time::Instant,
+    serial: String,
 }
 
 /// How busy a link is: relayed connections on it, and since when it has had none.
@@ -1420,7 +1422,16 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
         let mut st = inner.lock();
         let links = st.peers.entry(peer.clone()).or_default();
         let since = tokio::time::Instant::now();
-        links.push(Peer { link_id, conn: conn.clone(), control: ctl_tx.clone(), usage: usage.clone(), why, since });
+        let serial = link.grant.serial.clone();
+        links.push(Peer {
+            link_id,
+            conn: conn.clone(),
+            control: ctl_tx.clone(),
+            usage: usage.clone(),
+            why,
+            since,
+            serial,
+        });
         links.len() == 1
     };
     inner.metrics.link_handshake(&peer, true);

@@ -313,6 +313,7 @@ mod tests {
                 id: 3,
                 why: LinkReason::Seed,
                 remote: "10.0.0.2:4371".into(),
+                serial: "ab12".into(),
                 relays: 0,
                 idle_ms: 61_000,
                 up_ms: 3_700_000,

@@ -51,6 +51,8 @@ pub struct LinkStatus {
     pub why: LinkReason,
     /// The peer's fabric address as seen on the link.
     pub remote: String,
+    /// Serial of the certificate the peer presented when the link was set up.
+    pub serial: String,
     /// Relayed connections it carries now.
     pub relays: u64,
     /// Milliseconds it has carried no relayed connection (0 while it carries one).
@@ -126,6 +128,7 @@ pub(super) fn links(st: &State) -> Vec<LinkStatus> {
             id: l.link_id,
             why: l.why,
             remote: l.conn.remote_address().to_string(),
+            serial: l.serial.clone(),
             relays: l.usage.relays.load(std::sync::atomic::Ordering::Relaxed),
             idle_ms: millis(l.usage.idle_for()),
             up_ms: millis(now.duration_since(l.since)),
