@@ -20,6 +20,9 @@ struct Cli {
     /// Log lines as `text` or `json` (one object per line, for log collectors).
     #[arg(long, global = true, env = "EDIST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Check the command line and exit (for the docs' snippet checks).
+    #[arg(long, global = true, hide = true)]
+    parse_only: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -129,6 +132,9 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if cli.parse_only {
+        return std::process::ExitCode::SUCCESS;
+    }
     let format = if cli.log_format == "json" { logs::Format::Json } else { logs::Format::Text };
     // A daemon says what it does; a one-shot command only what went wrong.
     let default_filter = match cli.cmd {
