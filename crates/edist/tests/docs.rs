@@ -131,7 +131,7 @@ fn check_erl_args(args: &[String]) -> Result<()> {
         }
         let params: Vec<&String> = args[i..].iter().take_while(|p| !p.starts_with('-')).collect();
         i += params.len();
-        ensure!(!params.is_empty() && params.len() % 2 == 0, "{a} {params:?}: not Key Value pairs");
+        ensure!(!params.is_empty() && params.len().is_multiple_of(2), "{a} {params:?}: not Key Value pairs");
         for pair in params.chunks(2) {
             let (key, value) = (pair[0], pair[1]);
             let key_ok = key.starts_with(|c: char| c.is_ascii_lowercase())
