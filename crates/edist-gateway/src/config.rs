@@ -308,10 +308,12 @@ impl Default for FabricConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    // The cause is part of the message, not `source()`, so that both `{}` and anyhow's `{:#}`
+    // print it once.
+    #[error("reading {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Parse { path: PathBuf, error: Box<toml::de::Error> },
     #[error("{0}")]
     Invalid(String),
 }
@@ -320,7 +322,7 @@ impl Config {
     /// Parses TOML text.
     pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Config, ConfigError> {
         let cfg: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(e) })?;
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), error: Box::new(e) })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -328,7 +330,7 @@ impl Config {
     /// Reads a TOML file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_path_buf(), source: e })?;
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_path_buf(), error: e })?;
         Self::from_toml(&text, path)
     }
 

@@ -323,7 +323,9 @@ impl Gateway {
                 let fabric = t.local_addr().map_err(|e| GatewayError::Fabric(e.to_string()))?;
                 tasks.extend(start_membership(&inner, &id, fabric).await?);
             }
-            inner.sync_dialers();
+            if !cfg.fabric.membership {
+                inner.sync_dialers();
+            }
             if !cfg.fabric.seeds.is_empty() && !cfg.fabric.membership {
                 let (st, dns) = discovery::from_config(&cfg.fabric.seeds);
                 let sources: Vec<Box<dyn Discovery>> = vec![Box::new(st), Box::new(dns)];

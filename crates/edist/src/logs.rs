@@ -29,7 +29,7 @@ pub fn init(format: Format, default_filter: &str) {
 /// parseable), else as `edist: ...` on stderr.
 pub fn fatal(format: Format, error: &anyhow::Error) {
     match format {
-        Format::Json => tracing::error!(error = %format!("{error:#}"), "edist: {error:#}"),
+        Format::Json => tracing::error!("edist: {error:#}"),
         Format::Text => eprintln!("edist: {error:#}"),
     }
 }

@@ -193,6 +193,9 @@ impl Inner {
             let now = serial(&id);
             report.certificate_changed = now != before;
             report.certificate = Some(now);
+        } else if crate::pki::node_paths(&cfg.fabric.certs, &self.cfg.name).cert.exists() {
+            // The fabric (its endpoint, its tasks) starts with the gateway.
+            report.needs_restart.push("fabric (a certificate is there now; the gateway started without one)".into());
         }
         *lock(&self.live) = Arc::new(live);
         if !self.cfg.fabric.membership {
