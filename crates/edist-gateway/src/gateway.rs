@@ -131,8 +131,8 @@ struct State {
     local: HashMap<String, LocalNode>,
     remote: HashMap<String, RemoteNode>,
     /// Links to each peer gateway, oldest first. Normally one; when both gateways dial at
-    /// once there can briefly be two, and both are kept (closing either would cut the
-    /// connections it carries); new relays use the newest.
+    /// once there are two for a moment: new relays take the one that stays, and the other
+    /// closes once it carries nothing (`inventory::prune_duplicates_later`).
     peers: HashMap<String, Vec<Peer>>,
     impersonators: HashMap<String, Impersonator>,
     /// Fabric addresses of the gateways membership holds alive.
@@ -934,7 +934,7 @@ async fn open_relay_stream(
     Err(relay::RelayError::Refused(format!("link to {gateway}: {}", error.map(|e| e.to_string()).unwrap_or_default())))
 }
 
-/// The newest link to `gateway` (or to the gateway it is reached through, `via`), held for a
+/// The link to `gateway` (or to the gateway it is reached through, `via`), held for a
 /// relayed connection, and the gateway at its other end; with membership, one is dialled if
 /// there is none.
 async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(Arc<dyn Link>, String, LinkHold), relay::RelayError> {
@@ -942,7 +942,8 @@ async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(Arc<dyn Link>, St
     let hop = via.unwrap_or_else(|| gateway.to_string());
     let newest = |inner: &Inner| {
         let st = inner.lock();
-        st.peers.get(&hop).and_then(|l| l.last()).map(|p| (p.conn.clone(), hop.clone(), p.usage.hold()))
+        let link = st.peers.get(&hop).and_then(|l| inventory::preferred(&inner.cfg.name, &hop, l));
+        link.map(|p| (p.conn.clone(), hop.clone(), p.usage.hold()))
     };
     if let Some(l) = newest(inner) {
         return Ok(l);

@@ -1,7 +1,7 @@
 //! What `edist status` shows of the fabric besides the registry: the links and why each is
 //! open, the gateways membership knows and their state, the role each peer has here.
 
-use super::{Inner, State};
+use super::{Inner, Peer, State};
 use crate::fabric::link::Closed;
 use crate::fabric::membership::MemberState;
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,13 @@ pub(super) fn prune_duplicates_later(inner: &std::sync::Arc<Inner>, peer: &str) 
             }
         }
     });
+}
+
+/// The link new relayed connections to `peer` take: of two, the one that stays (see
+/// [`prune_duplicates_later`]), so that none starts on a link about to close; else the newest.
+pub(super) fn preferred<'a>(me: &str, peer: &str, links: &'a [Peer]) -> Option<&'a Peer> {
+    let stays_dialled_by_me = me < peer;
+    links.iter().rev().find(|l| (l.why != LinkReason::Accepted) == stays_dialled_by_me).or_else(|| links.last())
 }
 
 /// The links in the state, by peer then link number.
