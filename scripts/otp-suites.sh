@@ -19,9 +19,11 @@
 #   --out DIR     where logs go (default $OTPSUITES_WORK/edist/<date-time>)
 #   --fabric 'KEY = VALUE'   a line for both gateways' [fabric] table (repeatable), e.g.
 #                 --fabric 'lanes = 0' or --fabric 'relay_buffer = 1048576'
+#   --release     build edist with --release (throughput-bound cases such as
+#                 distribution_SUITE:exit_dist_fragments time out with a debug build)
 #
 # Environment: EDIST_BIN (an `edist` binary; default: `cargo build -p edist` here and use
-# target/debug/edist), OTPSUITES_HARNESS (the harness folder with run.sh; default
+# target/debug/edist, or target/release/edist with --release), OTPSUITES_HARNESS (the harness folder with run.sh; default
 # ../shared/otp-suites beside this repo, then /work/shared/otp-suites), OTPSUITES_WORK (where
 # the harness keeps the fetched OTP sources, default ~/.cache/otpsuites), SUITE_TIMEOUT
 # (seconds per suite run, default 2400), EDIST_LOG (gateway log filter, default info).
@@ -45,6 +47,7 @@
 #   <mode>/<SUITE>.*.console.log    ct_run's console
 #   <mode>/<SUITE>.out              run.sh's output
 #   <mode>/<SUITE>.gw/gw-{a,b}.log  gateway logs; .toml configs, certs/, status-*.json at the end
+#   <mode>/<SUITE>.gw/refused.txt   the gateways' refusals (relays refused, counted by reason)
 #   summary.md                      the table and failing cases
 # Exit status 0 when no suite run had a failure.
 #
@@ -61,13 +64,14 @@ die() { echo "otp-suites: $*" >&2; exit 2; }
 say() { echo "otp-suites: $*" >&2; }
 
 # ------------------------------------------------------------------ options
-PLAIN=0 ONE=0 TWO=1 EPMD="" CASES="" SKIP="" OUT="" FABRIC=""
+PLAIN=0 ONE=0 TWO=1 EPMD="" CASES="" SKIP="" OUT="" FABRIC="" PROFILE=debug
 SUITES=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --plain) PLAIN=1 ;;
         --one) ONE=1 ;;
         --no-two) TWO=0 ;;
+        --release) PROFILE=release ;;
         --epmd) EPMD="${2:-}"; shift ;;
         --cases) CASES="${2:-}"; shift ;;
         --skip) SKIP="${2:-}"; shift ;;
@@ -117,9 +121,10 @@ fi
 if [ -n "${EDIST_BIN:-}" ]; then
     EDIST="$EDIST_BIN"
 else
+    if [ "$PROFILE" = release ]; then set -- --release; else set --; fi
     # shellcheck disable=SC1091
-    (cd "$REPO" && . scripts/setup.sh && cargo build --quiet -p edist) || die "cargo build -p edist failed"
-    EDIST="${CARGO_TARGET_DIR:-$REPO/target}/debug/edist"
+    (cd "$REPO" && . scripts/setup.sh && cargo build --quiet "$@" -p edist) || die "cargo build -p edist failed"
+    EDIST="${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE/edist"
 fi
 [ -x "$EDIST" ] || die "no edist binary at $EDIST"
 EDIST="$(cd "$(dirname "$EDIST")" && pwd)/$(basename "$EDIST")"
@@ -271,6 +276,16 @@ run_one() {
     awk '$1=="run.sh:" && $2=="failed" {c=$3; sub(/^[^:]*:/,"",c); printf "%s ", c}
          $1=="run.sh:" && $2=="auto_skipped" {c=$3; sub(/^[^:]*:/,"",c); printf "[%s] ", c}' "$log" >"$OUT/$mode/$suite.failed"
     if grep -q "no 'TEST COMPLETE'" "$log"; then printf '(ct_run did not complete) ' >>"$OUT/$mode/$suite.failed"; fi
+    if [ "$mode" != plain ]; then
+        # Refused relays say much about a failure (a node the gateway does not know, a
+        # handshake it could not complete): each message with its count.
+        grep -h 'refused' "$dir"/gw-*.log 2>/dev/null | sed -e 's/^.*relay ended: //' \
+            | sort | uniq -c | sort -rn >"$dir/refused.txt"
+        if [ -s "$dir/refused.txt" ] && [ -s "$OUT/$mode/$suite.failed" ]; then
+            printf '(gateways refused %s relays: %s) ' "$(awk '{n += $1} END {print n}' "$dir/refused.txt")" \
+                "$dir/refused.txt" >>"$OUT/$mode/$suite.failed"
+        fi
+    fi
     say "$mode $suite: $(cat "$OUT/$mode/$suite.result") (p/f/s) rc=$rc $((t1 - t0))s  $(cat "$OUT/$mode/$suite.failed")"
 }
 
