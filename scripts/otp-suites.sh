@@ -23,10 +23,12 @@
 #                 distribution_SUITE:exit_dist_fragments time out with a debug build)
 #
 # Environment: EDIST_BIN (an `edist` binary; default: `cargo build -p edist` here and use
-# target/debug/edist, or target/release/edist with --release), OTPSUITES_HARNESS (the harness folder with run.sh; default
-# ../shared/otp-suites beside this repo, then /work/shared/otp-suites), OTPSUITES_WORK (where
-# the harness keeps the fetched OTP sources, default ~/.cache/otpsuites), SUITE_TIMEOUT
-# (seconds per suite run, default 2400), EDIST_LOG (gateway log filter, default info).
+# target/debug/edist, or target/release/edist with --release), OTPSUITES_HARNESS (the
+# harness folder with run.sh; default ../shared/otp-suites beside this repo, then
+# /work/shared/otp-suites), OTPSUITES_WORK (where the harness keeps the fetched OTP sources,
+# default ~/.cache/otpsuites), SUITE_TIMEOUT (seconds per suite run, default 2400), EDIST_LOG
+# (gateway log filter, default info). The gateways take the cookie of ~/.erlang.cookie (the
+# suites' nodes use it), which is created if missing.
 #
 # How: the OTP sources are fetched at run time by the harness (Debian's source package of the
 # installed erlang; nothing of OTP goes into git) and compiled first, with the network. Then,
@@ -53,6 +55,17 @@
 #
 # Needs root (network namespaces, apt-get for what is missing: erlang-base erlang-dev
 # erlang-common-test erlang-os-mon gcc iproute2).
+#
+# Baseline (issue 13; edist 0.1.0 at 4f36f36, debug build, 2 shared cores), p/f/s:
+#   suite                   plain OTP  one gateway  two gateways
+#   pg_SUITE                25/0/0     25/0/0       23..25 / 0..2 / 0 (6 runs; ordering, flaky)
+#   erpc_SUITE (--epmd a)   20/0/2     20/0/2       20/0/2   (without --epmd: the ei-node cases
+#                                                            fail, then cascade: 12/8/2)
+#   rpc_SUITE               16/0/4     16/0/4       16/0/4
+#   distribution_SUITE      51/0/0     51/0/0       46/5/0 (2 runs)
+#   global_SUITE            40/0/2     40/0/2       40/0/2
+#   erl_distribution_SUITE  34/1/0     34/1/0       24/11/0  (epmd_reconnect fails in full runs
+#                                                            in a namespace on plain OTP too)
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
