@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# OTP's own distribution test suites (OTP 25.2.3: pg, erpc, rpc, erts distribution, global,
+# erl_distribution) run ACROSS TWO edist GATEWAYS, so that the relay carries every connection
+# between the suite's control node and the nodes it starts.
+#
+#   scripts/otp-suites.sh [OPTIONS] [SUITE...]
+#
+#   SUITE...      default: pg_SUITE erpc_SUITE rpc_SUITE distribution_SUITE global_SUITE
+#                 erl_distribution_SUITE ("_SUITE" may be left off: `pg rpc`)
+#   --plain       also run each suite on plain OTP (epmd, no edist)
+#   --one         also run each suite with every node behind one gateway (tests the plug:
+#                 nodes behind one gateway connect to each other directly, not via the relay)
+#   --no-two      skip the two-gateway run (with --plain/--one)
+#   --epmd a|b    export ERL_EPMD_PORT=<control port of gw-a or gw-b>, so that C nodes
+#                 (erpc_SUITE's ei node, started by the control node: use `a`) register with
+#                 the gateway instead of an epmd
+#   --cases "C1 C2"   run only these cases (run.sh ONLY_CASES)
+#   --skip "C1 C2"    skip these cases (run.sh SKIP_CASES)
+#   --out DIR     where logs go (default $OTPSUITES_WORK/edist/<date-time>)
+#   --fabric 'KEY = VALUE'   a line for both gateways' [fabric] table (repeatable), e.g.
+#                 --fabric 'lanes = 0' or --fabric 'relay_buffer = 1048576'
+#   --release     build edist with --release (throughput-bound cases such as
+#                 distribution_SUITE:exit_dist_fragments time out with a debug build)
+#
+# Environment: EDIST_BIN (an `edist` binary; default: `cargo build -p edist` here and use
+# target/debug/edist, or target/release/edist with --release), OTPSUITES_HARNESS (the
+# harness folder with run.sh; default ../shared/otp-suites beside this repo, then
+# /work/shared/otp-suites), OTPSUITES_WORK (where the harness keeps the fetched OTP sources,
+# default ~/.cache/otpsuites), SUITE_TIMEOUT (seconds per suite run, default 2400), EDIST_LOG
+# (gateway log filter, default info). The gateways take the cookie of ~/.erlang.cookie (the
+# suites' nodes use it), which is created if missing.
+#
+# How: the OTP sources are fetched at run time by the harness (Debian's source package of the
+# installed erlang; nothing of OTP goes into git) and compiled first, with the network. Then,
+# for each suite and mode, a fresh network namespace of its own (only `lo`): a throw-away CA
+# and certificates for gw-a and gw-b (`edist certs`), both gateways started in the namespace
+# (each a [[peers]] of the other; gw-a control 127.0.0.1:4370 fabric :4371, gw-b control :4380
+# fabric :4381), and ct_run started there too: the control node with
+# CT_ERL_ARGS="-edist_gateway 127.0.0.1:4370" (gw-a), every other node with
+# ERL_FLAGS="$(edist erl-flags --gateway 127.0.0.1:4380)" (gw-b; a node takes the first
+# -edist_gateway of its command line). On exit everything left in the namespaces is killed and
+# the namespaces deleted.
+#
+# Output: one line per suite run, then a table
+#   | suite | plain OTP | one gateway | two gateways |    (passed/failed/skipped)
+# and the failing cases per suite and mode (auto-skipped cases, e.g. after a failing
+# init_per_group, in brackets). Everything is kept under the output directory:
+#   <mode>/<SUITE>/...              CT logs (ct_run.*/…/run.*/suite.log, per-case HTML)
+#   <mode>/<SUITE>.*.console.log    ct_run's console
+#   <mode>/<SUITE>.out              run.sh's output
+#   <mode>/<SUITE>.gw/gw-{a,b}.log  gateway logs; .toml configs, certs/, status-*.json at the end
+#   <mode>/<SUITE>.gw/refused.txt   the gateways' refusals (relays refused, counted by reason)
+#   summary.md                      the table and failing cases
+# Exit status 0 when no suite run had a failure.
+#
+# Needs root (network namespaces, apt-get for what is missing: erlang-base erlang-dev
+# erlang-common-test erlang-os-mon gcc iproute2).
+#
+# Baseline (issue 13; edist 0.1.0 at 4f36f36, debug build, 2 shared cores), p/f/s:
+#   suite                   plain OTP  one gateway  two gateways
+#   pg_SUITE                25/0/0     25/0/0       23..25 / 0..2 / 0 (6 runs; ordering, flaky)
+#   erpc_SUITE (--epmd a)   20/0/2     20/0/2       20/0/2   (without --epmd: the ei-node cases
+#                                                            fail, then cascade: 12/8/2)
+#   rpc_SUITE               16/0/4     16/0/4       16/0/4
+#   distribution_SUITE      51/0/0     51/0/0       46/5/0 (2 runs)
+#   global_SUITE            40/0/2     40/0/2       40/0/2
+#   erl_distribution_SUITE  34/1/0     34/1/0       24/11/0  (epmd_reconnect fails in full runs
+#                                                            in a namespace on plain OTP too)
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ALL_SUITES="pg_SUITE erpc_SUITE rpc_SUITE distribution_SUITE global_SUITE erl_distribution_SUITE"
+A_CONTROL=127.0.0.1:4370 A_FABRIC=127.0.0.1:4371
+B_CONTROL=127.0.0.1:4380 B_FABRIC=127.0.0.1:4381
+
+die() { echo "otp-suites: $*" >&2; exit 2; }
+say() { echo "otp-suites: $*" >&2; }
+
+# ------------------------------------------------------------------ options
+PLAIN=0 ONE=0 TWO=1 EPMD="" CASES="" SKIP="" OUT="" FABRIC="" PROFILE=debug
+SUITES=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --plain) PLAIN=1 ;;
+        --one) ONE=1 ;;
+        --no-two) TWO=0 ;;
+        --release) PROFILE=release ;;
+        --epmd) EPMD="${2:-}"; shift ;;
+        --cases) CASES="${2:-}"; shift ;;
+        --skip) SKIP="${2:-}"; shift ;;
+        --out) OUT="${2:-}"; shift ;;
+        --fabric) FABRIC="$FABRIC${2:-}"$'\n'; shift ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) s="${1%.erl}"; s="${s%_SUITE}_SUITE"; SUITES+=("$s") ;;
+    esac
+    shift
+done
+[ ${#SUITES[@]} -gt 0 ] || read -r -a SUITES <<<"$ALL_SUITES"
+case "$EPMD" in "" | a | b) ;; *) die "--epmd takes a or b" ;; esac
+[ -n "$CASES" ] && [ -n "$SKIP" ] && die "--cases and --skip do not combine"
+MODES=()
+[ "$PLAIN" = 1 ] && MODES+=(plain)
+[ "$ONE" = 1 ] && MODES+=(one)
+[ "$TWO" = 1 ] && MODES+=(two)
+[ ${#MODES[@]} -gt 0 ] || die "nothing to run (--no-two without --plain or --one)"
+[ "$(id -u)" = 0 ] || die "needs root (network namespaces)"
+
+# ------------------------------------------------------------------ prerequisites
+missing=""
+command -v erl >/dev/null 2>&1 || missing="$missing erlang-base"
+command -v ct_run >/dev/null 2>&1 || missing="$missing erlang-common-test"
+for p in erlang-dev erlang-os-mon; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+if [ -n "$missing" ]; then
+    say "installing$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die "apt-get update failed"
+    # shellcheck disable=SC2086
+    apt-get install -y -qq $missing >/dev/null || die "apt-get install$missing failed"
+fi
+
+HARNESS="${OTPSUITES_HARNESS:-}"
+if [ -z "$HARNESS" ]; then
+    for h in "$REPO/../shared/otp-suites" /work/shared/otp-suites; do
+        [ -x "$h/run.sh" ] && { HARNESS="$(cd "$h" && pwd)"; break; }
+    done
+fi
+[ -x "${HARNESS:-/nonexistent}/run.sh" ] || die "no harness (run.sh): set OTPSUITES_HARNESS"
+
+if [ -n "${EDIST_BIN:-}" ]; then
+    EDIST="$EDIST_BIN"
+else
+    if [ "$PROFILE" = release ]; then set -- --release; else set --; fi
+    # shellcheck disable=SC1091
+    (cd "$REPO" && . scripts/setup.sh && cargo build --quiet "$@" -p edist) || die "cargo build -p edist failed"
+    EDIST="${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE/edist"
+fi
+[ -x "$EDIST" ] || die "no edist binary at $EDIST"
+EDIST="$(cd "$(dirname "$EDIST")" && pwd)/$(basename "$EDIST")"
+
+WORK="${OTPSUITES_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/otpsuites}"
+export OTPSUITES_WORK="$WORK"
+OUT="${OUT:-$WORK/edist/$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT" || die "cannot create $OUT"
+OUT="$(cd "$OUT" && pwd)"
+
+# The suites' nodes use ~/.erlang.cookie; the gateways must know it (they answer handshakes).
+COOKIE_FILE="$HOME/.erlang.cookie"
+if [ ! -s "$COOKIE_FILE" ]; then
+    (umask 077 && tr -dc '[:upper:]' </dev/urandom | head -c 20 >"$COOKIE_FILE") && chmod 400 "$COOKIE_FILE"
+fi
+COOKIE="$(cat "$COOKIE_FILE")"
+
+# Fetch and build the suites now: the namespaces have no network.
+for s in "${SUITES[@]}"; do
+    PREPARE_ONLY=1 "$HARNESS/run.sh" "$s" >"$OUT/prepare.$s.log" 2>&1 \
+        || die "preparing $s failed, see $OUT/prepare.$s.log"
+done
+FLAGS_A="$("$EDIST" erl-flags --gateway "$A_CONTROL")" || die "edist erl-flags failed"
+FLAGS_B="$("$EDIST" erl-flags --gateway "$B_CONTROL")" || die "edist erl-flags failed"
+
+# ------------------------------------------------------------------ namespaces
+NAMESPACES=()
+NS_N=0
+ns_kill() {  # kills every process left in namespace $1, then deletes it
+    local pids
+    pids="$(ip netns pids "$1" 2>/dev/null)"
+    # shellcheck disable=SC2086
+    [ -n "$pids" ] && kill -TERM $pids 2>/dev/null && sleep 1
+    pids="$(ip netns pids "$1" 2>/dev/null)"
+    # shellcheck disable=SC2086
+    [ -n "$pids" ] && kill -KILL $pids 2>/dev/null && sleep 0.5
+    ip netns del "$1" 2>/dev/null
+}
+# shellcheck disable=SC2317  # called by the trap
+cleanup() {
+    local ns
+    for ns in "${NAMESPACES[@]}"; do [ -n "$ns" ] && ns_kill "$ns"; done
+    NAMESPACES=()
+}
+trap cleanup EXIT
+trap 'say interrupted; exit 130' INT TERM
+
+new_ns() {
+    NS_N=$((NS_N + 1))
+    NS="otp-$$-$NS_N"
+    ip netns add "$NS" || die "ip netns add $NS failed"
+    NAMESPACES+=("$NS")
+    ip -n "$NS" link set lo up || die "no loopback in $NS"
+}
+
+# gateway NAME CONTROL FABRIC PEER PEER_FABRIC DIR: writes DIR/NAME.toml, starts it in $NS
+gateway() {
+    local name=$1 control=$2 fabric=$3 peer=$4 peer_fabric=$5 dir=$6
+    cat >"$dir/$name.toml" <<EOF
+name = "$name"
+cookie = "$COOKIE"
+
+[local]
+control = "$control"
+
+[fabric]
+listen = "$fabric"
+certs = "$dir/certs"
+$FABRIC
+[[peers]]
+name = "$peer"
+addr = "$peer_fabric"
+EOF
+    NO_COLOR=1 EDIST_LOG="${EDIST_LOG:-info}" ip netns exec "$NS" nice -n 10 "$EDIST" gateway --config "$dir/$name.toml" \
+        >"$dir/$name.log" 2>&1 </dev/null &
+}
+
+# status CONTROL: the gateway's status as JSON (empty when it does not answer)
+status() { ip netns exec "$NS" "$EDIST" status --gateway "$1" --json 2>/dev/null; }
+
+# start_gateways DIR: certs, gw-a and gw-b in $NS, linked to each other
+start_gateways() {
+    local dir=$1
+    mkdir -p "$dir/certs"
+    if ! { "$EDIST" certs init --dir "$dir/certs" --cluster otp-suites \
+            && "$EDIST" certs issue gw-a --dir "$dir/certs" \
+            && "$EDIST" certs issue gw-b --dir "$dir/certs"; } >"$dir/certs.log" 2>&1; then
+        cat "$dir/certs.log" >&2
+        die "edist certs failed"
+    fi
+    gateway gw-a "$A_CONTROL" "$A_FABRIC" gw-b "$B_FABRIC" "$dir"
+    gateway gw-b "$B_CONTROL" "$B_FABRIC" gw-a "$A_FABRIC" "$dir"
+    for _ in $(seq 100); do
+        if status "$A_CONTROL" | grep -q '"gw-b"' && status "$B_CONTROL" | grep -q '"gw-a"'; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    tail -n 20 "$dir"/gw-*.log >&2
+    die "the gateways did not link within 20 s (logs in $dir)"
+}
+
+# ------------------------------------------------------------------ runs
+# run_one MODE SUITE: runs the suite, leaves "P/F/S" in $OUT/MODE/SUITE.result and the
+# failing cases in $OUT/MODE/SUITE.failed
+run_one() {
+    local mode=$1 suite=$2 dir log rc t0 t1 last
+    local -a envs=()
+    dir="$OUT/$mode/$suite.gw"
+    log="$OUT/$mode/$suite.out"
+    mkdir -p "$OUT/$mode"
+    new_ns
+    case "$mode" in
+        plain) ;;
+        one)
+            mkdir -p "$dir"; start_gateways "$dir"
+            envs=("ERL_FLAGS=$FLAGS_A") ;;
+        two)
+            mkdir -p "$dir"; start_gateways "$dir"
+            envs=("ERL_FLAGS=$FLAGS_B" "CT_ERL_ARGS=-edist_gateway $A_CONTROL") ;;
+    esac
+    if [ "$mode" != plain ] && [ -n "$EPMD" ]; then
+        if [ "$EPMD" = a ]; then envs+=("ERL_EPMD_PORT=${A_CONTROL##*:}"); else envs+=("ERL_EPMD_PORT=${B_CONTROL##*:}"); fi
+    fi
+    [ -n "$CASES" ] && envs+=("ONLY_CASES=$CASES")
+    [ -n "$SKIP" ] && envs+=("SKIP_CASES=$SKIP")
+    t0=$(date +%s)
+    ip netns exec "$NS" env -u ERL_FLAGS -u CT_ERL_ARGS -u ERL_EPMD_PORT -u ONLY_CASES -u SKIP_CASES -u SKIP_KNOWN \
+        "${envs[@]}" LOGROOT="$OUT/$mode" nice -n 10 "$HARNESS/run.sh" "$suite" >"$log" 2>&1 </dev/null
+    rc=$?
+    t1=$(date +%s)
+    if [ -n "${dir:-}" ] && [ -d "$dir" ] && [ "$mode" != plain ]; then
+        status "$A_CONTROL" >"$dir/status-gw-a.json"
+        status "$B_CONTROL" >"$dir/status-gw-b.json"
+    fi
+    ns_kill "$NS"
+    NAMESPACES=("${NAMESPACES[@]/$NS/}")
+    last="$(tail -n 1 "$log")"
+    local p f s
+    p="$(sed -n 's/.* passed=\([0-9]*\).*/\1/p' <<<"$last")"
+    f="$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$last")"
+    s="$(sed -n 's/.* skipped=\([0-9]*\).*/\1/p' <<<"$last")"
+    if [ -z "$p" ]; then
+        echo "error" >"$OUT/$mode/$suite.result"
+    else
+        echo "$p/$f/$s" >"$OUT/$mode/$suite.result"
+    fi
+    # "run.sh:   failed       case" lines; auto_skipped ones in brackets
+    awk '$1=="run.sh:" && $2=="failed" {c=$3; sub(/^[^:]*:/,"",c); printf "%s ", c}
+         $1=="run.sh:" && $2=="auto_skipped" {c=$3; sub(/^[^:]*:/,"",c); printf "[%s] ", c}' "$log" >"$OUT/$mode/$suite.failed"
+    if grep -q "no 'TEST COMPLETE'" "$log"; then printf '(ct_run did not complete) ' >>"$OUT/$mode/$suite.failed"; fi
+    if [ "$mode" != plain ]; then
+        # Refused relays say much about a failure (a node the gateway does not know, a
+        # handshake it could not complete): each message with its count.
+        grep -h 'refused' "$dir"/gw-*.log 2>/dev/null | sed -e 's/^.*relay ended: //' \
+            | sort | uniq -c | sort -rn >"$dir/refused.txt"
+        if [ -s "$dir/refused.txt" ] && [ -s "$OUT/$mode/$suite.failed" ]; then
+            printf '(gateways refused %s relays: %s) ' "$(awk '{n += $1} END {print n}' "$dir/refused.txt")" \
+                "$dir/refused.txt" >>"$OUT/$mode/$suite.failed"
+        fi
+    fi
+    say "$mode $suite: $(cat "$OUT/$mode/$suite.result") (p/f/s) rc=$rc $((t1 - t0))s  $(cat "$OUT/$mode/$suite.failed")"
+}
+
+say "edist: $EDIST"
+say "harness: $HARNESS; logs: $OUT"
+for suite in "${SUITES[@]}"; do
+    for mode in "${MODES[@]}"; do
+        run_one "$mode" "$suite"
+    done
+done
+
+# ------------------------------------------------------------------ report
+label() { case "$1" in plain) echo "plain OTP" ;; one) echo "one gateway" ;; two) echo "two gateways" ;; esac; }
+{
+    printf '| suite |'
+    for m in "${MODES[@]}"; do printf ' %s |' "$(label "$m")"; done
+    printf '\n|---|'
+    for _ in "${MODES[@]}"; do printf -- '---|'; done
+    printf '\n'
+    for suite in "${SUITES[@]}"; do
+        printf '| %s |' "$suite"
+        for m in "${MODES[@]}"; do printf ' %s |' "$(cat "$OUT/$m/$suite.result")"; done
+        printf '\n'
+    done
+    printf '\n(passed/failed/skipped; edist %s)\n\nFailing cases ([auto-skipped]):\n' "$("$EDIST" --version 2>/dev/null)"
+    for suite in "${SUITES[@]}"; do
+        for m in "${MODES[@]}"; do
+            [ -s "$OUT/$m/$suite.failed" ] && printf -- '- %s, %s: %s\n' "$suite" "$(label "$m")" "$(cat "$OUT/$m/$suite.failed")"
+        done
+    done
+    printf '\nLogs: %s\n' "$OUT"
+} | tee "$OUT/summary.md"
+
+for suite in "${SUITES[@]}"; do
+    for m in "${MODES[@]}"; do
+        r="$(cat "$OUT/$m/$suite.result")"
+        case "$r" in */0/*) ;; *) exit 1 ;; esac
+    done
+done
+exit 0
