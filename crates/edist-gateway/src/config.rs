@@ -14,6 +14,7 @@
 //! max_listeners = 1024             # loopback listeners impersonating remote nodes
 //! socket_buffer = 65536            # receive buffer of relayed loopback connections (bytes)
 //! net_ticktime = 60                # the local nodes' net_ticktime (s): ticks are answered here
+//! lookup_wait_ms = 500             # an unknown name is asked of the fabric this long at most
 //!
 //! [fabric]
 //! listen = "0.0.0.0:4371"          # QUIC (UDP) for other gateways
@@ -133,6 +134,13 @@ pub struct LocalConfig {
     /// nothing for this long (a hung node), which the far node sees as nodedown. Set it to the
     /// nodes' value; nodes with a ticktime over four times this would be closed when idle.
     pub net_ticktime: u64,
+    /// How long a lookup of a node name this gateway does not know may wait for the fabric
+    /// before the answer is "no such node" (default 500 ms; 0: answer at once). With membership
+    /// the members are asked, and the answer comes as soon as the owner says yes or every
+    /// member no; with static peers only a peer whose node list has not come since the gateway
+    /// started is waited for. At most 900: the plug gives up on a lookup after 1000 ms, and
+    /// `net_kernel` itself waits for it (see docs/config.md).
+    pub lookup_wait_ms: u64,
 }
 
 /// The fabric side.
@@ -271,6 +279,7 @@ impl Default for LocalConfig {
             max_listeners: 1024,
             socket_buffer: 64 << 10,
             net_ticktime: 60,
+            lookup_wait_ms: 500,
         }
     }
 }
@@ -297,6 +306,10 @@ impl Default for FabricConfig {
         }
     }
 }
+
+/// Longest `[local] lookup_wait_ms`: the plug's own lookup timeout (1000 ms, `LOOKUP_TIMEOUT`
+/// in edist_epmd.erl) less room for its connection and the answer.
+pub const MAX_LOOKUP_WAIT_MS: u64 = 900;
 
 /// Errors reading a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -370,6 +383,13 @@ impl Config {
         )?;
         at_least("local.socket_buffer", size(l.socket_buffer), 1, "the receive buffer of relayed connections")?;
         at_least("local.net_ticktime", l.net_ticktime, 1, "seconds; with 0 every relayed connection counts as hung")?;
+        if l.lookup_wait_ms > MAX_LOOKUP_WAIT_MS {
+            return Err(ConfigError::Invalid(format!(
+                "local.lookup_wait_ms = {}: must be at most {MAX_LOOKUP_WAIT_MS} (the edist_epmd plug gives up on \
+                 a lookup after 1000 ms, connection included)",
+                l.lookup_wait_ms
+            )));
+        }
         at_least("fabric.keep_alive_ms", f.keep_alive_ms, 1, "milliseconds between keep-alives on an idle link")?;
         at_least("fabric.idle_timeout_ms", f.idle_timeout_ms, 1, "milliseconds; with 0 every link is dead at once")?;
         if f.keep_alive_ms >= f.idle_timeout_ms {
@@ -441,6 +461,7 @@ mod tests {
             ("[fabric]\nrelay_buffer = 65535", "fabric.relay_buffer"),
             ("[fabric]\ngateway_buffer = 0", "fabric.gateway_buffer"),
             ("[fabric]\nlink_idle_ms = 0", "fabric.link_idle_ms"),
+            ("[local]\nlookup_wait_ms = 901", "local.lookup_wait_ms"),
         ] {
             match Config::from_toml(toml, "x".as_ref()) {
                 Err(ConfigError::Invalid(msg)) => assert!(msg.starts_with(key), "{toml}: {msg}"),
@@ -448,7 +469,7 @@ mod tests {
             }
         }
         // The smallest useful values pass.
-        let ok = "[local]\nmax_listeners = 1\nsocket_buffer = 1\nnet_ticktime = 1\n\
+        let ok = "[local]\nmax_listeners = 1\nsocket_buffer = 1\nnet_ticktime = 1\nlookup_wait_ms = 0\n\
                   [fabric]\nkeep_alive_ms = 1\nidle_timeout_ms = 2\nlanes = 0\nrelay_buffer = 65536\n\
                   gateway_buffer = 65536\nlink_idle_ms = 1\ncompress_threshold = 0";
         Config::from_toml(ok, "x".as_ref()).unwrap();

@@ -10,6 +10,7 @@ use crate::fabric::membership::{MemberId, Membership};
 use crate::fabric::quic::{self, QuicOptions, TlsIdentity};
 use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
 use crate::local::plug::Plug;
+use crate::lookup::{self, Answer, Plan};
 use crate::metrics::{self, Metrics, MetricsSnapshot};
 use crate::policy;
 use crate::relay::{self, MsgReader, RELAY_MASK};
@@ -123,6 +124,9 @@ struct State {
     impersonators: HashMap<String, Impersonator>,
     /// Fabric addresses of the gateways membership holds alive.
     members: HashMap<String, std::net::SocketAddr>,
+    /// Gateways whose node list has come (over a link, membership or a relay) since the start:
+    /// until each peer's has, a lookup of an unknown name may wait for it (see `lookup`).
+    listed: std::collections::HashSet<String>,
 }
 
 pub(crate) struct Inner {
@@ -155,6 +159,10 @@ pub(crate) struct Inner {
     gossip_traffic: Arc<gossip::Traffic>,
     /// Relayed connections this gateway forwards (`[fabric] relay`), by relay id.
     forwards: Mutex<HashMap<u64, Forwarded>>,
+    /// Lookups of names not known yet, waiting for the fabric (see [`Inner::lookup`]).
+    waiters: Mutex<lookup::Waiters>,
+    /// When the gateway started.
+    started: tokio::time::Instant,
 }
 
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
@@ -242,6 +250,9 @@ impl Gateway {
             dialling: Default::default(),
             gossip_traffic: Default::default(),
             forwards: Default::default(),
+            // One per control connection at most (the control port serves 256 at a time).
+            waiters: Mutex::new(lookup::Waiters::new(control::ControlConfig::default().max_connections)),
+            started: tokio::time::Instant::now(),
         });
         let mut tasks = vec![];
         let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
@@ -376,6 +387,7 @@ impl Inner {
             socket_buffer: Some(self.cfg.local.socket_buffer),
             net_ticktime: relay::Ticktime::new(self.configured_ticktime()),
             plug: None,
+            link: None,
             compress_above: compress.then_some(self.cfg.fabric.compress_threshold),
         }
     }
@@ -485,7 +497,9 @@ impl Inner {
             self.refuse(peer, "name_taken", &format!("announcement of {} (a node of another gateway)", n.name));
             return;
         }
-        st.remote.insert(n.name, RemoteNode { creation: n.creation, gateway: peer.to_string() });
+        st.remote.insert(n.name.clone(), RemoteNode { creation: n.creation, gateway: peer.to_string() });
+        drop(st);
+        lock(&self.waiters).settle(&n.name, Answer::Known);
     }
 
     /// Logs (once per burst) and counts a refusal.
@@ -570,6 +584,8 @@ impl Inner {
         for n in nodes {
             self.admit_remote(peer, n);
         }
+        // After the nodes: a lookup that sees the list in finds them registered.
+        self.lock().listed.insert(peer.to_string());
     }
 
     /// What membership says.
@@ -597,6 +613,28 @@ impl Inner {
                 let grant = self.effective_grant(&gateway, (*grant).clone());
                 lock(&self.grants).entry(gateway.clone()).or_insert(grant);
                 self.replace_remote(&gateway, nodes);
+            }
+            Event::Node { gateway, node, grant } => {
+                let name = node.name.clone();
+                if self.is_revoked(&gateway, &grant.serial) {
+                    self.refuse(&gateway, "revoked", &format!("membership: certificate {} is revoked", grant.serial));
+                } else {
+                    debug!(node = %name, %gateway, "lookup: the owner answered");
+                    let grant = self.effective_grant(&gateway, (*grant).clone());
+                    lock(&self.grants).entry(gateway.clone()).or_insert(grant);
+                    // Admitted as an announcement would be (grant, name taken): that settles
+                    // the lookup; refused, the node is unknown here.
+                    self.admit_remote(&gateway, node);
+                }
+                let admitted = self.lock().remote.get(&name).is_some_and(|r| r.gateway == gateway);
+                if !admitted {
+                    // What the owner says is now: unknown to whoever asked before.
+                    lock(&self.waiters).settle(&name, Answer::Unknown { since: std::time::Instant::now() });
+                }
+            }
+            Event::Unknown { name, since } => {
+                debug!(node = %name, "lookup: no member has it");
+                lock(&self.waiters).settle(&name, Answer::Unknown { since });
             }
             Event::Refused { from, why } => self.refuse(&from.ip().to_string(), "membership", &why),
         }
@@ -680,6 +718,127 @@ impl Inner {
     }
 }
 
+/// Lookups from the control port (see [`crate::lookup`]).
+impl Inner {
+    /// The loopback port of `full_name` from what the gateway knows now: a local node's own, or
+    /// that of a listener impersonating a remote node (opened here if need be).
+    fn resolve_now(self: &Arc<Self>, full_name: &str) -> Option<u16> {
+        let mut st = self.lock();
+        if let Some(l) = st.local.get(full_name) {
+            // None for a node that only connects out: nobody can dial it, as with OTP.
+            return l.port;
+        }
+        if let Some(i) = st.impersonators.get(full_name) {
+            return Some(i.port);
+        }
+        if !st.remote.contains_key(full_name) || st.impersonators.len() >= self.cfg.local.max_listeners {
+            return None;
+        }
+        // Open a loopback listener impersonating this node (std, so this stays synchronous).
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
+        listener.set_nonblocking(true).ok()?;
+        let port = listener.local_addr().ok()?.port();
+        let listener = TcpListener::from_std(listener).ok()?;
+        let task = tokio::spawn(impersonate(Arc::downgrade(self), listener, full_name.to_string())).abort_handle();
+        st.impersonators.insert(full_name.to_string(), Impersonator { port, task });
+        debug!(node = %full_name, port, "impersonating");
+        Some(port)
+    }
+
+    /// Whether `full_name` is a node the gateway knows, local or remote (dialable or not).
+    fn knows(&self, full_name: &str) -> bool {
+        let st = self.lock();
+        st.local.contains_key(full_name) || st.remote.contains_key(full_name)
+    }
+
+    /// [`Inner::resolve_now`], or, for a name not known yet, what the fabric says within
+    /// `[local] lookup_wait_ms` (see [`crate::lookup`]): the owner's answer, "nobody has it"
+    /// from every member, or the node list of a peer whose link comes up.
+    async fn lookup(self: &Arc<Self>, full_name: &str) -> Option<u16> {
+        if let Some(port) = self.resolve_now(full_name) {
+            return Some(port);
+        }
+        let plan = lookup::plan(self.lookup_situation());
+        // Known without a port (a local node that does not listen, no listener left to
+        // impersonate with): the fabric has nothing to add.
+        if plan == Plan::Unknown || self.knows(full_name) {
+            return None;
+        }
+        let t0 = tokio::time::Instant::now();
+        let asked = t0.into_std();
+        let deadline = t0 + Duration::from_millis(self.cfg.local.lookup_wait_ms);
+        let likely = if plan == Plan::AskMembers { self.likely_owners(full_name) } else { Vec::new() };
+        debug!(node = %full_name, ?plan, ?likely, "lookup: not known here, asking the fabric");
+        let mut wait = Waiting { inner: self, name: full_name, answer: None };
+        let found = loop {
+            if wait.answer.is_none() {
+                // Joins the lookup in flight, or starts one (again, after one settled).
+                let Some(joined) = lock(&self.waiters).join(full_name) else {
+                    warn!(node = %full_name, "lookup: too many lookups waiting for the fabric; answering unknown");
+                    break None;
+                };
+                wait.answer = Some(joined.answer);
+            }
+            let answer = wait.answer.as_mut().map(|a| *a.borrow_and_update());
+            if let Some(port) = self.resolve_now(full_name) {
+                break Some(port);
+            }
+            if self.knows(full_name) {
+                break None;
+            }
+            let now = tokio::time::Instant::now();
+            let given_up = match plan {
+                Plan::AskMembers => answer.is_some_and(|a| a.unknown_to(asked)),
+                Plan::AwaitLists => lookup::plan(self.lookup_situation()) != Plan::AwaitLists,
+                Plan::Unknown => true,
+            };
+            if given_up || now >= deadline {
+                break None;
+            }
+            if plan == Plan::AskMembers {
+                if let Some(g) = self.gossip.get() {
+                    let _ = g.send(Command::Lookup { name: full_name.to_string(), likely: likely.clone(), asked });
+                }
+            }
+            let next = deadline.min(now + lookup::POLL);
+            if let Some(a) = wait.answer.as_mut() {
+                if let Ok(Err(_)) = tokio::time::timeout_at(next, a.changed()).await {
+                    // Settled, and its value seen: join (or start) the next one.
+                    wait.leave();
+                }
+            }
+        };
+        let ms = t0.elapsed().as_millis();
+        match found {
+            Some(port) => info!(node = %full_name, port, ms, "lookup: found through the fabric"),
+            None => debug!(node = %full_name, ms, "lookup: unknown"),
+        }
+        found
+    }
+
+    /// What a lookup of an unknown name can hope for, now.
+    fn lookup_situation(&self) -> lookup::Situation {
+        let st = self.lock();
+        let cfg = &self.cfg;
+        // A peer's list comes over its own link, or through the gateway it is reached `via`.
+        let peers_missing = cfg.peers.iter().any(|p| !st.listed.contains(&p.name));
+        let seeds_missing = !cfg.fabric.seeds.is_empty() && st.listed.is_empty();
+        lookup::Situation {
+            fabric: self.transport.get().is_some(),
+            membership: cfg.fabric.membership && self.gossip.get().is_some(),
+            may_wait: cfg.local.lookup_wait_ms > 0,
+            uptime: self.started.elapsed(),
+            lists_missing: peers_missing || seeds_missing,
+        }
+    }
+
+    /// The gateways likely to own `name`, to ask first.
+    fn likely_owners(&self, name: &str) -> Vec<String> {
+        let st = self.lock();
+        lookup::likely_owners(name, st.remote.iter().map(|(n, r)| (n.as_str(), r.gateway.as_str())))
+    }
+}
+
 /// The control server's view of the gateway.
 struct Directory(Weak<Inner>);
 
@@ -716,27 +875,11 @@ impl LocalDirectory for Directory {
     }
 
     fn resolve(&self, full_name: &str) -> Option<u16> {
-        let inner = self.0.upgrade()?;
-        let mut st = inner.lock();
-        if let Some(l) = st.local.get(full_name) {
-            // None for a node that only connects out: nobody can dial it, as with OTP.
-            return l.port;
-        }
-        if let Some(i) = st.impersonators.get(full_name) {
-            return Some(i.port);
-        }
-        if !st.remote.contains_key(full_name) || st.impersonators.len() >= inner.cfg.local.max_listeners {
-            return None;
-        }
-        // Open a loopback listener impersonating this node (std, so this stays synchronous).
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
-        listener.set_nonblocking(true).ok()?;
-        let port = listener.local_addr().ok()?.port();
-        let listener = TcpListener::from_std(listener).ok()?;
-        let task = tokio::spawn(impersonate(self.0.clone(), listener, full_name.to_string())).abort_handle();
-        st.impersonators.insert(full_name.to_string(), Impersonator { port, task });
-        debug!(node = %full_name, port, "impersonating");
-        Some(port)
+        self.0.upgrade()?.resolve_now(full_name)
+    }
+
+    fn lookup<'a>(&'a self, full_name: &'a str) -> link::BoxFuture<'a, Option<u16>> {
+        Box::pin(async move { self.0.upgrade()?.lookup(full_name).await })
     }
 
     fn status_json(&self) -> String {
@@ -750,6 +893,28 @@ impl LocalDirectory for Directory {
             .iter()
             .filter_map(|(n, l)| Some((n.split('@').next().unwrap_or_default().to_string(), l.port?)))
             .collect()
+    }
+}
+
+/// A lookup's place among the [`lookup::Waiters`], given up when the lookup ends, however it ends
+/// (the control connection may go away mid-wait).
+struct Waiting<'a> {
+    inner: &'a Inner,
+    name: &'a str,
+    answer: Option<tokio::sync::watch::Receiver<Answer>>,
+}
+
+impl Waiting<'_> {
+    fn leave(&mut self) {
+        if self.answer.take().is_some() {
+            lock(&self.inner.waiters).leave(self.name);
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -986,6 +1151,7 @@ async fn carry(
 ) -> Result<(), relay::RelayError> {
     let (rx, buf) = msgs.into_parts();
     let mut lanes = inner.lanes(peer_gateway);
+    lanes.link = Some(conn.clone());
     // The local node's plug, where it has one: its ticktime, and holds on its senders.
     if let Some(plug) = inner.lock().local.get(node).and_then(|l| l.plug.clone()) {
         lanes.net_ticktime = relay::Ticktime::reported_into(inner.configured_ticktime(), plug.ticktime_ms());
@@ -1624,6 +1790,22 @@ mod tests {
         assert!(name.ends_with("@hosta") && creation >= 4, "{name}");
         drop((long, short));
         assert!(gw.status().local_nodes.is_empty());
+        gw.shutdown();
+    }
+
+    #[tokio::test]
+    async fn without_a_fabric_a_name_not_known_is_unknown_at_once() {
+        let mut cfg = Config { host: "gwhost".into(), ..Config::default() };
+        cfg.local.control = "127.0.0.1:0".parse().unwrap();
+        cfg.fabric.certs = std::env::temp_dir().join(format!("edist-no-certs-{}", std::process::id()));
+        let gw = Gateway::start(cfg).await.unwrap();
+        let dir = Directory(Arc::downgrade(&gw.inner));
+        let _c = dir.register("c", 1001, Plug::new().0).unwrap();
+        assert_eq!(dir.lookup("c@gwhost").await, Some(1001));
+        let t = std::time::Instant::now();
+        assert_eq!(dir.lookup("zz@nowhere").await, None);
+        assert!(t.elapsed() < Duration::from_millis(100), "{:?}", t.elapsed());
+        assert!(lock(&gw.inner.waiters).is_empty());
         gw.shutdown();
     }
 }

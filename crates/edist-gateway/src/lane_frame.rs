@@ -26,8 +26,9 @@ pub enum LaneCtl {
     /// On a lane: deliver nothing more of this lane before `count` frames of lane `lane` were
     /// delivered to the node.
     After { lane: u8, count: u64 },
-    /// From the receiving side: it delivered `count` frames of the sender's lane `lane`.
-    Delivered { lane: u8, count: u64 },
+    /// From the receiving side: it delivered `count` frames, `bytes` bytes as they crossed the
+    /// link, of the sender's lane `lane`.
+    Delivered { lane: u8, count: u64, bytes: u64 },
     /// The sender's node missed its ticks (hung or overloaded): stop ticking towards the far
     /// node, so that it decides for itself, with its own `net_ticktime`, as over one OTP
     /// connection.
@@ -44,26 +45,33 @@ const ALIVE: u8 = 4;
 impl LaneCtl {
     /// The frame, length prefix and flag included.
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, lane, count) = match *self {
-            LaneCtl::After { lane, count } => (AFTER, lane, count),
-            LaneCtl::Delivered { lane, count } => (DELIVERED, lane, count),
-            LaneCtl::Silent => (SILENT, 0, 0),
-            LaneCtl::Alive => (ALIVE, 0, 0),
+        let (kind, lane, count, bytes) = match *self {
+            LaneCtl::After { lane, count } => (AFTER, lane, count, 0),
+            LaneCtl::Delivered { lane, count, bytes } => (DELIVERED, lane, count, bytes),
+            LaneCtl::Silent => (SILENT, 0, 0, 0),
+            LaneCtl::Alive => (ALIVE, 0, 0, 0),
         };
-        let mut b = Vec::with_capacity(14);
-        b.extend_from_slice(&(10 | CONTROL).to_be_bytes());
+        let mut b = Vec::with_capacity(22);
+        b.extend_from_slice(&(18 | CONTROL).to_be_bytes());
         b.push(kind);
         b.push(lane);
         b.extend_from_slice(&count.to_be_bytes());
+        b.extend_from_slice(&bytes.to_be_bytes());
         b
     }
 
     fn decode(body: &[u8]) -> Result<LaneCtl, FrameError> {
-        let [kind, lane, c @ ..] = body else { return Err(FrameError::Control) };
-        let count = u64::from_be_bytes(<[u8; 8]>::try_from(c).map_err(|_| FrameError::Control)?);
+        let [kind, lane, rest @ ..] = body else { return Err(FrameError::Control) };
+        let word = |r: Option<&[u8]>| {
+            r.and_then(|w| <[u8; 8]>::try_from(w).ok()).map(u64::from_be_bytes).ok_or(FrameError::Control)
+        };
+        if rest.len() != 16 {
+            return Err(FrameError::Control);
+        }
+        let (count, bytes) = (word(rest.get(..8))?, word(rest.get(8..))?);
         match *kind {
             AFTER => Ok(LaneCtl::After { lane: *lane, count }),
-            DELIVERED => Ok(LaneCtl::Delivered { lane: *lane, count }),
+            DELIVERED => Ok(LaneCtl::Delivered { lane: *lane, count, bytes }),
             SILENT => Ok(LaneCtl::Silent),
             ALIVE => Ok(LaneCtl::Alive),
             _ => Err(FrameError::Control),
@@ -200,7 +208,7 @@ mod tests {
     fn control_frames_round_trip_and_only_from_gateways() {
         for c in [
             LaneCtl::After { lane: 0, count: 7 },
-            LaneCtl::Delivered { lane: 255, count: u64::MAX },
+            LaneCtl::Delivered { lane: 255, count: u64::MAX, bytes: 7 },
             LaneCtl::Silent,
             LaneCtl::Alive,
         ] {
@@ -214,7 +222,7 @@ mod tests {
         assert_eq!(one(&LaneCtl::After { lane: 1, count: 1 }.encode(), false), Err(FrameError::TooLarge));
         // Malformed control frames and both flags at once are errors.
         assert_eq!(one(&[0x40, 0, 0, 2, AFTER, 1], true), Err(FrameError::Control));
-        assert_eq!(one(&[0x40, 0, 0, 10, 9, 1, 0, 0, 0, 0, 0, 0, 0, 0], true), Err(FrameError::Control));
+        assert_eq!(one(&[&[0x40, 0, 0, 18, 9, 1][..], &[0; 16]].concat(), true), Err(FrameError::Control));
         assert_eq!(one(&[0xc0, 0, 0, 0], true), Err(FrameError::Control));
     }
 

@@ -11,6 +11,7 @@ pub mod wire;
 pub mod fabric;
 pub mod gateway;
 pub mod lane_frame;
+pub mod lookup;
 pub mod metrics;
 pub mod pki;
 pub mod policy;

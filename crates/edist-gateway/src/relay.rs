@@ -12,7 +12,8 @@
 //! Both legs negotiate `a.flags & b.flags & RELAY_MASK`: the far side gets the initiator's
 //! flags, the initiator gets the far side's challenge flags. The cookie stays on each host.
 
-use crate::lane_frame::{self, maybe_compress, Decoded, Frame, LaneCtl, COMPRESSED, CONTROL};
+use crate::fabric::link::Link;
+use crate::lane_frame::{self, maybe_compress, Decoded, Frame, LaneCtl};
 use crate::local::plug::Plug;
 use crate::policy::{Refusal, Session};
 use crate::wire::Msg;
@@ -375,6 +376,8 @@ pub struct LaneConfig {
     pub net_ticktime: Ticktime,
     /// The local node's plug: holds back a process that sends more than its lane carries soon.
     pub plug: Option<Plug>,
+    /// The link the lanes go over (how much it holds in flight sizes the bulk lanes' windows).
+    pub link: Option<Arc<dyn Link>>,
 }
 
 /// A local node's `net_ticktime`, as its plug last reported it (it can change at run time,
@@ -428,6 +431,7 @@ impl Default for LaneConfig {
             socket_buffer: None,
             net_ticktime: Ticktime::new(Duration::from_secs(60)),
             plug: None,
+            link: None,
         }
     }
 }
@@ -596,45 +600,45 @@ pub type LaneOpener = Box<
 /// Lanes of one relayed connection and direction, at most (lane indices are one byte).
 const MAX_LANES: usize = 256;
 
-/// Frames of a bulk lane delivered before the receiving side reports them even while more
-/// keep coming (so a sender whose large message is through can return to the ordered lane).
-const REPORT_EVERY: u64 = 16;
-
-/// The lanes' progress, shared by a relay's pump and its incoming lanes: how many frames each
-/// incoming lane delivered to the node (lanes wait on each other's counts at barriers), and how
-/// many of our outgoing lanes' frames the peer reports delivered.
+/// The lanes' progress, shared by a relay's pump and its incoming lanes: how much each
+/// incoming lane delivered to the node (lanes wait on each other's counts at barriers, and the
+/// peer hears of it), and how much of our outgoing lanes the peer reports delivered.
 #[derive(Debug, Default)]
 pub struct LaneSync {
     state: std::sync::Mutex<SyncState>,
     /// Wakes incoming lanes waiting at a barrier.
     progress: tokio::sync::Notify,
-    /// Wakes the pump: a report to send, or one received.
+    /// Wakes the pump: the peer reported deliveries (for the router).
     pump: tokio::sync::Notify,
+    /// Wakes the reporter: a bulk lane delivered what the peer has not heard of.
+    report: tokio::sync::Notify,
+    /// Our outgoing bulk lanes' flows, by lane (grown on demand).
+    flows: std::sync::Mutex<Vec<Arc<LaneFlow>>>,
 }
 
-/// A lane and a count of its frames.
-type LaneCount = (u8, u64);
+/// A lane, frames and bytes (as they crossed the link) delivered of it.
+type Delivery = (u8, u64, u64);
 
 #[derive(Debug, Default)]
 struct SyncState {
-    /// Frames delivered to the node, per incoming lane.
-    delivered: Vec<u64>,
-    /// What we last reported to the peer, per incoming lane.
+    /// Frames and bytes delivered to the node, per incoming lane.
+    delivered: Vec<(u64, u64)>,
+    /// Frames last reported to the peer, per incoming lane.
     reported: Vec<u64>,
-    /// Lanes whose count should be reported.
+    /// Some bulk lane delivered what the peer has not heard of.
     report_due: bool,
-    /// Per outgoing lane, what the peer reported delivered (taken by the pump).
-    peer_delivered: Vec<LaneCount>,
+    /// What the peer reported of our outgoing lanes (taken by the pump).
+    peer_delivered: Vec<Delivery>,
     /// The relay ended: nobody waits any more.
     closed: bool,
     /// The far node missed its ticks ([`LaneCtl::Silent`]): no ticks towards ours.
     peer_silent: bool,
 }
 
-fn set_at(v: &mut Vec<u64>, i: usize, f: impl FnOnce(&mut u64)) {
+fn set_at<T: Default + Clone>(v: &mut Vec<T>, i: usize, f: impl FnOnce(&mut T)) {
     if i < MAX_LANES {
         if v.len() <= i {
-            v.resize(i + 1, 0);
+            v.resize(i + 1, T::default());
         }
         if let Some(x) = v.get_mut(i) {
             f(x);
@@ -647,14 +651,16 @@ impl LaneSync {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Incoming lane `lane` delivered one more frame; `report`: tell the peer now.
-    fn delivered(&self, lane: u8, report: bool) {
+    /// Incoming lane `lane` delivered one more frame of `bytes` bytes on the link. Bulk lanes
+    /// are reported to the peer (coalesced by the pump): their sender keeps about a congestion
+    /// window outstanding, and a sender leaves a bulk lane once its frames there are delivered.
+    fn delivered(&self, lane: u8, bytes: usize) {
         let mut st = self.state();
-        set_at(&mut st.delivered, lane as usize, |d| *d += 1);
-        if lane != 0 && report {
+        set_at(&mut st.delivered, lane as usize, |d: &mut (u64, u64)| *d = (d.0 + 1, d.1 + bytes as u64));
+        if lane != 0 {
             st.report_due = true;
             drop(st);
-            self.pump.notify_one();
+            self.report.notify_one();
         }
         self.progress.notify_waiters();
     }
@@ -670,7 +676,7 @@ impl LaneSync {
                 if st.closed {
                     return false;
                 }
-                if st.delivered.get(lane as usize).copied().unwrap_or(0) >= count {
+                if st.delivered.get(lane as usize).map_or(0, |d| d.0) >= count {
                     return true;
                 }
             }
@@ -678,35 +684,50 @@ impl LaneSync {
         }
     }
 
-    /// The peer reports our outgoing lane `lane` delivered `count` frames.
-    fn peer_delivered(&self, lane: u8, count: u64) {
+    /// The flow of our outgoing lane `lane`.
+    fn flow(&self, lane: u8) -> Arc<LaneFlow> {
+        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = Arc::default();
+        set_at(&mut flows, lane as usize, |x: &mut Arc<LaneFlow>| f = x.clone());
+        f
+    }
+
+    /// The peer reports our outgoing lane `lane` delivered `count` frames, `bytes` bytes.
+    fn peer_delivered(&self, lane: u8, count: u64, bytes: u64) {
+        // The lane's writer may go on at once, whatever the pump is doing.
+        self.flow(lane).delivered(bytes);
         let mut st = self.state();
-        if st.peer_delivered.len() < MAX_LANES {
-            st.peer_delivered.push((lane, count));
-        } else if let Some(e) = st.peer_delivered.iter_mut().find(|e| e.0 == lane) {
-            e.1 = e.1.max(count);
+        let full = st.peer_delivered.len() >= MAX_LANES;
+        match st.peer_delivered.iter_mut().find(|e| e.0 == lane) {
+            Some(e) => *e = (lane, e.1.max(count), e.2.max(bytes)),
+            None if !full => st.peer_delivered.push((lane, count, bytes)),
+            None => {}
         }
         drop(st);
         self.pump.notify_one();
     }
 
-    /// The pump's share: reports to send and reports received.
-    fn take(&self) -> (Vec<LaneCount>, Vec<LaneCount>) {
+    /// What the peer reported since the last call.
+    fn take_received(&self) -> Vec<Delivery> {
+        std::mem::take(&mut self.state().peer_delivered)
+    }
+
+    /// Reports to send: lanes that delivered more since the last call.
+    fn take_reports(&self) -> Vec<Delivery> {
         let mut st = self.state();
         let mut out = Vec::new();
         if std::mem::take(&mut st.report_due) {
             let SyncState { delivered, reported, .. } = &mut *st;
-            for (i, d) in delivered.iter().enumerate().skip(1) {
-                let r = reported.get(i).copied().unwrap_or(0);
-                if *d > r {
-                    out.push((i as u8, *d));
+            for (i, (frames, bytes)) in delivered.iter().enumerate().skip(1) {
+                if *frames > reported.get(i).copied().unwrap_or(0) {
+                    out.push((i as u8, *frames, *bytes));
                 }
             }
-            for (i, d) in out.iter() {
-                set_at(reported, *i as usize, |r| *r = *d);
+            for (i, frames, _) in out.iter() {
+                set_at(reported, *i as usize, |r: &mut u64| *r = *frames);
             }
         }
-        (out, std::mem::take(&mut st.peer_delivered))
+        out
     }
 
     fn set_peer_silent(&self, silent: bool) {
@@ -746,17 +767,12 @@ impl<R: AsyncRead + Unpin> Frames<R> {
         Frames { r, buf, fabric }
     }
 
-    /// Whether a whole frame is already buffered (the next one needs no read).
-    fn ready(&self) -> bool {
-        let Some(hdr) = self.buf.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()) else { return false };
-        let flags = if self.fabric { COMPRESSED | CONTROL } else { 0 };
-        self.buf.len() >= 4 + (u32::from_be_bytes(hdr) & !flags) as usize
-    }
-
-    async fn next(&mut self) -> std::io::Result<Option<Frame>> {
+    /// The next frame, and its length on the stream.
+    async fn next(&mut self) -> std::io::Result<Option<(Frame, usize)>> {
         loop {
+            let before = self.buf.len();
             match lane_frame::decode(&mut self.buf, self.fabric)? {
-                Decoded::Frame(f) => return Ok(Some(f)),
+                Decoded::Frame(f) => return Ok(Some((f, before - self.buf.len()))),
                 // Grow with the bytes that actually arrive, not with the claimed length.
                 Decoded::Need(n) => self.buf.reserve(n.clamp(READ_CHUNK / 2, 1 << 20)),
             }
@@ -769,8 +785,8 @@ impl<R: AsyncRead + Unpin> Frames<R> {
     /// The next distribution packet from a node (which sends no control frames).
     async fn next_packet(&mut self) -> std::io::Result<Option<Vec<u8>>> {
         match self.next().await? {
-            Some(Frame::Packet(p)) => Ok(Some(p)),
-            Some(Frame::Ctl(_)) => {
+            Some((Frame::Packet(p), _)) => Ok(Some(p)),
+            Some((Frame::Ctl(_), _)) => {
                 Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "control frame from a node"))
             }
             None => Ok(None),
@@ -864,7 +880,11 @@ where
             m_out.lane(0),
             q0,
             rate.clone(),
+            None,
         ));
+        // Delivery reports go out on lane 0 whatever this loop waits for (budgets): the peer's
+        // bulk lanes wait for them, and the peer may be waiting for ours in turn.
+        writers.spawn(report_deliveries(sync.clone(), lane0_tx.clone()));
         if let Some(slot) = lanes.get_mut(0) {
             *slot = Some(lane0_tx);
         }
@@ -921,17 +941,10 @@ where
                     }
                     continue;
                 }
-                // Delivery reports: ours to the peer (on lane 0), the peer's to the router.
+                // The peer's delivery reports: senders leave bulk lanes whose frames arrived.
                 _ = sync.pump.notified() => {
-                    let (reports, received) = sync.take();
-                    for (lane, count) in received {
+                    for (lane, count, _) in sync.take_received() {
                         router.delivered(lane.into(), count);
-                    }
-                    let lane0 = lanes.first().and_then(|l| l.as_ref());
-                    for (lane, count) in reports {
-                        if lane0.is_none_or(|l| l.send(control(LaneCtl::Delivered { lane, count })).is_err()) {
-                            break;
-                        }
                     }
                     continue;
                 }
@@ -942,7 +955,8 @@ where
             if slot.is_none() {
                 let (ltx, lrx) = mpsc::unbounded_channel();
                 let q = queued.get(lane).cloned().unwrap_or_default();
-                writers.spawn(write_lane(lrx, open_lane(lane as u8), m_out.lane(lane), q, rate.clone()));
+                let flow = Some((sync.flow(lane as u8), lanes_cfg.link.clone()));
+                writers.spawn(write_lane(lrx, open_lane(lane as u8), m_out.lane(lane), q, rate.clone(), flow));
                 *slot = Some(ltx);
             }
             let kind = crate::metrics::Kind::of(&p);
@@ -957,6 +971,7 @@ where
                 q.fetch_add(p.len(), Ordering::Relaxed);
             }
             // Charged to its sender (if a plug can hold it back), which is held once over its share.
+            let holding = holds.any_held();
             let mut hold = None;
             let charged = match (route.sender, plug.as_ref().filter(|p| p.speaks())) {
                 (Sender::Pid(key), Some(_)) => {
@@ -968,7 +983,8 @@ where
                 _ => None,
             };
             if let (Some(pid), Some(plug)) = (hold, &plug) {
-                if !holds.any_held() || sampled.1 == 0 {
+                if !holding {
+                    // The rate the lanes drain at is sampled while anyone is held.
                     sampled = (std::time::Instant::now(), rate.written.load(Ordering::Relaxed));
                 }
                 plug.hold(&pid);
@@ -997,6 +1013,65 @@ where
     Ok(r?)
 }
 
+/// What a bulk lane has written and the peer reports delivered, in bytes on the link: its writer
+/// keeps about two congestion windows outstanding, so bulk data waits in the lane's queue (whose
+/// senders are held back) rather than in the transport's buffer, in front of everyone.
+#[derive(Debug, Default)]
+struct LaneFlow {
+    written: std::sync::atomic::AtomicU64,
+    delivered: std::sync::atomic::AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+/// A bulk lane's flow and the link it goes over.
+type Flow = (Arc<LaneFlow>, Option<Arc<dyn Link>>);
+
+/// Bounds of what a bulk lane keeps outstanding; the default where the transport does not say.
+const FLOW_MIN: u64 = 128 << 10;
+const FLOW_MAX: u64 = 16 << 20;
+const FLOW_DEFAULT: u64 = 4 << 20;
+
+impl LaneFlow {
+    fn delivered(&self, bytes: u64) {
+        self.delivered.fetch_max(bytes, Ordering::Relaxed);
+        self.wake.notify_waiters();
+    }
+
+    /// What a lane may keep outstanding on `link` now.
+    fn window(link: Option<&dyn Link>) -> u64 {
+        match link.and_then(|l| l.in_flight_hint()) {
+            Some(cwnd) => cwnd.saturating_mul(2).clamp(FLOW_MIN, FLOW_MAX),
+            None => FLOW_DEFAULT,
+        }
+    }
+
+    /// Waits until `n` more bytes fit in `window` (or nothing is outstanding).
+    async fn room(&self, n: usize, window: u64) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let out = self.written.load(Ordering::Relaxed).saturating_sub(self.delivered.load(Ordering::Relaxed));
+            if out == 0 || out.saturating_add(n as u64) <= window {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Sends what our incoming bulk lanes delivered to the peer, as it happens (coalesced).
+async fn report_deliveries(sync: Arc<LaneSync>, lane0: LaneTx) -> std::io::Result<()> {
+    loop {
+        sync.report.notified().await;
+        for (lane, count, bytes) in sync.take_reports() {
+            if lane0.send(control(LaneCtl::Delivered { lane, count, bytes })).is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// A control frame, queued for a lane.
 fn control(c: LaneCtl) -> Queued {
     (std::time::Instant::now(), c.encode(), None)
@@ -1009,6 +1084,7 @@ async fn write_lane<W, F>(
     mut metrics: crate::metrics::LaneMetrics,
     queued: Arc<AtomicUsize>,
     rate: Arc<Rate>,
+    flow: Option<Flow>,
 ) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
@@ -1016,7 +1092,13 @@ where
 {
     let mut w = open.await?;
     while let Some((t, p, held)) = frames.recv().await {
+        if let (Some((flow, link)), Some(_)) = (&flow, &held) {
+            flow.room(p.len(), LaneFlow::window(link.as_deref())).await;
+        }
         w.write_all(&p).await?;
+        if let (Some((flow, _)), Some(_)) = (&flow, &held) {
+            flow.written.fetch_add(p.len() as u64, Ordering::Relaxed);
+        }
         if let Some((held, sender)) = held {
             queued.fetch_sub(p.len(), Ordering::Relaxed);
             if let Some(s) = sender {
@@ -1034,8 +1116,7 @@ where
 /// in order, each after the barriers in front of it.
 async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger: Merger) -> std::io::Result<()> {
     let mut ingress = merger.policy.as_ref().map(|p| p.session.ingress());
-    let mut unreported = 0u64;
-    while let Some(f) = frames.next().await? {
+    while let Some((f, wire)) = frames.next().await? {
         let p = match f {
             Frame::Packet(p) => p,
             Frame::Ctl(LaneCtl::After { lane: other, count }) => {
@@ -1044,8 +1125,8 @@ async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger
                 }
                 continue;
             }
-            Frame::Ctl(LaneCtl::Delivered { lane: ours, count }) => {
-                merger.sync.peer_delivered(ours, count);
+            Frame::Ctl(LaneCtl::Delivered { lane: ours, count, bytes }) => {
+                merger.sync.peer_delivered(ours, count, bytes);
                 continue;
             }
             Frame::Ctl(LaneCtl::Silent) => {
@@ -1083,12 +1164,7 @@ async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger
                 return Ok(());
             }
         }
-        unreported += 1;
-        let report = !frames.ready() || unreported >= REPORT_EVERY;
-        if report {
-            unreported = 0;
-        }
-        merger.sync.delivered(lane, report);
+        merger.sync.delivered(lane, wire);
     }
     Ok(())
 }
@@ -1102,4 +1178,62 @@ pub async fn feed_lane_stream(
     merger: Merger,
 ) -> std::io::Result<()> {
     feed_lane(lane, Frames::new(rx, pending, true), merger).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod hold_tests {
+    use super::*;
+    use edist_proto::dist::control::{encode_message, Control};
+    use edist_proto::etf::{Atom, Pid, Term};
+
+    fn pid(id: u32) -> Pid {
+        Pid { node: Atom::from("a@h"), id, serial: 0, creation: 1 }
+    }
+
+    /// A whole SEND_SENDER packet from `from`, length prefix included.
+    fn packet(from: u32) -> Vec<u8> {
+        let (ctrl, pl) = encode_message(&Control::SendSender { from: pid(from), to: pid(9) }, Some(&Term::Int(1)));
+        let mut body = vec![131, 68, 0];
+        body.extend_from_slice(&ctrl);
+        body.extend_from_slice(&pl);
+        let mut p = (body.len() as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(&body);
+        p
+    }
+
+    #[test]
+    fn a_sender_over_its_share_is_held_once_and_released_at_half() {
+        let mut h = Holds::default();
+        let c = h.counter(1);
+        c.fetch_add(900, Ordering::Relaxed);
+        assert_eq!(h.over(1, &packet(1), 1000), None, "within its share");
+        c.fetch_add(200, Ordering::Relaxed);
+        assert_eq!(h.over(1, &packet(1), 1000), Some(pid(1)));
+        assert_eq!(h.over(1, &packet(1), 1000), None, "held already");
+        assert!(h.any_held());
+        // The lane writes some of it: not yet at half the share.
+        c.fetch_sub(400, Ordering::Relaxed);
+        assert!(h.drained(1000).is_empty());
+        c.fetch_sub(300, Ordering::Relaxed);
+        assert_eq!(h.drained(1000), vec![pid(1)]);
+        assert!(!h.any_held());
+        // A packet without a sender pid cannot be held (a SEND).
+        let c2 = h.counter(2);
+        c2.fetch_add(5000, Ordering::Relaxed);
+        assert_eq!(h.over(2, &[0, 0, 0, 3, 131, 68, 0], 1000), None);
+        // Everything held is let go at the end.
+        c.fetch_add(5000, Ordering::Relaxed);
+        assert!(h.over(1, &packet(1), 1000).is_some());
+        assert_eq!(h.release_all(), vec![pid(1)]);
+        assert!(!h.any_held());
+    }
+
+    #[test]
+    fn shares_follow_the_rate_within_bounds() {
+        assert_eq!(Rate::share(0.0), SHARE_START);
+        assert_eq!(Rate::share(1.0), SHARE_MIN);
+        assert_eq!(Rate::share(12.5e6), 625_000);
+        assert_eq!(Rate::share(1e12), SHARE_MAX);
+    }
 }

@@ -1632,6 +1632,40 @@ async fn ticks_stay_on_their_host_and_a_hung_node_is_noticed() -> Result<()> {
     Ok(())
 }
 
+/// `net_kernel:set_net_ticktime/1` at run time takes effect across the fabric: the gateways keep
+/// the default (60 s) in their config, the nodes switch to 4 s, and a hung node is then noticed
+/// by its peer after about that, with OTP's reason — not after the configured minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticktime_changed_at_run_time_takes_effect_across_the_fabric() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b = cluster.erl(1, "b", &[]).await?;
+    let qb = q(&b.name);
+    assert_eq!(a.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    for n in [&mut a, &mut b] {
+        // No transition period: the new ticktime holds at once.
+        assert_eq!(n.eval("net_kernel:set_net_ticktime(4, 0)").await?, "change_initiated");
+    }
+    a.watch_nodedown(&b.name).await?;
+    // The plugs report the new ticktime within a second or two; the connection stays up.
+    sleep(Duration::from_secs(8)).await;
+    assert_eq!(a.eval(&format!("nodes() =:= [{qb}]")).await?, "true", "the connection went down");
+    let os_pid = b.eval("os:getpid()").await?.trim_matches('"').to_string();
+    ensure!(std::process::Command::new("kill").args(["-STOP", &os_pid]).status()?.success());
+    let stopped = now_us();
+    let seen = a.nodedown(&b.name, Duration::from_secs(40)).await;
+    let _ = std::process::Command::new("kill").args(["-CONT", &os_pid]).status();
+    let (reason, at) = seen?;
+    let delay = at - stopped;
+    eprintln!("fabric: nodedown ({reason}) {:.1} ms after the far node hung (ticktime 4 s set at run time)", ms(delay));
+    assert_eq!(reason, "net_tick_timeout");
+    // With the configured 60 s the gateway would have waited 30 s before telling the far side.
+    assert!(delay < 15_000_000, "a hung node was noticed only after {:.1} ms", ms(delay));
+    cluster.passed();
+    Ok(())
+}
+
 /// No gateway names another: each finds the others through one DNS name (a hosts file in each
 /// namespace) that resolves to every gateway's address, skips itself, and links to whoever
 /// answers with a cluster certificate. The nodes then reach each other as usual.
@@ -1732,6 +1766,67 @@ async fn membership_spreads_the_registry_and_links_open_on_traffic_and_close_whe
             .await?;
     }
     eprintln!("gw-3 declared dead everywhere {:.1} s after SIGKILL", t.elapsed().as_secs_f64());
+    cluster.passed();
+    Ok(())
+}
+
+/// With membership, a node's registration reaches the other gateways a little after the node is
+/// up (a gossiped digest, then a pull). A lookup in that window is asked of the fabric instead
+/// of failing: each round starts c (host 2), a (host 0) and b (host 1) without waiting for any
+/// gateway but their own to know them, then a pings b at once — and c, which `global` then
+/// connects to b transitively — and a registers a global name that c must see right after.
+/// A name nobody has still fails, and fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_do_not_fail_while_membership_spreads_the_registry() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    // Links close 300 ms after their last relayed connection: each round starts without any,
+    // so nothing but membership tells a gateway about another's new node.
+    let cluster = Cluster::start_with(3, Setup { membership: Some(300), ..Setup::default() }).await?;
+    // Membership has converged once a node of every host is known everywhere.
+    let mut canaries = vec![];
+    for i in 0..3 {
+        canaries.push(cluster.erl(i, "k", &[]).await?);
+    }
+    for round in 0..4 {
+        cluster
+            .wait("the links of the last round to close", || async {
+                for i in 0..3 {
+                    if !cluster.peers(i).await?.is_empty() {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })
+            .await?;
+        let c = cluster.erl_as(2, Naming::short("c"), &[]).await?;
+        let mut a = cluster.erl_as(0, Naming::short("a"), &[]).await?;
+        let b = cluster.erl_as(1, Naming::short("b"), &[]).await?;
+        let (qb, qc) = (q(&b.name), q(&c.name));
+        let known = remote_names(&cluster.host(0)?.status().await?).contains(&b.name);
+        let (r, ms) = timed_result(&a.eval(&timed(&format!("net_adm:ping({qb})"))).await?)?;
+        eprintln!("round {round}: ping from a to b, just started: {r} after {ms} ms (gw-0 knew b before: {known})");
+        ensure!(r == "pong", "round {round}: a could not reach b, up on host 1: {r}");
+        assert_eq!(a.eval(&format!("net_adm:ping({qc})")).await?, "pong", "round {round}");
+        // global on a syncs with b and c, which it makes connect to each other: c dials b, as
+        // new to gw-2 as it was to gw-0. Had that failed, c would drop a (global prevents
+        // overlapping partitions) and not see the name a registers.
+        assert_eq!(a.eval("global:sync()").await?, "ok", "round {round}");
+        let g = unique("g");
+        assert_eq!(a.eval(&format!("global:register_name({g}, self())")).await?, "yes", "round {round}");
+        let mut c = c;
+        let seen =
+            c.eval(&format!("case global:whereis_name({g}) of undefined -> undefined; P -> node(P) end")).await?;
+        ensure!(seen == printed(&a.name), "round {round}: c sees {g} at {seen}, not at {}", a.name);
+        // b is connected to c (global connected them), and a to both.
+        let nodes = c.eval("global:sync(), lists:sort(nodes())").await?;
+        ensure!(nodes.contains(&printed(&b.name)) && nodes.contains(&printed(&a.name)), "round {round}: c has {nodes}");
+        drop((a, b, c));
+    }
+    // A node that is nowhere: pang, without waiting out the bound.
+    let k = &mut canaries[0];
+    let (r, ms) = timed_result(&k.eval(&timed(&format!("net_adm:ping({})", q(&format!("nobody@{}", host()))))).await?)?;
+    eprintln!("ping of a node that is nowhere: {r} after {ms} ms");
+    ensure!(r == "pang" && ms < 500, "ping of a node that is nowhere: {r} after {ms} ms");
     cluster.passed();
     Ok(())
 }

@@ -19,6 +19,10 @@ pub enum Command {
     Nodes(Vec<NodeInfo>),
     /// Ask the gateway at this membership address to let us in.
     Announce(SocketAddr),
+    /// Whose node is `name`? Ask the `likely` owners first (see [`Membership::lookup`]); the
+    /// caller's question began at `asked`. Sent again while waiting, to ask again whoever has
+    /// not answered.
+    Lookup { name: String, likely: Vec<String>, asked: Instant },
 }
 
 /// What membership tells the gateway.
@@ -30,6 +34,11 @@ pub enum Event {
     Down(MemberId),
     /// A gateway's complete node list, signed by it; `grant` is its certificate's.
     Nodes { gateway: String, nodes: Vec<NodeInfo>, grant: Arc<Grant> },
+    /// A gateway says `node` is its own (answering a lookup), signed by it; `grant` is its
+    /// certificate's.
+    Node { gateway: String, node: NodeInfo, grant: Arc<Grant> },
+    /// Every member says `name` is not its node, answering a question asked at `since`.
+    Unknown { name: String, since: Instant },
     /// A datagram was refused.
     Refused { from: SocketAddr, why: String },
 }
@@ -82,6 +91,7 @@ pub async fn run(
             c = commands.recv() => match c {
                 Some(Command::Nodes(nodes)) => m.set_local_nodes(nodes),
                 Some(Command::Announce(addr)) => m.announce(addr),
+                Some(Command::Lookup { name, likely, asked }) => m.lookup(&name, &likely, asked, Instant::now()),
                 None => return,
             },
             Some(t) = timers.recv() => m.handle_timer(t),
@@ -109,6 +119,11 @@ pub async fn run(
                     let grant = last_grant.clone().unwrap_or_default();
                     events(Event::Nodes { gateway, nodes, grant })
                 }
+                Output::Node { gateway, node } => {
+                    let grant = last_grant.clone().unwrap_or_default();
+                    events(Event::Node { gateway, node, grant })
+                }
+                Output::Unknown { name, since } => events(Event::Unknown { name, since }),
             }
         }
     }

@@ -50,6 +50,12 @@ pub trait Link: Send + Sync + std::fmt::Debug {
     fn remote_address(&self) -> SocketAddr;
     /// Bytes sent and received on the wire (transport overhead included).
     fn wire_bytes(&self) -> (u64, u64);
+    /// How many bytes the path holds in flight now (the congestion window), if the transport
+    /// knows: bulk lanes keep about that much in the transport, and wait in the gateway's
+    /// lanes otherwise.
+    fn in_flight_hint(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A link whose peer said hello: who it is (its certificate identity) and what it may claim.

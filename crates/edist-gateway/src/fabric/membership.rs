@@ -6,6 +6,13 @@
 //! *digest*); whoever has an older version asks the owner for the list directly, so every list
 //! a gateway accepts was signed by the gateway whose nodes it names.
 //!
+//! The registry reaches each gateway a little after a node registers (a digest, then a pull at
+//! the next tick). A name the gateway does not know yet is *looked up* ([`Membership::lookup`]):
+//! the likely owners are asked first, then every member; the owner answers with the node, signed
+//! like everything else, the others say it is not theirs. So a node that is up anywhere is found
+//! in one or two round trips, and a name nobody has is known to be unknown as soon as every
+//! member has said so.
+//!
 //! The caller feeds in verified datagrams ([`Membership::handle_datagram`]), timers and a
 //! [`Membership::tick`] every second, and carries out the [`Output`]s.
 
@@ -13,7 +20,7 @@ use crate::wire::NodeInfo;
 use foca::{BroadcastHandler, Codec, Config, Foca, Identity, Invalidates, OwnedNotification, Timer};
 use rand_foca::SeedableRng;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -62,6 +69,12 @@ pub enum Output {
     Down(MemberId),
     /// The complete list of `gateway`'s nodes, from the gateway itself.
     Nodes { gateway: String, nodes: Vec<NodeInfo> },
+    /// `gateway` says `node` is one of its own, answering a [`Membership::lookup`] (its full
+    /// list follows at the next pull).
+    Node { gateway: String, node: NodeInfo },
+    /// Every member asked says `name` is not its node, answering a question asked at `since`
+    /// (see [`Membership::lookup`]): callers who asked later may not take it.
+    Unknown { name: String, since: Instant },
 }
 
 /// Errors of the membership core: a peer broke the protocol, or foca refused something.
@@ -78,6 +91,14 @@ mod kind {
     pub const SWIM: u8 = 0;
     pub const PULL: u8 = 1;
     pub const NODES: u8 = 2;
+    /// `[question u32][name]`: is this node yours? (`question` tells answers to an earlier
+    /// question about the name from answers to this one.)
+    pub const WHO: u8 = 3;
+    /// `[question u32][version u64][name][creation u32]`: it is, and my node list is at
+    /// `version`.
+    pub const HAVE: u8 = 4;
+    /// `[question u32][name]`: it is not.
+    pub const NOT_HERE: u8 = 5;
 }
 
 /// Node-list bytes per datagram (the envelope adds the certificate and signature).
@@ -96,6 +117,31 @@ fn announce_every(frequency: Duration) -> foca::PeriodicParams {
 
 /// How long before an unanswered pull is repeated.
 const PULL_RETRY: Duration = Duration::from_secs(1);
+
+/// How long before a member that has not answered a lookup is asked again (datagrams get lost).
+const LOOKUP_RESEND: Duration = Duration::from_millis(100);
+/// A lookup nobody concluded is dropped after this: the gateway stopped waiting long before.
+const LOOKUP_FORGET: Duration = Duration::from_secs(5);
+/// Lookups in flight at most (each holds a set of member names); beyond, a lookup is answered
+/// unknown at once. The control port serves 256 requests at a time, each at most one lookup.
+const MAX_LOOKUPS: usize = 256;
+/// Longest node name (OTP's atom limit; `put_str` could not carry more).
+const MAX_NAME: usize = 255;
+
+/// A name asked of the other gateways.
+#[derive(Debug)]
+struct Lookup {
+    started: Instant,
+    /// This question's number: answers to another one about the same name say no only of
+    /// what was true then.
+    question: u32,
+    /// Members asked that have not answered, and when they were last asked.
+    waiting: HashMap<String, Instant>,
+    /// Members that said the node is not theirs.
+    denied: HashSet<String>,
+    /// Every member has been asked, not only the likely owners.
+    wide: bool,
+}
 
 /// What we know of another gateway's node list.
 #[derive(Debug, Default)]
@@ -124,6 +170,12 @@ pub struct Membership {
     grew: Option<Instant>,
     settled: bool,
     config: Config,
+    /// Names being looked up (see [`Membership::lookup`]).
+    lookups: HashMap<String, Lookup>,
+    /// The number of the next lookup question.
+    next_question: u32,
+    /// The latest time the caller gave us, for what foca's notifications start.
+    now: Instant,
 }
 
 impl Membership {
@@ -159,6 +211,9 @@ impl Membership {
             grew: None,
             settled: false,
             config,
+            lookups: HashMap::new(),
+            next_question: rand::random(),
+            now: Instant::now(),
         }
     }
 
@@ -185,6 +240,7 @@ impl Membership {
 
     /// A datagram `sender` (verified by the envelope) sent us.
     pub fn handle_datagram(&mut self, sender: &str, payload: &[u8], now: Instant) -> Result<(), MembershipError> {
+        self.now = self.now.max(now);
         let (&k, body) = payload.split_first().ok_or(MembershipError::Malformed("empty"))?;
         let result = match k {
             kind::SWIM => {
@@ -207,6 +263,26 @@ impl Membership {
                 Ok(())
             }
             kind::NODES => self.receive_nodes(sender, body, now),
+            kind::WHO => {
+                let (question, name) = question_and_name(body).ok_or(MembershipError::Malformed("who"))?;
+                self.answer_who(sender, question, &name);
+                Ok(())
+            }
+            kind::HAVE => {
+                let bad = || MembershipError::Malformed("have");
+                let (question, rest) = body.split_first_chunk::<4>().ok_or_else(bad)?;
+                let (v, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+                let (name, rest) = take_str(rest).ok_or_else(bad)?;
+                let (creation, _) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+                let node = NodeInfo { name, creation: u32::from_be_bytes(*creation) };
+                self.receive_have(sender, u32::from_be_bytes(*question), u64::from_be_bytes(*v), node);
+                Ok(())
+            }
+            kind::NOT_HERE => {
+                let (question, name) = question_and_name(body).ok_or(MembershipError::Malformed("not here"))?;
+                self.denied(sender, question, &name);
+                Ok(())
+            }
             _ => Err(MembershipError::Malformed("unknown kind")),
         };
         self.drain();
@@ -221,12 +297,19 @@ impl Membership {
 
     /// Once a second: asks for node lists we know are newer than ours.
     pub fn tick(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.lookups.retain(|_, l| now.saturating_duration_since(l.started) < LOOKUP_FORGET);
         if !self.settled && !self.members.is_empty() {
             let grew = *self.grew.get_or_insert(now);
             if now.duration_since(grew) >= JOINING {
                 self.settled = true;
                 self.config.periodic_announce = Some(announce_every(SETTLED_ANNOUNCE));
                 let _ = self.foca.set_config(self.config.clone());
+                // Lookups that everyone denied were waiting for members that might still come.
+                let names: Vec<String> = self.lookups.keys().cloned().collect();
+                for name in names {
+                    self.advance_lookup(&name);
+                }
             }
         }
         // (Copied, not drained: the handler needs them to tell a stale digest from a new one.)
@@ -241,6 +324,124 @@ impl Membership {
                 r.last_pull = Some(now);
                 self.out.push_back(Output::Send { to: m.gossip, payload: vec![kind::PULL] });
             }
+        }
+    }
+
+    /// Asks the other gateways whose node `name` is: those of the `likely` owners that are
+    /// members first, every member if they all say no (or none of them is a member). The owner
+    /// answers with the node ([`Output::Node`]); once every member has said no,
+    /// [`Output::Unknown`] — except while this gateway is still joining, when more members may
+    /// come (they are asked as they do) and only the caller's own bound ends the wait.
+    ///
+    /// `asked` is when the caller's own question began: a lookup of the name that started
+    /// earlier is asked afresh (its noes may predate the node), one that started since is the
+    /// caller's too, and polling it again asks again the members that have not answered for
+    /// [`LOOKUP_RESEND`]: the caller polls, this decides what goes on the wire. Nothing of a
+    /// lookup outlives it: the next one asks afresh.
+    pub fn lookup(&mut self, name: &str, likely: &[String], asked: Instant, now: Instant) {
+        self.now = self.now.max(now);
+        if self.lookups.get(name).is_some_and(|l| l.started < asked) {
+            self.lookups.remove(name);
+        }
+        if let Some(l) = self.lookups.get_mut(name) {
+            for (member, last) in &mut l.waiting {
+                let Some(m) = self.members.get(member) else { continue };
+                if now.saturating_duration_since(*last) >= LOOKUP_RESEND {
+                    *last = now;
+                    self.out
+                        .push_back(Output::Send { to: m.gossip, payload: who_message(kind::WHO, l.question, name) });
+                }
+            }
+            return;
+        }
+        if name.is_empty() || name.len() > MAX_NAME || self.lookups.len() >= MAX_LOOKUPS {
+            self.out.push_back(Output::Unknown { name: name.to_string(), since: now });
+            return;
+        }
+        let question = self.next_question;
+        self.next_question = self.next_question.wrapping_add(1);
+        let mut l = Lookup { started: now, question, waiting: HashMap::new(), denied: HashSet::new(), wide: false };
+        for m in likely.iter().filter_map(|g| self.members.get(g)) {
+            l.waiting.insert(m.name.clone(), now);
+            self.out.push_back(Output::Send { to: m.gossip, payload: who_message(kind::WHO, question, name) });
+        }
+        self.lookups.insert(name.to_string(), l);
+        // No likely owner is a member: ask everyone.
+        self.advance_lookup(name);
+    }
+
+    /// Answers a member's lookup: the node if it is ours, else "not here".
+    fn answer_who(&mut self, sender: &str, question: u32, name: &str) {
+        let Some(to) = self.members.get(sender).map(|m| m.gossip) else { return };
+        let payload = match self.nodes.iter().find(|n| n.name == name) {
+            Some(n) => {
+                let mut p = vec![kind::HAVE];
+                p.extend_from_slice(&question.to_be_bytes());
+                p.extend_from_slice(&self.version.to_be_bytes());
+                put_str(&mut p, &n.name);
+                p.extend_from_slice(&n.creation.to_be_bytes());
+                p
+            }
+            None => who_message(kind::NOT_HERE, question, name),
+        };
+        self.out.push_back(Output::Send { to, payload });
+    }
+
+    /// A member says `name` is not its node, answering `question`.
+    fn denied(&mut self, sender: &str, question: u32, name: &str) {
+        let Some(l) = self.lookups.get_mut(name) else { return };
+        // Only an answer to this very question, from a member it asked, counts.
+        if l.question == question && l.waiting.remove(sender).is_some() {
+            l.denied.insert(sender.to_string());
+            self.advance_lookup(name);
+        }
+    }
+
+    /// A member says `node` is its own, its list being at `version`.
+    fn receive_have(&mut self, sender: &str, question: u32, version: u64, node: NodeInfo) {
+        if !self.members.contains_key(sender) {
+            return;
+        }
+        let r = self.remotes.entry(sender.to_string()).or_default();
+        // Its whole list follows at the next tick's pull: the registry stays the owner's list.
+        r.heard = r.heard.max(version);
+        let fresh = version > r.have;
+        if !self.lookups.contains_key(&node.name) {
+            return; // not asked (or answered already): only lookups take single nodes
+        }
+        if fresh {
+            // A yes holds whichever question it answers: the node is there at `version`.
+            self.lookups.remove(&node.name);
+            self.out.push_back(Output::Node { gateway: sender.to_string(), node });
+        } else {
+            // The list we hold from it is as new: the node is in it (and was taken, or refused,
+            // by the gateway), or has gone since. Either way this answer adds nothing.
+            self.denied(sender, question, &node.name);
+        }
+    }
+
+    /// Moves a lookup on once nobody it asked owes an answer: to every member if only the
+    /// likely owners were asked, else to its conclusion.
+    fn advance_lookup(&mut self, name: &str) {
+        let Some(l) = self.lookups.get_mut(name) else { return };
+        if !l.waiting.is_empty() {
+            return;
+        }
+        if !l.wide {
+            l.wide = true;
+            for m in self.members.values().filter(|m| !l.denied.contains(&m.name)) {
+                l.waiting.insert(m.name.clone(), self.now);
+                self.out.push_back(Output::Send { to: m.gossip, payload: who_message(kind::WHO, l.question, name) });
+            }
+            if !l.waiting.is_empty() {
+                return;
+            }
+        }
+        if !self.settled {
+            return; // still joining: a member yet to come may have it
+        }
+        if let Some(l) = self.lookups.remove(name) {
+            self.out.push_back(Output::Unknown { name: name.to_string(), since: l.started });
         }
     }
 
@@ -350,12 +551,28 @@ impl Membership {
                     let r = self.remotes.entry(m.name.clone()).or_default();
                     r.heard = r.heard.max(r.have.saturating_add(1));
                     r.last_pull = None;
+                    // Lookups that asked everyone ask the newcomer too.
+                    for (name, l) in self.lookups.iter_mut().filter(|(_, l)| l.wide) {
+                        l.denied.remove(&m.name);
+                        l.waiting.insert(m.name.clone(), self.now);
+                        let payload = who_message(kind::WHO, l.question, name);
+                        self.out.push_back(Output::Send { to: m.gossip, payload });
+                    }
                     self.out.push_back(Output::Up(m));
                 }
                 // (A former life going down says nothing about the current one.)
                 OwnedNotification::MemberDown(m) if self.members.get(&m.name).is_some_and(|cur| cur.bump <= m.bump) => {
                     self.members.remove(&m.name);
                     self.remotes.remove(&m.name);
+                    // It will not answer: lookups waiting for it move on without it.
+                    let owed: Vec<String> = self
+                        .lookups
+                        .iter_mut()
+                        .filter_map(|(name, l)| l.waiting.remove(&m.name).map(|_| name.clone()))
+                        .collect();
+                    for name in owed {
+                        self.advance_lookup(&name);
+                    }
                     self.out.push_back(Output::Down(m));
                 }
                 OwnedNotification::Rejoin(me) => lock(&self.codec).me = me,
@@ -366,6 +583,21 @@ impl Membership {
             }
         }
     }
+}
+
+/// A `WHO` or `NOT_HERE` datagram: `question` about `name`.
+fn who_message(k: u8, question: u32, name: &str) -> Vec<u8> {
+    let mut p = vec![k];
+    p.extend_from_slice(&question.to_be_bytes());
+    put_str(&mut p, name);
+    p
+}
+
+/// The body of a `WHO` or `NOT_HERE` datagram.
+fn question_and_name(body: &[u8]) -> Option<(u32, String)> {
+    let (question, rest) = body.split_first_chunk::<4>()?;
+    let (name, _) = take_str(rest)?;
+    Some((u32::from_be_bytes(*question), name))
 }
 
 fn finish_part(cur: &mut Vec<u8>, count: &mut u16) -> Vec<u8> {
@@ -516,6 +748,11 @@ mod tests {
         /// What each member was told: lists and departures.
         nodes: Vec<HashMap<String, Vec<NodeInfo>>>,
         downs: Vec<Vec<String>>,
+        /// What lookups found (gateway, node) and concluded nobody has, per member.
+        found: Vec<Vec<(String, NodeInfo)>>,
+        unknown: Vec<Vec<String>>,
+        /// Lookup datagrams sent: (from, to, kind).
+        lookup_log: Vec<(usize, usize, u8)>,
         /// Datagrams sent, all members together.
         sent: u64,
     }
@@ -536,6 +773,9 @@ mod tests {
                 start: Instant::now(),
                 nodes: vec![HashMap::new(); n],
                 downs: vec![vec![]; n],
+                found: vec![vec![]; n],
+                unknown: vec![vec![]; n],
+                lookup_log: vec![],
                 sent: 0,
             }
         }
@@ -558,6 +798,9 @@ mod tests {
                             Output::Send { to, payload } => {
                                 self.sent += 1;
                                 let Some(j) = self.index(to) else { continue };
+                                if let Some(&k @ (kind::WHO | kind::HAVE | kind::NOT_HERE)) = payload.first() {
+                                    self.lookup_log.push((i, j, k));
+                                }
                                 if self.alive[j] {
                                     let sender = self.members[i].me().name.clone();
                                     let now = self.start + self.now;
@@ -573,6 +816,8 @@ mod tests {
                             }
                             Output::Down(m) => self.downs[i].push(m.name),
                             Output::Up(_) => {}
+                            Output::Node { gateway, node } => self.found[i].push((gateway, node)),
+                            Output::Unknown { name, .. } => self.unknown[i].push(name),
                         }
                     }
                 }
@@ -692,5 +937,226 @@ mod tests {
             assert!(m.handle_datagram("gw-1", &p[..cut], now).is_err(), "cut at {cut}");
         }
         assert!(m.handle_datagram("gw-1", &[9], now).is_err());
+    }
+
+    /// A converged cluster of `n` (settled: joining is over) where gw-1 has just registered
+    /// `b@h1`: its digest is out, but nobody has pulled its list yet.
+    fn converged_then_b_registers(n: usize) -> Sim {
+        let mut sim = Sim::new(n);
+        for i in 1..n {
+            let seed = sim.members[0].me().gossip;
+            sim.members[i].announce(seed);
+        }
+        sim.run(Duration::from_secs(15));
+        sim.members[1].set_local_nodes(vec![node("b@h1")]);
+        sim.pump();
+        assert!(sim.nodes[0].get("gw-1").is_none_or(|l| l.is_empty()), "gw-0 pulled already");
+        sim.lookup_log.clear();
+        sim
+    }
+
+    fn at(sim: &Sim, after: Duration) -> Instant {
+        sim.start + sim.now + after
+    }
+
+    fn have_message(question: u32, version: u64, name: &str) -> Vec<u8> {
+        let mut p = vec![kind::HAVE];
+        p.extend_from_slice(&question.to_be_bytes());
+        p.extend_from_slice(&version.to_be_bytes());
+        put_str(&mut p, name);
+        p.extend_from_slice(&7u32.to_be_bytes());
+        p
+    }
+
+    fn sent_by_kind(sim: &Sim, k: u8) -> Vec<(usize, usize)> {
+        sim.lookup_log.iter().filter(|(_, _, kk)| *kk == k).map(|(f, t, _)| (*f, *t)).collect()
+    }
+
+    #[test]
+    fn a_lookup_finds_a_node_before_its_list_spreads() {
+        let mut sim = converged_then_b_registers(4);
+        let now = at(&sim, Duration::ZERO);
+        sim.members[0].lookup("b@h1", &[], now, now);
+        sim.pump();
+        // Everyone was asked (no likely owner given); the owner said yes, the others no.
+        assert_eq!(sent_by_kind(&sim, kind::WHO).len(), 3);
+        assert_eq!(sent_by_kind(&sim, kind::HAVE), [(1, 0)]);
+        assert_eq!(sent_by_kind(&sim, kind::NOT_HERE).len(), 2);
+        assert_eq!(sim.found[0], [("gw-1".to_string(), node("b@h1"))]);
+        assert!(sim.unknown[0].is_empty(), "a yes is final: the late noes change nothing");
+        // The owner's whole list follows at the next tick's pull.
+        sim.run(Duration::from_secs(2));
+        assert_eq!(sim.nodes[0]["gw-1"], vec![node("b@h1")]);
+    }
+
+    #[test]
+    fn the_likely_owner_is_asked_first_and_everyone_else_only_if_it_says_no() {
+        let mut sim = converged_then_b_registers(4);
+        let now = at(&sim, Duration::ZERO);
+        sim.members[0].lookup("b@h1", &["gw-1".to_string(), "gw-9".to_string()], now, now);
+        sim.pump();
+        assert_eq!(sent_by_kind(&sim, kind::WHO), [(0, 1)], "only the likely owner (gw-9 is no member)");
+        assert_eq!(sim.found[0].len(), 1);
+
+        let mut sim = converged_then_b_registers(4);
+        sim.members[0].lookup("b@h1", &["gw-2".to_string()], now, now);
+        sim.pump();
+        let who = sent_by_kind(&sim, kind::WHO);
+        assert_eq!(who[0], (0, 2));
+        let mut rest = who[1..].to_vec();
+        rest.sort();
+        assert_eq!(rest, [(0, 1), (0, 3)], "gw-2 said no: the others, and not gw-2 again");
+        assert_eq!(sim.found[0], [("gw-1".to_string(), node("b@h1"))]);
+    }
+
+    #[test]
+    fn a_name_nobody_has_is_unknown_once_every_member_said_no_and_nothing_is_remembered() {
+        let mut sim = converged_then_b_registers(3);
+        let now = at(&sim, Duration::ZERO);
+        sim.members[0].lookup("nobody@h", &[], now, now);
+        sim.pump();
+        assert_eq!(sim.unknown[0], ["nobody@h"]);
+        assert!(sim.found[0].is_empty());
+        // The next lookup asks again: the node may have come meanwhile.
+        sim.members[2].set_local_nodes(vec![node("nobody@h")]);
+        sim.pump();
+        sim.lookup_log.clear();
+        sim.members[0].lookup("nobody@h", &[], now, now);
+        sim.pump();
+        assert_eq!(sent_by_kind(&sim, kind::WHO).len(), 2);
+        assert_eq!(sim.found[0], [("gw-2".to_string(), node("nobody@h"))]);
+        assert_eq!(sim.unknown[0].len(), 1);
+    }
+
+    #[test]
+    fn a_silent_member_is_asked_again_and_its_silence_is_no_answer() {
+        let mut sim = converged_then_b_registers(3);
+        sim.alive[2] = false;
+        let t0 = at(&sim, Duration::ZERO);
+        sim.members[0].lookup("nobody@h", &[], t0, t0);
+        sim.pump();
+        assert!(sim.unknown[0].is_empty(), "gw-2 has not answered");
+        // Polled again at once: nothing resent; after the resend interval, only gw-2 again.
+        sim.lookup_log.clear();
+        sim.members[0].lookup("nobody@h", &[], t0, t0 + Duration::from_millis(10));
+        sim.pump();
+        assert!(sent_by_kind(&sim, kind::WHO).is_empty());
+        sim.members[0].lookup("nobody@h", &[], t0, t0 + LOOKUP_RESEND);
+        sim.pump();
+        assert_eq!(sent_by_kind(&sim, kind::WHO), [(0, 2)]);
+        // Back, it answers the resent question.
+        sim.alive[2] = true;
+        sim.members[0].lookup("nobody@h", &[], t0, t0 + LOOKUP_RESEND * 2);
+        sim.pump();
+        assert_eq!(sim.unknown[0], ["nobody@h"]);
+    }
+
+    #[test]
+    fn a_later_caller_asks_afresh_and_answers_to_the_old_question_do_not_count() {
+        let mut sim = converged_then_b_registers(3);
+        sim.alive[2] = false;
+        let t0 = at(&sim, Duration::ZERO);
+        sim.members[0].lookup("late@h1", &[], t0, t0);
+        sim.pump();
+        let old = sim.members[0].lookups["late@h1"].question;
+        assert_eq!(sim.members[0].lookups["late@h1"].denied.len(), 1, "gw-1 said no");
+        // late@h1 registers now; a caller who asks after that must not get gw-1's old no.
+        sim.members[1].set_local_nodes(vec![node("b@h1"), node("late@h1")]);
+        sim.pump();
+        sim.lookup_log.clear();
+        let t1 = t0 + Duration::from_millis(20);
+        sim.members[0].lookup("late@h1", &[], t1, t1);
+        let l = &sim.members[0].lookups["late@h1"];
+        assert!(l.question != old && l.denied.is_empty() && l.started == t1);
+        // gw-2's answer to the old question arrives late: it does not count.
+        sim.members[0].handle_datagram("gw-2", &who_message(kind::NOT_HERE, old, "late@h1"), t1).unwrap();
+        assert!(sim.members[0].lookups["late@h1"].waiting.contains_key("gw-2"));
+        sim.pump();
+        assert_eq!(sim.found[0], [("gw-1".to_string(), node("late@h1"))], "asked again, gw-1 says yes");
+        // The first caller, polling on, does not restart what started after it asked.
+        sim.members[0].lookup("nobody@h", &[], t1, t1);
+        let q = sim.members[0].lookups["nobody@h"].question;
+        sim.members[0].lookup("nobody@h", &[], t0, t1 + LOOKUP_RESEND);
+        assert_eq!(sim.members[0].lookups["nobody@h"].question, q);
+    }
+
+    #[test]
+    fn while_joining_a_lookup_waits_for_members_and_asks_them_as_they_come() {
+        let mut sim = Sim::new(3);
+        sim.members[2].set_local_nodes(vec![node("c@h2")]);
+        let t0 = at(&sim, Duration::ZERO);
+        sim.members[0].lookup("c@h2", &[], t0, t0);
+        sim.members[0].lookup("nobody@h", &[], t0, t0);
+        sim.pump();
+        assert!(sim.unknown[0].is_empty() && sim.found[0].is_empty(), "nobody to ask yet: wait");
+        for i in 1..3 {
+            let seed = sim.members[0].me().gossip;
+            sim.members[i].announce(seed);
+        }
+        sim.run(Duration::from_millis(500));
+        assert_eq!(sim.found[0], [("gw-2".to_string(), node("c@h2"))], "asked as it joined");
+        assert!(sim.unknown[0].is_empty(), "every member said no, but more may come while joining");
+        // Joining ends (no new member for a while); by then the caller gave up long ago, and
+        // the lookup is forgotten. Asked now, the noes conclude it.
+        sim.run(Duration::from_secs(7));
+        assert!(sim.members[0].settled);
+        assert!(sim.unknown[0].is_empty() && sim.members[0].lookups.is_empty());
+        let now = at(&sim, Duration::ZERO);
+        sim.members[0].lookup("nobody@h", &[], now, now);
+        sim.pump();
+        assert_eq!(sim.unknown[0], ["nobody@h"]);
+    }
+
+    #[test]
+    fn answers_nobody_asked_for_and_stale_ones_take_nothing() {
+        let mut sim = converged_then_b_registers(3);
+        sim.run(Duration::from_secs(2)); // gw-0 now holds gw-1's list with b
+        let now = at(&sim, Duration::ZERO);
+        // A yes nobody asked for: no node from it.
+        let have = have_message(1, 99, "x@h1");
+        sim.members[0].handle_datagram("gw-1", &have, now).unwrap();
+        sim.pump();
+        assert!(sim.found[0].is_empty());
+        // A yes about a list no newer than ours (the gateway refused b, say): it counts as a no.
+        sim.members[0].lookup("b@h1", &[], now, now);
+        sim.pump();
+        assert!(sim.found[0].is_empty());
+        assert_eq!(sim.unknown[0], ["b@h1"]);
+        // Questions from non-members go unanswered.
+        let before = sim.lookup_log.len();
+        sim.members[1].handle_datagram("gw-9", &who_message(kind::WHO, 1, "b@h1"), now).unwrap();
+        sim.pump();
+        assert_eq!(sim.lookup_log.len(), before);
+        // A no from a member that was not asked changes nothing.
+        sim.members[0].lookup("nobody@h", &["gw-1".to_string()], now, now);
+        sim.members[0].handle_datagram("gw-2", &who_message(kind::NOT_HERE, 1, "nobody@h"), now).unwrap();
+        assert!(sim.members[0].lookups["nobody@h"].denied.is_empty());
+    }
+
+    #[test]
+    fn lookups_are_bounded_and_malformed_answers_refused() {
+        let mut m = Membership::new(id(0), 3);
+        let now = Instant::now();
+        m.lookup(&"x".repeat(MAX_NAME + 1), &[], now, now);
+        m.lookup("", &[], now, now);
+        let unknown = std::iter::from_fn(|| m.poll()).filter(|o| matches!(o, Output::Unknown { .. })).count();
+        assert_eq!(unknown, 2, "names no node can have");
+        for i in 0..MAX_LOOKUPS {
+            m.lookup(&format!("n{i}@h"), &[], now, now);
+        }
+        assert!(m.poll().is_none(), "no member to ask: waiting");
+        m.lookup("one-more@h", &[], now, now);
+        assert_eq!(m.poll(), Some(Output::Unknown { name: "one-more@h".into(), since: now }));
+        // Forgotten after a while (whoever asked gave up long before).
+        m.tick(now + LOOKUP_FORGET);
+        assert!(m.lookups.is_empty());
+        let have = have_message(1, 1, "x@h");
+        for k in [kind::WHO, kind::NOT_HERE] {
+            assert!(m.handle_datagram("gw-1", &[k], now).is_err());
+            assert!(m.handle_datagram("gw-1", &[k, 5, b'a'], now).is_err(), "a name cut short");
+        }
+        for cut in 1..have.len() {
+            assert!(m.handle_datagram("gw-1", &have[..cut], now).is_err(), "cut at {cut}");
+        }
     }
 }

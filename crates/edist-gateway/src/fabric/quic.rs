@@ -327,6 +327,9 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 }
 
 /// The QUIC transport configuration for `opts`.
+/// What a link may buffer for sending, all streams together (a bound, not an allocation).
+const SEND_WINDOW: u64 = 64 << 20;
+
 pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
     if opts.keep_alive >= opts.idle_timeout {
         return Err(FabricError::Options(format!(
@@ -340,7 +343,11 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
     t.keep_alive_interval(Some(opts.keep_alive))
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(opts.max_bidi_streams.into())
-        .max_concurrent_uni_streams(opts.max_uni_streams.into());
+        .max_concurrent_uni_streams(opts.max_uni_streams.into())
+        // Bulk lanes keep about a congestion window each in QUIC's send buffer (relay.rs, lane
+        // flow): the rest of this is headroom, so that a small message on the ordered lane never
+        // waits for buffer space behind bulk data (it then goes first: stream priority).
+        .send_window(SEND_WINDOW);
     match opts.congestion {
         Congestion::Bbr => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
         Congestion::Cubic => t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
@@ -845,6 +852,10 @@ impl super::link::Link for quinn::Connection {
     fn wire_bytes(&self) -> (u64, u64) {
         let s = self.stats();
         (s.udp_tx.bytes, s.udp_rx.bytes)
+    }
+
+    fn in_flight_hint(&self) -> Option<u64> {
+        Some(self.stats().path.cwnd)
     }
 }
 

@@ -11,8 +11,10 @@
 //!   sends only the alive part as epmd expects, `alive@<this host>` (see [`full_node_name`]).
 //!   The connection stays open for the node's lifetime, and its close drops the
 //!   [`Registration`], which unregisters.
-//! * PORT_PLEASE2_REQ is answered from [`LocalDirectory::resolve`], NAMES_REQ from
-//!   [`LocalDirectory::names`]; both connections close after the answer, as with epmd.
+//! * PORT_PLEASE2_REQ is answered from [`LocalDirectory::lookup`] (which may wait, bounded, for
+//!   a name the directory does not know yet), NAMES_REQ from [`LocalDirectory::names`]; both
+//!   connections close after the answer, as with epmd. Each connection has a task of its own,
+//!   so a lookup that waits holds up nobody else.
 //! * DUMP, KILL and STOP are not served: the connection is closed.
 //!
 //! Only loopback peers are served; the number of connections waiting for or being answered is
@@ -21,6 +23,7 @@
 //! the server.
 
 use super::plug::{Plug, Reports};
+use crate::fabric::link::BoxFuture;
 use edist_proto::epmd::{self, Alive2Resp, NamesResp, NodeInfo, Port2Resp, Request};
 use std::collections::HashMap;
 use std::fmt;
@@ -46,8 +49,14 @@ pub trait LocalDirectory: Send + Sync {
     /// the node's plug on this registration (it may never speak).
     fn register(&self, name: &str, port: u16, plug: Plug) -> Result<Registration, RegisterError>;
     /// The loopback port where `full_name` (`name@host`, local or remote) accepts
-    /// distribution connections, if it is known.
+    /// distribution connections, if it is known now.
     fn resolve(&self, full_name: &str) -> Option<u16>;
+    /// [`LocalDirectory::resolve`], for PORT_PLEASE2: a directory that can still learn of
+    /// `full_name` (a gateway asking the fabric) may wait for it, briefly — `net_kernel` waits
+    /// for this answer. By default, what `resolve` knows now.
+    fn lookup<'a>(&'a self, full_name: &'a str) -> BoxFuture<'a, Option<u16>> {
+        Box::pin(std::future::ready(self.resolve(full_name)))
+    }
     /// The registered local nodes: alive name and port, as NAMES_REQ lists them.
     fn names(&self) -> Vec<(String, u16)>;
     /// The gateway's status as JSON, served for DUMP_REQ (what `edist status` sends).
@@ -240,7 +249,7 @@ impl Conn {
         match request {
             Request::Alive2(req) => self.register(req, permit).await,
             Request::PortPlease2 { name } => {
-                let resp = match self.registry.resolve(&name) {
+                let resp = match self.registry.lookup(&name).await {
                     Some(port) => {
                         tracing::debug!(%name, port, "control port: resolved");
                         Port2Resp::Ok(NodeInfo {
