@@ -33,6 +33,7 @@
 //! relay = false                    # relay for peers that dial in and cannot be dialled
 //! link_idle_ms = 30000             # with membership: idle links close after this
 //! advertise = "10.0.0.1"           # address others reach us at (default: listen's, or the route to a seed)
+//! drain_ms = 5000                  # on SIGTERM: how long relayed connections may drain
 //!
 //! [[peers]]                        # other gateways by name (see also fabric.seeds)
 //! name = "gw-b"
@@ -198,6 +199,10 @@ pub struct FabricConfig {
     /// The address other gateways reach this one at (default: `listen`'s address if it names
     /// one, else the address that routes to the first seed).
     pub advertise: Option<std::net::IpAddr>,
+    /// On SIGTERM or SIGINT, how long relayed connections may take to send what is queued
+    /// before the links close (default 5000 ms; keep it below the service manager's stop
+    /// timeout).
+    pub drain_ms: u64,
 }
 
 /// Another gateway: one this gateway dials (with `addr`), or one that only dials in (without),
@@ -303,6 +308,7 @@ impl Default for FabricConfig {
             link_idle_ms: 30_000,
             advertise: None,
             relay: false,
+            drain_ms: 5000,
         }
     }
 }
@@ -315,10 +321,12 @@ pub const MAX_LOOKUP_WAIT_MS: u64 = 900;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    // The cause is part of the message, not `source()`, so that both `{}` and anyhow's `{:#}`
+    // print it once.
+    #[error("reading {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Parse { path: PathBuf, error: Box<toml::de::Error> },
     #[error("{0}")]
     Invalid(String),
 }
@@ -327,7 +335,7 @@ impl Config {
     /// Parses TOML text.
     pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Config, ConfigError> {
         let cfg: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(e) })?;
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), error: Box::new(e) })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -335,7 +343,7 @@ impl Config {
     /// Reads a TOML file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_path_buf(), source: e })?;
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_path_buf(), error: e })?;
         Self::from_toml(&text, path)
     }
 

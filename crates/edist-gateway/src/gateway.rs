@@ -28,6 +28,15 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
+mod inventory;
+mod reload;
+mod shutdown;
+
+pub use inventory::{LinkReason, LinkStatus, MemberStatus, PeerRole, CLOSE_DUPLICATE};
+use reload::Live;
+pub use reload::{ReloadReport, ReloadStatus};
+pub use shutdown::{ShutdownReport, CLOSE_SHUTDOWN};
+
 /// Errors starting a gateway.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -67,6 +76,11 @@ struct Peer {
     conn: Arc<dyn Link>,
     control: mpsc::UnboundedSender<Msg>,
     usage: Arc<LinkUsage>,
+    /// Why it was opened, when, and the serial of the certificate the peer presented (for
+    /// `edist status`).
+    why: LinkReason,
+    since: tokio::time::Instant,
+    serial: String,
 }
 
 /// How busy a link is: relayed connections on it, and since when it has had none.
@@ -118,8 +132,8 @@ struct State {
     local: HashMap<String, LocalNode>,
     remote: HashMap<String, RemoteNode>,
     /// Links to each peer gateway, oldest first. Normally one; when both gateways dial at
-    /// once there can briefly be two, and both are kept (closing either would cut the
-    /// connections it carries); new relays use the newest.
+    /// once there are two for a moment: new relays take the one that stays, and the other
+    /// closes once it carries nothing (`inventory::prune_duplicates_later`).
     peers: HashMap<String, Vec<Peer>>,
     impersonators: HashMap<String, Impersonator>,
     /// Fabric addresses of the gateways membership holds alive.
@@ -141,8 +155,21 @@ pub(crate) struct Inner {
     mergers: Mutex<HashMap<u64, relay::Merger>>,
     /// Bytes all relays together may hold towards the fabric.
     buffer: relay::Budget,
-    /// Roles by name (built-ins and `[roles.NAME]`).
-    roles: std::collections::BTreeMap<String, Arc<policy::Role>>,
+    /// What a reload may change: peers, revocations, roles.
+    live: Mutex<Arc<Live>>,
+    /// The fabric's TLS material (reloadable), and membership's signer.
+    creds: std::sync::OnceLock<Arc<crate::fabric::credentials::Credentials>>,
+    sealer: std::sync::OnceLock<Sealer>,
+    /// What linked or member gateways' certificates grant, before the config's overrides.
+    cert_grants: Mutex<HashMap<String, crate::pki::Grant>>,
+    /// Dial loops of `[[peers]]` with an address, by peer.
+    dialers: Mutex<HashMap<String, (std::net::SocketAddr, AbortHandle)>>,
+    /// Tasks that take new work (local control, fabric accepts, seeds): stopped first on shutdown.
+    intake: Mutex<Vec<AbortHandle>>,
+    /// Set once a shutdown began: no new relayed connection is accepted.
+    closing: std::sync::atomic::AtomicBool,
+    /// The outcome of the last reload.
+    last_reload: Mutex<Option<ReloadStatus>>,
     /// What each peer gateway has used of its role's shared limits (atoms, rates).
     peer_budgets: Mutex<HashMap<String, policy::SharedPeer>>,
     /// What each linked peer gateway's certificate (and config) grants it.
@@ -191,7 +218,7 @@ pub struct LinkStats {
 }
 
 /// A snapshot for `edist status`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatusReport {
     pub name: String,
     /// Registered local nodes and their distribution ports.
@@ -212,6 +239,21 @@ pub struct StatusReport {
     /// Per peer gateway under a restricted role: its role, atom budget left, capabilities held.
     #[serde(default)]
     pub policy: Vec<policy::PeerReport>,
+    /// The gateways membership knows (`[fabric] membership`) and their state.
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+    /// Every link to a peer gateway: why it is open, what it carries.
+    #[serde(default)]
+    pub links: Vec<LinkStatus>,
+    /// The role of each known peer gateway here, and where it comes from.
+    #[serde(default)]
+    pub roles: Vec<PeerRole>,
+    /// The gateway's process (`edist reload` signals it).
+    #[serde(default)]
+    pub pid: u32,
+    /// The last reload (SIGHUP), if any.
+    #[serde(default)]
+    pub reload: Option<ReloadStatus>,
 }
 
 impl Gateway {
@@ -241,7 +283,14 @@ impl Gateway {
             relays: AtomicU64::new(0),
             mergers: Mutex::new(HashMap::new()),
             buffer: relay::Budget::new(cfg.fabric.gateway_buffer),
-            roles: cfg.roles().map_err(GatewayError::Config)?.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            live: Mutex::new(Arc::new(Live::new(&cfg)?)),
+            creds: Default::default(),
+            sealer: Default::default(),
+            cert_grants: Default::default(),
+            dialers: Default::default(),
+            intake: Default::default(),
+            closing: Default::default(),
+            last_reload: Default::default(),
             peer_budgets: Mutex::new(HashMap::new()),
             grants: Mutex::new(HashMap::new()),
             refusals: Default::default(),
@@ -256,7 +305,7 @@ impl Gateway {
         });
         let mut tasks = vec![];
         let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
-        tasks.push(tokio::spawn(control::serve(control_listener, dir)).abort_handle());
+        lock(&inner.intake).push(tokio::spawn(control::serve(control_listener, dir)).abort_handle());
         let mut metrics_addr = None;
         if let Some(addr) = cfg.metrics.listen {
             let (l, bound) =
@@ -270,29 +319,31 @@ impl Gateway {
         let mut transport = None;
         if have_certs {
             let id = TlsIdentity::load(certs, &cfg.name).map_err(|e| GatewayError::Fabric(e.to_string()))?;
+            let creds = crate::fabric::credentials::Credentials::new(&id)
+                .map_err(|e| GatewayError::Fabric(format!("{}: {e}", certs.display())))?;
+            let _ = inner.creds.set(creds.clone());
             let opts = QuicOptions {
                 keep_alive: Duration::from_millis(cfg.fabric.keep_alive_ms),
                 idle_timeout: Duration::from_millis(cfg.fabric.idle_timeout_ms),
                 congestion: cfg.fabric.congestion,
                 ..QuicOptions::default()
             };
-            let t = link::bind(cfg.fabric.transport, cfg.fabric.listen, &id, &opts, &cfg.name)
+            let t = link::bind(cfg.fabric.transport, cfg.fabric.listen, &creds, &opts, &cfg.name)
                 .await
                 .map_err(|e| GatewayError::Fabric(e.to_string()))?;
-            tasks.push(tokio::spawn(accept_loop(inner.clone(), t.clone())).abort_handle());
+            lock(&inner.intake).push(tokio::spawn(accept_loop(inner.clone(), t.clone())).abort_handle());
             let _ = inner.transport.set(t.clone());
             if cfg.fabric.membership {
                 let fabric = t.local_addr().map_err(|e| GatewayError::Fabric(e.to_string()))?;
                 tasks.extend(start_membership(&inner, &id, fabric).await?);
             }
-            for p in cfg.peers.iter().filter(|_| !cfg.fabric.membership) {
-                let Some(addr) = p.addr else { continue };
-                tasks.push(tokio::spawn(dial_loop(inner.clone(), t.clone(), p.name.clone(), addr)).abort_handle());
+            if !cfg.fabric.membership {
+                inner.sync_dialers();
             }
             if !cfg.fabric.seeds.is_empty() && !cfg.fabric.membership {
                 let (st, dns) = discovery::from_config(&cfg.fabric.seeds);
                 let sources: Vec<Box<dyn Discovery>> = vec![Box::new(st), Box::new(dns)];
-                tasks.push(tokio::spawn(seed_loop(inner.clone(), t.clone(), sources)).abort_handle());
+                lock(&inner.intake).push(tokio::spawn(seed_loop(inner.clone(), t.clone(), sources)).abort_handle());
             }
             transport = Some(t);
         } else if !cfg.peers.is_empty() {
@@ -303,7 +354,14 @@ impl Gateway {
                 cfg.name
             )));
         }
-        info!(name = %cfg.name, control = %control_addr, fabric = have_certs, "gateway started");
+        let fabric = transport.as_ref().and_then(|t| t.local_addr().ok()).map(|a| a.to_string());
+        info!(
+            name = %cfg.name,
+            control = %control_addr,
+            fabric = fabric.as_deref().unwrap_or("none (no certificate: this host only)"),
+            metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+            "gateway started"
+        );
         Ok(Gateway { inner, tasks: Arc::new(Mutex::new(tasks)), transport, control_addr, metrics_addr })
     }
 
@@ -353,6 +411,7 @@ impl Gateway {
         if let Some(t) = &self.transport {
             t.close();
         }
+        self.inner.stop_intake();
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
@@ -379,7 +438,7 @@ impl Inner {
 
     /// Lane settings of relays towards `peer`.
     fn lanes(&self, peer: &str) -> relay::LaneConfig {
-        let compress = self.cfg.peers.iter().any(|p| p.name == peer && p.compress);
+        let compress = self.live().peers.iter().any(|p| p.name == peer && p.compress);
         relay::LaneConfig {
             lanes: self.cfg.fabric.lanes,
             relay_buffer: self.cfg.fabric.relay_buffer,
@@ -405,8 +464,11 @@ impl Inner {
         remote_nodes.sort();
         peers.sort();
         impersonated.sort();
+        let links = inventory::links(&st);
         drop(st);
         let (bytes_in, bytes_out) = self.metrics.totals();
+        let members = self.member_statuses();
+        let roles = self.peer_roles(&peers, &members);
         StatusReport {
             name: self.cfg.name.clone(),
             local_nodes,
@@ -419,6 +481,11 @@ impl Inner {
             bytes_out,
             metrics: self.metrics.snapshot(),
             policy: self.policy_reports(),
+            members,
+            links,
+            roles,
+            pid: std::process::id(),
+            reload: lock(&self.last_reload).clone(),
         }
     }
 
@@ -441,9 +508,10 @@ impl Inner {
     /// The role of peer gateway `peer`, and its name: its config entry's, else its
     /// certificate's, else `policy.default_role`.
     fn role_of(&self, peer: &str) -> (String, Arc<policy::Role>) {
-        let name = self.peer_role(peer).unwrap_or_else(|| self.cfg.policy.default_role.clone());
+        let live = self.live();
+        let name = self.peer_role(peer).unwrap_or_else(|| live.default_role.clone());
         // Validated with the config; an unknown name cannot get here, but fail closed anyway.
-        let role = self.roles.get(&name).cloned().unwrap_or_else(|| Arc::new(policy::Role::device()));
+        let role = live.roles.get(&name).cloned().unwrap_or_else(|| Arc::new(policy::Role::device()));
         (name, role)
     }
 
@@ -510,13 +578,13 @@ impl Inner {
 
     /// The role of a peer gateway: its config entry's, else its certificate's.
     fn peer_role(&self, peer: &str) -> Option<String> {
-        let configured = self.cfg.peers.iter().find(|p| p.name == peer).and_then(|p| p.role.clone());
+        let configured = self.peer_config(peer).and_then(|p| p.role);
         configured.or_else(|| lock(&self.grants).get(peer).and_then(|g| g.role.clone()))
     }
 
     /// What a peer gateway may claim: its certificate's grant, with the config's `nodes` over it.
     fn effective_grant(&self, peer: &str, mut grant: crate::pki::Grant) -> crate::pki::Grant {
-        if let Some(nodes) = self.cfg.peers.iter().find(|p| p.name == peer).and_then(|p| p.nodes.clone()) {
+        if let Some(nodes) = self.peer_config(peer).and_then(|p| p.nodes) {
             grant.nodes = nodes;
         }
         grant
@@ -592,7 +660,7 @@ impl Inner {
     fn membership_event(&self, e: Event) {
         match e {
             Event::Up(m) => {
-                debug!(peer = %m.name, addr = %m.fabric, "member up");
+                info!(peer = %m.name, addr = %m.fabric, "member up");
                 self.lock().members.insert(m.name, m.fabric);
             }
             Event::Down(m) => {
@@ -610,6 +678,7 @@ impl Inner {
                     self.refuse(&gateway, "revoked", &format!("membership: certificate {} is revoked", grant.serial));
                     return;
                 }
+                lock(&self.cert_grants).entry(gateway.clone()).or_insert_with(|| (*grant).clone());
                 let grant = self.effective_grant(&gateway, (*grant).clone());
                 lock(&self.grants).entry(gateway.clone()).or_insert(grant);
                 self.replace_remote(&gateway, nodes);
@@ -640,8 +709,9 @@ impl Inner {
         }
     }
 
-    fn peer_config(&self, name: &str) -> Option<&crate::config::PeerConfig> {
-        self.cfg.peers.iter().find(|p| p.name == name)
+    /// `[[peers]]` entry of `name`, as last (re)loaded.
+    fn peer_config(&self, name: &str) -> Option<crate::config::PeerConfig> {
+        self.live().peers.iter().find(|p| p.name == name).cloned()
     }
 
     /// Whether this gateway relays for `gateway`: `[fabric] relay` is on and `gateway` is a
@@ -691,7 +761,7 @@ impl Inner {
     /// reach that gateway through this relay; the names must fit that gateway's `nodes` (from
     /// our config), else the relay's own grant.
     fn relayed_nodes(&self, relay: &str, gateway: String, nodes: Vec<NodeInfo>) {
-        if self.peer_config(&gateway).and_then(|p| p.via.as_deref()) != Some(relay) {
+        if self.peer_config(&gateway).and_then(|p| p.via).as_deref() != Some(relay) {
             self.refuse(relay, "name_claim", &format!("nodes of {gateway}, which it does not relay for here"));
             return;
         }
@@ -702,7 +772,7 @@ impl Inner {
     }
 
     fn is_revoked(&self, peer: &str, serial: &str) -> bool {
-        self.cfg.fabric.revoked.iter().any(|r| r.eq_ignore_ascii_case(serial) || r == peer)
+        self.live().is_revoked(peer, serial)
     }
 
     /// Forgets remote nodes and closes their impersonators.
@@ -1100,7 +1170,7 @@ async fn open_relay_stream(
     Err(relay::RelayError::Refused(format!("link to {gateway}: {}", error.map(|e| e.to_string()).unwrap_or_default())))
 }
 
-/// The newest link to `gateway` (or to the gateway it is reached through, `via`), held for a
+/// The link to `gateway` (or to the gateway it is reached through, `via`), held for a
 /// relayed connection, and the gateway at its other end; with membership, one is dialled if
 /// there is none.
 async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(Arc<dyn Link>, String, LinkHold), relay::RelayError> {
@@ -1108,7 +1178,8 @@ async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(Arc<dyn Link>, St
     let hop = via.unwrap_or_else(|| gateway.to_string());
     let newest = |inner: &Inner| {
         let st = inner.lock();
-        st.peers.get(&hop).and_then(|l| l.last()).map(|p| (p.conn.clone(), hop.clone(), p.usage.hold()))
+        let link = st.peers.get(&hop).and_then(|l| inventory::preferred(&inner.cfg.name, &hop, l));
+        link.map(|p| (p.conn.clone(), hop.clone(), p.usage.hold()))
     };
     if let Some(l) = newest(inner) {
         return Ok(l);
@@ -1125,7 +1196,7 @@ async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(Arc<dyn Link>, St
         inner.metrics.link_handshake(gateway, false);
         relay::RelayError::Refused(format!("dialling {gateway} at {addr}: {e}"))
     })?;
-    tokio::spawn(run_link(inner.clone(), link));
+    tokio::spawn(run_link(inner.clone(), link, LinkReason::Traffic));
     // run_link files the link before its first await point.
     for _ in 0..100 {
         if let Some(l) = newest(inner) {
@@ -1278,7 +1349,7 @@ async fn relay_to_local(
     // we reach the dialler's gateway through it.
     let vouched = origin.as_deref().is_some_and(|o| {
         inner.peer_config(&peer_gateway).is_some_and(|p| p.relay)
-            || inner.peer_config(o).and_then(|p| p.via.as_deref()) == Some(peer_gateway.as_str())
+            || inner.peer_config(o).and_then(|p| p.via).as_deref() == Some(peer_gateway.as_str())
     });
     let allowed = match &origin {
         Some(_) => vouched && !inner.lock().local.contains_key(&from),
@@ -1389,7 +1460,7 @@ async fn accept_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>) {
         let inner = inner.clone();
         tokio::spawn(async move {
             match handshake.await {
-                Ok(link) => run_link(inner, link).await,
+                Ok(link) => run_link(inner, link, LinkReason::Accepted).await,
                 // TLS refusals (no or foreign certificate, expired), silent or lying peers: the
                 // peer is not known yet, so it is counted under its address.
                 Err(e) => {
@@ -1405,7 +1476,7 @@ async fn dial_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, peer: Strin
     loop {
         if !inner.lock().peers.contains_key(&peer) {
             match transport.dial(addr, Some(&peer)).await {
-                Ok(link) => run_link(inner.clone(), link).await,
+                Ok(link) => run_link(inner.clone(), link, LinkReason::Configured).await,
                 Err(e) => {
                     inner.metrics.link_handshake(&peer, false);
                     debug!(%peer, %addr, "dial failed: {e}")
@@ -1443,7 +1514,7 @@ async fn seed_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, sources: Ve
                     Ok(link) => {
                         debug!(peer = %link.peer_name, %addr, "seed answered");
                         who.insert(addr, link.peer_name.clone());
-                        tokio::spawn(run_link(inner.clone(), link));
+                        tokio::spawn(run_link(inner.clone(), link, LinkReason::Seed));
                     }
                     Err(e) => {
                         inner.metrics.link_handshake("", false);
@@ -1497,7 +1568,13 @@ async fn start_membership(
     let provider = quic::crypto_provider();
     let fabric_err = |e: &dyn std::fmt::Display| GatewayError::Fabric(format!("membership: {e}"));
     let sealer = Sealer::new(&provider, &id.chain, &id.key).map_err(|e| fabric_err(&e))?;
-    let opener = Opener::new(quic::membership_verifier(id).map_err(|e| fabric_err(&e))?, provider);
+    let _ = inner.sealer.set(sealer.clone());
+    // The fabric's verifier: a reloaded ca.pem applies to membership datagrams too.
+    let verifier = match inner.creds.get() {
+        Some(c) => c.client_verifier(),
+        None => quic::membership_verifier(id).map_err(|e| fabric_err(&e))?,
+    };
+    let opener = Opener::new(verifier, provider);
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(Command::Nodes(inner.local_list()));
     let _ = inner.gossip.set(tx.clone());
@@ -1567,11 +1644,11 @@ fn code(c: quinn::VarInt) -> u32 {
 
 /// Serves one link to another gateway until it closes. (Boxed: links open links, through
 /// `link_to`, and a recursive future needs a name.)
-fn run_link(inner: Arc<Inner>, link: Linked) -> link::BoxFuture<'static, ()> {
-    Box::pin(serve_link(inner, link))
+fn run_link(inner: Arc<Inner>, link: Linked, why: LinkReason) -> link::BoxFuture<'static, ()> {
+    Box::pin(serve_link(inner, link, why))
 }
 
-async fn serve_link(inner: Arc<Inner>, link: Linked) {
+async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
     let peer = link.peer_name.clone();
     let conn = link.link.clone();
     if peer == inner.cfg.name {
@@ -1585,19 +1662,37 @@ async fn serve_link(inner: Arc<Inner>, link: Linked) {
         return;
     }
     let grant = inner.effective_grant(&peer, link.grant.clone());
+    lock(&inner.cert_grants).insert(peer.clone(), link.grant.clone());
     lock(&inner.grants).insert(peer.clone(), grant);
     let link_id = inner.next_link.fetch_add(1, Ordering::Relaxed);
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Msg>();
     let usage = LinkUsage::new();
-    inner.lock().peers.entry(peer.clone()).or_default().push(Peer {
-        link_id,
-        conn: conn.clone(),
-        control: ctl_tx.clone(),
-        usage: usage.clone(),
-    });
-    info!(%peer, "gateway link up");
+    let first = {
+        let mut st = inner.lock();
+        let links = st.peers.entry(peer.clone()).or_default();
+        let since = tokio::time::Instant::now();
+        let serial = link.grant.serial.clone();
+        links.push(Peer {
+            link_id,
+            conn: conn.clone(),
+            control: ctl_tx.clone(),
+            usage: usage.clone(),
+            why,
+            since,
+            serial,
+        });
+        links.len() == 1
+    };
     inner.metrics.link_handshake(&peer, true);
-    inner.metrics.link_up(&peer);
+    // Both gateways dial each other, so a peer may have two links for a while: the peer is up
+    // once (log, `edist_link_events_total`), at its first link.
+    if first {
+        info!(%peer, link = link_id, why = why.as_str(), remote = %conn.remote_address(), "gateway link up");
+        inner.metrics.link_up(&peer);
+    } else {
+        debug!(%peer, link = link_id, why = why.as_str(), "another link to the same peer (both dialled)");
+        inventory::prune_duplicates_later(&inner, &peer);
+    }
     let _ = ctl_tx.send(Msg::Control);
     let _ = ctl_tx.send(Msg::Nodes(inner.local_list()));
     for m in inner.relayed_lists(&peer) {
@@ -1622,7 +1717,11 @@ async fn serve_link(inner: Arc<Inner>, link: Linked) {
             }
         })
     };
-    while let Ok((tx, rx)) = conn.accept_bi().await {
+    while let Ok((mut tx, rx)) = conn.accept_bi().await {
+        if inner.closing.load(Ordering::Relaxed) {
+            let _ = tx.write_all(&Msg::Refused("the gateway is shutting down".into()).encode()).await;
+            continue;
+        }
         let (inner, peer, conn) = (inner.clone(), peer.clone(), conn.clone());
         let hold = usage.hold();
         tokio::spawn(async move {
@@ -1650,8 +1749,7 @@ async fn serve_link(inner: Arc<Inner>, link: Linked) {
     }
     writer.abort();
     uni.abort();
-    info!(%peer, reason = ?conn.closed(), "gateway link down");
-    inner.metrics.link_down(&peer);
+    let closed = conn.closed();
     let mut st = inner.lock();
     // A link that died of silence says the peer (or the path to it) is gone: its sibling links
     // (both gateways dial, so there may be two) are as dead, only not noticed yet. Closing them
@@ -1669,16 +1767,29 @@ async fn serve_link(inner: Arc<Inner>, link: Linked) {
         }
         None => false,
     };
+    let shut_down = matches!(&closed, Some(Closed::ByPeer { code, .. }) if *code == u64::from(CLOSE_SHUTDOWN));
+    if !last {
+        debug!(%peer, link = link_id, reason = ?closed, "one of two links to the peer closed");
+    } else if shut_down {
+        info!(%peer, "gateway link down: the peer gateway shut down");
+    } else {
+        info!(%peer, reason = %inventory::closed_text(closed.as_ref()), "gateway link down");
+    }
     if last {
+        inner.metrics.link_down(&peer);
         st.peers.remove(&peer);
         drop(st);
+        // A gateway that says it is going away takes its nodes with it, membership or not.
+        if shut_down && inner.cfg.fabric.membership {
+            inner.forget_remote(|_, r| r.gateway == peer);
+        }
         // With membership the registry is membership's: a link closing (idle, say) says
         // nothing about the peer's nodes.
         if !inner.cfg.fabric.membership {
             inner.forget_remote(|_, r| r.gateway == peer);
             // And the gateways reached through it.
             let via: Vec<String> =
-                inner.cfg.peers.iter().filter(|p| p.via.as_deref() == Some(&peer)).map(|p| p.name.clone()).collect();
+                inner.live().peers.iter().filter(|p| p.via.as_deref() == Some(&peer)).map(|p| p.name.clone()).collect();
             inner.forget_remote(|_, r| via.contains(&r.gateway));
         }
         inner.relayed_nodes_changed(&peer);

@@ -7,8 +7,9 @@
 //! ([`Metrics::relay`]); the maps behind a mutex are touched only when a relay, link or refusal
 //! starts.
 
+mod exposition;
 pub mod http;
-mod text;
+pub use exposition::CONTENT_TYPE;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -287,12 +288,12 @@ impl Metrics {
     /// The Prometheus text exposition of these metrics plus `gauges` (name, help, value),
     /// which the caller reads from its state at scrape time.
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
-        text::render(self, &self.snapshot(), gauges, &[])
+        exposition::render(self, gauges, &[])
     }
 
     /// [`Metrics::render`] plus gauges per peer gateway: (name, help, [(peer, value)]).
     pub fn render_with(&self, gauges: &[(&str, &str, u64)], per_peer: &[PeerGauge<'_>]) -> String {
-        text::render(self, &self.snapshot(), gauges, per_peer)
+        exposition::render(self, gauges, per_peer)
     }
 }
 

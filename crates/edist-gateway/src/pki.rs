@@ -7,12 +7,18 @@
 //!
 //! Layout of a certificate directory (default `./edist-certs`):
 //!
-//! | file          | content                                   | mode |
-//! |---------------|-------------------------------------------|------|
-//! | `ca.pem`      | the cluster CA certificate                | 0644 |
-//! | `ca.key`      | the CA private key (keep it off gateways) | 0600 |
-//! | `<name>.pem`  | the certificate of gateway `<name>`       | 0644 |
-//! | `<name>.key`  | its private key                           | 0600 |
+//! | file                   | content                                   | mode |
+//! |------------------------|-------------------------------------------|------|
+//! | `ca.pem`               | the cluster CA certificate                | 0644 |
+//! | `ca-private/`          | the CA's own directory                    | 0700 |
+//! | `ca-private/ca.key`    | the CA private key (keep it off gateways) | 0600 |
+//! | `<name>.pem`           | the certificate of gateway `<name>`       | 0644 |
+//! | `<name>.key`           | its private key                           | 0600 |
+//!
+//! The CA key lives in a directory of its own so that copying a gateway's files (`ca.pem`,
+//! `<name>.pem`, `<name>.key`, or the directory's files with a glob) never takes it along; it
+//! can live elsewhere altogether ([`CaOptions::key`], [`IssueOptions::ca_key`]). A CA made by
+//! an older version, with `ca.key` beside `ca.pem`, is still found there.
 //!
 //! Keys are ECDSA P-256 (PKCS#8 PEM). Files are written to a temporary name and renamed, so a
 //! crash never leaves half a key behind.
@@ -30,8 +36,10 @@ use time::{Duration, OffsetDateTime};
 
 /// File name of the CA certificate in a certificate directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
-/// File name of the CA private key in a certificate directory.
+/// File name of the CA private key.
 pub const CA_KEY_FILE: &str = "ca.key";
+/// The CA key's own directory inside a certificate directory.
+pub const CA_KEY_DIR: &str = "ca-private";
 /// Longest accepted gateway name (a DNS label limit would be too tight for dotted names).
 pub const MAX_NAME_LEN: usize = 253;
 /// Certificates start this long before "now", to tolerate clock skew between hosts.
@@ -97,11 +105,13 @@ pub struct CaOptions {
     pub force: bool,
     /// Validity of the CA certificate in days. Default 3650 (ten years).
     pub validity_days: u32,
+    /// Where to write the CA key (default `<dir>/ca-private/ca.key`).
+    pub key: Option<PathBuf>,
 }
 
 impl Default for CaOptions {
     fn default() -> Self {
-        CaOptions { force: false, validity_days: 3650 }
+        CaOptions { force: false, validity_days: 3650, key: None }
     }
 }
 
@@ -120,6 +130,8 @@ pub struct IssueOptions {
     pub nodes: Vec<String>,
     /// The role other gateways give it unless their config says otherwise (e.g. `device`).
     pub role: Option<String>,
+    /// The CA key to sign with (default: found in the directory, see [`ca_key_path`]).
+    pub ca_key: Option<PathBuf>,
 }
 
 /// What a gateway certificate grants: the identity, the node names it may announce, the role
@@ -179,9 +191,20 @@ fn check_grant(value: &str, role: bool) -> Result<()> {
     Ok(())
 }
 
-/// Paths of the CA files in `dir`.
+/// Paths of the CA files a new CA in `dir` gets.
 pub fn ca_paths(dir: &Path) -> CaPaths {
-    CaPaths { cert: dir.join(CA_CERT_FILE), key: dir.join(CA_KEY_FILE) }
+    CaPaths { cert: dir.join(CA_CERT_FILE), key: dir.join(CA_KEY_DIR).join(CA_KEY_FILE) }
+}
+
+/// Where the CA key of the CA in `dir` is: `ca-private/ca.key`, or `ca.key` beside `ca.pem`
+/// for a CA made by an older version (the former when neither exists).
+pub fn ca_key_path(dir: &Path) -> PathBuf {
+    let own = ca_paths(dir).key;
+    let legacy = dir.join(CA_KEY_FILE);
+    if !own.exists() && legacy.exists() {
+        return legacy;
+    }
+    own
 }
 
 /// Paths of the files of gateway `name` in `dir` (no check that they exist).
@@ -206,11 +229,18 @@ pub fn init_ca(dir: &Path, cluster_name: &str, opts: &CaOptions) -> Result<CaPat
     if opts.validity_days == 0 {
         return Err(PkiError::BadValidity("a CA needs at least one day of validity".into()));
     }
-    let paths = ca_paths(dir);
-    if !opts.force && (exists(&paths.cert)? || exists(&paths.key)?) {
+    let mut paths = ca_paths(dir);
+    if let Some(key) = &opts.key {
+        paths.key = key.clone();
+    }
+    let legacy = dir.join(CA_KEY_FILE);
+    if !opts.force && (exists(&paths.cert)? || exists(&paths.key)? || exists(&legacy)?) {
         return Err(PkiError::CaExists(dir.to_owned()));
     }
     create_dir(dir)?;
+    if let Some(key_dir) = paths.key.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir(key_dir)?;
+    }
 
     let now = OffsetDateTime::now_utc();
     let mut params = CertificateParams::default();
@@ -252,7 +282,7 @@ pub fn issue(dir: &Path, name: &str, validity_days: u32, extra: IssueOptions) ->
         return Err(PkiError::BadValidity("a certificate needs at least one day of validity".into()));
     }
 
-    let ca = ca_paths(dir);
+    let ca = CaPaths { cert: dir.join(CA_CERT_FILE), key: extra.ca_key.clone().unwrap_or_else(|| ca_key_path(dir)) };
     if !exists(&ca.key)? && !exists(&ca.cert)? {
         return Err(PkiError::NoCa(dir.to_owned()));
     }
@@ -292,6 +322,20 @@ pub fn issue(dir: &Path, name: &str, validity_days: u32, extra: IssueOptions) ->
     write_file(&paths.key, key.serialize_pem().as_bytes(), true)?;
     write_file(&paths.cert, cert.pem().as_bytes(), false)?;
     Ok(paths)
+}
+
+/// Issues a new certificate and key for gateway `name`, which has one in `dir` already: the
+/// same grants (node names, role), a fresh key, valid `validity_days` from now. Returns the
+/// paths and the grant of the certificate it replaced (its serial, for a revocation list).
+pub fn renew(dir: &Path, name: &str, validity_days: u32, ca_key: Option<PathBuf>) -> Result<(NodePaths, Grant)> {
+    check_name(name)?;
+    let old_path = node_paths(dir, name).cert;
+    let old = load_certs(&old_path)?.into_iter().next().ok_or(PkiError::NoCertificate(old_path))?;
+    let old = certificate_grant(&old);
+    // A certificate without node grants allows every name: renew it as such.
+    let nodes = if old.nodes == ["*"] { vec![] } else { old.nodes.clone() };
+    let opts = IssueOptions { force: true, nodes, role: old.role.clone(), ca_key, ..Default::default() };
+    Ok((issue(dir, name, validity_days, opts)?, old))
 }
 
 /// Checks that `name` can be a gateway identity: a DNS name (it is the certificate's DNS SAN
@@ -443,6 +487,37 @@ mod tests {
         assert_eq!(load_certs(&node.cert).expect("cert").len(), 1);
         load_key(&node.key).expect("key");
         init_ca(&dir, "test", &CaOptions { force: true, ..Default::default() }).expect("forced init");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_ca_key_has_a_directory_of_its_own_and_renewal_keeps_the_grants() {
+        let dir = tempdir("layout");
+        let ca = init_ca(&dir, "test", &CaOptions::default()).expect("init");
+        assert_eq!(ca.key, dir.join(CA_KEY_DIR).join(CA_KEY_FILE));
+        assert!(!dir.join(CA_KEY_FILE).exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(CA_KEY_DIR)).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        let opts = IssueOptions { nodes: vec!["b*@*".into()], role: Some("device".into()), ..Default::default() };
+        let p = issue(&dir, "gw-b", 30, opts).expect("issue");
+        let before = load_certs(&p.cert).expect("cert");
+        let (p2, old) = renew(&dir, "gw-b", 60, None).expect("renew");
+        assert_eq!(p2, p);
+        let after = load_certs(&p.cert).expect("cert");
+        assert_ne!(before, after);
+        let g = certificate_grant(&after[0]);
+        assert_eq!((g.nodes, g.role), (vec!["b*@*".to_string()], Some("device".to_string())));
+        assert_eq!(old.serial, certificate_grant(&before[0]).serial);
+        assert!(matches!(renew(&dir, "gw-none", 1, None), Err(PkiError::Io { .. })));
+        // An older layout (ca.key beside ca.pem) still signs.
+        std::fs::rename(&ca.key, dir.join(CA_KEY_FILE)).expect("move");
+        assert_eq!(ca_key_path(&dir), dir.join(CA_KEY_FILE));
+        issue(&dir, "gw-c", 1, IssueOptions::default()).expect("issue with the old layout");
+        assert!(matches!(init_ca(&dir, "test", &CaOptions::default()), Err(PkiError::CaExists(_))));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

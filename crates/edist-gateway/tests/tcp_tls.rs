@@ -3,6 +3,7 @@
 //! that falls silent is lost after the idle timeout: `tls_over_tcp_carries_the_cluster`.)
 
 use anyhow::{Context, Result};
+use edist_gateway::fabric::credentials::Credentials;
 use edist_gateway::fabric::link::{Closed, Linked, Transport};
 use edist_gateway::fabric::quic::{FabricError, QuicOptions, TlsIdentity};
 use edist_gateway::fabric::tcp::TcpTransport;
@@ -33,8 +34,8 @@ impl Drop for Cluster {
 }
 
 async fn transport(dir: &Path, name: &str) -> Result<TcpTransport> {
-    let id = TlsIdentity::load(dir, name)?;
-    Ok(TcpTransport::bind("127.0.0.1:0".parse()?, &id, &QuicOptions::default(), name).await?)
+    let creds = Credentials::new(&TlsIdentity::load(dir, name)?)?;
+    Ok(TcpTransport::bind("127.0.0.1:0".parse()?, &creds, &QuicOptions::default(), name).await?)
 }
 
 /// Dials `to` from `from` (expecting `name`) while `to` accepts; both outcomes.

@@ -192,6 +192,22 @@ fn certificates(cfg: &Config, out: &mut Vec<Check>) -> bool {
             ),
         ),
     });
+    // The CA key signs certificates every gateway trusts: on a gateway host, whoever takes the
+    // host can mint identities for the whole cluster.
+    let ca_key = pki::ca_key_path(&cfg.fabric.certs);
+    if ca_key.exists() {
+        out.push(check(
+            "signing key",
+            Verdict::Warn,
+            format!(
+                "the CA's private key is on this host ({}): keep it on the machine that issues certificates, \
+                 or offline; a gateway needs only ca.pem, {}.pem and {}.key",
+                ca_key.display(),
+                cfg.name,
+                cfg.name
+            ),
+        ));
+    }
     out.push(match &facts.key_matches {
         Ok(()) if world_readable(&paths.key) => check(
             "private key",
@@ -214,7 +230,7 @@ fn certificates(cfg: &Config, out: &mut Vec<Check>) -> bool {
             "expiry",
             Verdict::Fail,
             format!(
-                "expired {}: `edist certs issue {} --force` and restart the gateway",
+                "expired {}: `edist certs renew {}` where the CA is kept, copy the pair here, `edist reload`",
                 date(facts.not_after),
                 cfg.name
             ),

@@ -6,9 +6,12 @@ use edist_node::{Node, NodeConfig};
 use edist_proto::etf::text;
 use std::time::Duration;
 
+mod daemon;
 mod demo;
 mod doctor;
 mod erl_flags;
+mod logs;
+mod reload;
 mod status;
 
 #[derive(Parser)]
@@ -17,6 +20,9 @@ struct Cli {
     /// Log lines as `text` or `json` (one object per line, for log collectors).
     #[arg(long, global = true, env = "EDIST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Check the command line and exit (for the docs' snippet checks).
+    #[arg(long, global = true, hide = true)]
+    parse_only: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -65,11 +71,22 @@ enum Cmd {
     },
     /// Start a throw-away OTP node, then ping it and call into it from Rust (needs `erl`).
     Demo,
-    /// Run the gateway of this host (no config: a single host on defaults).
+    /// Run the gateway of this host (no config: a single host on defaults). SIGTERM or SIGINT
+    /// stops it in order (exit 0); SIGHUP re-reads the config and certificates.
     Gateway {
         /// TOML configuration (see the README for every field).
         #[arg(long)]
         config: Option<std::path::PathBuf>,
+    },
+    /// Make the running gateway re-read its config and certificates (as SIGHUP does) and show
+    /// what changed; links that stay allowed stay up.
+    Reload {
+        /// The gateway's local control address.
+        #[arg(long, default_value = "127.0.0.1:4370")]
+        gateway: std::net::SocketAddr,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a running gateway: local nodes, peer gateways, relays, bytes in/out.
     Status {
@@ -198,24 +215,27 @@ fn policy(cmd: PolicyCmd) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
+    let cli = Cli::parse();
+    if cli.parse_only {
+        return std::process::ExitCode::SUCCESS;
+    }
+    let format = if cli.log_format == "json" { logs::Format::Json } else { logs::Format::Text };
+    // A daemon says what it does; a one-shot command only what went wrong.
+    let default_filter = match cli.cmd {
+        Cmd::Gateway { .. } => "warn,edist=info,edist_gateway=info",
+        _ => "warn",
+    };
+    logs::init(format, default_filter);
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("edist: {e:#}");
+            logs::fatal(format, &e);
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn run() -> Result<()> {
-    let cli = Cli::parse();
-    let filter = || tracing_subscriber::EnvFilter::try_from_env("EDIST_LOG").unwrap_or_else(|_| "warn".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cli.cmd {
@@ -240,21 +260,8 @@ fn run() -> Result<()> {
             Cmd::Certs { cmd } => certs(cmd)?,
             Cmd::Policy { cmd } => policy(cmd)?,
             Cmd::Demo => demo::run().await?,
-            Cmd::Gateway { config } => {
-                let cfg = match config {
-                    Some(p) => edist_gateway::config::Config::load(&p)?,
-                    None => edist_gateway::config::Config::default(),
-                };
-                let gw = edist_gateway::gateway::Gateway::start(cfg).await?;
-                eprintln!(
-                    "edist gateway {} listening: local {}, fabric {:?}",
-                    gw.status().name,
-                    gw.control_addr(),
-                    gw.fabric_addr()
-                );
-                tokio::signal::ctrl_c().await?;
-                gw.shutdown();
-            }
+            Cmd::Gateway { config } => daemon::run(config).await?,
+            Cmd::Reload { gateway, json } => reload::run(gateway, json).await?,
             Cmd::Status { gateway, json, watch, interval, count } => {
                 let interval = Duration::from_millis(interval.max(50));
                 status::run(gateway, status::Options { json, watch, interval, count }).await?
@@ -287,7 +294,8 @@ async fn start_client(target: &str, opts: &NodeOpts) -> Result<Node> {
 
 #[derive(Subcommand)]
 enum CertsCmd {
-    /// Create the cluster CA: DIR/ca.pem (give it to every gateway) and DIR/ca.key (keep it safe).
+    /// Create the cluster CA: DIR/ca.pem (give it to every gateway) and its key in a directory
+    /// of its own, DIR/ca-private/ca.key (keep it off the gateways).
     Init {
         /// The certificate directory.
         #[arg(long, default_value = "./edist-certs")]
@@ -298,6 +306,25 @@ enum CertsCmd {
         /// Replace an existing CA (every certificate it issued stops being trusted).
         #[arg(long)]
         force: bool,
+        /// Write the CA key here instead (an encrypted volume, a machine of its own).
+        #[arg(long, value_name = "FILE")]
+        ca_key: Option<std::path::PathBuf>,
+    },
+    /// Renew the certificate of gateway NAME: a new key and certificate with the same grants
+    /// (node names, role), replacing DIR/NAME.pem and DIR/NAME.key. Copy both to the host and
+    /// run `edist reload` there: new links use it, links up stay up.
+    Renew {
+        /// The gateway name.
+        name: String,
+        /// The certificate directory.
+        #[arg(long, default_value = "./edist-certs")]
+        dir: std::path::PathBuf,
+        /// Days of validity from now.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// The CA key (default: DIR/ca-private/ca.key).
+        #[arg(long, value_name = "FILE")]
+        ca_key: Option<std::path::PathBuf>,
     },
     /// Issue the certificate of gateway NAME from the CA in DIR: DIR/NAME.pem and DIR/NAME.key.
     Issue {
@@ -319,19 +346,48 @@ enum CertsCmd {
         /// The role other gateways give it unless their config says otherwise (e.g. `device`).
         #[arg(long)]
         role: Option<String>,
+        /// The CA key (default: DIR/ca-private/ca.key).
+        #[arg(long, value_name = "FILE")]
+        ca_key: Option<std::path::PathBuf>,
     },
 }
 
 fn certs(cmd: CertsCmd) -> Result<()> {
     use edist_gateway::pki;
     match cmd {
-        CertsCmd::Init { dir, cluster, force } => {
-            let p = pki::init_ca(&dir, &cluster, &pki::CaOptions { force, ..Default::default() })?;
+        CertsCmd::Init { dir, cluster, force, ca_key } => {
+            let p = pki::init_ca(&dir, &cluster, &pki::CaOptions { force, key: ca_key, ..Default::default() })?;
             println!("wrote {} (cluster CA certificate for {cluster:?}: copy it to every gateway)", p.cert.display());
-            println!("wrote {} (CA private key, mode 0600: keep it off the gateways)", p.key.display());
+            println!("wrote {} (CA private key, mode 0600)", p.key.display());
+            eprintln!(
+                "edist: keep {} off the gateways: it signs certificates every gateway trusts. Copy only \
+                 ca.pem, NAME.pem and NAME.key to a host; keep the key on this machine, or offline.",
+                p.key.parent().unwrap_or(&p.key).display()
+            );
         }
-        CertsCmd::Issue { name, dir, days, force, nodes, role } => {
-            let p = pki::issue(&dir, &name, days, pki::IssueOptions { force, nodes, role, ..Default::default() })?;
+        CertsCmd::Renew { name, dir, days, ca_key } => {
+            let (p, old) = pki::renew(&dir, &name, days, ca_key)?;
+            let g = pki::certificate_grant(&pki::load_certs(&p.cert)?.remove(0));
+            println!("wrote {} (certificate of gateway {name:?}, valid {days} days)", p.cert.display());
+            println!(
+                "  serial {} (was {}), node names {}, role {}",
+                g.serial,
+                old.serial,
+                g.nodes.join(","),
+                role_text(&g)
+            );
+            println!("wrote {} (its new private key, mode 0600)", p.key.display());
+            println!(
+                "copy {} and {} to the host of {name:?}, then `edist reload` there (links up stay up); \
+                 to refuse the old certificate at once, add serial {} to [fabric] revoked everywhere",
+                p.cert.display(),
+                p.key.display(),
+                old.serial
+            );
+        }
+        CertsCmd::Issue { name, dir, days, force, nodes, role, ca_key } => {
+            let opts = pki::IssueOptions { force, nodes, role, ca_key, ..Default::default() };
+            let p = pki::issue(&dir, &name, days, opts)?;
             let der = pki::load_certs(&p.cert)?.remove(0);
             let g = pki::certificate_grant(&der);
             println!("wrote {} (certificate of gateway {name:?}, valid {days} days)", p.cert.display());
@@ -339,11 +395,15 @@ fn certs(cmd: CertsCmd) -> Result<()> {
                 "  serial {} (for a revocation list), node names {}, role {}",
                 g.serial,
                 g.nodes.join(","),
-                g.role.as_deref().unwrap_or("(the peers' default)")
+                role_text(&g)
             );
             println!("wrote {} (its private key, mode 0600)", p.key.display());
             println!("gateway {name:?} needs {}, {} and {}", p.ca.display(), p.cert.display(), p.key.display());
         }
     }
     Ok(())
+}
+
+fn role_text(g: &edist_gateway::pki::Grant) -> &str {
+    g.role.as_deref().unwrap_or("(the peers' default)")
 }

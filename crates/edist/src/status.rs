@@ -186,11 +186,38 @@ pub fn render(r: &StatusReport, rates: &[PeerRate]) -> String {
         let _ = writeln!(s, "  {n:<40} connects out only (no listener)");
     }
     let _ = writeln!(s, "peer gateways:");
-    for p in &r.peers {
-        let _ = writeln!(s, "  {p:<20} link up");
+    let mut known: Vec<&str> = r.peers.iter().map(String::as_str).collect();
+    known.extend(r.roles.iter().map(|p| p.peer.as_str()));
+    known.extend(r.metrics.traffic.iter().map(|t| t.peer.as_str()));
+    known.sort();
+    known.dedup();
+    for p in known {
+        let up = if r.peers.iter().any(|x| x == p) { "link up" } else { "no link" };
+        let role = match r.roles.iter().find(|x| x.peer == p) {
+            Some(x) => format!("role {} ({})", x.role, x.from),
+            None => String::new(),
+        };
+        let _ = writeln!(s, "  {p:<20} {up:<8} {role}");
+        for l in r.links.iter().filter(|l| l.peer == p) {
+            let _ = writeln!(
+                s,
+                "    link {:<3} {} at {}, {} relayed connections, up {}{}",
+                l.id,
+                l.why.describe(),
+                l.remote,
+                l.relays,
+                duration(l.up_ms),
+                if l.relays == 0 { format!(", idle {}", duration(l.idle_ms)) } else { String::new() }
+            );
+        }
     }
-    for t in r.metrics.traffic.iter().filter(|t| !r.peers.contains(&t.peer)) {
-        let _ = writeln!(s, "  {:<20} link down", t.peer);
+    if !r.members.is_empty() {
+        let _ = writeln!(s, "membership:");
+        for m in &r.members {
+            let state = serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(str::to_owned));
+            let linked = if m.linked { "linked" } else { "" };
+            let _ = writeln!(s, "  {:<20} {:<8} {:<22} {linked}", m.name, state.unwrap_or_default(), m.fabric);
+        }
     }
     let _ = writeln!(s, "traffic and lanes:");
     for t in &r.metrics.traffic {
@@ -206,7 +233,7 @@ pub fn render(r: &StatusReport, rates: &[PeerRate]) -> String {
             );
         }
     }
-    let _ = writeln!(s, "links:");
+    let _ = writeln!(s, "link events:");
     for (p, e, n) in &r.metrics.link_events {
         let _ = writeln!(s, "  {p:<20} {e:<5} {n}");
     }
@@ -252,13 +279,32 @@ pub fn render(r: &StatusReport, rates: &[PeerRate]) -> String {
     for (n, p) in &r.impersonated {
         let _ = writeln!(s, "  {n:<40} port {p}");
     }
+    if let Some(rl) = &r.reload {
+        let outcome = match &rl.error {
+            Some(e) => format!("failed, running on the previous configuration: {e}"),
+            None => "applied".into(),
+        };
+        let _ = writeln!(s, "last reload (#{}): {outcome}", rl.count);
+    }
     s
+}
+
+/// Milliseconds in a short human unit.
+fn duration(ms: u64) -> String {
+    match ms {
+        ms if ms >= 3_600_000 => format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+        ms if ms >= 60_000 => format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000),
+        ms if ms >= 1000 => format!("{}.{}s", ms / 1000, ms % 1000 / 100),
+        ms => format!("{ms}ms"),
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use edist_gateway::fabric::membership::MemberState;
+    use edist_gateway::gateway::{LinkReason, LinkStatus, MemberStatus, PeerRole};
     use edist_gateway::metrics::{MetricsSnapshot, TrafficCounts};
 
     fn report(bytes_in: u64, msgs_out: u64) -> StatusReport {
@@ -290,6 +336,24 @@ mod tests {
                 atoms_left: Some(4),
                 usage: Default::default(),
             }],
+            members: vec![MemberStatus {
+                name: "gw-c".into(),
+                fabric: "10.0.0.3:4371".into(),
+                state: MemberState::Suspect,
+                linked: false,
+            }],
+            links: vec![LinkStatus {
+                peer: "gw-b".into(),
+                id: 3,
+                why: LinkReason::Seed,
+                remote: "10.0.0.2:4371".into(),
+                serial: "ab12".into(),
+                relays: 0,
+                idle_ms: 61_000,
+                up_ms: 3_700_000,
+            }],
+            roles: vec![PeerRole { peer: "gw-b".into(), role: "device".into(), from: "certificate".into() }],
+            ..Default::default()
         }
     }
 
@@ -305,6 +369,10 @@ mod tests {
         assert!(text.contains("role device  atoms left 4 of 10"), "{text}");
         assert!(text.contains("a@10.0.0.1") && text.contains("port 4242"), "{text}");
         assert!(text.contains("dyn@hosta") && text.contains("connects out only"), "{text}");
+        assert!(text.contains("gw-b                 link up  role device (certificate)"), "{text}");
+        assert!(text.contains("link 3   dialled: answered at a seed address at 10.0.0.2:4371"), "{text}");
+        assert!(text.contains("up 1h01m, idle 1m01s"), "{text}");
+        assert!(text.contains("gw-c                 suspect  10.0.0.3:4371"), "{text}");
         // Counters that went backwards (a restarted gateway) give 0, not a huge rate.
         assert_eq!(rates(&report(3000, 15), &report(0, 0), Duration::from_secs(1))[0].in_bytes_per_s, 0.0);
     }

@@ -67,6 +67,8 @@ async fn doctor_passes_a_healthy_host_and_names_what_is_broken() -> Result<()> {
     }
     ensure!(line(&out, "node").contains(&format!("{alive}@")), "{out}");
     ensure!(line(&out, "fabric port").contains("in use (by the gateway)"), "{out}");
+    // The test keeps its CA beside the gateway's files: a warning to move the key away.
+    ensure!(line(&out, "signing key").starts_with("warn ") && line(&out, "signing key").contains("ca.key"), "{out}");
     // Issued for 10 days: a warning to rotate, not a failure.
     ensure!(line(&out, "expiry").starts_with("warn ") && line(&out, "expiry").contains("rotate"), "{out}");
 

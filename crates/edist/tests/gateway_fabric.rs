@@ -470,6 +470,31 @@ impl Host {
         Ok(t)
     }
 
+    /// Sends `signal` (`TERM`, `INT`, `HUP`) to the gateway; for a stop, waits up to `within` for
+    /// it to exit and returns its exit status. Also returns the system time (µs) just before.
+    async fn signal_gateway(
+        &mut self,
+        signal: &str,
+        within: Option<Duration>,
+    ) -> Result<(Option<std::process::ExitStatus>, i64)> {
+        // `ip netns exec` execs the program: the child is the gateway itself.
+        let pid = self.gateway.as_ref().and_then(Child::id).context("no gateway running")?;
+        let t = now_us();
+        let ok = std::process::Command::new("kill").args(["-s", signal, &pid.to_string()]).status()?.success();
+        ensure!(ok, "kill -s {signal} {pid}");
+        let Some(within) = within else { return Ok((None, t)) };
+        let mut child = self.gateway.take().context("no gateway running")?;
+        let status = timeout(within, child.wait()).await.context("the gateway did not exit in time")??;
+        Ok((Some(status), t))
+    }
+
+    /// `edist ARGS` inside this host's namespace: (success, stdout, stderr).
+    async fn edist(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = self.ns.command(EDIST).args(args).output().await?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Ok((out.status.success(), text(&out.stdout), text(&out.stderr)))
+    }
+
     /// `edist status --json` of this host's gateway.
     async fn status(&self) -> Result<Value> {
         let out = self.ns.command(EDIST).args(["status", "--gateway", CONTROL, "--json"]).output().await?;
@@ -2617,6 +2642,198 @@ async fn a_cookie_other_than_the_gateways_is_refused_at_once() -> Result<()> {
     let mut g = cluster.erl(0, "g", &[]).await?;
     assert_eq!(g.eval(&format!("erlang:set_cookie({qb}, other_cookie)")).await?, "true");
     refused(&g.eval(&timed(&format!("net_adm:ping({qb})"))).await?, "ping with another per-node cookie")?;
+    cluster.passed();
+    Ok(())
+}
+
+/// The serial of the certificate `peer` presented on host `st`'s links to it (all the same).
+fn link_serials(st: &Value, peer: &str) -> Vec<String> {
+    let links = st.get("links").and_then(Value::as_array).cloned().unwrap_or_default();
+    links
+        .iter()
+        .filter(|l| l.get("peer").and_then(Value::as_str) == Some(peer))
+        .filter_map(|l| Some(l.get("serial")?.as_str()?.to_owned()))
+        .collect()
+}
+
+/// SIGTERM stops a gateway in order: it exits 0, its peer hears a clean close (the far node sees
+/// nodedown at once, not after the idle timeout), and its local nodes are told (their plug sees
+/// the registration end, their connections to remote nodes close). Back up, it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_gateway_in_order() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(2).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b = cluster.erl(1, "b", &[]).await?;
+    let (an, bn) = (a.name.clone(), b.name.clone());
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&bn))).await?, "pong");
+    a.watch_nodedown(&bn).await?;
+    b.watch_nodedown(&an).await?;
+
+    let (status, t) = cluster.hosts[0].signal_gateway("TERM", Some(Duration::from_secs(10))).await?;
+    let status = status.context("exit status")?;
+    ensure!(status.success(), "the gateway's exit: {status}");
+    let far = b.nodedown_at(&an, Duration::from_secs(10)).await? - t;
+    let near = a.nodedown_at(&bn, Duration::from_secs(10)).await? - t;
+    eprintln!("fabric: after SIGTERM of gw-0, nodedown on b in {:.1} ms, on a in {:.1} ms", ms(far), ms(near));
+    // The idle timeout is 1.5 s: well under it, the peer was told rather than left to notice.
+    ensure!(far < 1_000_000, "the far node saw nodedown only after {:.1} ms", ms(far));
+    ensure!(near < 1_000_000, "the local node saw nodedown only after {:.1} ms", ms(near));
+    let told = a.event("edist_epmd: the edist gateway", Duration::from_secs(5)).await?;
+    ensure!(told.contains("closed the registration"), "{told}");
+    let h1 = cluster.host(1)?;
+    cluster.wait("gw-1 to forget a", || async { Ok(!remote_names(&h1.status().await?).contains(&an)) }).await?;
+    let log1 = std::fs::read_to_string(&h1.log)?;
+    ensure!(log1.contains("gateway link down: the peer gateway shut down"), "gw-1 did not see a clean close");
+    let log0 = std::fs::read_to_string(&cluster.host(0)?.log)?;
+    ensure!(log0.contains("stop requested") && log0.contains("gateway stopped"), "gw-0 did not log its stop");
+
+    // Back up: a registers again (its plug retries every 2 s) and reaches b.
+    cluster.hosts[0].start_gateway().await?;
+    cluster.wait_links().await?;
+    cluster.wait_known(&an, 0).await?;
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&bn))).await?, "pong");
+    cluster.passed();
+    Ok(())
+}
+
+/// `edist certs renew` + `edist reload`: the renewed certificate is served to links set up
+/// after the reload while the links and relayed connections up stay up; revoking a peer by its
+/// serial and reloading closes its link and drops its nodes; a broken config is refused and the
+/// gateway runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_serves_a_renewed_certificate_and_drops_a_revoked_peer() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let b = cluster.erl(1, "b", &[]).await?;
+    let c = cluster.erl(2, "c", &[]).await?;
+    let (bn, cn) = (b.name.clone(), c.name.clone());
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&bn))).await?, "pong");
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&cn))).await?, "pong");
+    a.watch_nodedown(&bn).await?;
+    a.watch_nodedown(&cn).await?;
+    let old = link_serials(&cluster.host(0)?.status().await?, "gw-1");
+    ensure!(!old.is_empty(), "no link from gw-0 to gw-1");
+
+    // Renew gw-1's certificate on the "CA machine" (the test) and reload gw-1.
+    let certs = cluster.dir.join("certs");
+    let out = std::process::Command::new(EDIST)
+        .args(["certs", "renew", "gw-1", "--days", "30", "--dir"])
+        .arg(&certs)
+        .output()?;
+    ensure!(out.status.success(), "certs renew: {}", String::from_utf8_lossy(&out.stderr));
+    let (ok, stdout, stderr) = cluster.host(1)?.edist(&["reload", "--gateway", CONTROL, "--json"]).await?;
+    ensure!(ok, "edist reload: {stderr}");
+    let r: Value = serde_json::from_str(&stdout)?;
+    ensure!(r["report"]["certificate_changed"] == true, "{r}");
+    let new = r["report"]["certificate"].as_str().context("serial")?.to_string();
+    ensure!(!old.contains(&new), "the serial did not change: {r}");
+
+    // Links up stay up (same certificate), and so do the connections on them.
+    let st0 = cluster.host(0)?.status().await?;
+    ensure!(link_serials(&st0, "gw-1") == old, "gw-0's link to gw-1 changed: {st0}");
+    assert_eq!(a.eval(&format!("rpc:call({}, erlang, node, [])", q(&bn))).await?, bn);
+    // A link set up now sees the renewed certificate: restart gw-2, whose links are new.
+    cluster.hosts[2].signal_gateway("TERM", Some(Duration::from_secs(10))).await?;
+    let _ = a.nodedown_at(&cn, Duration::from_secs(10)).await?;
+    cluster.hosts[2].start_gateway().await?;
+    cluster.wait_links().await?;
+    let h2 = cluster.host(2)?;
+    cluster
+        .wait("gw-2's link to gw-1 to show the renewed certificate", || async {
+            Ok(link_serials(&h2.status().await?, "gw-1").iter().all(|s| *s == new))
+        })
+        .await?;
+    cluster.wait_known(&cn, 2).await?;
+
+    // Revoke gw-2 by the serial it presents, on gw-0 only, and reload gw-0.
+    let h0 = cluster.host(0)?;
+    let serial2 = link_serials(&h0.status().await?, "gw-2").pop().context("no link from gw-0 to gw-2")?;
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&cn))).await?, "pong");
+    a.watch_nodedown(&cn).await?;
+    let toml = std::fs::read_to_string(&h0.config)?;
+    std::fs::write(&h0.config, toml.replacen("[fabric]\n", &format!("[fabric]\nrevoked = [\"{serial2}\"]\n"), 1))?;
+    let (ok, stdout, stderr) = h0.edist(&["reload", "--gateway", CONTROL, "--json"]).await?;
+    ensure!(ok, "edist reload: {stderr}");
+    let r: Value = serde_json::from_str(&stdout)?;
+    ensure!(r["report"]["revoked"] == serde_json::json!(["gw-2"]), "{r}");
+    let _ = a.nodedown_at(&cn, Duration::from_secs(5)).await?;
+    sleep(Duration::from_secs(2)).await; // gw-2 keeps dialling: each link is refused.
+    let st0 = h0.status().await?;
+    ensure!(strings(&st0, "peers") == ["gw-1"], "gw-0 links to a revoked peer: {st0}");
+    ensure!(!remote_names(&st0).contains(&cn), "gw-0 still knows {cn}: {st0}");
+    ensure!(refusals(&st0).iter().any(|(p, r, _)| p == "gw-2" && r == "revoked"), "no revoked refusal: {st0}");
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&cn))).await?, "pang");
+
+    // A config that does not parse: the reload fails, the gateway runs on as it was.
+    let h1 = cluster.host(1)?;
+    let good = std::fs::read_to_string(&h1.config)?;
+    std::fs::write(&h1.config, "[fabric\n")?;
+    let (ok, _, stderr) = h1.edist(&["reload", "--gateway", CONTROL]).await?;
+    ensure!(!ok && stderr.contains("reload failed"), "a broken config was taken: {stderr}");
+    std::fs::write(&h1.config, good)?;
+
+    // Through all of it a stayed connected to b.
+    ensure!(a.event(&format!("nodedown {bn} "), Duration::from_millis(100)).await.is_err(), "a lost b");
+    assert_eq!(a.eval(&format!("lists:member({}, nodes())", q(&bn))).await?, "true");
+    cluster.passed();
+    Ok(())
+}
+
+/// With membership, `edist status` lists every member and its state before any link is up,
+/// then the links traffic opened and why, and the role of each peer; a dead gateway turns
+/// suspect, then down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_members_their_state_links_and_roles() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let setup = Setup { membership: Some(30_000), ..Setup::default() };
+    let mut cluster = Cluster::start_with(3, setup).await?;
+    let member = |st: &Value, name: &str| -> Option<(String, bool)> {
+        let m = st.get("members")?.as_array()?.iter().find(|m| m["name"] == name)?.clone();
+        Some((m["state"].as_str()?.to_string(), m["linked"].as_bool()?))
+    };
+    let h0 = cluster.host(0)?;
+    cluster
+        .wait("gw-0 to see gw-1 and gw-2 alive", || async {
+            let st = h0.status().await?;
+            Ok(["gw-1", "gw-2"].iter().all(|g| member(&st, g).is_some_and(|(s, _)| s == "alive")))
+        })
+        .await?;
+    let (ok, text, _) = h0.edist(&["status", "--gateway", CONTROL]).await?;
+    ensure!(ok && text.contains("membership:") && text.contains("alive"), "{text}");
+
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let b = cluster.erl(1, "b", &[]).await?;
+    assert_eq!(a.eval(&format!("net_adm:ping({})", q(&b.name))).await?, "pong");
+    // (On a loaded machine SWIM may suspect a member for a moment: wait for alive again.)
+    cluster
+        .wait("gw-0 to see gw-1 alive and linked", || async {
+            Ok(member(&h0.status().await?, "gw-1") == Some(("alive".into(), true)))
+        })
+        .await?;
+    let st = h0.status().await?;
+    let links = st["links"].as_array().context("links")?;
+    ensure!(
+        links.iter().any(|l| l["peer"] == "gw-1" && (l["why"] == "traffic" || l["why"] == "accepted")),
+        "no link to gw-1 opened for traffic: {st}"
+    );
+    let roles = st["roles"].as_array().context("roles")?;
+    ensure!(
+        roles.iter().any(|r| r["peer"] == "gw-1" && r["role"] == "trusted" && r["from"] == "default"),
+        "no role for gw-1: {st}"
+    );
+    let (_, text, _) = h0.edist(&["status", "--gateway", CONTROL]).await?;
+    ensure!(text.contains("role trusted (default)") && text.contains("dialled"), "{text}");
+
+    // gw-2 dies without a word: suspect first (or down at once), then down.
+    cluster.hosts[2].kill_gateway().await?;
+    let h0 = cluster.host(0)?;
+    cluster
+        .wait("gw-0 to see gw-2 go down", || async {
+            Ok(member(&h0.status().await?, "gw-2").is_some_and(|(s, _)| s == "down"))
+        })
+        .await?;
     cluster.passed();
     Ok(())
 }

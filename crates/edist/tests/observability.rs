@@ -240,3 +240,115 @@ async fn gateway_logs_as_json_lines_on_request() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A free UDP port on loopback (bound, read, released).
+fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until `path` contains `needle`.
+async fn wait_for_line(path: &Path, needle: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if std::fs::read_to_string(path).unwrap_or_default().contains(needle) {
+            return Ok(());
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "{} never logged {needle:?}", path.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(child: &Child, sig: &str) -> Result<()> {
+    let pid = child.id().context("pid")?;
+    ensure!(std::process::Command::new("kill").args(["-s", sig, &pid.to_string()]).status()?.success());
+    Ok(())
+}
+
+/// Two gateways linked over the fabric, logging JSON at their default level from start to stop
+/// (link up, SIGHUP reload, SIGTERM): every line is one JSON object, each event is logged once
+/// (a link dialled by both sides is one "gateway link up" per gateway), and both exit 0. Text
+/// logs written to a file carry no colour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_parse_line_by_line_from_start_to_stop() -> Result<()> {
+    let dir = std::env::temp_dir().join(unique("edist-jsonlogs"));
+    pki::init_ca(&dir, "logs", &pki::CaOptions::default())?;
+    let ports = [free_udp_port()?, free_udp_port()?];
+    let names = ["gw-a", "gw-b"];
+    let mut gws = vec![];
+    for i in 0..2 {
+        pki::issue(&dir, names[i], 1, pki::IssueOptions::default())?;
+        let cfg = dir.join(format!("{}.toml", names[i]));
+        std::fs::write(
+            &cfg,
+            format!(
+                "name = \"{}\"\ncookie = \"logs\"\n[local]\ncontrol = \"127.0.0.1:0\"\n[fabric]\nlisten = \
+                 \"127.0.0.1:{}\"\ncerts = \"{}\"\n[[peers]]\nname = \"{}\"\naddr = \"127.0.0.1:{}\"\n",
+                names[i],
+                ports[i],
+                dir.display(),
+                names[1 - i],
+                ports[1 - i]
+            ),
+        )?;
+        let log = dir.join(format!("{}.log", names[i]));
+        let child = Command::new(EDIST)
+            .args(["--log-format", "json", "gateway", "--config"])
+            .arg(&cfg)
+            .env_remove("EDIST_LOG")
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()?;
+        gws.push((child, log));
+    }
+    for (_, log) in &gws {
+        wait_for_line(log, "gateway link up").await?;
+    }
+    // Both dialled: give the duplicate link time to be noticed and closed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(&gws[0].0, "HUP")?;
+    wait_for_line(&gws[0].1, "configuration reloaded").await?;
+    for (child, _) in &gws {
+        signal(child, "TERM")?;
+    }
+    for (child, log) in &mut gws {
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
+        ensure!(status.success(), "{}: exit {status}", log.display());
+        let text = std::fs::read_to_string(&*log)?;
+        let mut messages = vec![];
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line:?}"))?;
+            messages.push(v["fields"]["message"].as_str().unwrap_or_default().to_string());
+        }
+        let count = |m: &str| messages.iter().filter(|x| *x == m).count();
+        ensure!(count("gateway started") == 1, "{text}");
+        ensure!(count("gateway link up") == 1, "a link logged more than once:\n{text}");
+        ensure!(count("gateway stopped") == 1, "{text}");
+        ensure!(!text.contains("Some("), "Rust debug output in the log:\n{text}");
+    }
+
+    // Text into a file: no ANSI colour, even without NO_COLOR.
+    let cfg = dir.join("single.toml");
+    std::fs::write(
+        &cfg,
+        "cookie = \"logs\"\n[local]\ncontrol = \"127.0.0.1:0\"\n[fabric]\ncerts = \"/nonexistent\"\n",
+    )?;
+    let log = dir.join("text.log");
+    let child = Command::new(EDIST)
+        .args(["gateway", "--config"])
+        .arg(&cfg)
+        .env_remove("EDIST_LOG")
+        .env_remove("NO_COLOR")
+        .env_remove("EDIST_LOG_FORMAT")
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_for_line(&log, "gateway started").await?;
+    signal(&child, "INT")?;
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await??.status;
+    ensure!(status.success(), "exit {status}");
+    let text = std::fs::read_to_string(&log)?;
+    ensure!(!text.contains('\x1b'), "colour in a file:\n{text}");
+    ensure!(text.contains("gateway stopped"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

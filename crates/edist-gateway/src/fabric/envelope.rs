@@ -14,7 +14,7 @@ use rustls::sign::{Signer, SigningKey};
 use rustls::SignatureScheme;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -57,10 +57,32 @@ pub struct Opened<'a> {
     pub payload: &'a [u8],
 }
 
-/// Seals our datagrams.
+/// Seals our datagrams. Clones share their keys, so [`Sealer::replace`] (a renewed
+/// certificate) reaches the one the membership task owns.
+#[derive(Clone)]
 pub struct Sealer {
+    keys: Arc<RwLock<SealKeys>>,
+}
+
+struct SealKeys {
     cert: Vec<u8>,
     signer: Box<dyn Signer>,
+}
+
+impl SealKeys {
+    fn new(
+        provider: &CryptoProvider,
+        chain: &[CertificateDer<'static>],
+        key: &SigningKeyDer,
+    ) -> Result<SealKeys, EnvelopeError> {
+        let cert = chain.first().ok_or(EnvelopeError::NoIdentity)?.to_vec();
+        let key: Arc<dyn SigningKey> =
+            provider.key_provider.load_private_key(key.clone_key()).map_err(|e| EnvelopeError::Sign(e.to_string()))?;
+        let signer = key.choose_scheme(SCHEMES).ok_or_else(|| {
+            EnvelopeError::Sign(format!("no supported signature scheme for a {:?} key", key.algorithm()))
+        })?;
+        Ok(SealKeys { cert, signer })
+    }
 }
 
 impl Sealer {
@@ -70,24 +92,31 @@ impl Sealer {
         chain: &[CertificateDer<'static>],
         key: &SigningKeyDer,
     ) -> Result<Sealer, EnvelopeError> {
-        let cert = chain.first().ok_or(EnvelopeError::NoIdentity)?.to_vec();
-        let key: Arc<dyn SigningKey> =
-            provider.key_provider.load_private_key(key.clone_key()).map_err(|e| EnvelopeError::Sign(e.to_string()))?;
-        let signer = key.choose_scheme(SCHEMES).ok_or_else(|| {
-            EnvelopeError::Sign(format!("no supported signature scheme for a {:?} key", key.algorithm()))
-        })?;
-        Ok(Sealer { cert, signer })
+        Ok(Sealer { keys: Arc::new(RwLock::new(SealKeys::new(provider, chain, key)?)) })
+    }
+
+    /// Seals with another certificate and key from now on, in every clone.
+    pub fn replace(
+        &self,
+        provider: &CryptoProvider,
+        chain: &[CertificateDer<'static>],
+        key: &SigningKeyDer,
+    ) -> Result<(), EnvelopeError> {
+        let keys = SealKeys::new(provider, chain, key)?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(())
     }
 
     /// The datagram for `payload`, stamped `now_ms`.
     pub fn seal(&self, payload: &[u8], now_ms: u64) -> Result<Vec<u8>, EnvelopeError> {
-        let mut out = Vec::with_capacity(16 + self.cert.len() + payload.len() + 80);
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(16 + keys.cert.len() + payload.len() + 80);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&now_ms.to_be_bytes());
-        put_bytes(&mut out, &self.cert)?;
+        put_bytes(&mut out, &keys.cert)?;
         put_bytes(&mut out, payload)?;
-        let sig = self.signer.sign(&out).map_err(|e| EnvelopeError::Sign(e.to_string()))?;
-        out.extend_from_slice(&u16::from(self.signer.scheme()).to_be_bytes());
+        let sig = keys.signer.sign(&out).map_err(|e| EnvelopeError::Sign(e.to_string()))?;
+        out.extend_from_slice(&u16::from(keys.signer.scheme()).to_be_bytes());
         out.extend_from_slice(&sig);
         if out.len() > MAX_DATAGRAM {
             return Err(EnvelopeError::Malformed);

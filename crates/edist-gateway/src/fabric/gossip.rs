@@ -50,6 +50,8 @@ pub struct Traffic {
     pub tx: std::sync::atomic::AtomicU64,
     /// UDP payload bytes received.
     pub rx: std::sync::atomic::AtomicU64,
+    /// The members and their states, as of the last second (for `edist status`).
+    pub members: std::sync::Mutex<Vec<(MemberId, super::membership::MemberState)>>,
 }
 
 fn now_ms() -> u64 {
@@ -95,7 +97,10 @@ pub async fn run(
                 None => return,
             },
             Some(t) = timers.recv() => m.handle_timer(t),
-            _ = tick.tick() => m.tick(Instant::now()),
+            _ = tick.tick() => {
+                m.tick(Instant::now());
+                *traffic.members.lock().unwrap_or_else(|e| e.into_inner()) = m.states();
+            }
         }
         while let Some(out) = m.poll() {
             match out {

@@ -6,7 +6,8 @@
 //! block UDP: streams multiplexed with yamux over one TCP connection, so a lost segment
 //! delays every stream).
 
-use super::quic::{self, FabricError, TlsIdentity};
+use super::credentials::Credentials;
+use super::quic::{self, FabricError};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -80,6 +81,9 @@ pub trait Transport: Send + Sync {
     fn local_addr(&self) -> std::io::Result<SocketAddr>;
     /// Closes the endpoint and every link.
     fn close(&self);
+    /// Resolves once the links [`Transport::close`] closed have had their close notices sent
+    /// (a process that exits at once would leave its peers waiting for their idle timeout).
+    fn wait_closed(&self) -> BoxFuture<'_, ()>;
 }
 
 /// Which transport a gateway's fabric uses.
@@ -93,16 +97,16 @@ pub enum TransportKind {
     Tcp,
 }
 
-/// Binds the fabric endpoint of `kind` at `bind`.
+/// Binds the fabric endpoint of `kind` at `bind`, serving `creds` (reloadable while it runs).
 pub async fn bind(
     kind: TransportKind,
     bind: SocketAddr,
-    id: &TlsIdentity,
+    creds: &Arc<Credentials>,
     opts: &quic::QuicOptions,
     our_name: &str,
 ) -> Result<Arc<dyn Transport>, FabricError> {
     Ok(match kind {
-        TransportKind::Quic => Arc::new(quic::QuicTransport::new(bind, id, opts, our_name)?),
-        TransportKind::Tcp => Arc::new(super::tcp::TcpTransport::bind(bind, id, opts, our_name).await?),
+        TransportKind::Quic => Arc::new(quic::QuicTransport::new(bind, creds, opts, our_name)?),
+        TransportKind::Tcp => Arc::new(super::tcp::TcpTransport::bind(bind, creds, opts, our_name).await?),
     })
 }

@@ -56,6 +56,18 @@ impl Identity for MemberId {
     }
 }
 
+/// A member's state as SWIM has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Answers probes.
+    Alive,
+    /// Missed a probe: declared down unless it refutes the suspicion in time.
+    Suspect,
+    /// Declared down.
+    Down,
+}
+
 /// What the caller must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -453,6 +465,23 @@ impl Membership {
     /// The gateways SWIM holds alive, ourselves excluded.
     pub fn members(&self) -> impl Iterator<Item = &MemberId> {
         self.members.values()
+    }
+
+    /// Every gateway SWIM knows of, ourselves excluded, with its state (down ones until SWIM
+    /// forgets them), for `edist status`.
+    pub fn states(&self) -> Vec<(MemberId, MemberState)> {
+        self.foca
+            .iter_membership_state()
+            .filter(|m| m.id().name != self.foca.identity().name)
+            .map(|m| {
+                let state = match m.state() {
+                    foca::State::Alive => MemberState::Alive,
+                    foca::State::Suspect => MemberState::Suspect,
+                    foca::State::Down => MemberState::Down,
+                };
+                (m.id().clone(), state)
+            })
+            .collect()
     }
 
     /// Our identity.

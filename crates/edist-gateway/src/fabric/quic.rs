@@ -23,6 +23,7 @@
 //! Refusals close the connection with an application error code (`CLOSE_*`) and a reason,
 //! which the other side sees as [`FabricError::Refused`].
 
+use super::credentials::Credentials;
 use super::link::{BoxFuture, Closed, Incoming, Linked, RecvStream, SendStream, Transport};
 use crate::pki::{self, NodePaths, PkiError};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
@@ -371,22 +372,23 @@ pub fn membership_verifier(id: &TlsIdentity) -> Result<Arc<dyn rustls::server::d
 
 /// The server half: requires a client certificate chaining to the cluster CA.
 pub fn server_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ServerConfig> {
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls_server_config(id)?)?));
+    server_config_with(&Credentials::new(id)?, opts)
+}
+
+fn server_config_with(creds: &Arc<Credentials>, opts: &QuicOptions) -> Result<quinn::ServerConfig> {
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls_server_config(creds)?)?));
     cfg.transport_config(Arc::new(transport_config(opts)?));
     Ok(cfg)
 }
 
 /// The TLS server side of every transport: TLS 1.3, client certificate of the cluster CA
-/// required, ALPN `edist/1`, no resumption. A refused certificate is answered with one fixed
-/// code ([`CERT_REFUSED`]), whatever the cause.
-pub fn tls_server_config(id: &TlsIdentity) -> Result<rustls::ServerConfig> {
-    let provider = crypto_provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(&id.ca)?, provider.clone()).build()?;
-    let verifier = Arc::new(FixedRefusal::new(verifier));
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+/// required, ALPN `edist/1`, no resumption. Certificate and trust come from `creds` at each
+/// handshake, so a reload reaches new links.
+pub fn tls_server_config(creds: &Arc<Credentials>) -> Result<rustls::ServerConfig> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(creds.provider().clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(id.chain.clone(), id.key.clone_key())?;
+        .with_client_cert_verifier(Arc::new(FixedRefusal::new(creds.client_verifier())))
+        .with_cert_resolver(creds.clone());
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // No resumption: every link verifies the full client chain (and its validity) again.
     tls.session_storage = Arc::new(NoServerSessionStorage {});
@@ -396,29 +398,25 @@ pub fn tls_server_config(id: &TlsIdentity) -> Result<rustls::ServerConfig> {
 
 /// The client half: verifies the server against the cluster CA and presents our certificate.
 pub fn client_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ClientConfig> {
-    client_config_with(id, opts, false)
+    client_config_with(&Credentials::new(id)?, opts, false)
 }
 
-fn client_config_with(id: &TlsIdentity, opts: &QuicOptions, any_identity: bool) -> Result<quinn::ClientConfig> {
-    let tls = tls_client_config(id, any_identity)?;
+fn client_config_with(creds: &Arc<Credentials>, opts: &QuicOptions, any_identity: bool) -> Result<quinn::ClientConfig> {
+    let tls = tls_client_config(creds, any_identity)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     cfg.transport_config(Arc::new(transport_config(opts)?));
     Ok(cfg)
 }
 
 /// The TLS client side of every transport: verifies the server against the cluster CA (by
-/// name, or any identity for a seed) and presents our certificate.
-pub fn tls_client_config(id: &TlsIdentity, any_identity: bool) -> Result<rustls::ClientConfig> {
-    let provider = crypto_provider();
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?;
-    // Either way a refused server certificate is answered with the fixed code, not its cause.
-    let inner: Arc<dyn rustls::client::danger::ServerCertVerifier> = match any_identity {
-        true => Arc::new(AnyClusterServer { roots: root_store(&id.ca)?, provider: provider.clone() }),
-        false => rustls::client::WebPkiServerVerifier::builder_with_provider(root_store(&id.ca)?, provider).build()?,
-    };
-    let builder = builder.dangerous().with_custom_certificate_verifier(Arc::new(FixedRefusal::new(inner)));
-    let mut tls = builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
+/// name, or any identity for a seed) and presents our certificate, both as `creds` has them
+/// at each handshake.
+pub fn tls_client_config(creds: &Arc<Credentials>, any_identity: bool) -> Result<rustls::ClientConfig> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(creds.provider().clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(FixedRefusal::new(creds.server_verifier(any_identity))))
+        .with_client_cert_resolver(creds.clone());
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.resumption = Resumption::disabled();
     Ok(tls)
@@ -538,72 +536,27 @@ impl rustls::client::danger::ServerCertVerifier for FixedRefusal<dyn rustls::cli
     }
 }
 
-/// The server name a seed dial asks for: unknown, so [`AnyClusterServer`] ignores it.
+/// The server name a seed dial asks for: unknown, so the seed verifier ignores it
+/// ([`Credentials::server_verifier`]).
 pub const SEED_SERVER_NAME: &str = "edist-seed";
 
 /// The client half for seeds, addresses whose gateway is not known by name: the server's
 /// chain must still lead to the cluster CA (and be valid now), but any identity is accepted;
 /// the link then knows its peer by that identity, as an accepted link does.
 pub fn seed_client_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ClientConfig> {
-    client_config_with(id, opts, true)
-}
-
-/// Verifies a server's chain against the cluster CA without a name check (see
-/// [`seed_client_config`]).
-#[derive(Debug)]
-struct AnyClusterServer {
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for AnyClusterServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        now: rustls_pki_types::UnixTime,
-    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
+    client_config_with(&Credentials::new(id)?, opts, true)
 }
 
 /// One UDP endpoint that accepts links (mutual TLS required) and dials them (with
 /// [`client_config`] as its default). Must be called inside a tokio runtime.
 pub fn endpoint(bind: SocketAddr, id: &TlsIdentity, opts: &QuicOptions) -> Result<Endpoint> {
-    let server = server_config(id, opts)?;
-    let client = client_config(id, opts)?;
+    endpoint_with(bind, &Credentials::new(id)?, opts)
+}
+
+/// [`endpoint`] on credentials that can be reloaded while it runs.
+pub fn endpoint_with(bind: SocketAddr, creds: &Arc<Credentials>, opts: &QuicOptions) -> Result<Endpoint> {
+    let server = server_config_with(creds, opts)?;
+    let client = client_config_with(creds, opts, false)?;
     let mut ep = Endpoint::server(server, bind).map_err(|error| FabricError::Bind { addr: bind, error })?;
     ep.set_default_client_config(client);
     Ok(ep)
@@ -874,8 +827,14 @@ pub struct QuicTransport {
 
 impl QuicTransport {
     /// Binds the endpoint; `our_name` is what our hellos say.
-    pub fn new(bind: SocketAddr, id: &TlsIdentity, opts: &QuicOptions, our_name: &str) -> Result<QuicTransport> {
-        Ok(QuicTransport { ep: endpoint(bind, id, opts)?, seed: seed_client_config(id, opts)?, name: our_name.into() })
+    pub fn new(
+        bind: SocketAddr,
+        creds: &Arc<Credentials>,
+        opts: &QuicOptions,
+        our_name: &str,
+    ) -> Result<QuicTransport> {
+        let (ep, seed) = (endpoint_with(bind, creds, opts)?, client_config_with(creds, opts, true)?);
+        Ok(QuicTransport { ep, seed, name: our_name.into() })
     }
 }
 
@@ -907,6 +866,10 @@ impl Transport for QuicTransport {
 
     fn close(&self) {
         self.ep.close(0u32.into(), b"shutdown");
+    }
+
+    fn wait_closed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.ep.wait_idle())
     }
 }
 

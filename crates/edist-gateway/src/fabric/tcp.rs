@@ -10,8 +10,9 @@
 //! for the idle timeout is lost, as a QUIC link is), `X` a close notice (`u32 code`, `u16`
 //! length + reason) before the connection ends.
 
+use super::credentials::Credentials;
 use super::link::{BoxFuture, Closed, Incoming, Link, Linked, RecvStream, SendStream, Transport};
-use super::quic::{self, FabricError, Hello, HelloKind, QuicOptions, TlsIdentity, HELLO_TIMEOUT, PROTOCOL_VERSION};
+use super::quic::{self, FabricError, Hello, HelloKind, QuicOptions, HELLO_TIMEOUT, PROTOCOL_VERSION};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -59,13 +60,18 @@ fn track(links: &Links, link: &Arc<TcpLink>) {
 
 impl TcpTransport {
     /// Listens on `bind` (TCP); `our_name` is what our hellos say.
-    pub async fn bind(bind: SocketAddr, id: &TlsIdentity, opts: &QuicOptions, our_name: &str) -> quic::Result<Self> {
+    pub async fn bind(
+        bind: SocketAddr,
+        creds: &Arc<Credentials>,
+        opts: &QuicOptions,
+        our_name: &str,
+    ) -> quic::Result<Self> {
         let listener = TcpListener::bind(bind).await.map_err(|error| FabricError::Bind { addr: bind, error })?;
         Ok(TcpTransport {
             listener,
-            acceptor: Arc::new(quic::tls_server_config(id)?).into(),
-            connector: Arc::new(quic::tls_client_config(id, false)?).into(),
-            seed_connector: Arc::new(quic::tls_client_config(id, true)?).into(),
+            acceptor: Arc::new(quic::tls_server_config(creds)?).into(),
+            connector: Arc::new(quic::tls_client_config(creds, false)?).into(),
+            seed_connector: Arc::new(quic::tls_client_config(creds, true)?).into(),
             opts: opts.clone(),
             name: our_name.into(),
             links: Default::default(),
@@ -139,6 +145,11 @@ impl Transport for TcpTransport {
         for l in links.iter().filter_map(std::sync::Weak::upgrade) {
             l.close(0, b"shutdown");
         }
+    }
+
+    fn wait_closed(&self) -> BoxFuture<'_, ()> {
+        // Each link's driver writes its close notice on its own task, right after the close.
+        Box::pin(tokio::time::sleep(Duration::from_millis(100)))
     }
 }
 

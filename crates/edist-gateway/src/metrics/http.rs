@@ -78,7 +78,8 @@ async fn answer(mut sock: TcpStream, render: &Render) -> std::io::Result<()> {
         Some(_) => ("404 Not Found", "try /metrics\n".to_string()),
     };
     let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        super::CONTENT_TYPE,
         body.len()
     );
     sock.write_all(resp.as_bytes()).await?;
