@@ -2235,6 +2235,17 @@ async fn the_builtin_device_role_pings_and_calls_and_can_do_nothing_else() -> Re
     sleep(Duration::from_millis(300)).await;
     ensure!(!file.exists(), "a command ran on the server");
 
+    // Refused traffic costs only itself: 90,000 refused messages ahead of it on the same
+    // ordered lane, a call still passes at once (refusals are not charged to the rates).
+    let r = dev
+        .eval(&timed(&format!(
+            "[{{rex, {qs}}} ! {{junk, I}} || I <- lists:seq(1, 90000)], gen_server:call({{kv, {qs}}}, {{get, k}}, 30000)"
+        )))
+        .await?;
+    let (_, ms) = r.trim_end_matches('}').rsplit_once(',').context("timed")?;
+    eprintln!("device: a call behind 90,000 refused messages took {ms} ms");
+    ensure!(fast("a call behind 90,000 refused messages", &r, 6000)? == "42", "{r}");
+
     // Group leader, stopping the node.
     let gl0 = srv.eval("element(2, process_info(whereis(kv), group_leader))").await?;
     ensure!(dev.eval("group_leader(self(), get(kv))").await? == "true");

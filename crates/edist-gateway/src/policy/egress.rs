@@ -24,7 +24,8 @@
 //! The sender of a message (`SEND_SENDER`, `REG_SEND`, `ALIAS_SEND`) is not granted: a process
 //! cannot see who sent it a message, and `net_kernel` answering a ping must not hand out its pid.
 //! Atoms of every packet are learned (they exist here). Fragmented messages are reassembled,
-//! bounded; one that does not fit grants nothing (fail closed).
+//! bounded ([`MAX_MESSAGE`]); one that does not fit grants nothing (fail closed): hand a device
+//! pids in messages under 1 MiB.
 
 use super::ingress::Session;
 use super::state::{LinkBy, PeerState, Thing};
@@ -37,10 +38,12 @@ use std::sync::Arc;
 
 /// Most fragmented messages being reassembled at once, per connection.
 const MAX_OPEN: usize = 64;
-/// Largest fragmented message read for capabilities.
-const MAX_MESSAGE: usize = 8 << 20;
+/// Largest fragmented message read for capabilities: a larger one (a firmware image, a big
+/// binary) grants nothing and teaches no atoms, so that what the gateway copies to read
+/// outgoing messages stays small next to what it queues for them.
+pub const MAX_MESSAGE: usize = 1 << 20;
 /// Bytes buffered for reassembly at once, per connection.
-const MAX_BUFFERED: usize = 16 << 20;
+const MAX_BUFFERED: usize = 2 << 20;
 
 /// Observes what one relayed connection's local node sends to the peer.
 #[derive(Debug)]

@@ -1413,6 +1413,34 @@ mod tests {
     }
 
     #[test]
+    fn outgoing_messages_grant_when_read_whole() {
+        let s = session(Role::device());
+        let (mut i, mut e) = (s.ingress(), s.egress());
+        let send = |to: Pid| one(&Control::Send { to }, Some(&Term::Nil));
+        // Fragmented (64 KiB fragments, as OTP sends): read once whole.
+        let msg = |p: Pid, size: usize| Term::tuple([Term::Pid(p), Term::Binary(vec![0; size])]);
+        for p in packets(&Control::Send { to: pid(1) }, Some(&msg(local(1), 200_000)), 5, 65_536) {
+            e.packet(&p);
+        }
+        assert_eq!(judge(&mut i, send(local(1))), None);
+        // Over the egress limit: not read, so nothing handed (fail closed).
+        for p in packets(
+            &Control::Send { to: pid(1) },
+            Some(&msg(local(2), super::super::egress::MAX_MESSAGE + 1)),
+            6,
+            65_536,
+        ) {
+            e.packet(&p);
+        }
+        assert_eq!(judge(&mut i, send(local(2))), Some(Reason::Capability));
+        // And the next one is read again.
+        for p in packets(&Control::Send { to: pid(1) }, Some(&msg(local(3), 100_000)), 7, 65_536) {
+            e.packet(&p);
+        }
+        assert_eq!(judge(&mut i, send(local(3))), None);
+    }
+
+    #[test]
     fn capability_state_is_bounded() {
         let s = session(Role { max_grants: 100, ..Role::device() });
         let mut e = s.egress();

@@ -198,7 +198,8 @@ pub(crate) enum LinkBy {
 
 #[derive(Debug)]
 struct LinkEntry {
-    #[allow(dead_code)] // kept for the status and for tests
+    /// Who made it (shown in debug output; both kinds let the peer's exits through).
+    #[allow(dead_code)]
     by: LinkBy,
     session: u64,
 }
