@@ -1849,7 +1849,13 @@ async fn lookups_do_not_fail_while_membership_spreads_the_registry() -> Result<(
             c.eval(&format!("case global:whereis_name({g}) of undefined -> undefined; P -> node(P) end")).await?;
         ensure!(seen == printed(&a.name), "round {round}: c sees {g} at {seen}, not at {}", a.name);
         // b is connected to c (global connected them), and a to both.
-        let nodes = c.eval("global:sync(), lists:sort(nodes())").await?;
+        // (global connects them in the background: give it a few seconds on a loaded machine.)
+        let both = format!(
+            "edist_fabric_t:wait(fun() -> N = nodes(), case lists:member({qb}, N) andalso lists:member({}, N) of \
+             true -> {{ok, lists:sort(N)}}; false -> global:sync(), no end end, 10000)",
+            q(&a.name)
+        );
+        let nodes = c.eval(&both).await?;
         ensure!(nodes.contains(&printed(&b.name)) && nodes.contains(&printed(&a.name)), "round {round}: c has {nodes}");
         drop((a, b, c));
     }
