@@ -374,7 +374,7 @@ impl Router {
 
     /// Bulk lanes with frames the receiving side has not delivered yet.
     pub fn busy_lanes(&self) -> usize {
-        (1..=self.bulk_lanes).filter(|l| self.sent_on(*l) > self.delivered_on(*l)).count()
+        self.outstanding().len()
     }
 
     fn sent_on(&self, lane: u64) -> u64 {
