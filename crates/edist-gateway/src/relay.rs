@@ -479,6 +479,8 @@ const HOLD_AFTER: Duration = Duration::from_millis(50);
 const SHARE_START: usize = 1 << 20;
 const SHARE_MIN: usize = 128 << 10;
 const SHARE_MAX: usize = 8 << 20;
+/// A packet this large may start a fragmented message: its sender's pid is noted.
+const LARGE_PACKET: usize = 16 << 10;
 /// Senders whose queued bytes are tracked per relay (beyond, the idle ones are forgotten).
 const MAX_TRACKED: usize = 4096;
 
@@ -492,6 +494,9 @@ const MAX_TRACKED: usize = 4096;
 struct Holds {
     senders: std::collections::HashMap<u64, SenderBytes>,
     held: std::collections::HashMap<u64, edist_proto::etf::Pid>,
+    /// The pid of each sender with a large message under way: its continuation fragments name
+    /// none, and a sender may pass its share in the middle of a message.
+    pids: std::collections::HashMap<u64, edist_proto::etf::Pid>,
 }
 
 impl Holds {
@@ -500,8 +505,20 @@ impl Holds {
         if self.senders.len() >= MAX_TRACKED && !self.senders.contains_key(&key) {
             let held = &self.held;
             self.senders.retain(|k, c| c.load(Ordering::Relaxed) > 0 || held.contains_key(k));
+            let senders = &self.senders;
+            self.pids.retain(|k, _| senders.contains_key(k));
         }
         self.senders.entry(key).or_default().clone()
+    }
+
+    /// Notes the pid of `key` if `packet` (a large one: the first fragment of a message, say)
+    /// names it.
+    fn remember(&mut self, key: u64, packet: &[u8]) {
+        if let Some(pid) = packet.get(4..).and_then(edist_proto::dist::lane::sender_pid) {
+            if self.pids.len() < MAX_TRACKED || self.pids.contains_key(&key) {
+                self.pids.insert(key, pid);
+            }
+        }
     }
 
     /// After queueing `packet` of `key`: the pid to hold, if the sender is now over `share`.
@@ -510,7 +527,8 @@ impl Holds {
         if queued <= share || self.held.contains_key(&key) {
             return None;
         }
-        let pid = edist_proto::dist::lane::sender_pid(packet.get(4..)?)?;
+        let pid =
+            packet.get(4..).and_then(edist_proto::dist::lane::sender_pid).or_else(|| self.pids.get(&key).cloned())?;
         self.held.insert(key, pid.clone());
         Some(pid)
     }
@@ -530,6 +548,40 @@ impl Holds {
     /// Every held sender, forgotten.
     fn release_all(&mut self) -> Vec<edist_proto::etf::Pid> {
         self.held.drain().map(|(_, p)| p).collect()
+    }
+}
+
+/// A relay's [`Holds`] and the plug that applies them. Whatever is still held when the relay
+/// ends is released, however it ends (the pump's halves are dropped when another part ends).
+struct HeldSenders {
+    holds: Holds,
+    plug: Option<Plug>,
+}
+
+impl HeldSenders {
+    fn hold(&self, pid: &edist_proto::etf::Pid) {
+        if let Some(p) = &self.plug {
+            p.hold(pid);
+        }
+    }
+
+    /// Releases the held senders whose bytes fell to half of `share`.
+    fn release_drained(&mut self, share: usize) {
+        for pid in self.holds.drained(share) {
+            if let Some(p) = &self.plug {
+                p.release(&pid);
+            }
+        }
+    }
+}
+
+impl Drop for HeldSenders {
+    fn drop(&mut self) {
+        for pid in self.holds.release_all() {
+            if let Some(p) = &self.plug {
+                p.release(&pid);
+            }
+        }
     }
 }
 
@@ -866,8 +918,7 @@ where
         // lane writers.
         let queued: Vec<Arc<AtomicUsize>> = (0..=bulk).map(|_| Arc::default()).collect();
         let mut router = Router::new(bulk);
-        let mut holds = Holds::default();
-        let plug = lanes_cfg.plug.clone();
+        let mut held = HeldSenders { holds: Holds::default(), plug: lanes_cfg.plug.clone() };
         // What the lanes wrote, sampled while senders are held, to size their share.
         let rate = Arc::new(Rate::default());
         let (mut per_s, mut sampled) = (0.0f64, (std::time::Instant::now(), 0usize));
@@ -875,6 +926,7 @@ where
         let (lane0_tx, lane0_rx) = mpsc::unbounded_channel();
         let q0 = queued.first().cloned().unwrap_or_default();
         writers.spawn(write_lane(
+            0,
             lane0_rx,
             Box::pin(async move { Ok::<W, std::io::Error>(tx) }),
             m_out.lane(0),
@@ -917,7 +969,7 @@ where
                     (r, Route::default())
                 }
                 // Held senders whose lanes drained go again.
-                _ = tokio::time::sleep(Duration::from_millis(5)), if holds.any_held() => {
+                _ = tokio::time::sleep(Duration::from_millis(5)), if held.holds.any_held() => {
                     let now = std::time::Instant::now();
                     let total = rate.written.load(Ordering::Relaxed);
                     let dt = now.duration_since(sampled.0).as_secs_f64();
@@ -926,11 +978,7 @@ where
                         per_s = if per_s == 0.0 { r } else { 0.7 * per_s + 0.3 * r };
                         sampled = (now, total);
                     }
-                    for pid in holds.drained(Rate::share(per_s)) {
-                        if let Some(p) = &plug {
-                            p.release(&pid);
-                        }
-                    }
+                    held.release_drained(Rate::share(per_s));
                     continue;
                 }
                 // The node missed its ticks: the far node stops getting them too.
@@ -956,49 +1004,56 @@ where
                 let (ltx, lrx) = mpsc::unbounded_channel();
                 let q = queued.get(lane).cloned().unwrap_or_default();
                 let flow = Some((sync.flow(lane as u8), lanes_cfg.link.clone()));
-                writers.spawn(write_lane(lrx, open_lane(lane as u8), m_out.lane(lane), q, rate.clone(), flow));
+                writers.spawn(write_lane(
+                    lane as u64,
+                    lrx,
+                    open_lane(lane as u8),
+                    m_out.lane(lane),
+                    q,
+                    rate.clone(),
+                    flow,
+                ));
                 *slot = Some(ltx);
             }
             let kind = crate::metrics::Kind::of(&p);
             let p = maybe_compress(p, lanes_cfg.compress_above);
             m_out.sent(lane, kind, p.len());
             // Lanes are unbounded queues; the budgets bound them all together.
-            let (Some(r), Some(g)) = (relay_budget.take(p.len()).await, lanes_cfg.gateway_buffer.take(p.len()).await)
-            else {
+            let (Some(r), Some(g)) = (
+                noted("relay budget", route.lane, relay_budget.take(p.len())).await,
+                noted("gateway budget", route.lane, lanes_cfg.gateway_buffer.take(p.len())).await,
+            ) else {
                 break;
             };
             if let Some(q) = queued.get(lane) {
                 q.fetch_add(p.len(), Ordering::Relaxed);
             }
             // Charged to its sender (if a plug can hold it back), which is held once over its share.
-            let holding = holds.any_held();
+            let holding = held.holds.any_held();
             let mut hold = None;
-            let charged = match (route.sender, plug.as_ref().filter(|p| p.speaks())) {
+            let charged = match (route.sender, held.plug.as_ref().filter(|p| p.speaks())) {
                 (Sender::Pid(key), Some(_)) => {
-                    let c = holds.counter(key);
+                    if lane != 0 || p.len() > LARGE_PACKET {
+                        held.holds.remember(key, &p);
+                    }
+                    let c = held.holds.counter(key);
                     c.fetch_add(p.len(), Ordering::Relaxed);
-                    hold = holds.over(key, &p, Rate::share(per_s));
+                    hold = held.holds.over(key, &p, Rate::share(per_s));
                     Some(c)
                 }
                 _ => None,
             };
-            if let (Some(pid), Some(plug)) = (hold, &plug) {
+            if let Some(pid) = hold {
                 if !holding {
                     // The rate the lanes drain at is sampled while anyone is held.
                     sampled = (std::time::Instant::now(), rate.written.load(Ordering::Relaxed));
                 }
-                plug.hold(&pid);
+                held.hold(&pid);
             }
             let Some(ltx) = slot.as_ref() else { break };
             let barriers = route.after.iter().map(|(l, c)| control(LaneCtl::After { lane: *l as u8, count: *c }));
             if barriers.chain([(arrived, p, Some(((r, g), charged)))]).any(|f| ltx.send(f).is_err()) {
                 break;
-            }
-        }
-        // Nothing stays held by a relay that ended.
-        for pid in holds.release_all() {
-            if let Some(p) = &plug {
-                p.release(&pid);
             }
         }
         Ok::<(), std::io::Error>(())
@@ -1060,6 +1115,22 @@ impl LaneFlow {
     }
 }
 
+/// Awaits `f`, logging at debug level if it takes longer than a second (a lane stuck at a
+/// barrier, on flow control or on the transport says so in the log).
+async fn noted<T>(what: &str, lane: u64, f: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(f);
+    match timeout(Duration::from_secs(1), &mut f).await {
+        Ok(v) => v,
+        Err(_) => {
+            let t = std::time::Instant::now();
+            tracing::debug!(lane, "lane waits on {what} for over 1 s");
+            let v = f.await;
+            tracing::debug!(lane, "lane waited on {what} for {:?} more", t.elapsed());
+            v
+        }
+    }
+}
+
 /// Sends what our incoming bulk lanes delivered to the peer, as it happens (coalesced).
 async fn report_deliveries(sync: Arc<LaneSync>, lane0: LaneTx) -> std::io::Result<()> {
     loop {
@@ -1079,6 +1150,7 @@ fn control(c: LaneCtl) -> Queued {
 
 /// Writes the frames queued for one lane to its stream, opened by `open`.
 async fn write_lane<W, F>(
+    lane: u64,
     mut frames: mpsc::UnboundedReceiver<Queued>,
     open: F,
     mut metrics: crate::metrics::LaneMetrics,
@@ -1093,9 +1165,9 @@ where
     let mut w = open.await?;
     while let Some((t, p, held)) = frames.recv().await {
         if let (Some((flow, link)), Some(_)) = (&flow, &held) {
-            flow.room(p.len(), LaneFlow::window(link.as_deref())).await;
+            noted("flow", lane, flow.room(p.len(), LaneFlow::window(link.as_deref()))).await;
         }
-        w.write_all(&p).await?;
+        noted("write", lane, w.write_all(&p)).await?;
         if let (Some((flow, _)), Some(_)) = (&flow, &held) {
             flow.written.fetch_add(p.len() as u64, Ordering::Relaxed);
         }
@@ -1120,7 +1192,7 @@ async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger
         let p = match f {
             Frame::Packet(p) => p,
             Frame::Ctl(LaneCtl::After { lane: other, count }) => {
-                if !merger.sync.after(other, count).await {
+                if !noted("barrier", lane.into(), merger.sync.after(other, count)).await {
                     return Ok(());
                 }
                 continue;
@@ -1160,7 +1232,7 @@ async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger
             _ => vec![p],
         };
         for f in forward {
-            if merger.to_node.send((std::time::Instant::now(), f)).await.is_err() {
+            if noted("node", lane.into(), merger.to_node.send((std::time::Instant::now(), f))).await.is_err() {
                 return Ok(());
             }
         }
@@ -1227,6 +1299,24 @@ mod hold_tests {
         assert!(h.over(1, &packet(1), 1000).is_some());
         assert_eq!(h.release_all(), vec![pid(1)]);
         assert!(!h.any_held());
+    }
+
+    #[test]
+    fn a_sender_passing_its_share_mid_message_is_held_at_a_continuation() {
+        let (ctrl, pl) =
+            encode_message(&Control::SendSender { from: pid(3), to: pid(9) }, Some(&Term::Binary(vec![7; 300_000])));
+        let mut packets = Vec::new();
+        let flags = DFlags(DFlags::FRAGMENTS | DFlags::DIST_HDR_ATOM_CACHE);
+        edist_proto::dist::fragment::frame_message(&mut packets, flags, 5, &ctrl, &pl, 65_536);
+        assert!(packets.len() > 2);
+        let mut h = Holds::default();
+        let c = h.counter(3);
+        h.remember(3, &packets[0]);
+        c.fetch_add(packets[0].len(), Ordering::Relaxed);
+        assert_eq!(h.over(3, &packets[0], 100_000), None, "within its share");
+        c.fetch_add(packets[1].len(), Ordering::Relaxed);
+        assert_eq!(edist_proto::dist::lane::sender_pid(&packets[1][4..]), None, "a continuation names nobody");
+        assert_eq!(h.over(3, &packets[1], 100_000), Some(pid(3)));
     }
 
     #[test]
