@@ -918,6 +918,7 @@ where
         // lane writers.
         let queued: Vec<Arc<AtomicUsize>> = (0..=bulk).map(|_| Arc::default()).collect();
         let mut router = Router::new(bulk);
+        let mut node_closed = false;
         let mut held = HeldSenders { holds: Holds::default(), plug: lanes_cfg.plug.clone() };
         // What the lanes wrote, sampled while senders are held, to size their share.
         let rate = Arc::new(Rate::default());
@@ -936,7 +937,8 @@ where
         ));
         // Delivery reports go out on lane 0 whatever this loop waits for (budgets): the peer's
         // bulk lanes wait for them, and the peer may be waiting for ours in turn.
-        writers.spawn(report_deliveries(sync.clone(), lane0_tx.clone()));
+        let mut reporter = tokio::task::JoinSet::new();
+        reporter.spawn(report_deliveries(sync.clone(), lane0_tx.clone()));
         if let Some(slot) = lanes.get_mut(0) {
             *slot = Some(lane0_tx);
         }
@@ -961,7 +963,10 @@ where
                         let route = router.route(p.get(4..).unwrap_or_default(), load);
                         (p, route)
                     }
-                    None => break,
+                    None => {
+                        node_closed = true;
+                        break;
+                    }
                 },
                 // The policy's answers to refused requests of the peer's nodes.
                 Some(r) = replies_rx.recv() => {
@@ -1056,17 +1061,65 @@ where
                 break;
             }
         }
+        if node_closed {
+            // The node closed its connection: what it sent before still reaches the far node,
+            // as on a TCP connection. The bulk lanes first (the far gateway reports them
+            // delivered), then the rest of lane 0, whose end closes the far side.
+            let _ = timeout(CLOSE_DRAIN, async {
+                loop {
+                    for (lane, count, _) in sync.take_received() {
+                        router.delivered(lane.into(), count);
+                    }
+                    if router.busy_lanes() == 0 {
+                        break;
+                    }
+                    sync.pump.notified().await;
+                }
+            })
+            .await;
+            reporter.abort_all();
+            drop(lanes);
+            let _ = timeout(CLOSE_DRAIN, async { while writers.join_next().await.is_some() {} }).await;
+        }
         Ok::<(), std::io::Error>(())
     };
-    let r = tokio::select! {
-        r = up => r,
-        r = down => r,
-        r = &mut lane0_in => r.unwrap_or(Ok(())),
+    let (r, far_closed) = {
+        tokio::pin!(up, down);
+        tokio::select! {
+            r = &mut up => (r, false),
+            r = &mut down => match r {
+                // The node's socket failed: what the node sent before it went still goes out
+                // (the up half sees the socket's end soon).
+                Err(e) => (timeout(CLOSE_DRAIN, &mut up).await.unwrap_or(Err(e)), false),
+                Ok(()) => (Ok(()), false),
+            },
+            r = &mut lane0_in => match r {
+                Ok(Ok(())) => (Ok(()), true),
+                Ok(Err(e)) => (Err(e), false),
+                Err(_) => (Ok(()), false),
+            },
+        }
     };
+    if far_closed {
+        // The far side ended the relay stream after all it sent (its bulk lanes reported
+        // delivered first): what is queued for the node reaches it before the connection ends.
+        let _ = timeout(CLOSE_DRAIN, async {
+            while let Ok((_, p)) = merger_rx.try_recv() {
+                if p != TICK {
+                    sw.write_all(&p).await?;
+                }
+            }
+            sw.shutdown().await
+        })
+        .await;
+    }
     lane0_in.abort();
     sync.close();
     Ok(r?)
 }
+
+/// How long a relay whose one side closed may take to deliver what that side sent before.
+const CLOSE_DRAIN: Duration = Duration::from_secs(5);
 
 /// What a bulk lane has written and the peer reports delivered, in bytes on the link: its writer
 /// keeps about two congestion windows outstanding, so bulk data waits in the lane's queue (whose
