@@ -488,12 +488,17 @@ const MAX_TRACKED: usize = 4096;
 /// the counters the lane writers decrement).
 ///
 /// A sender whose bytes pass its share is held by the node's plug (suspended, so only it stops:
-/// the relay keeps reading the node's socket and everyone else's messages flow); once they fall
-/// to half of it, it is released. Releasing everything is the owner's job when the relay ends.
+/// the relay keeps reading the node's socket and everyone else's messages flow). Held senders
+/// go again oldest first, once their own bytes fell to half the share and the relay's queue (all
+/// senders') is within it: a released sender sends on for a while before a new hold reaches it
+/// (a hold is asynchronous), so releasing everyone at once would queue that much times their
+/// number. Releasing everything is the owner's job when the relay ends.
 #[derive(Debug, Default)]
 struct Holds {
     senders: std::collections::HashMap<u64, SenderBytes>,
-    held: std::collections::HashMap<u64, edist_proto::etf::Pid>,
+    /// Held senders, with the order they were held in.
+    held: std::collections::HashMap<u64, (u64, edist_proto::etf::Pid)>,
+    holds_made: u64,
     /// The pid of each sender with a large message under way: its continuation fragments name
     /// none, and a sender may pass its share in the middle of a message.
     pids: std::collections::HashMap<u64, edist_proto::etf::Pid>,
@@ -529,16 +534,29 @@ impl Holds {
         }
         let pid =
             packet.get(4..).and_then(edist_proto::dist::lane::sender_pid).or_else(|| self.pids.get(&key).cloned())?;
-        self.held.insert(key, pid.clone());
+        self.holds_made += 1;
+        self.held.insert(key, (self.holds_made, pid.clone()));
         Some(pid)
     }
 
-    /// Held senders whose bytes fell to half of `share`: release them.
+    /// Held senders to release now: oldest first, those whose bytes fell to half of `share`,
+    /// while the relay's queue, counting half a share for each one released, stays within it.
     fn drained(&mut self, share: usize) -> Vec<edist_proto::etf::Pid> {
-        let senders = &self.senders;
-        let low = |k: &u64| senders.get(k).is_none_or(|c| c.load(Ordering::Relaxed) <= share / 2);
-        let done: Vec<u64> = self.held.keys().filter(|k| low(k)).copied().collect();
-        done.iter().filter_map(|k| self.held.remove(k)).collect()
+        let queued = |k: &u64| self.senders.get(k).map_or(0, |c| c.load(Ordering::Relaxed));
+        let mut total: usize = self.senders.keys().map(queued).sum();
+        let mut oldest: Vec<(u64, u64)> = self.held.iter().map(|(k, (n, _))| (*n, *k)).collect();
+        oldest.sort_unstable();
+        let mut done = Vec::new();
+        for (_, k) in oldest {
+            if total > share {
+                break;
+            }
+            if queued(&k) <= share / 2 {
+                total += share / 2;
+                done.push(k);
+            }
+        }
+        done.iter().filter_map(|k| self.held.remove(k)).map(|(_, p)| p).collect()
     }
 
     fn any_held(&self) -> bool {
@@ -547,7 +565,7 @@ impl Holds {
 
     /// Every held sender, forgotten.
     fn release_all(&mut self) -> Vec<edist_proto::etf::Pid> {
-        self.held.drain().map(|(_, p)| p).collect()
+        self.held.drain().map(|(_, (_, p))| p).collect()
     }
 }
 
@@ -1351,6 +1369,31 @@ mod hold_tests {
         c.fetch_add(5000, Ordering::Relaxed);
         assert!(h.over(1, &packet(1), 1000).is_some());
         assert_eq!(h.release_all(), vec![pid(1)]);
+        assert!(!h.any_held());
+    }
+
+    #[test]
+    fn held_senders_go_again_oldest_first_while_the_relay_queue_has_room() {
+        let mut h = Holds::default();
+        let (a, b, c) = (h.counter(1), h.counter(2), h.counter(3));
+        for (k, ctr) in [(1, &a), (2, &b), (3, &c)] {
+            ctr.fetch_add(1500, Ordering::Relaxed);
+            assert_eq!(h.over(k, &packet(k as u32), 1000), Some(pid(k as u32)));
+        }
+        // Each drained to half its share, but together over it: nobody goes yet.
+        for ctr in [&a, &b, &c] {
+            ctr.store(400, Ordering::Relaxed);
+        }
+        assert!(h.drained(1000).is_empty());
+        // Room for one: the oldest goes (counting half a share for what it will send next).
+        for ctr in [&a, &b, &c] {
+            ctr.store(200, Ordering::Relaxed);
+        }
+        assert_eq!(h.drained(1000), vec![pid(1)]);
+        // More room: the next two, oldest first.
+        a.store(0, Ordering::Relaxed);
+        b.store(0, Ordering::Relaxed);
+        assert_eq!(h.drained(1000), vec![pid(2), pid(3)]);
         assert!(!h.any_held());
     }
 
