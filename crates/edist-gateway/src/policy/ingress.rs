@@ -332,10 +332,42 @@ impl Ingress {
         if audit {
             refusal.audit = true;
             v.forward = raw;
+        } else if let Some(start) = raw.first() {
+            // Answered like a whole refused message (a call's monitor fires, a spawn fails),
+            // from what the first fragment says: its control message and the payload's head.
+            let answers = self.start_answers(start);
+            v.reply = answers.reply.iter().flat_map(|c| self.frame(c)).collect();
+            v.forward = answers.forward.iter().flat_map(|c| self.frame(c)).collect();
         }
         v.refused = Some(refusal);
         v.wait = self.charge(&v, !audit, now);
         Ok(v)
+    }
+
+    /// The answers to a fragmented message refused for its size, read from its first fragment
+    /// (length prefix included); none if that does not decode.
+    fn start_answers(&self, start: &[u8]) -> Answers {
+        let data = start.get(4..).unwrap_or_default();
+        let Ok(Packet::FragmentStart { atom_refs, body, .. }) =
+            parse_packet(data, self.flags, &mut AtomCache::default())
+        else {
+            return Answers::default();
+        };
+        let role = self.role();
+        let limits = Limits {
+            max_depth: if role.max_depth == 0 { Limits::default().max_depth } else { role.max_depth },
+            ..Limits::default()
+        };
+        let mut r = Reader::new(body);
+        let control =
+            Decoder::with_atom_refs(&limits, &atom_refs).term(&mut r).ok().and_then(|t| Control::from_term(t).ok());
+        match control {
+            Some(c) => {
+                let payload = c.has_payload().then(|| r.rest());
+                self.answers(&c, payload, Reason::Size)
+            }
+            None => Answers::default(),
+        }
     }
 
     /// A whole message (its raw packets in `raw`): judged, then charged to the rates.
@@ -1348,6 +1380,31 @@ mod tests {
             out.extend(i.packet(f, now()).unwrap().forward);
         }
         assert_eq!(out, small);
+    }
+
+    #[test]
+    fn an_oversized_fragmented_call_is_answered_as_a_refused_call() {
+        let mut i = ingress(Role { max_message: 10_000, ..device_kv() });
+        let big = call(&pid(1), &rf(8), Term::tuple([atom("put"), Term::Binary(vec![7; 50_000])]));
+        let frags = packets(&reg_send("kv"), Some(&big), 13, 4_000);
+        let (mut reply, mut forward, mut refused) = (Vec::new(), Vec::new(), 0);
+        for f in frags {
+            let v = i.packet(f, now()).unwrap();
+            refused += usize::from(v.refused.is_some());
+            reply.extend(v.reply);
+            forward.extend(v.forward);
+        }
+        assert_eq!(refused, 1);
+        match (&controls(&reply)[..], &controls(&forward)[..]) {
+            (
+                [Control::MonitorPExit { to, reference, reason, .. }],
+                [Control::DemonitorP { from, reference: r2, .. }],
+            ) => {
+                assert_eq!((to, reference, reason), (&pid(1), &rf(8), &atom("edist_refused")));
+                assert_eq!((from, r2), (&pid(1), &rf(8)));
+            }
+            c => panic!("{c:?}"),
+        }
     }
 
     #[test]
