@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 
-MODES = [("plain", "plain OTP"), ("tls", "OTP TLS"), ("edist", "edist")]
+MODES = [("plain", "plain OTP"), ("tls", "OTP TLS"), ("edist", "edist"), ("edist-tcp", "edist TCP")]
 # The shaped link (hol, lossy) and the senders per phase, from meta.json.
 LINK_RATE = "100mbit"
 LINK_MB_S = 100e6 / 8 / 1e6  # 100 Mbit/s in MB/s (10^6 bytes)
@@ -219,7 +219,8 @@ def main():
         proto, address = d.get("protocol"), str(d.get("address", ""))
         want = {"plain": proto == "tcp" and not address.startswith("127."),
                 "tls": proto == "tls" and d.get("controller") == "process",
-                "edist": proto == "tcp" and address.startswith("127.0.0.1:")}[m]
+                "edist": proto == "tcp" and address.startswith("127.0.0.1:"),
+                "edist-tcp": proto == "tcp" and address.startswith("127.0.0.1:")}[m]
         if r.get("ok") and not want:
             r["ok"] = False
             r["error"] = f"connection is not what {m} should be: {d}"
@@ -263,8 +264,9 @@ def main():
             cc = d.get("tcp_congestion_control")
             lines.append(f"   {name}: node a -> {d.get('address')} over {d.get('protocol')} "
                          f"({d.get('proto_dist')}, epmd module {d.get('epmd_module')}"
-                         + (", edist fabric: QUIC, congestion control from the gateway config (default BBR)" if m == "edist"
-                            else f", TCP congestion control {cc}") + ")")
+                         + {"edist": ", edist fabric: QUIC, congestion control from the gateway config (default BBR)",
+                            "edist-tcp": ", edist fabric: TLS 1.3 over TCP (yamux), the kernel's congestion control"}.get(
+                                m, f", TCP congestion control {cc}") + ")")
     for n in meta.get("notes", []):
         lines.append(f"   note: {n}")
     print("\n".join(lines))

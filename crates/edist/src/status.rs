@@ -201,13 +201,20 @@ pub fn render(r: &StatusReport, rates: &[PeerRate]) -> String {
         for l in r.links.iter().filter(|l| l.peer == p) {
             let _ = writeln!(
                 s,
-                "    link {:<3} {} at {}, {} relayed connections, up {}{}",
+                "    link {:<3} {} at {}, {} relayed connections, up {}{}{}",
                 l.id,
                 l.why.describe(),
                 l.remote,
                 l.relays,
                 duration(l.up_ms),
-                if l.relays == 0 { format!(", idle {}", duration(l.idle_ms)) } else { String::new() }
+                if l.relays == 0 { format!(", idle {}", duration(l.idle_ms)) } else { String::new() },
+                l.path.map_or(String::new(), |p| format!(
+                    "; rtt {:.2} ms, cwnd {} KiB, lost {} of {} packets",
+                    p.rtt_us as f64 / 1000.0,
+                    p.cwnd / 1024,
+                    p.lost_packets,
+                    p.sent_packets
+                ))
             );
         }
     }
@@ -303,6 +310,7 @@ fn duration(ms: u64) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use edist_gateway::fabric::link::PathStats;
     use edist_gateway::fabric::membership::MemberState;
     use edist_gateway::gateway::{LinkReason, LinkStatus, MemberStatus, PeerRole};
     use edist_gateway::metrics::{MetricsSnapshot, TrafficCounts};
@@ -351,6 +359,13 @@ mod tests {
                 relays: 0,
                 idle_ms: 61_000,
                 up_ms: 3_700_000,
+                path: Some(PathStats {
+                    rtt_us: 1_250,
+                    cwnd: 48 << 10,
+                    sent_packets: 900,
+                    lost_packets: 3,
+                    congestion_events: 1,
+                }),
             }],
             roles: vec![PeerRole { peer: "gw-b".into(), role: "device".into(), from: "certificate".into() }],
             ..Default::default()
@@ -371,7 +386,7 @@ mod tests {
         assert!(text.contains("dyn@hosta") && text.contains("connects out only"), "{text}");
         assert!(text.contains("gw-b                 link up  role device (certificate)"), "{text}");
         assert!(text.contains("link 3   dialled: answered at a seed address at 10.0.0.2:4371"), "{text}");
-        assert!(text.contains("up 1h01m, idle 1m01s"), "{text}");
+        assert!(text.contains("up 1h01m, idle 1m01s; rtt 1.25 ms, cwnd 48 KiB, lost 3 of 900 packets"), "{text}");
         assert!(text.contains("gw-c                 suspect  10.0.0.3:4371"), "{text}");
         // Counters that went backwards (a restarted gateway) give 0, not a huge rate.
         assert_eq!(rates(&report(3000, 15), &report(0, 0), Duration::from_secs(1))[0].in_bytes_per_s, 0.0);

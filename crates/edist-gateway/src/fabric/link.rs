@@ -32,6 +32,20 @@ pub enum Closed {
     Lost(String),
 }
 
+/// What the transport knows of a link's path now (QUIC's recovery state).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PathStats {
+    /// Smoothed round-trip time, microseconds.
+    pub rtt_us: u64,
+    /// Congestion window, bytes.
+    pub cwnd: u64,
+    /// Packets sent and declared lost since the link came up.
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    /// Times the congestion controller backed off.
+    pub congestion_events: u64,
+}
+
 /// A link to another gateway.
 pub trait Link: Send + Sync + std::fmt::Debug {
     /// Opens a stream both ways. Such streams carry ordered traffic and go first where the
@@ -55,6 +69,10 @@ pub trait Link: Send + Sync + std::fmt::Debug {
     /// knows: bulk lanes keep about that much in the transport, and wait in the gateway's
     /// lanes otherwise.
     fn in_flight_hint(&self) -> Option<u64> {
+        self.path().map(|p| p.cwnd)
+    }
+    /// The path's round-trip time, congestion window and losses, if the transport knows them.
+    fn path(&self) -> Option<PathStats> {
         None
     }
 }

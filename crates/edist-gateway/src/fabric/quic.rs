@@ -807,8 +807,15 @@ impl super::link::Link for quinn::Connection {
         (s.udp_tx.bytes, s.udp_rx.bytes)
     }
 
-    fn in_flight_hint(&self) -> Option<u64> {
-        Some(self.stats().path.cwnd)
+    fn path(&self) -> Option<super::link::PathStats> {
+        let p = self.stats().path;
+        Some(super::link::PathStats {
+            rtt_us: u64::try_from(p.rtt.as_micros()).unwrap_or(u64::MAX),
+            cwnd: p.cwnd,
+            sent_packets: p.sent_packets,
+            lost_packets: p.lost_packets,
+            congestion_events: p.congestion_events,
+        })
     }
 }
 

@@ -59,6 +59,9 @@ pub struct LinkStatus {
     pub idle_ms: u64,
     /// Milliseconds since it came up.
     pub up_ms: u64,
+    /// Round-trip time, congestion window and losses (QUIC links).
+    #[serde(default)]
+    pub path: Option<crate::fabric::link::PathStats>,
 }
 
 /// A gateway membership knows.
@@ -139,6 +142,7 @@ pub(super) fn links(st: &State) -> Vec<LinkStatus> {
             relays: l.usage.relays.load(std::sync::atomic::Ordering::Relaxed),
             idle_ms: millis(l.usage.idle_for()),
             up_ms: millis(now.duration_since(l.since)),
+            path: l.conn.path(),
         })
         .collect();
     out.sort_by(|a, b| (&a.peer, a.id).cmp(&(&b.peer, b.id)));
