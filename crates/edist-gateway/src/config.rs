@@ -25,7 +25,7 @@
 //! relay_buffer = 33554432         # bytes a relayed connection may hold towards the fabric
 //! gateway_buffer = 268435456       # the same for all relays together: the memory bound
 //! compress_threshold = 1024        # peers with `compress = true` get lz4 above this size
-//! congestion = "bbr"               # QUIC congestion control: bbr, cubic or newreno
+//! congestion = "bbr"               # QUIC congestion control: bbr, bbr-uncapped, cubic or newreno
 //! transport = "quic"               # or "tcp": TLS over TCP where UDP is blocked
 //! revoked = []                     # certificate serials (hex) or identities refused
 //! seeds = ["gateways.internal:4371"] # DNS names (all their addresses) or ip:port to dial
@@ -173,7 +173,7 @@ pub struct FabricConfig {
     /// port number, for networks that block UDP; every gateway of a cluster uses the same).
     pub transport: crate::fabric::link::TransportKind,
     /// QUIC congestion control: `bbr` (default; short queues at the bottleneck, tolerates
-    /// random loss), `cubic` or `newreno`.
+    /// random loss), `bbr-uncapped`, `cubic` or `newreno`.
     pub congestion: crate::fabric::quic::Congestion,
     /// Certificates refused even though the CA signed them: serial numbers (hex, as `edist
     /// certs issue` prints them) or identities.
@@ -452,6 +452,13 @@ mod tests {
         assert_eq!(d.local.control.port(), 4370);
         assert!(Config::from_toml("[local]\ncontrol = \"0.0.0.0:1\"", "x".as_ref()).is_err());
         assert!(Config::from_toml("bogus = 1", "x".as_ref()).is_err());
+        use crate::fabric::quic::Congestion;
+        for (name, want) in
+            [("bbr", Congestion::Bbr), ("bbr-uncapped", Congestion::BbrUncapped), ("cubic", Congestion::Cubic)]
+        {
+            let c = Config::from_toml(&format!("[fabric]\ncongestion = \"{name}\""), "x".as_ref()).unwrap();
+            assert_eq!(c.fabric.congestion, want);
+        }
     }
 
     #[test]

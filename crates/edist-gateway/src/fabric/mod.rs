@@ -3,6 +3,7 @@
 //! ([`discovery`]), and membership between them ([`membership`] over signed datagrams,
 //! [`envelope`], moved by [`gossip`]).
 
+pub mod congestion;
 pub mod credentials;
 pub mod discovery;
 pub mod envelope;

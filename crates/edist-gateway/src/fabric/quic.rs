@@ -296,14 +296,19 @@ pub struct QuicOptions {
     pub congestion: Congestion,
 }
 
-/// Congestion controllers quinn offers.
+/// Congestion controllers of the links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Congestion {
     /// Model-based: keeps the bottleneck's queue short, so small messages behind bulk traffic
-    /// wait less, and tolerates random loss.
+    /// wait less, and tolerates random loss. quinn's BBR with its window capped to about 2 ms
+    /// of queue at the bottleneck on links up to 200 Mbit/s ([`super::congestion`]).
     #[default]
     Bbr,
+    /// quinn's BBR as it is: it adds bursts of acknowledgements to its window, which can queue
+    /// tens of milliseconds at a slow bottleneck when a gateway's host is busy.
+    #[serde(rename = "bbr-uncapped")]
+    BbrUncapped,
     /// Loss-based (quinn's own default): fills the bottleneck's queue.
     Cubic,
     /// Loss-based, classic.
@@ -350,7 +355,8 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
         // waits for buffer space behind bulk data (it then goes first: stream priority).
         .send_window(SEND_WINDOW);
     match opts.congestion {
-        Congestion::Bbr => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+        Congestion::Bbr => t.congestion_controller_factory(Arc::new(super::congestion::CappedBbrConfig::default())),
+        Congestion::BbrUncapped => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
         Congestion::Cubic => t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
         Congestion::NewReno => t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
     };
@@ -557,9 +563,40 @@ pub fn endpoint(bind: SocketAddr, id: &TlsIdentity, opts: &QuicOptions) -> Resul
 pub fn endpoint_with(bind: SocketAddr, creds: &Arc<Credentials>, opts: &QuicOptions) -> Result<Endpoint> {
     let server = server_config_with(creds, opts)?;
     let client = client_config_with(creds, opts, false)?;
-    let mut ep = Endpoint::server(server, bind).map_err(|error| FabricError::Bind { addr: bind, error })?;
+    let bind_err = |error| FabricError::Bind { addr: bind, error };
+    let socket = udp_socket(bind).map_err(bind_err)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_err(std::io::Error::other("no async runtime (not inside tokio)")))?;
+    let mut ep = Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime).map_err(bind_err)?;
     ep.set_default_client_config(client);
     Ok(ep)
+}
+
+/// What a link's UDP socket asks the kernel to buffer each way. Linux's default (208 KiB)
+/// overflows within a millisecond at a few hundred MB/s whenever the gateway is not scheduled,
+/// and every datagram dropped there is a loss QUIC recovers from and backs off for: 28% of the
+/// packets were lost so on a veth at 300 MB/s. The kernel grants at most `net.core.rmem_max`
+/// (`wmem_max`), doubled.
+pub const UDP_BUFFER: usize = 8 << 20;
+
+/// The fabric's UDP socket, bound, with large kernel buffers (best effort, logged when the
+/// kernel grants less than half).
+fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(UDP_BUFFER);
+    let _ = s.set_send_buffer_size(UDP_BUFFER);
+    if let Ok(got) = s.recv_buffer_size() {
+        if got < UDP_BUFFER / 2 {
+            tracing::info!(
+                got,
+                wanted = UDP_BUFFER,
+                "the fabric's UDP receive buffer is small: bursts will be dropped at high rates (raise net.core.rmem_max)"
+            );
+        }
+    }
+    s.bind(&bind.into())?;
+    Ok(s.into())
 }
 
 /// The identity (CN, else first DNS SAN) of the peer's verified certificate.
