@@ -101,6 +101,32 @@ pub struct Config {
     pub roles: std::collections::BTreeMap<String, toml::Table>,
     /// The Prometheus endpoint (off by default).
     pub metrics: crate::metrics::MetricsConfig,
+    /// Devices that connect with Erlang code only (`edist_device_dist`): this gateway is their
+    /// hub (off by default; see docs/devices.md).
+    pub devices: DevicesConfig,
+}
+
+/// The hub side of devices without a gateway (docs/devices.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// TCP address where device BEAMs connect over TLS 1.3 with their device certificates
+    /// (default none: no devices).
+    pub listen: Option<SocketAddr>,
+    /// The role of devices whose certificate names none (default `device`).
+    pub role: String,
+    /// A device whose control connection has been silent this long is gone (default 15000
+    /// ms); the device sends a heartbeat every third of it. A closed connection is noticed at
+    /// once.
+    pub idle_timeout_ms: u64,
+    /// Devices connected at once, at most (default 100000).
+    pub max_devices: usize,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig { listen: None, role: "device".into(), idle_timeout_ms: 15_000, max_devices: 100_000 }
+    }
 }
 
 /// Ingress policy defaults.
@@ -273,6 +299,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             roles: Default::default(),
             metrics: Default::default(),
+            devices: Default::default(),
         }
     }
 }
@@ -363,7 +390,9 @@ impl Config {
         }
         self.validate_numbers()?;
         let roles = self.roles()?;
-        let named = std::iter::once(&self.policy.default_role).chain(self.peers.iter().filter_map(|p| p.role.as_ref()));
+        let named = [&self.policy.default_role, &self.devices.role]
+            .into_iter()
+            .chain(self.peers.iter().filter_map(|p| p.role.as_ref()));
         for r in named {
             if !roles.contains_key(r) {
                 let known: Vec<&str> = roles.keys().map(String::as_str).collect();
@@ -398,6 +427,12 @@ impl Config {
                 l.lookup_wait_ms
             )));
         }
+        at_least(
+            "devices.idle_timeout_ms",
+            self.devices.idle_timeout_ms,
+            300,
+            "milliseconds; devices send a heartbeat every third of it",
+        )?;
         at_least("fabric.keep_alive_ms", f.keep_alive_ms, 1, "milliseconds between keep-alives on an idle link")?;
         at_least("fabric.idle_timeout_ms", f.idle_timeout_ms, 1, "milliseconds; with 0 every link is dead at once")?;
         if f.keep_alive_ms >= f.idle_timeout_ms {

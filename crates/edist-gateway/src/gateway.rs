@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
+mod devices;
 mod inventory;
 mod reload;
 mod shutdown;
@@ -190,6 +191,8 @@ pub(crate) struct Inner {
     waiters: Mutex<lookup::Waiters>,
     /// When the gateway started.
     started: tokio::time::Instant,
+    /// The hub of devices without a gateway, when `[devices] listen` is set.
+    hub: std::sync::OnceLock<Arc<crate::device::Hub>>,
 }
 
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
@@ -200,6 +203,7 @@ pub struct Gateway {
     transport: Option<Arc<dyn Transport>>,
     control_addr: std::net::SocketAddr,
     metrics_addr: Option<std::net::SocketAddr>,
+    devices_addr: Option<std::net::SocketAddr>,
 }
 
 /// Links to peer gateways, for [`Gateway::link_stats`].
@@ -254,6 +258,9 @@ pub struct StatusReport {
     /// The last reload (SIGHUP), if any.
     #[serde(default)]
     pub reload: Option<ReloadStatus>,
+    /// Devices connected to this gateway as their hub (`[devices]`); each is also a local node.
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 impl Gateway {
@@ -302,6 +309,7 @@ impl Gateway {
             // One per control connection at most (the control port serves 256 at a time).
             waiters: Mutex::new(lookup::Waiters::new(control::ControlConfig::default().max_connections)),
             started: tokio::time::Instant::now(),
+            hub: Default::default(),
         });
         let mut tasks = vec![];
         let dir: Arc<dyn LocalDirectory> = Arc::new(Directory(Arc::downgrade(&inner)));
@@ -354,6 +362,7 @@ impl Gateway {
                 cfg.name
             )));
         }
+        let devices_addr = devices::start(&inner).await?;
         let fabric = transport.as_ref().and_then(|t| t.local_addr().ok()).map(|a| a.to_string());
         info!(
             name = %cfg.name,
@@ -362,7 +371,7 @@ impl Gateway {
             metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             "gateway started"
         );
-        Ok(Gateway { inner, tasks: Arc::new(Mutex::new(tasks)), transport, control_addr, metrics_addr })
+        Ok(Gateway { inner, tasks: Arc::new(Mutex::new(tasks)), transport, control_addr, metrics_addr, devices_addr })
     }
 
     /// The local control address (for `-edist_gateway`).
@@ -373,6 +382,11 @@ impl Gateway {
     /// The fabric address actually bound.
     pub fn fabric_addr(&self) -> Option<std::net::SocketAddr> {
         self.transport.as_ref().and_then(|t| t.local_addr().ok())
+    }
+
+    /// Where devices connect (`[devices] listen`, as bound).
+    pub fn devices_addr(&self) -> Option<std::net::SocketAddr> {
+        self.devices_addr
     }
 
     /// The Prometheus endpoint's address, when `[metrics] listen` is set.
@@ -486,6 +500,7 @@ impl Inner {
             roles,
             pid: std::process::id(),
             reload: lock(&self.last_reload).clone(),
+            devices: self.hub.get().map(|h| h.devices()).unwrap_or_default(),
         }
     }
 
@@ -508,6 +523,10 @@ impl Inner {
     /// The role of peer gateway `peer`, and its name: its config entry's, else its
     /// certificate's, else `policy.default_role`.
     fn role_of(&self, peer: &str) -> (String, Arc<policy::Role>) {
+        if peer.contains('@') {
+            // A device (a node name; no gateway name has an '@'): for reports.
+            return (self.cfg.devices.role.clone(), self.device_role(None));
+        }
         let live = self.live();
         let name = self.peer_role(peer).unwrap_or_else(|| live.default_role.clone());
         // Validated with the config; an unknown name cannot get here, but fail closed anyway.

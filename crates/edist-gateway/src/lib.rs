@@ -5,6 +5,7 @@
 //! their distribution traffic to the remote node's gateway over QUIC with mutual TLS.
 pub mod certcheck;
 pub mod config;
+pub mod device;
 pub mod local;
 pub mod wire;
 

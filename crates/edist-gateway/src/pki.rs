@@ -132,6 +132,8 @@ pub struct IssueOptions {
     pub role: Option<String>,
     /// The CA key to sign with (default: found in the directory, see [`ca_key_path`]).
     pub ca_key: Option<PathBuf>,
+    /// A device's certificate (see [`issue`]): `name` is the node name the device may use.
+    pub device: bool,
 }
 
 /// What a gateway certificate grants: the identity, the node names it may announce, the role
@@ -144,6 +146,9 @@ pub struct Grant {
     pub role: Option<String>,
     /// The certificate's serial number, lowercase hex (for revocation lists).
     pub serial: String,
+    /// A device's certificate: the one node name it may use (`edist:device:<node>`). Such a
+    /// certificate identifies a device BEAM at a hub gateway, never a gateway.
+    pub device: Option<String>,
 }
 
 impl Grant {
@@ -155,6 +160,7 @@ impl Grant {
 
 const NODES_URI: &str = "edist:nodes:";
 const ROLE_URI: &str = "edist:role:";
+const DEVICE_URI: &str = "edist:device:";
 
 /// Reads the grant of a DER certificate (no verification: the TLS layer did that).
 pub fn certificate_grant(der: &[u8]) -> Grant {
@@ -168,9 +174,19 @@ pub fn certificate_grant(der: &[u8]) -> Grant {
                     g.nodes.push(p.to_owned());
                 } else if let Some(r) = u.strip_prefix(ROLE_URI) {
                     g.role = Some(r.to_owned());
+                } else if let Some(d) = u.strip_prefix(DEVICE_URI) {
+                    // Two device names would make the identity ambiguous: none counts.
+                    g.device = match g.device {
+                        None => Some(d.to_owned()),
+                        Some(_) => Some(String::new()),
+                    };
                 }
             }
         }
+    }
+    if let Some(d) = &g.device {
+        // A device may be one node, whatever else the certificate says.
+        g.nodes = vec![d.clone()];
     }
     if g.nodes.is_empty() {
         g.nodes.push("*".into());
@@ -266,8 +282,17 @@ pub fn init_ca(dir: &Path, cluster_name: &str, opts: &CaOptions) -> Result<CaPat
 /// Issues a certificate for gateway `name` signed by the CA in `dir`: CN and DNS SAN = `name`,
 /// usable for both TLS server and client authentication, valid `validity_days` from now (see
 /// [`IssueOptions`] for overrides). Writes `<name>.pem` and `<name>.key` (mode 0600) into `dir`.
+///
+/// With [`IssueOptions::device`], `name` is a device's node name (`alive@host`): the
+/// certificate's CN is that name, it has no DNS name (a device is no TLS server, and no gateway
+/// accepts it as one: see [`crate::fabric::quic::certificate_identity`]), and it grants exactly
+/// that node name (SAN URI `edist:device:<name>`); the role defaults to the hub's `[devices]
+/// role` unless `role` is given.
 pub fn issue(dir: &Path, name: &str, validity_days: u32, extra: IssueOptions) -> Result<NodePaths> {
-    check_name(name)?;
+    match extra.device {
+        true => check_device_name(name)?,
+        false => check_name(name)?,
+    }
     let paths = node_paths(dir, name);
     if !extra.force && (exists(&paths.cert)? || exists(&paths.key)?) {
         return Err(PkiError::CertExists { name: name.to_owned(), path: paths.cert });
@@ -299,11 +324,15 @@ pub fn issue(dir: &Path, name: &str, validity_days: u32, extra: IssueOptions) ->
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
-    let dns = name.try_into().map_err(|_| PkiError::BadName { name: name.to_owned(), why: "not an IA5 string" })?;
-    params.subject_alt_names = vec![SanType::DnsName(dns)];
     let uri = |s: String| {
         s.clone().try_into().map(SanType::URI).map_err(|_| PkiError::BadGrant { value: s, why: "not an IA5 string" })
     };
+    if extra.device {
+        params.subject_alt_names = vec![uri(format!("{DEVICE_URI}{name}"))?];
+    } else {
+        let dns = name.try_into().map_err(|_| PkiError::BadName { name: name.to_owned(), why: "not an IA5 string" })?;
+        params.subject_alt_names = vec![SanType::DnsName(dns)];
+    }
     for p in &extra.nodes {
         check_grant(p, false)?;
         params.subject_alt_names.push(uri(format!("{NODES_URI}{p}"))?);
@@ -314,7 +343,11 @@ pub fn issue(dir: &Path, name: &str, validity_days: u32, extra: IssueOptions) ->
     }
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = match extra.device {
+        // A device only ever dials: it cannot serve TLS as anyone.
+        true => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        false => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+    };
     params.use_authority_key_identifier_extension = true;
 
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::Generate)?;
@@ -328,14 +361,34 @@ pub fn issue(dir: &Path, name: &str, validity_days: u32, extra: IssueOptions) ->
 /// same grants (node names, role), a fresh key, valid `validity_days` from now. Returns the
 /// paths and the grant of the certificate it replaced (its serial, for a revocation list).
 pub fn renew(dir: &Path, name: &str, validity_days: u32, ca_key: Option<PathBuf>) -> Result<(NodePaths, Grant)> {
-    check_name(name)?;
+    if !name.contains('@') {
+        check_name(name)?;
+    }
     let old_path = node_paths(dir, name).cert;
     let old = load_certs(&old_path)?.into_iter().next().ok_or(PkiError::NoCertificate(old_path))?;
     let old = certificate_grant(&old);
     // A certificate without node grants allows every name: renew it as such.
-    let nodes = if old.nodes == ["*"] { vec![] } else { old.nodes.clone() };
-    let opts = IssueOptions { force: true, nodes, role: old.role.clone(), ca_key, ..Default::default() };
+    let nodes = if old.nodes == ["*"] || old.device.is_some() { vec![] } else { old.nodes.clone() };
+    let device = old.device.is_some();
+    let opts = IssueOptions { force: true, nodes, role: old.role.clone(), ca_key, device, ..Default::default() };
     Ok((issue(dir, name, validity_days, opts)?, old))
+}
+
+/// Checks that `name` can be a device's node name: `alive@host`, one `@`, both parts of
+/// letters, digits, `_`, `-` and `.` (what `-sname`/`-name` accept, minus quoting tricks).
+pub fn check_device_name(name: &str) -> Result<()> {
+    let bad = |why| Err(PkiError::BadName { name: name.to_owned(), why });
+    let part_ok = |p: &str| {
+        !p.is_empty() && p.len() <= 255 && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    match name.split_once('@') {
+        Some((alive, host)) if part_ok(alive) && part_ok(host) => {}
+        _ => return bad("a device name is a node name, alive@host (letters, digits, '_', '-', '.')"),
+    }
+    if name.eq_ignore_ascii_case("ca") {
+        return bad("\"ca\" is reserved for the CA files");
+    }
+    Ok(())
 }
 
 /// Checks that `name` can be a gateway identity: a DNS name (it is the certificate's DNS SAN
@@ -518,6 +571,29 @@ mod tests {
         assert_eq!(ca_key_path(&dir), dir.join(CA_KEY_FILE));
         issue(&dir, "gw-c", 1, IssueOptions::default()).expect("issue with the old layout");
         assert!(matches!(init_ca(&dir, "test", &CaOptions::default()), Err(PkiError::CaExists(_))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_device_certificate_grants_one_node_name_and_is_no_gateway() {
+        let dir = tempdir("device");
+        init_ca(&dir, "t", &CaOptions::default()).unwrap();
+        let opts = IssueOptions { device: true, nodes: vec!["*".into()], ..Default::default() };
+        let p = issue(&dir, "sensor1@board", 30, opts).unwrap();
+        let der = load_certs(&p.cert).unwrap().remove(0);
+        let g = certificate_grant(&der);
+        assert_eq!(g.device.as_deref(), Some("sensor1@board"));
+        assert_eq!(g.nodes, ["sensor1@board"]);
+        assert!(g.allows("sensor1@board") && !g.allows("sensor2@board"));
+        assert_eq!(crate::fabric::quic::certificate_identity(&der), None);
+        let bad = IssueOptions { device: true, ..Default::default() };
+        for name in ["noat", "a@b@c", "@b", "a@", "a b@c", "a@b'"] {
+            assert!(issue(&dir, name, 30, bad.clone()).is_err(), "{name}");
+        }
+        let (_, old) = renew(&dir, "sensor1@board", 30, None).unwrap();
+        assert_eq!(old.device.as_deref(), Some("sensor1@board"));
+        let der = load_certs(&p.cert).unwrap().remove(0);
+        assert_eq!(certificate_grant(&der).device.as_deref(), Some("sensor1@board"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

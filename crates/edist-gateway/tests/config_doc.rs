@@ -2,7 +2,7 @@
 //! (unknown keys are errors), the first block is exactly the defaults, and every field of every
 //! configuration struct appears in some block.
 
-use edist_gateway::config::{Config, FabricConfig, LocalConfig, PeerConfig, PolicyConfig};
+use edist_gateway::config::{Config, DevicesConfig, FabricConfig, LocalConfig, PeerConfig, PolicyConfig};
 use edist_gateway::metrics::MetricsConfig;
 use edist_gateway::policy::Role;
 use serde::de::DeserializeOwned;
@@ -88,7 +88,8 @@ fn every_field_is_documented() {
             None => k,
         })
         .collect();
-    let sections: [(&str, Vec<String>); 7] = [
+    let sections: [(&str, Vec<String>); 8] = [
+        ("devices.", fields::<DevicesConfig>()),
         ("", fields::<Config>()),
         ("local.", fields::<LocalConfig>()),
         ("fabric.", fields::<FabricConfig>()),

@@ -16,6 +16,9 @@ use std::process::Command;
 
 /// The plug's source, compiled on demand.
 pub const PLUG_SOURCE: &str = include_str!("../../edist-gateway/erl/edist_epmd.erl");
+/// The device connector (`-proto_dist edist_device`), for devices without a gateway: shipped
+/// as source for the device's own release (docs/devices.md).
+pub const DEVICE_SOURCE: &str = include_str!("../../edist-gateway/erl/edist_device_dist.erl");
 
 /// The gateway's control address the plug uses without `-edist_gateway`.
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:4370";

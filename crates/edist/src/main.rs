@@ -132,6 +132,11 @@ enum Cmd {
         /// (`edist erl-flags --plug-source > src/edist_epmd.erl`; see examples/).
         #[arg(long)]
         plug_source: bool,
+        /// Print the device connector's Erlang source instead (`edist_device_dist`, for a
+        /// device's release: `edist erl-flags --device-source > src/edist_device_dist.erl`;
+        /// see docs/devices.md).
+        #[arg(long, conflicts_with = "plug_source")]
+        device_source: bool,
     },
 }
 
@@ -268,6 +273,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Cmd::Doctor { config, node } => doctor::run(config.as_deref(), node.as_deref()).await?,
             Cmd::ErlFlags { plug_source: true, .. } => print!("{}", erl_flags::PLUG_SOURCE),
+            Cmd::ErlFlags { device_source: true, .. } => print!("{}", erl_flags::DEVICE_SOURCE),
             Cmd::ErlFlags { gateway, .. } => erl_flags::run(gateway.as_deref())?,
         }
         Ok(())
@@ -327,9 +333,15 @@ enum CertsCmd {
         ca_key: Option<std::path::PathBuf>,
     },
     /// Issue the certificate of gateway NAME from the CA in DIR: DIR/NAME.pem and DIR/NAME.key.
+    /// With --device, NAME is a device's node name (alive@host): the certificate lets a device
+    /// BEAM connect to a hub gateway as that node and no other (docs/devices.md).
     Issue {
-        /// The gateway name (a DNS name; the identity its peers see).
+        /// The gateway name (a DNS name; the identity its peers see), or with --device the
+        /// device's node name.
         name: String,
+        /// A device's certificate: NAME is the one node name it grants (`edist_device_dist`).
+        #[arg(long)]
+        device: bool,
         /// The certificate directory.
         #[arg(long, default_value = "./edist-certs")]
         dir: std::path::PathBuf,
@@ -385,11 +397,30 @@ fn certs(cmd: CertsCmd) -> Result<()> {
                 old.serial
             );
         }
-        CertsCmd::Issue { name, dir, days, force, nodes, role, ca_key } => {
-            let opts = pki::IssueOptions { force, nodes, role, ca_key, ..Default::default() };
+        CertsCmd::Issue { name, dir, days, force, nodes, role, ca_key, device } => {
+            if device && !nodes.is_empty() {
+                anyhow::bail!("--nodes does not go with --device: a device's certificate grants its own name only");
+            }
+            let opts = pki::IssueOptions { force, nodes, role, ca_key, device, ..Default::default() };
             let p = pki::issue(&dir, &name, days, opts)?;
             let der = pki::load_certs(&p.cert)?.remove(0);
             let g = pki::certificate_grant(&der);
+            if device {
+                println!("wrote {} (certificate of device node {name:?}, valid {days} days)", p.cert.display());
+                println!(
+                    "  serial {} (for a revocation list: [fabric] revoked on the hub), role {}",
+                    g.serial,
+                    g.role.as_deref().unwrap_or("(the hub's [devices] role)")
+                );
+                println!("wrote {} (its private key, mode 0600)", p.key.display());
+                println!(
+                    "the device needs {}, {} and {} (see docs/devices.md)",
+                    p.ca.display(),
+                    p.cert.display(),
+                    p.key.display()
+                );
+                return Ok(());
+            }
             println!("wrote {} (certificate of gateway {name:?}, valid {days} days)", p.cert.display());
             println!(
                 "  serial {} (for a revocation list), node names {}, role {}",

@@ -609,6 +609,11 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<String> {
 /// The identity of a certificate: its subject CN, else its first DNS SAN.
 pub fn certificate_identity(der: &CertificateDer<'_>) -> Option<String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    // A device's certificate (`edist certs issue --device`) identifies a device BEAM at a hub,
+    // never a gateway: the same CA signs it, so without this a device could link as a peer.
+    if crate::pki::certificate_grant(der).device.is_some() {
+        return None;
+    }
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     if let Some(cn) = cert.subject().iter_common_name().next().and_then(|a| a.as_str().ok()) {
         if !cn.is_empty() {

@@ -246,6 +246,10 @@ impl Inner {
 
     /// Applies revocations and narrowed grants to the peers already known.
     fn recheck_peers(&self, report: &mut ReloadReport) {
+        if let Some(hub) = self.hub.get() {
+            // Devices revoked now: their connections close and their nodes go down.
+            report.revoked.extend(hub.close_revoked());
+        }
         let live = self.live();
         let known: Vec<(String, crate::pki::Grant)> =
             lock(&self.cert_grants).iter().map(|(k, v)| (k.clone(), v.clone())).collect();

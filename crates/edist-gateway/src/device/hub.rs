@@ -1,0 +1,406 @@
+//! The hub's side of devices: TLS termination, the control connection of each device, and
+//! the device's distribution connections both ways (see [`super::proto`] for the frames).
+//!
+//! A registered device is, to the rest of the gateway, a local node listening on a loopback
+//! port of its own: local nodes and relays from the fabric dial that port as they would any
+//! local node's. Each connection accepted there is parked, the device is asked over its control
+//! connection to open a TLS connection answering it, and the two are spliced
+//! ([`super::splice`]). A connection the device dials names its target in its preface; the
+//! hub resolves the target as the plug would and splices the device to it.
+
+use super::proto::{HubMsg, Preface, Role, DEVICE_BEAT};
+use super::splice::{PolicyHook, Splice};
+use crate::fabric::link::BoxFuture;
+use bytes::{Buf, BytesMut};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How long a new TLS connection may take to finish its handshake and send its preface.
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection to a device waits for the device to answer it.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the hub needs from its gateway.
+pub trait HubHost: Send + Sync + 'static {
+    /// Makes device node `name` a local node listening on loopback `port`, announced to the
+    /// fabric, until the returned guard drops.
+    fn register(&self, name: &str, creation: u32, port: u16) -> Result<Box<dyn Send + Sync>, String>;
+    /// The loopback port at which node `name` is reached (a local node's, or an impersonation
+    /// listener's for a remote one), as the plug's lookup answers.
+    fn lookup<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<u16>>;
+    /// The role of a device (its certificate's `role`, else the hub's `[devices] role`):
+    /// whether it is hidden, its policy (`None`: open) and its largest packet.
+    fn policy(&self, device: &str, cert_role: Option<&str>) -> (bool, Option<PolicyHook>, usize);
+    /// Whether a device certificate (its name or serial) is revoked.
+    fn is_revoked(&self, device: &str, serial: &str) -> bool;
+    /// Logs and counts a refusal.
+    fn refuse(&self, who: &str, reason: &str, what: &str);
+}
+
+/// A device with a control connection up.
+struct Device {
+    conn: u64,
+    serial: String,
+    cancel: CancellationToken,
+    /// The gateway's registration of the node.
+    _registered: Box<dyn Send + Sync>,
+}
+
+/// A connection to a device waiting for the device's answer.
+struct Pending {
+    device: String,
+    sock: TcpStream,
+}
+
+/// Settings of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub idle_timeout: Duration,
+    pub max_devices: usize,
+}
+
+/// The devices' hub in a gateway.
+pub struct Hub {
+    host: Arc<dyn HubHost>,
+    cfg: HubConfig,
+    devices: Mutex<HashMap<String, Device>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_conn: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Why a device connection was refused or ended.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("{reason}: {what}")]
+    Policy { reason: &'static str, what: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn refused(reason: &'static str, what: impl Into<String>) -> Refused {
+    Refused::Policy { reason, what: what.into() }
+}
+
+impl Hub {
+    pub fn new(host: Arc<dyn HubHost>, cfg: HubConfig) -> Arc<Hub> {
+        Arc::new(Hub { host, cfg, devices: Mutex::default(), pending: Mutex::default(), next_conn: AtomicU64::new(1) })
+    }
+
+    /// The devices connected now.
+    pub fn devices(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.devices).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Closes the control connection (and so every connection) of each device whose
+    /// certificate is revoked now; returns their names.
+    pub fn close_revoked(&self) -> Vec<String> {
+        let devices = lock(&self.devices);
+        let gone: Vec<String> = devices
+            .iter()
+            .filter(|(n, d)| self.host.is_revoked(n, &d.serial))
+            .map(|(n, d)| {
+                d.cancel.cancel();
+                n.clone()
+            })
+            .collect();
+        gone
+    }
+
+    /// Accepts device connections on `listener` until the task is aborted.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: tokio_rustls::TlsAcceptor) {
+        loop {
+            let (tcp, from) = match listener.accept().await {
+                Ok(a) => a,
+                // Out of descriptors or similar: back off rather than spin.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let hub = self.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                if let Err(e) = hub.connection(tcp, from, tls).await {
+                    match e {
+                        Refused::Policy { reason, what } => {
+                            hub.host.refuse(&from.ip().to_string(), reason, &what);
+                            info!(%from, "device connection refused: {reason}: {what}");
+                        }
+                        Refused::Io(e) => debug!(%from, "device connection ended: {e}"),
+                    }
+                }
+            });
+        }
+    }
+
+    async fn connection(
+        self: &Arc<Self>,
+        tcp: TcpStream,
+        from: SocketAddr,
+        tls: tokio_rustls::TlsAcceptor,
+    ) -> Result<(), Refused> {
+        let _ = tcp.set_nodelay(true);
+        let start = async {
+            let mut tls = tls.accept(tcp).await?;
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned());
+            let grant = cert.map(|c| crate::pki::certificate_grant(&c)).unwrap_or_default();
+            let Some(device) = grant.device.clone().filter(|d| !d.is_empty()) else {
+                return Err(refused(
+                    "device_cert",
+                    "a certificate that is not a device's (edist certs issue --device)",
+                ));
+            };
+            if self.host.is_revoked(&device, &grant.serial) {
+                return Err(refused("revoked", format!("device {device}: certificate {} is revoked", grant.serial)));
+            }
+            let mut buf = BytesMut::new();
+            let body = read_frame(&mut tls, &mut buf, 1024).await?.ok_or_else(|| refused("device_preface", "none"))?;
+            let preface = Preface::parse(&body).map_err(|e| refused("device_preface", e.to_string()))?;
+            Ok((tls, buf, device, grant, preface))
+        };
+        let (tls, buf, device, grant, preface) = tokio::time::timeout(PREFACE_TIMEOUT, start)
+            .await
+            .map_err(|_| refused("device_preface", format!("none from {from} within {PREFACE_TIMEOUT:?}")))??;
+        let refuse_here = |reason: &'static str, what: String| {
+            self.host.refuse(&device, reason, &what);
+            info!(%device, %from, "device connection refused: {reason}: {what}");
+            Ok(())
+        };
+        match preface {
+            Preface::Control { creation, name } => {
+                if name != device {
+                    let why = format!("control connection as {name}, but the certificate grants {device}");
+                    let mut tls = tls;
+                    let _ = tls.write_all(&HubMsg::Refused(why.clone()).frame()).await;
+                    let _ = tls.flush().await;
+                    return refuse_here("device_name", why);
+                }
+                self.control(tls, buf, device, grant.serial, creation).await
+            }
+            Preface::Dial { target } => {
+                let Some(cancel) = lock(&self.devices).get(&device).map(|d| d.cancel.child_token()) else {
+                    return refuse_here(
+                        "device_unknown",
+                        format!("{device} dialled {target} without a control connection"),
+                    );
+                };
+                if target == device {
+                    return refuse_here("device_unknown", format!("{device} dialled itself"));
+                }
+                let Some(port) = self.host.lookup(&target).await else {
+                    debug!(%device, %target, "device dialled an unknown node");
+                    return Ok(());
+                };
+                let sock = TcpStream::connect(("127.0.0.1", port)).await?;
+                self.splice(tls, buf, sock, device, grant.role, Role::Initiator, Some(target), cancel).await
+            }
+            Preface::Answer { id } => {
+                let parked = lock(&self.pending).remove(&id);
+                let Some(p) = parked else {
+                    debug!(%device, id, "device answered a connection no longer waiting");
+                    return Ok(());
+                };
+                if p.device != device {
+                    return refuse_here("device_name", format!("{device} answered a connection to {}", p.device));
+                }
+                let Some(cancel) = lock(&self.devices).get(&device).map(|d| d.cancel.child_token()) else {
+                    return Ok(());
+                };
+                self.splice(tls, buf, p.sock, device, grant.role, Role::Acceptor, None, cancel).await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn splice(
+        &self,
+        tls: Tls,
+        buf: BytesMut,
+        sock: TcpStream,
+        device: String,
+        cert_role: Option<String>,
+        role: Role,
+        other: Option<String>,
+        cancel: CancellationToken,
+    ) -> Result<(), Refused> {
+        let (hide, policy, max_packet) = self.host.policy(&device, cert_role.as_deref());
+        let splice = Splice { device: device.clone(), role, hide, policy, other, max_packet, cancel };
+        if let Err(e) = splice.run(tls, buf, sock).await {
+            match e {
+                super::splice::SpliceError::Handshake(e) => {
+                    self.host.refuse(&device, "device_handshake", &e.to_string());
+                    info!(%device, "device connection refused: {e}");
+                }
+                e => info!(%device, "device connection ended: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A device's control connection: registers the node, asks the device for connections to
+    /// it, answers its heartbeats; the node is gone when it ends.
+    async fn control(
+        self: &Arc<Self>,
+        tls: Tls,
+        buf: BytesMut,
+        device: String,
+        serial: String,
+        creation: u32,
+    ) -> Result<(), Refused> {
+        let (mut r, mut w) = tokio::io::split(tls);
+        let mut buf = buf;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = listener.local_addr()?.port();
+        // A device that connects again replaces its old connection (gone quiet behind a NAT,
+        // say): the old one closes and its node goes down first.
+        let old = lock(&self.devices).remove(&device);
+        if let Some(old) = old {
+            info!(%device, "device connected again: its previous connection closes");
+            old.cancel.cancel();
+            drop(old);
+        }
+        if lock(&self.devices).len() >= self.cfg.max_devices {
+            let why = format!("{} devices connected already ([devices] max_devices)", self.cfg.max_devices);
+            let _ = w.write_all(&HubMsg::Refused(why.clone()).frame()).await;
+            return Err(refused("device_limit", why));
+        }
+        let registered = match self.host.register(&device, creation, port) {
+            Ok(g) => g,
+            Err(why) => {
+                let _ = w.write_all(&HubMsg::Refused(why.clone()).frame()).await;
+                let _ = w.flush().await;
+                return Err(refused("device_name", why));
+            }
+        };
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        let (tx, mut rx) = mpsc::channel(64);
+        lock(&self.devices)
+            .insert(device.clone(), Device { conn, serial, cancel: cancel.clone(), _registered: registered });
+        info!(%device, port, "device connected");
+        tokio::spawn(self.clone().answer_listener(listener, device.clone(), tx, cancel.clone()));
+        let idle = self.cfg.idle_timeout;
+        let idle_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
+        let ended = async {
+            w.write_all(&HubMsg::Welcome { idle_timeout_ms: idle_ms }.frame()).await?;
+            w.flush().await?;
+            loop {
+                tokio::select! {
+                    m = rx.recv() => {
+                        let Some(m) = m else { return Ok("the hub let go") };
+                        w.write_all(&m.frame()).await?;
+                        w.flush().await?;
+                    }
+                    f = tokio::time::timeout(idle, read_frame(&mut r, &mut buf, 16)) => {
+                        match f {
+                            Err(_) => return Ok("silent for the idle timeout"),
+                            Ok(Ok(None)) => return Ok("closed"),
+                            Ok(Err(e)) => return Err(e),
+                            Ok(Ok(Some(b))) if b.as_ref() == [DEVICE_BEAT] => {
+                                w.write_all(&HubMsg::Beat.frame()).await?;
+                                w.flush().await?;
+                            }
+                            Ok(Ok(Some(_))) => return Ok("sent something other than a heartbeat"),
+                        }
+                    }
+                    _ = cancel.cancelled() => return Ok("replaced or revoked"),
+                }
+            }
+        };
+        let why = match ended.await {
+            Ok(why) => why.to_string(),
+            Err(e) => e.to_string(),
+        };
+        cancel.cancel();
+        let mine = {
+            let mut devices = lock(&self.devices);
+            match devices.get(&device) {
+                Some(d) if d.conn == conn => devices.remove(&device),
+                _ => None,
+            }
+        };
+        drop(mine);
+        info!(%device, "device disconnected: {why}");
+        Ok(())
+    }
+
+    /// Accepts connections to a device on its loopback port, and asks the device for each.
+    async fn answer_listener(
+        self: Arc<Self>,
+        listener: TcpListener,
+        device: String,
+        tx: mpsc::Sender<HubMsg>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = cancel.cancelled() => return,
+            };
+            let Ok((sock, peer)) = accepted else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            if !peer.ip().is_loopback() {
+                continue;
+            }
+            let id: u64 = rand::random();
+            lock(&self.pending).insert(id, Pending { device: device.clone(), sock });
+            if tx.try_send(HubMsg::Incoming { id }).is_err() {
+                warn!(%device, "device has too many connections waiting for its answer: one dropped");
+                lock(&self.pending).remove(&id);
+                continue;
+            }
+            let hub = Arc::downgrade(&self);
+            tokio::spawn(async move {
+                tokio::time::sleep(ANSWER_TIMEOUT).await;
+                // Unanswered: the dialler sees the connection close (pang).
+                if let Some(hub) = hub.upgrade() {
+                    if lock(&hub.pending).remove(&id).is_some() {
+                        debug!(id, "device did not answer a connection in time");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Reads one u16-framed frame body of at most `max` bytes; `None` at end of stream.
+async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<BytesMut>, Refused> {
+    loop {
+        if buf.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+            if len > max {
+                return Err(refused("device_preface", format!("a frame of {len} bytes")));
+            }
+            if buf.len() >= 2 + len {
+                buf.advance(2);
+                return Ok(Some(buf.split_to(len)));
+            }
+        }
+        buf.reserve(256);
+        if r.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Devices without a gateway: a device BEAM runs only Erlang code shipped by edist
+//! (`erl/edist_device_dist.erl`, an alternative distribution carrier on OTP's `ssl`) and dials
+//! a hub gateway over TLS 1.3 with its device certificate (`edist certs issue --device NAME`).
+//! The hub checks the name against the certificate, makes the device a local node of its own
+//! (announced to the fabric, reached through loopback like any other), holds what the device
+//! sends to its role, and answers its ticks. See docs/devices.md.
+//!
+//! [`proto`] is the sans-IO part (the frames, the handshake watcher), [`splice`] one
+//! distribution connection of a device, [`hub`] the listener and the control connections.
+
+pub mod hub;
+pub mod proto;
+pub mod splice;
+
+pub use hub::{Hub, HubConfig, HubHost};
