@@ -218,7 +218,7 @@ held_sender(Sink, {Count, Size}) ->
 watch_nodedown(Node) ->
     Me = self(),
     spawn(fun() ->
-                  ok = net_kernel:monitor_nodes(true, [nodedown_reason]),
+                  ok = net_kernel:monitor_nodes(true, [nodedown_reason, {node_type, all}]),
                   Me ! {watching, self()},
                   receive
                       {nodedown, Node, Info} ->
@@ -2841,6 +2841,251 @@ async fn status_shows_members_their_state_links_and_roles() -> Result<()> {
             Ok(member(&h0.status().await?, "gw-2").is_some_and(|(s, _)| s == "down"))
         })
         .await?;
+    cluster.passed();
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------
+// Devices without a gateway (`edist_device_dist`, `[devices]`).
+
+/// `edist_device_dist.beam`, compiled from the source `edist erl-flags --device-source` ships.
+fn device_connector_dir() -> Result<&'static PathBuf> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let make = || -> Result<PathBuf> {
+        let out = std::process::Command::new(EDIST).args(["erl-flags", "--device-source"]).output()?;
+        ensure!(out.status.success(), "edist erl-flags --device-source: {}", String::from_utf8_lossy(&out.stderr));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("edist-device-erl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let src = dir.join("edist_device_dist.erl");
+        std::fs::write(&src, out.stdout)?;
+        let out = std::process::Command::new("erlc").arg("-o").arg(&dir).arg(&src).output().context("erlc")?;
+        ensure!(out.status.success(), "erlc: {}", String::from_utf8_lossy(&out.stdout));
+        Ok(dir)
+    };
+    DIR.get_or_init(|| make().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A device's "host": a namespace whose only link goes to host `hub` (10.215.<subnet>.0/24, no
+/// default route), running no gateway and no edist binary.
+struct DeviceHost {
+    /// The hub's address on their link.
+    hub_ip: Ipv4Addr,
+    ip: Ipv4Addr,
+    ns: Netns,
+}
+
+impl Cluster {
+    fn device_host(&self, hub: usize) -> Result<DeviceHost> {
+        let subnet = self.host(hub)?.ip.octets()[2];
+        let (hub_ip, dev_ip) = (Ipv4Addr::new(10, 215, subnet, 1), Ipv4Addr::new(10, 215, subnet, 2));
+        let ns = Netns::new()?;
+        let hn = &self.host(hub)?.ns.name;
+        ip(&["-n", hn, "link", "add", "dev0", "type", "veth", "peer", "name", "eth0", "netns", &ns.name])?;
+        ip(&["-n", hn, "addr", "add", &format!("{hub_ip}/24"), "dev", "dev0"])?;
+        ip(&["-n", hn, "link", "set", "dev0", "up"])?;
+        ip(&["-n", &ns.name, "addr", "add", &format!("{dev_ip}/24"), "dev", "eth0"])?;
+        ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
+        Ok(DeviceHost { hub_ip, ip: dev_ip, ns })
+    }
+
+    /// Issues a device certificate for node `name` (files `certs/<name>.pem`, `.key`).
+    fn device_cert(&self, name: &str) -> Result<()> {
+        let out = std::process::Command::new(EDIST)
+            .args(["certs", "issue", "--device", name, "--dir"])
+            .arg(self.dir.join("certs"))
+            .output()?;
+        ensure!(out.status.success(), "edist certs issue --device: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
+    /// A device BEAM `name` in `dev`'s namespace with the connector only, dialling the hub on
+    /// their link; `certfile`: the certificate of that name unless given.
+    async fn device_beam(&self, dev: &DeviceHost, name: &str, cert_of: Option<&str>) -> Result<Node> {
+        let t = tools()?;
+        let certs = self.dir.join("certs");
+        let cert = cert_of.unwrap_or(name);
+        let env = format!(
+            "[{{hubs,[{{\"gw-0\",\"{}\",4372}}]}},{{cacertfile,\"{}\"}},{{certfile,\"{}\"}},{{keyfile,\"{}\"}}]",
+            dev.hub_ip,
+            certs.join("ca.pem").display(),
+            certs.join(format!("{cert}.pem")).display(),
+            certs.join(format!("{cert}.key")).display()
+        );
+        let mut cmd = dev.ns.command("erl");
+        cmd.args(["-proto_dist", "edist_device", "-start_epmd", "false", "-sname", name, "-setcookie", &self.cookie])
+            .arg("-pa")
+            .arg(device_connector_dir()?)
+            .arg("-pa")
+            .arg(&t.helper_dir)
+            .args(["-kernel", "edist_device", &env])
+            .env("ERL_EPMD_PORT", "1");
+        Node::spawn(cmd, name.to_string(), &self.dir.join(format!("{}.stderr", name.replace('.', "_")))).await
+    }
+}
+
+/// Whether `ip route get ADDR` in namespace `ns` finds a route.
+fn routes(ns: &str, addr: Ipv4Addr) -> Result<bool> {
+    let out = std::process::Command::new("ip").args(["-n", ns, "route", "get", &addr.to_string()]).output()?;
+    Ok(out.status.success())
+}
+
+/// Refusals by the device hub of `who` for `reason`.
+fn refused_for(st: &Value, who: &str, reason: &str) -> u64 {
+    refusals(st).iter().filter(|(p, r, _)| p == who && r == reason).map(|(_, _, n)| n).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_without_a_gateway_reaches_the_cluster_through_its_hub() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let tail = |i| match i {
+        0 => "\n[devices]\nlisten = \"0.0.0.0:4372\"\n".to_string(),
+        _ => String::new(),
+    };
+    let mut cluster = Cluster::start_with(3, Setup { tail: Some(&tail), ..Setup::default() }).await?;
+    let dev_host = cluster.device_host(0)?;
+    let dname = format!("{}@board", unique("dev"));
+    let other = format!("{}@board", unique("devb"));
+    cluster.device_cert(&dname)?;
+    cluster.device_cert(&other)?;
+
+    // The device's namespace reaches its hub only; the other hosts cannot reach it at all.
+    ensure!(routes(&dev_host.ns.name, dev_host.hub_ip)?, "the device cannot route to its hub");
+    for h in 1..3 {
+        let host = cluster.host(h)?;
+        ensure!(!routes(&host.ns.name, dev_host.ip)?, "host {h} routes to the device");
+        ensure!(!routes(&dev_host.ns.name, host.ip)?, "the device routes to host {h}");
+    }
+
+    let mut n0 = cluster.erl(0, "hubnode", &[]).await?;
+    let mut n1 = cluster.erl(1, "n1", &[]).await?;
+    let mut n2 = cluster.erl(2, "n2", &[]).await?;
+    assert_eq!(n1.eval("edist_fabric_t:start_server(kv), ok").await?, "ok");
+    let mut dev = cluster.device_beam(&dev_host, &dname, None).await?;
+    cluster.wait_known(&dname, 0).await?;
+    // Nothing of edist but the connector runs there, and nothing listens.
+    let pids = std::process::Command::new("ip").args(["netns", "pids", &dev_host.ns.name]).output()?;
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        ensure!(!comm.contains("edist"), "an edist process runs on the device's host: {comm}");
+    }
+    let ss = std::process::Command::new("ip").args(["netns", "exec", &dev_host.ns.name, "ss", "-Htln"]).output()?;
+    ensure!(String::from_utf8_lossy(&ss.stdout).trim().is_empty(), "the device listens: {:?}", ss.stdout);
+
+    let (q0, q1, q2, qd) = (q(&n0.name), q(&n1.name), q(&n2.name), q(&dname));
+    // The device reaches nodes on every host...
+    for qn in [&q0, &q1, &q2] {
+        assert_eq!(dev.eval(&format!("net_adm:ping({qn})")).await?, "pong", "device -> {qn}");
+    }
+    assert_eq!(dev.eval(&format!("gen_server:call({{kv, {q1}}}, {{put, k, 42}})")).await?, "ok");
+    assert_eq!(n1.eval("gen_server:call(kv, {get, k})").await?, "42");
+    // ...and they reach it: ping, rpc (the hub relays; the device's answers pass its role).
+    for n in [&mut n0, &mut n1, &mut n2] {
+        assert_eq!(n.eval(&format!("net_adm:ping({qd})")).await?, "pong", "{} -> device", n.name);
+        assert_eq!(n.eval(&format!("rpc:call({qd}, erlang, node, [])")).await?, printed(&dname));
+    }
+    // Links: a node on another host links to a process of the device; its exit arrives.
+    let r = dev.eval("register(devproc, spawn(fun() -> receive stop -> exit(bye) end end)), ok").await?;
+    ensure!(r == "ok", "{r}");
+    for n in [&mut n1, &mut n2] {
+        let r = n
+            .eval(&format!(
+                "process_flag(trap_exit, true), P = rpc:call({qd}, erlang, whereis, [devproc]), link(P), put(devproc, P), ok"
+            ))
+            .await?;
+        ensure!(r == "ok", "{r}");
+    }
+    // A link is a signal on its way: the device has both before its process goes.
+    let r = dev
+        .eval(
+            "W = fun W(0) -> timeout; W(N) -> case process_info(whereis(devproc), links) of \
+             {links, [_, _]} -> ok; _ -> timer:sleep(10), W(N - 1) end end, W(500)",
+        )
+        .await?;
+    ensure!(r == "ok", "the device's process was not linked from both hosts: {r}");
+    assert_eq!(dev.eval("devproc ! stop, ok").await?, "ok");
+    for n in [&mut n1, &mut n2] {
+        let r = n.eval("P = get(devproc), receive {'EXIT', P, R} -> R after 5000 -> timeout end").await?;
+        ensure!(r == "bye", "{}: the device's process exit: {r}", n.name);
+    }
+
+    // The device role's refusals: no rpc into the nodes, no kill, no link to a process that
+    // did not link to it; refused at the hub and counted under the device's name.
+    let r = dev.eval(&format!("rpc:call({q1}, os, getpid, [])")).await?;
+    ensure!(r.contains("edist_refused"), "rpc from the device: {r}");
+    // A pid handed to the device is a capability (it calls it), not a licence to kill.
+    ensure!(dev.eval("register(inbox, self())").await? == "true");
+    let kv = n1.eval("whereis(kv)").await?;
+    let r = n1.eval(&format!("{{inbox, {qd}}} ! {{kv, whereis(kv)}}")).await?;
+    ensure!(r.starts_with("{kv,"), "{r}");
+    let r = dev.eval("receive {kv, P} -> put(kv, P), ok after 5000 -> timeout end").await?;
+    ensure!(r == "ok", "{r}");
+    assert_eq!(dev.eval("gen_server:call(get(kv), {get, k})").await?, "42");
+    ensure!(dev.eval("exit(get(kv), kill)").await? == "true");
+    let r = dev
+        .eval(
+            "P = get(kv), Me = self(), \
+             spawn(fun() -> process_flag(trap_exit, true), link(P), \
+                            Me ! {linked, receive {'EXIT', P, X} -> X after 5000 -> timeout end} end), \
+             receive {linked, X} -> X after 6000 -> none end",
+        )
+        .await?;
+    ensure!(r == "noproc", "a link from the device: {r}");
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(n1.eval("whereis(kv)").await?, kv, "kv was killed by the device");
+    let st0 = cluster.host(0)?.status().await?;
+    for reason in ["spawn", "signal", "link"] {
+        ensure!(refused_for(&st0, &dname, reason) > 0, "no {reason} refusal counted for the device: {st0}");
+    }
+    ensure!(strings(&st0, "devices") == [dname.clone()], "devices: {st0}");
+
+    // A device presenting another device's certificate under its own name is refused.
+    let wrong = format!("{}@board", unique("devc"));
+    let mut bad = cluster.device_beam(&dev_host, &wrong, Some(&other)).await?;
+    let h0 = cluster.host(0)?;
+    cluster
+        .wait("the hub to refuse the wrong name", || async {
+            Ok(refused_for(&h0.status().await?, &other, "device_name") > 0)
+        })
+        .await?;
+    assert_eq!(bad.eval(&format!("net_adm:ping({q1})")).await?, "pang");
+    let info = bad.eval("maps:get(last_error, edist_device_dist:info())").await?;
+    ensure!(info.contains("refused"), "the wrong device was not told: {info}");
+    ensure!(!remote_names(&cluster.host(1)?.status().await?).contains(&wrong), "gw-1 knows {wrong}");
+    drop(bad);
+
+    // The hub restarts: the device reconnects by itself, and everyone reaches it again.
+    n1.watch_nodedown(&dname).await?;
+    n2.watch_nodedown(&dname).await?;
+    cluster.hosts[0].kill_gateway().await?;
+    for n in [&mut n1, &mut n2] {
+        n.nodedown_at(&dname, Duration::from_secs(10)).await?;
+    }
+    for h in 1..3 {
+        let host = cluster.host(h)?;
+        let d = dname.as_str();
+        cluster
+            .wait(&format!("gw-{h} to forget the device"), || async move {
+                Ok(!remote_names(&host.status().await?).iter().any(|n| n == d))
+            })
+            .await?;
+    }
+    cluster.hosts[0].start_gateway().await?;
+    cluster.wait_links().await?;
+    cluster.wait_known(&dname, 0).await?;
+    let r = dev.eval("maps:get(reconnects, edist_device_dist:info()) > 0").await?;
+    ensure!(r == "true", "the device did not reconnect: {r}");
+    assert_eq!(n2.eval(&format!("net_adm:ping({qd})")).await?, "pong");
+    assert_eq!(dev.eval(&format!("net_adm:ping({q1})")).await?, "pong");
+
+    // The device's BEAM dies: nodedown everywhere within 2 s.
+    n1.watch_nodedown(&dname).await?;
+    n2.watch_nodedown(&dname).await?;
+    let killed = dev.kill().await?;
+    for n in [&mut n1, &mut n2] {
+        let at = n.nodedown_at(&dname, Duration::from_secs(10)).await?;
+        eprintln!("device: nodedown on {} {:.1} ms after SIGKILL of the device's BEAM", n.name, ms(at - killed));
+        ensure!(at - killed < 2_000_000, "nodedown on {} took {:.1} ms", n.name, ms(at - killed));
+    }
     cluster.passed();
     Ok(())
 }
