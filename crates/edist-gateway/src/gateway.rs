@@ -65,6 +65,9 @@ struct LocalNode {
     outbound: usize,
     /// The line to its plug, on its registration.
     plug: Option<Plug>,
+    /// A device connected through the hub (`[devices]`): known while its control connection
+    /// lasts; `port` is opened when someone first dials it (see [`Inner::local_port`]).
+    device: bool,
 }
 
 struct RemoteNode {
@@ -467,9 +470,14 @@ impl Inner {
 
     fn status(&self) -> StatusReport {
         let st = self.lock();
-        let mut local_nodes: Vec<_> = st.local.iter().filter_map(|(n, l)| Some((n.clone(), l.port?))).collect();
+        // A device nobody dialled yet has no port: shown with 0.
+        let mut local_nodes: Vec<_> = st
+            .local
+            .iter()
+            .filter_map(|(n, l)| Some((n.clone(), if l.device { l.port.unwrap_or(0) } else { l.port? })))
+            .collect();
         let mut outbound_only: Vec<_> =
-            st.local.iter().filter(|(_, l)| l.port.is_none()).map(|(n, _)| n.clone()).collect();
+            st.local.iter().filter(|(_, l)| l.port.is_none() && !l.device).map(|(n, _)| n.clone()).collect();
         let mut remote_nodes: Vec<_> = st.remote.iter().map(|(n, r)| (n.clone(), r.gateway.clone())).collect();
         let mut peers: Vec<_> = st.peers.keys().cloned().collect();
         let mut impersonated: Vec<_> = st.impersonators.iter().map(|(n, i)| (n.clone(), i.port)).collect();
@@ -814,6 +822,10 @@ impl Inner {
     fn resolve_now(self: &Arc<Self>, full_name: &str) -> Option<u16> {
         let mut st = self.lock();
         if let Some(l) = st.local.get(full_name) {
+            if l.device && l.port.is_none() {
+                drop(st);
+                return self.device_port(full_name);
+            }
             // None for a node that only connects out: nobody can dial it, as with OTP.
             return l.port;
         }
@@ -956,7 +968,10 @@ impl LocalDirectory for Directory {
             if st.local.contains_key(&name) || st.remote.contains_key(&name) {
                 return Err(RegisterError::Duplicate);
             }
-            st.local.insert(name.clone(), LocalNode { port: Some(port), creation, outbound: 0, plug: Some(plug) });
+            st.local.insert(
+                name.clone(),
+                LocalNode { port: Some(port), creation, outbound: 0, plug: Some(plug), device: false },
+            );
         }
         info!(node = %name, port, "local node registered");
         inner.broadcast(Msg::NodeUp(NodeInfo { name: name.clone(), creation }));
@@ -1025,10 +1040,13 @@ impl OutboundGuard {
             return Err(format!("{name} is a node behind {}", r.gateway));
         }
         match st.local.get_mut(name) {
-            Some(l) if l.port.is_some() => return Ok(None),
+            Some(l) if l.port.is_some() || l.device => return Ok(None),
             Some(l) => l.outbound += 1,
             None => {
-                st.local.insert(name.to_string(), LocalNode { port: None, creation, outbound: 1, plug: None });
+                st.local.insert(
+                    name.to_string(),
+                    LocalNode { port: None, creation, outbound: 1, plug: None, device: false },
+                );
                 drop(st);
                 info!(node = %name, "local node connects out without listening");
                 inner.broadcast(Msg::NodeUp(NodeInfo { name: name.to_string(), creation }));
@@ -1354,7 +1372,7 @@ async fn relay_to_local(
     open: OpenReq,
 ) -> Result<(), relay::RelayError> {
     let OpenReq { relay: relay_id, from, to, flags, creation, origin } = open;
-    let port = inner.lock().local.get(&to).and_then(|l| l.port);
+    let port = inner.local_port(&to);
     if port.is_none() && origin.is_none() && inner.cfg.fabric.relay {
         let target = inner.lock().remote.get(&to).map(|r| r.gateway.clone());
         // Between a gateway we relay for and any other.

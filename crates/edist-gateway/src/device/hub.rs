@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -30,9 +29,9 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the hub needs from its gateway.
 pub trait HubHost: Send + Sync + 'static {
-    /// Makes device node `name` a local node listening on loopback `port`, announced to the
-    /// fabric, until the returned guard drops.
-    fn register(&self, name: &str, creation: u32, port: u16) -> Result<Box<dyn Send + Sync>, String>;
+    /// Makes device node `name` a local node, announced to the fabric, until the returned
+    /// guard drops; its loopback port comes from [`Hub::listen_for`] when someone dials it.
+    fn register(&self, name: &str, creation: u32) -> Result<Box<dyn Send + Sync>, String>;
     /// The loopback port at which node `name` is reached (a local node's, or an impersonation
     /// listener's for a remote one), as the plug's lookup answers.
     fn lookup<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<u16>>;
@@ -49,9 +48,43 @@ pub trait HubHost: Send + Sync + 'static {
 struct Device {
     conn: u64,
     serial: String,
+    /// Connections to the device waiting to be asked for.
+    requests: Arc<Requests>,
+    /// The loopback port where it is dialled, once someone did.
+    port: Option<u16>,
     cancel: CancellationToken,
     /// The gateway's registration of the node.
     _registered: Box<dyn Send + Sync>,
+}
+
+/// Most connections to one device that may wait to be asked for at once.
+const MAX_REQUESTS: usize = 64;
+
+/// Connections to a device waiting to be asked for, oldest first. (Not a channel: an idle
+/// device's control connection should cost as little as possible, and a bounded channel
+/// allocates a block of slots up front.)
+#[derive(Default)]
+struct Requests {
+    ids: Mutex<std::collections::VecDeque<u64>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Requests {
+    /// False when too many wait already.
+    fn push(&self, id: u64) -> bool {
+        let mut ids = lock(&self.ids);
+        if ids.len() >= MAX_REQUESTS {
+            return false;
+        }
+        ids.push_back(id);
+        drop(ids);
+        self.ready.notify_one();
+        true
+    }
+
+    fn take(&self) -> Vec<u64> {
+        lock(&self.ids).drain(..).collect()
+    }
 }
 
 /// A connection to a device waiting for the device's answer.
@@ -105,6 +138,27 @@ impl Hub {
         let mut v: Vec<String> = lock(&self.devices).keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// The loopback port at which device `name` is dialled: its listener is opened on the first
+    /// call and lives as long as the device's control connection. `None`: not connected.
+    pub fn listen_for(self: &Arc<Self>, name: &str) -> Option<u16> {
+        let mut devices = lock(&self.devices);
+        let d = devices.get_mut(name)?;
+        if let Some(port) = d.port {
+            return Some(port);
+        }
+        // std, so that this stays synchronous (the plug's lookups call it).
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
+        listener.set_nonblocking(true).ok()?;
+        let port = listener.local_addr().ok()?.port();
+        let listener = TcpListener::from_std(listener).ok()?;
+        d.port = Some(port);
+        let (requests, cancel) = (d.requests.clone(), d.cancel.clone());
+        drop(devices);
+        debug!(device = %name, port, "device listener opened");
+        tokio::spawn(self.clone().answer_listener(listener, name.to_string(), requests, cancel));
+        Some(port)
     }
 
     /// Closes the control connection (and so every connection) of each device whose
@@ -174,7 +228,7 @@ impl Hub {
             let preface = Preface::parse(&body).map_err(|e| refused("device_preface", e.to_string()))?;
             Ok((tls, buf, device, grant, preface))
         };
-        let (tls, buf, device, grant, preface) = tokio::time::timeout(PREFACE_TIMEOUT, start)
+        let (tls, buf, device, grant, preface) = tokio::time::timeout(PREFACE_TIMEOUT, Box::pin(start))
             .await
             .map_err(|_| refused("device_preface", format!("none from {from} within {PREFACE_TIMEOUT:?}")))??;
         let refuse_here = |reason: &'static str, what: String| {
@@ -191,7 +245,9 @@ impl Hub {
                     let _ = tls.flush().await;
                     return refuse_here("device_name", why);
                 }
-                self.control(tls, buf, device, grant.serial, creation).await
+                // Boxed: the task of every connection would otherwise be as large as the
+                // largest of these futures (a splice's), and idle devices are many.
+                Box::pin(self.control(tls, buf, device, grant.serial, creation)).await
             }
             Preface::Dial { target } => {
                 let Some(cancel) = lock(&self.devices).get(&device).map(|d| d.cancel.child_token()) else {
@@ -208,7 +264,7 @@ impl Hub {
                     return Ok(());
                 };
                 let sock = TcpStream::connect(("127.0.0.1", port)).await?;
-                self.splice(tls, buf, sock, device, grant.role, Role::Initiator, Some(target), cancel).await
+                Box::pin(self.splice(tls, buf, sock, device, grant.role, Role::Initiator, Some(target), cancel)).await
             }
             Preface::Answer { id } => {
                 let parked = lock(&self.pending).remove(&id);
@@ -222,7 +278,7 @@ impl Hub {
                 let Some(cancel) = lock(&self.devices).get(&device).map(|d| d.cancel.child_token()) else {
                     return Ok(());
                 };
-                self.splice(tls, buf, p.sock, device, grant.role, Role::Acceptor, None, cancel).await
+                Box::pin(self.splice(tls, buf, p.sock, device, grant.role, Role::Acceptor, None, cancel)).await
             }
         }
     }
@@ -265,8 +321,6 @@ impl Hub {
     ) -> Result<(), Refused> {
         let (mut r, mut w) = tokio::io::split(tls);
         let mut buf = buf;
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let port = listener.local_addr()?.port();
         // A device that connects again replaces its old connection (gone quiet behind a NAT,
         // say): the old one closes and its node goes down first.
         let old = lock(&self.devices).remove(&device);
@@ -280,7 +334,7 @@ impl Hub {
             let _ = w.write_all(&HubMsg::Refused(why.clone()).frame()).await;
             return Err(refused("device_limit", why));
         }
-        let registered = match self.host.register(&device, creation, port) {
+        let registered = match self.host.register(&device, creation) {
             Ok(g) => g,
             Err(why) => {
                 let _ = w.write_all(&HubMsg::Refused(why.clone()).frame()).await;
@@ -290,11 +344,17 @@ impl Hub {
         };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
-        let (tx, mut rx) = mpsc::channel(64);
-        lock(&self.devices)
-            .insert(device.clone(), Device { conn, serial, cancel: cancel.clone(), _registered: registered });
-        info!(%device, port, "device connected");
-        tokio::spawn(self.clone().answer_listener(listener, device.clone(), tx, cancel.clone()));
+        let requests = Arc::new(Requests::default());
+        let entry = Device {
+            conn,
+            serial,
+            requests: requests.clone(),
+            port: None,
+            cancel: cancel.clone(),
+            _registered: registered,
+        };
+        lock(&self.devices).insert(device.clone(), entry);
+        info!(%device, "device connected");
         let idle = self.cfg.idle_timeout;
         let idle_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
         let ended = async {
@@ -302,9 +362,10 @@ impl Hub {
             w.flush().await?;
             loop {
                 tokio::select! {
-                    m = rx.recv() => {
-                        let Some(m) = m else { return Ok("the hub let go") };
-                        w.write_all(&m.frame()).await?;
+                    _ = requests.ready.notified() => {
+                        for id in requests.take() {
+                            w.write_all(&HubMsg::Incoming { id }.frame()).await?;
+                        }
                         w.flush().await?;
                     }
                     f = tokio::time::timeout(idle, read_frame(&mut r, &mut buf, 16)) => {
@@ -345,7 +406,7 @@ impl Hub {
         self: Arc<Self>,
         listener: TcpListener,
         device: String,
-        tx: mpsc::Sender<HubMsg>,
+        requests: Arc<Requests>,
         cancel: CancellationToken,
     ) {
         loop {
@@ -362,7 +423,7 @@ impl Hub {
             }
             let id: u64 = rand::random();
             lock(&self.pending).insert(id, Pending { device: device.clone(), sock });
-            if tx.try_send(HubMsg::Incoming { id }).is_err() {
+            if !requests.push(id) {
                 warn!(%device, "device has too many connections waiting for its answer: one dropped");
                 lock(&self.pending).remove(&id);
                 continue;

@@ -21,16 +21,17 @@ const MAX_PACKET_UNLIMITED: usize = 64 << 20;
 struct HubLink(Weak<Inner>);
 
 impl HubHost for HubLink {
-    fn register(&self, name: &str, creation: u32, port: u16) -> Result<Box<dyn Send + Sync>, String> {
+    fn register(&self, name: &str, creation: u32) -> Result<Box<dyn Send + Sync>, String> {
         let inner = self.0.upgrade().ok_or("the gateway is stopping")?;
         {
             let mut st = inner.lock();
             if st.local.contains_key(name) || st.remote.contains_key(name) {
                 return Err(format!("{name} is a node of this host or of another gateway already"));
             }
-            st.local.insert(name.to_string(), LocalNode { port: Some(port), creation, outbound: 0, plug: None });
+            st.local
+                .insert(name.to_string(), LocalNode { port: None, creation, outbound: 0, plug: None, device: true });
         }
-        info!(node = %name, port, "device node registered");
+        info!(node = %name, "device node registered");
         inner.broadcast(Msg::NodeUp(NodeInfo { name: name.to_string(), creation }));
         Ok(Box::new(LocalGuard { inner: self.0.clone(), name: name.to_string() }))
     }
@@ -83,6 +84,25 @@ impl HubHost for HubLink {
 }
 
 impl Inner {
+    /// The loopback port of local node `name`; for a device, its listener is opened on the
+    /// first call (an idle device that nobody dials costs no socket here).
+    pub(super) fn local_port(&self, name: &str) -> Option<u16> {
+        let l = self.lock().local.get(name).map(|l| (l.port, l.device));
+        match l? {
+            (None, true) => self.device_port(name),
+            (port, _) => port,
+        }
+    }
+
+    /// Opens (or finds) the loopback listener through which device `name` is dialled.
+    pub(super) fn device_port(&self, name: &str) -> Option<u16> {
+        let port = self.hub.get()?.listen_for(name)?;
+        if let Some(l) = self.lock().local.get_mut(name).filter(|l| l.device) {
+            l.port = Some(port);
+        }
+        Some(port)
+    }
+
     /// The role of a device whose certificate names `cert_role` (or none): that role, else
     /// `[devices] role`; unknown names fail closed to the built-in device role.
     pub(super) fn device_role(&self, cert_role: Option<&str>) -> Arc<policy::Role> {
