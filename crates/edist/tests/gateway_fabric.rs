@@ -2938,7 +2938,8 @@ fn refused_for(st: &Value, who: &str, reason: &str) -> u64 {
 async fn a_device_without_a_gateway_reaches_the_cluster_through_its_hub() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let tail = |i| match i {
-        0 => "\n[devices]\nlisten = \"0.0.0.0:4372\"\n".to_string(),
+        // A short idle timeout: a silent device is found out below.
+        0 => "\n[devices]\nlisten = \"0.0.0.0:4372\"\nidle_timeout_ms = 2000\n".to_string(),
         _ => String::new(),
     };
     let mut cluster = Cluster::start_with(3, Setup { tail: Some(&tail), ..Setup::default() }).await?;
@@ -3075,6 +3076,30 @@ async fn a_device_without_a_gateway_reaches_the_cluster_through_its_hub() -> Res
     let r = dev.eval("maps:get(reconnects, edist_device_dist:info()) > 0").await?;
     ensure!(r == "true", "the device did not reconnect: {r}");
     assert_eq!(n2.eval(&format!("net_adm:ping({qd})")).await?, "pong");
+    assert_eq!(dev.eval(&format!("net_adm:ping({q1})")).await?, "pong");
+
+    // The device goes silent (its BEAM stopped, as a board behind a NAT that forgot it): the hub
+    // closes it after the idle timeout (2 s here), and everyone sees nodedown; it comes back
+    // by itself when it runs again.
+    n1.watch_nodedown(&dname).await?;
+    let pid = dev.child.id().context("the device's BEAM has no pid")?;
+    let stopped = now_us();
+    ensure!(std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status()?.success());
+    let at = n1.nodedown_at(&dname, Duration::from_secs(10)).await;
+    ensure!(std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status()?.success());
+    let at = at?;
+    eprintln!("device: nodedown {:.1} ms after the device went silent (idle timeout 2 s)", ms(at - stopped));
+    ensure!(at - stopped < 4_000_000, "a silent device was let go after {:.1} ms", ms(at - stopped));
+    cluster.wait_known(&dname, 0).await?;
+    let mut back = false;
+    for _ in 0..50 {
+        if n2.eval(&format!("net_adm:ping({qd})")).await? == "pong" {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(back, "the device was not reached again after it ran again");
     assert_eq!(dev.eval(&format!("net_adm:ping({q1})")).await?, "pong");
 
     // The device's BEAM dies: nodedown everywhere within 2 s.

@@ -14,9 +14,9 @@ use crate::fabric::link::BoxFuture;
 use bytes::{Buf, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -48,8 +48,8 @@ pub trait HubHost: Send + Sync + 'static {
 struct Device {
     conn: u64,
     serial: String,
-    /// Connections to the device waiting to be asked for.
-    requests: Arc<Requests>,
+    /// What its control connection shares with the hub.
+    shared: Arc<Shared>,
     /// The loopback port where it is dialled, once someone did.
     port: Option<u16>,
     cancel: CancellationToken,
@@ -60,16 +60,22 @@ struct Device {
 /// Most connections to one device that may wait to be asked for at once.
 const MAX_REQUESTS: usize = 64;
 
-/// Connections to a device waiting to be asked for, oldest first. (Not a channel: an idle
-/// device's control connection should cost as little as possible, and a bounded channel
-/// allocates a block of slots up front.)
+/// What a device's control connection shares with the rest of the hub: the connections to the
+/// device waiting to be asked for (oldest first), and when the device was last heard from.
+/// (Not a channel nor a timer per connection: an idle device should cost as little as possible;
+/// a bounded channel allocates a block of slots up front, and the hub's sweep finds silent
+/// devices for all of them.)
 #[derive(Default)]
-struct Requests {
+struct Shared {
     ids: Mutex<std::collections::VecDeque<u64>>,
     ready: tokio::sync::Notify,
+    /// Milliseconds since the hub started at which the device last sent something.
+    heard_ms: AtomicU64,
+    /// Set by the sweep that closed the connection for its silence.
+    silent: AtomicBool,
 }
 
-impl Requests {
+impl Shared {
     /// False when too many wait already.
     fn push(&self, id: u64) -> bool {
         let mut ids = lock(&self.ids);
@@ -107,6 +113,8 @@ pub struct Hub {
     devices: Mutex<HashMap<String, Device>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_conn: AtomicU64,
+    /// What `Shared::heard_ms` counts from.
+    epoch: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,7 +138,14 @@ fn refused(reason: &'static str, what: impl Into<String>) -> Refused {
 
 impl Hub {
     pub fn new(host: Arc<dyn HubHost>, cfg: HubConfig) -> Arc<Hub> {
-        Arc::new(Hub { host, cfg, devices: Mutex::default(), pending: Mutex::default(), next_conn: AtomicU64::new(1) })
+        Arc::new(Hub {
+            host,
+            cfg,
+            devices: Mutex::default(),
+            pending: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            epoch: Instant::now(),
+        })
     }
 
     /// The devices connected now.
@@ -154,10 +169,10 @@ impl Hub {
         let port = listener.local_addr().ok()?.port();
         let listener = TcpListener::from_std(listener).ok()?;
         d.port = Some(port);
-        let (requests, cancel) = (d.requests.clone(), d.cancel.clone());
+        let (shared, cancel) = (d.shared.clone(), d.cancel.clone());
         drop(devices);
         debug!(device = %name, port, "device listener opened");
-        tokio::spawn(self.clone().answer_listener(listener, name.to_string(), requests, cancel));
+        tokio::spawn(self.clone().answer_listener(listener, name.to_string(), shared, cancel));
         Some(port)
     }
 
@@ -177,9 +192,19 @@ impl Hub {
     }
 
     /// Accepts device connections on `listener` until the task is aborted.
+    /// Also sweeps for devices silent for the idle timeout.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: tokio_rustls::TlsAcceptor) {
+        let mut sweep = tokio::time::interval(sweep_period(self.cfg.idle_timeout));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let (tcp, from) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = sweep.tick() => {
+                    self.sweep();
+                    continue;
+                }
+            };
+            let (tcp, from) = match accepted {
                 Ok(a) => a,
                 // Out of descriptors or similar: back off rather than spin.
                 Err(_) => {
@@ -191,15 +216,35 @@ impl Hub {
             let tls = tls.clone();
             tokio::spawn(async move {
                 if let Err(e) = hub.connection(tcp, from, tls).await {
-                    match e {
-                        Refused::Policy { reason, what } => {
-                            hub.host.refuse(&from.ip().to_string(), reason, &what);
-                            info!(%from, "device connection refused: {reason}: {what}");
-                        }
-                        Refused::Io(e) => debug!(%from, "device connection ended: {e}"),
-                    }
+                    hub.ended(from, e);
                 }
             });
+        }
+    }
+
+    fn ended(&self, from: SocketAddr, e: Refused) {
+        match e {
+            Refused::Policy { reason, what } => {
+                self.host.refuse(&from.ip().to_string(), reason, &what);
+                info!(%from, "device connection refused: {reason}: {what}");
+            }
+            Refused::Io(e) => debug!(%from, "device connection ended: {e}"),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Closes the control connection of every device silent for the idle timeout.
+    fn sweep(&self) {
+        let now = self.now_ms();
+        let idle = u64::try_from(self.cfg.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        for d in lock(&self.devices).values() {
+            if now.saturating_sub(d.shared.heard_ms.load(Ordering::Relaxed)) > idle {
+                d.shared.silent.store(true, Ordering::Relaxed);
+                d.cancel.cancel();
+            }
         }
     }
 
@@ -245,9 +290,16 @@ impl Hub {
                     let _ = tls.flush().await;
                     return refuse_here("device_name", why);
                 }
-                // Boxed: the task of every connection would otherwise be as large as the
-                // largest of these futures (a splice's), and idle devices are many.
-                Box::pin(self.control(tls, buf, device, grant.serial, creation)).await
+                // A task of its own, as small as it can be (the connection's task, sized for the
+                // largest of these branches, ends here): idle devices are many.
+                // The TLS stream boxed out here, or it would be in the task inline as well.
+                let (hub, tls, serial) = (self.clone(), Box::new(tls), grant.serial);
+                tokio::spawn(async move {
+                    if let Err(e) = hub.clone().control(tls, buf, device, serial, creation).await {
+                        hub.ended(from, e);
+                    }
+                });
+                Ok(())
             }
             Preface::Dial { target } => {
                 let Some(cancel) = lock(&self.devices).get(&device).map(|d| d.cancel.child_token()) else {
@@ -310,17 +362,24 @@ impl Hub {
     }
 
     /// A device's control connection: registers the node, asks the device for connections to
-    /// it, answers its heartbeats; the node is gone when it ends.
+    /// it, answers its heartbeats; the node is gone when it ends. Its future is kept small:
+    /// no split halves, no timer (the hub's sweep closes silent devices), a few bytes of buffer.
     async fn control(
-        self: &Arc<Self>,
-        tls: Tls,
-        buf: BytesMut,
+        self: Arc<Self>,
+        mut tls: Box<Tls>,
+        first: BytesMut,
         device: String,
         serial: String,
         creation: u32,
     ) -> Result<(), Refused> {
-        let (mut r, mut w) = tokio::io::split(tls);
-        let mut buf = buf;
+        // What the device sent after its preface and is not yet a whole frame.
+        let mut pend = [0u8; CONTROL_BUF];
+        let mut plen = first.len();
+        if plen > CONTROL_BUF - 18 {
+            return Err(refused("device_preface", format!("{plen} bytes before the hub's welcome")));
+        }
+        pend[..plen].copy_from_slice(&first);
+        drop(first);
         // A device that connects again replaces its old connection (gone quiet behind a NAT,
         // say): the old one closes and its node goes down first.
         let old = lock(&self.devices).remove(&device);
@@ -331,60 +390,74 @@ impl Hub {
         }
         if lock(&self.devices).len() >= self.cfg.max_devices {
             let why = format!("{} devices connected already ([devices] max_devices)", self.cfg.max_devices);
-            let _ = w.write_all(&HubMsg::Refused(why.clone()).frame()).await;
+            let _ = tls.write_all(&HubMsg::Refused(why.clone()).frame()).await;
+            let _ = tls.flush().await;
             return Err(refused("device_limit", why));
         }
         let registered = match self.host.register(&device, creation) {
             Ok(g) => g,
             Err(why) => {
-                let _ = w.write_all(&HubMsg::Refused(why.clone()).frame()).await;
-                let _ = w.flush().await;
+                let _ = tls.write_all(&HubMsg::Refused(why.clone()).frame()).await;
+                let _ = tls.flush().await;
                 return Err(refused("device_name", why));
             }
         };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
-        let requests = Arc::new(Requests::default());
+        let shared = Arc::new(Shared::default());
+        shared.heard_ms.store(self.now_ms(), Ordering::Relaxed);
         let entry = Device {
             conn,
             serial,
-            requests: requests.clone(),
+            shared: shared.clone(),
             port: None,
             cancel: cancel.clone(),
             _registered: registered,
         };
         lock(&self.devices).insert(device.clone(), entry);
         info!(%device, "device connected");
-        let idle = self.cfg.idle_timeout;
-        let idle_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
-        let ended = async {
-            w.write_all(&HubMsg::Welcome { idle_timeout_ms: idle_ms }.frame()).await?;
-            w.flush().await?;
+        let idle_ms = u32::try_from(self.cfg.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+        let ended: Result<&str, Refused> = async {
+            tls.write_all(&HubMsg::Welcome { idle_timeout_ms: idle_ms }.frame()).await?;
+            tls.flush().await?;
             loop {
+                // Whole frames first (the preface may have come with some).
+                loop {
+                    match next_frame(&mut pend, &mut plen)? {
+                        None => break,
+                        Some(true) => {
+                            tls.write_all(&HubMsg::Beat.frame()).await?;
+                            tls.flush().await?;
+                        }
+                        Some(false) => return Ok("sent something other than a heartbeat"),
+                    }
+                }
                 tokio::select! {
-                    _ = requests.ready.notified() => {
-                        for id in requests.take() {
-                            w.write_all(&HubMsg::Incoming { id }.frame()).await?;
+                    _ = shared.ready.notified() => {
+                        for id in shared.take() {
+                            tls.write_all(&HubMsg::Incoming { id }.frame()).await?;
                         }
-                        w.flush().await?;
+                        tls.flush().await?;
                     }
-                    f = tokio::time::timeout(idle, read_frame(&mut r, &mut buf, 16)) => {
-                        match f {
-                            Err(_) => return Ok("silent for the idle timeout"),
-                            Ok(Ok(None)) => return Ok("closed"),
-                            Ok(Err(e)) => return Err(e),
-                            Ok(Ok(Some(b))) if b.as_ref() == [DEVICE_BEAT] => {
-                                w.write_all(&HubMsg::Beat.frame()).await?;
-                                w.flush().await?;
-                            }
-                            Ok(Ok(Some(_))) => return Ok("sent something other than a heartbeat"),
+                    n = tls.read(&mut pend[plen..]) => {
+                        match n? {
+                            0 => return Ok("closed"),
+                            n => plen += n,
                         }
+                        shared.heard_ms.store(self.now_ms(), Ordering::Relaxed);
                     }
-                    _ = cancel.cancelled() => return Ok("replaced or revoked"),
+                    _ = cancel.cancelled() => {
+                        return Ok(if shared.silent.load(Ordering::Relaxed) {
+                            "silent for the idle timeout"
+                        } else {
+                            "replaced or revoked"
+                        });
+                    }
                 }
             }
-        };
-        let why = match ended.await {
+        }
+        .await;
+        let why = match ended {
             Ok(why) => why.to_string(),
             Err(e) => e.to_string(),
         };
@@ -406,7 +479,7 @@ impl Hub {
         self: Arc<Self>,
         listener: TcpListener,
         device: String,
-        requests: Arc<Requests>,
+        shared: Arc<Shared>,
         cancel: CancellationToken,
     ) {
         loop {
@@ -423,7 +496,7 @@ impl Hub {
             }
             let id: u64 = rand::random();
             lock(&self.pending).insert(id, Pending { device: device.clone(), sock });
-            if !requests.push(id) {
+            if !shared.push(id) {
                 warn!(%device, "device has too many connections waiting for its answer: one dropped");
                 lock(&self.pending).remove(&id);
                 continue;
@@ -440,6 +513,38 @@ impl Hub {
             });
         }
     }
+}
+
+/// What a control connection buffers of the device's frames (a heartbeat is 3 bytes, and no
+/// other frame comes from a device on it).
+const CONTROL_BUF: usize = 64;
+
+/// The longest frame body a device may send on its control connection.
+const CONTROL_FRAME: usize = 16;
+
+/// Takes the next whole frame off `pend[..plen]`: `Some(true)` a heartbeat, `Some(false)`
+/// anything else, `None` none whole yet.
+fn next_frame(pend: &mut [u8; CONTROL_BUF], plen: &mut usize) -> Result<Option<bool>, Refused> {
+    if *plen < 2 {
+        return Ok(None);
+    }
+    let len = usize::from(u16::from_be_bytes([pend[0], pend[1]]));
+    if len > CONTROL_FRAME {
+        return Err(refused("device_preface", format!("a frame of {len} bytes")));
+    }
+    if *plen < 2 + len {
+        return Ok(None);
+    }
+    let beat = pend[2..2 + len] == [DEVICE_BEAT];
+    pend.copy_within(2 + len..*plen, 0);
+    *plen -= 2 + len;
+    Ok(Some(beat))
+}
+
+/// How often the hub looks for silent devices: an eighth of the idle timeout, within
+/// 50 ms..1 s (a device is found silent within that much after its timeout).
+fn sweep_period(idle: Duration) -> Duration {
+    (idle / 8).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 /// Reads one u16-framed frame body of at most `max` bytes; `None` at end of stream.
@@ -463,5 +568,39 @@ async fn read_frame<R: AsyncRead + Unpin>(
         if r.read_buf(buf).await? == 0 {
             return Ok(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_frames_are_taken_whole_and_bounded() {
+        let mut pend = [0u8; CONTROL_BUF];
+        // A heartbeat and half of the next one.
+        pend[..5].copy_from_slice(&[0, 1, DEVICE_BEAT, 0, 1]);
+        let mut plen = 5;
+        assert_eq!(next_frame(&mut pend, &mut plen).unwrap(), Some(true));
+        assert_eq!(plen, 2);
+        assert_eq!(next_frame(&mut pend, &mut plen).unwrap(), None);
+        pend[2] = DEVICE_BEAT;
+        plen = 3;
+        assert_eq!(next_frame(&mut pend, &mut plen).unwrap(), Some(true));
+        assert_eq!(plen, 0);
+        // Anything else is reported as such; a long frame is refused before it is whole.
+        pend[..4].copy_from_slice(&[0, 2, 9, 9]);
+        plen = 4;
+        assert_eq!(next_frame(&mut pend, &mut plen).unwrap(), Some(false));
+        pend[..2].copy_from_slice(&[0, 17]);
+        plen = 2;
+        assert!(next_frame(&mut pend, &mut plen).is_err());
+    }
+
+    #[test]
+    fn the_sweep_runs_often_enough_and_not_too_often() {
+        assert_eq!(sweep_period(Duration::from_secs(15)), Duration::from_secs(1));
+        assert_eq!(sweep_period(Duration::from_millis(1600)), Duration::from_millis(200));
+        assert_eq!(sweep_period(Duration::from_millis(100)), Duration::from_millis(50));
     }
 }
