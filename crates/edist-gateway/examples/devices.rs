@@ -76,16 +76,12 @@ async fn device(
     permit: tokio::sync::OwnedSemaphorePermit,
     stats: Arc<Stats>,
 ) -> Res<()> {
-    let tcp = TcpStream::connect(hub).await?;
-    let _ = tcp.set_nodelay(true);
-    let sni = rustls_pki_types::ServerName::try_from(server)?;
-    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(sni, tcp).await?;
-    let creation = 4 + i as u32;
-    tls.write_all(&frame(&Preface::Control { creation, name: name(i) }.encode())).await?;
-    tls.flush().await?;
-    let idle = match HubMsg::parse(&read_frame(&mut tls).await?) {
-        Some(HubMsg::Welcome { idle_timeout_ms }) => Duration::from_millis(idle_timeout_ms.into()),
-        other => return Err(format!("hub said {other:?}").into()),
+    let (tls, idle) = match connect(hub, server, cfg, i).await {
+        Ok(c) => c,
+        Err(e) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
     };
     stats.connected.fetch_add(1, Ordering::Relaxed);
     drop(permit);
@@ -96,7 +92,29 @@ async fn device(
     Ok(())
 }
 
-async fn beat(mut tls: tokio_rustls::client::TlsStream<TcpStream>, idle: Duration) -> Res<()> {
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// TLS, the control preface and the hub's welcome: the heartbeat period it asks for.
+async fn connect(
+    hub: std::net::SocketAddr,
+    server: String,
+    cfg: Arc<rustls::ClientConfig>,
+    i: usize,
+) -> Res<(Tls, Duration)> {
+    let tcp = TcpStream::connect(hub).await?;
+    let _ = tcp.set_nodelay(true);
+    let sni = rustls_pki_types::ServerName::try_from(server)?;
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(sni, tcp).await?;
+    let creation = 4 + i as u32;
+    tls.write_all(&frame(&Preface::Control { creation, name: name(i) }.encode())).await?;
+    tls.flush().await?;
+    match HubMsg::parse(&read_frame(&mut tls).await?) {
+        Some(HubMsg::Welcome { idle_timeout_ms }) => Ok((tls, Duration::from_millis(idle_timeout_ms.into()))),
+        other => Err(format!("hub said {other:?}").into()),
+    }
+}
+
+async fn beat(mut tls: Tls, idle: Duration) -> Res<()> {
     // The connector's first beat comes up to a third of the timeout after it connected: spread
     // the simulated ones the same way.
     tokio::time::sleep(idle / 3 * (rand::random::<u32>() % 1000) / 1000).await;
@@ -140,11 +158,7 @@ fn main() -> Res<()> {
             let permit = gate.clone().acquire_owned().await?;
             let (stats, server) = (stats.clone(), server.clone());
             tokio::spawn(async move {
-                let s = stats.clone();
-                if let Err(e) = device(hub, server, cfg, i, permit, s).await {
-                    if stats.connected.load(Ordering::Relaxed) <= i {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                if let Err(e) = device(hub, server, cfg, i, permit, stats).await {
                     eprintln!("device {}: {e}", name(i));
                 }
             });
