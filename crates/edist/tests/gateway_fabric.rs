@@ -1691,6 +1691,29 @@ async fn a_ticktime_changed_at_run_time_takes_effect_across_the_fabric() -> Resu
     Ok(())
 }
 
+/// A node that ticks too slowly for its peer is disconnected by the peer, as over one OTP
+/// connection (erl_distribution_SUITE `tick_change`): b keeps `net_ticktime` 24 s (it writes
+/// every 6 s when idle), a has 2 s (it counts a peer silent for 2 s as gone). The gateways
+/// tell each other their nodes' ticktimes, so b's gateway judges b's silence by a's ticktime
+/// and a's gateway stops ticking towards a.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ticking_too_slowly_for_its_peer_is_disconnected_as_in_otp() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let mut a = cluster.erl(0, "a", &["-kernel", "net_ticktime", "2"]).await?;
+    let b = cluster.erl(1, "b", &["-kernel", "net_ticktime", "24"]).await?;
+    let qb = q(&b.name);
+    assert_eq!(a.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    a.watch_nodedown(&b.name).await?;
+    let watched = now_us();
+    // Without the far ticktime, a's gateway would tick towards a for ever (b is not hung).
+    let (reason, at) = a.nodedown(&b.name, Duration::from_secs(30)).await?;
+    eprintln!("fabric: nodedown ({reason}) {:.1} ms after watching (ticktimes 2 s and 24 s)", ms(at - watched));
+    assert_eq!(reason, "net_tick_timeout");
+    cluster.passed();
+    Ok(())
+}
+
 /// No gateway names another: each finds the others through one DNS name (a hosts file in each
 /// namespace) that resolves to every gateway's address, skips itself, and links to whoever
 /// answers with a cluster certificate. The nodes then reach each other as usual.
