@@ -2594,6 +2594,16 @@ async fn nodes_that_do_not_listen_connect_out() -> Result<()> {
     assert_eq!(b.eval(&format!("rpc:call({}, erlang, node, [])", q(&dn))).await?, printed(&dn));
     ensure!(outbound_only(&h0.status().await?).contains(&dn), "gw-0 does not list {dn}");
     cluster.wait_known_by(1, &dn, 0).await?;
+    // Disconnected, it has no name; connecting again it gets the same one back, as OTP's
+    // net_kernel gives it (erl_distribution_SUITE dyn_node_name).
+    assert_eq!(d.eval(&format!("net_kernel:disconnect({qb})")).await?, "true");
+    cluster
+        .wait(&format!("{dn} to be forgotten"), || async { Ok(!outbound_only(&h0.status().await?).contains(&dn)) })
+        .await?;
+    assert_eq!(d.eval("node()").await?, "nonode@nohost");
+    assert_eq!(d.eval(&format!("net_kernel:connect_node({qb})")).await?, "true");
+    assert_eq!(d.eval("atom_to_list(node())").await?, format!("{dn:?}"), "the name given again");
+    assert_eq!(b.eval(&format!("rpc:call({}, erlang, node, [])", q(&dn))).await?, printed(&dn));
 
     // A dynamic long name, with the host part given.
     let mut dl = cluster.erl_spawn(0, Naming::dynamic(Some(&ip0)), &[]).await?;
