@@ -24,14 +24,15 @@
 #
 # Environment: EDIST_BIN (an `edist` binary; default: `cargo build -p edist` here and use
 # target/debug/edist, or target/release/edist with --release), OTPSUITES_HARNESS (the
-# harness folder with run.sh; default ../shared/otp-suites beside this repo, then
-# /work/shared/otp-suites), OTPSUITES_WORK (where the harness keeps the fetched OTP sources,
-# default ~/.cache/otpsuites), SUITE_TIMEOUT (seconds per suite run, default 2400), EDIST_LOG
-# (gateway log filter, default info). The gateways take the cookie of ~/.erlang.cookie (the
-# suites' nodes use it), which is created if missing.
+# harness folder with run.sh; default scripts/otp-suites), OTPSUITES_WORK (where the harness
+# keeps the fetched OTP sources, default ~/.cache/otpsuites), SUITE_TIMEOUT (seconds per suite
+# run, default 2400), EDIST_LOG (gateway log filter, default info). The gateways take the
+# cookie of ~/.erlang.cookie (the suites' nodes use it), which is created if missing.
 #
-# How: the OTP sources are fetched at run time by the harness (Debian's source package of the
-# installed erlang; nothing of OTP goes into git) and compiled first, with the network. Then,
+# How: the OTP sources are fetched at run time by the harness (scripts/otp-suites/run.sh: the
+# orig tarball of Debian's erlang 25.2.3 source package, which is OTP's own archive of tag
+# OTP-25.2.3, from the system's Debian mirror with retries, checked by SHA-256, kept in
+# OTPSUITES_WORK; nothing of OTP goes into git) and compiled first, with the network. Then,
 # for each suite and mode, a fresh network namespace of its own (only `lo`): a throw-away CA
 # and certificates for gw-a and gw-b (`edist certs`), both gateways started in the namespace
 # (each a [[peers]] of the other; gw-a control 127.0.0.1:4370 fabric :4371, gw-b control :4380
@@ -56,16 +57,8 @@
 # Needs root (network namespaces, apt-get for what is missing: erlang-base erlang-dev
 # erlang-common-test erlang-os-mon gcc iproute2).
 #
-# Baseline (issue 13; edist 0.1.0 at 4f36f36, debug build, 2 shared cores), p/f/s:
-#   suite                   plain OTP  one gateway  two gateways
-#   pg_SUITE                25/0/0     25/0/0       23..25 / 0..2 / 0 (6 runs; ordering, flaky)
-#   erpc_SUITE (--epmd a)   20/0/2     20/0/2       20/0/2   (without --epmd: the ei-node cases
-#                                                            fail, then cascade: 12/8/2)
-#   rpc_SUITE               16/0/4     16/0/4       16/0/4
-#   distribution_SUITE      51/0/0     51/0/0       46/5/0 (2 runs)
-#   global_SUITE            40/0/2     40/0/2       40/0/2
-#   erl_distribution_SUITE  34/1/0     34/1/0       24/11/0  (epmd_reconnect fails in full runs
-#                                                            in a namespace on plain OTP too)
+# Results next to plain OTP, and why each case that differs does: docs/otp-suites.md. CI
+# (scripts/test.sh) runs `--epmd a pg rpc erpc`.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -118,18 +111,17 @@ command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 if [ -n "$missing" ]; then
     say "installing$missing"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || die "apt-get update failed"
-    # shellcheck disable=SC2086
-    apt-get install -y -qq $missing >/dev/null || die "apt-get install$missing failed"
-fi
-
-HARNESS="${OTPSUITES_HARNESS:-}"
-if [ -z "$HARNESS" ]; then
-    for h in "$REPO/../shared/otp-suites" /work/shared/otp-suites; do
-        [ -x "$h/run.sh" ] && { HARNESS="$(cd "$h" && pwd)"; break; }
+    for try in 1 2 3 4; do
+        # shellcheck disable=SC2086
+        apt-get update -qq && apt-get install -y -qq $missing >/dev/null && break
+        [ "$try" = 4 ] && die "apt-get install$missing failed"
+        say "apt-get failed (try $try), again in $((try * 10)) s"
+        sleep $((try * 10))
     done
 fi
-[ -x "${HARNESS:-/nonexistent}/run.sh" ] || die "no harness (run.sh): set OTPSUITES_HARNESS"
+
+HARNESS="${OTPSUITES_HARNESS:-$REPO/scripts/otp-suites}"
+[ -x "$HARNESS/run.sh" ] || die "no harness (run.sh): set OTPSUITES_HARNESS"
 
 if [ -n "${EDIST_BIN:-}" ]; then
     EDIST="$EDIST_BIN"
@@ -155,41 +147,10 @@ if [ ! -s "$COOKIE_FILE" ]; then
 fi
 COOKIE="$(cat "$COOKIE_FILE")"
 
-# The suites' sources: Debian's source package of erlang 25.2.3, whose orig tarball is OTP's own
-# archive of tag OTP-25.2.3 (every Debian revision of 25.2.3 ships the same one). Fetched here,
-# with retries and whichever revision the mirror has, into the place where the harness looks
-# for it (it would fetch only the exact revision it names, once).
-ORIG="$WORK/debsrc/erlang_25.2.3+dfsg.orig.tar.xz"
-fetch_sources() {
-    local apt_dir="$WORK/apt" installed try v
-    local -a A=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt_dir/parts"
-        -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
-    mkdir -p "$apt_dir/parts" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$WORK/debsrc"
-    # the system's own Debian sources, as source-package entries
-    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-        sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources >"$apt_dir/parts/src.sources"
-    elif [ -f /etc/apt/sources.list ]; then
-        sed -n 's/^deb /deb-src /p' /etc/apt/sources.list >"$apt_dir/parts/src.list"
-    else
-        die "no Debian package sources (/etc/apt/sources.list.d/debian.sources) to fetch erlang's source from"
-    fi
-    installed="$(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null)"
-    case "$installed" in *:25.2.3+dfsg*) ;; *) say "erlang-base is '$installed', not 25.2.3: the suites are OTP 25.2.3's" ;; esac
-    for try in 1 2 3 4; do
-        if apt-get "${A[@]}" -qq update >"$WORK/debsrc/fetch.log" 2>&1; then
-            for v in "erlang=$installed" erlang; do
-                (cd "$WORK/debsrc" && apt-get "${A[@]}" -qq source --download-only "$v") >>"$WORK/debsrc/fetch.log" 2>&1
-                [ -s "$ORIG" ] && return 0
-            done
-        fi
-        say "fetching erlang's source package failed (try $try), see $WORK/debsrc/fetch.log"
-        sleep $((try * 10))
-    done
-    die "could not fetch erlang 25.2.3's source package ($ORIG), see $WORK/debsrc/fetch.log"
-}
-[ -s "$ORIG" ] || [ -d "$WORK/otp-OTP-25.2.3/lib/kernel/test" ] || fetch_sources
-
-# Build the suites now: the namespaces have no network.
+# Fetch (with retries: scripts/otp-suites/run.sh) and build the suites now: the namespaces
+# have no network.
+installed="$(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null)"
+case "$installed" in *:25.2.3+dfsg*) ;; *) say "erlang-base is '$installed', not 25.2.3: the suites are OTP 25.2.3's" ;; esac
 for s in "${SUITES[@]}"; do
     PREPARE_ONLY=1 "$HARNESS/run.sh" "$s" >"$OUT/prepare.$s.log" 2>&1 \
         || die "preparing $s failed, see $OUT/prepare.$s.log"
@@ -357,7 +318,7 @@ label() { case "$1" in plain) echo "plain OTP" ;; one) echo "one gateway" ;; two
         for m in "${MODES[@]}"; do printf ' %s |' "$(cat "$OUT/$m/$suite.result")"; done
         printf '\n'
     done
-    printf '\n(passed/failed/skipped; edist %s)\n\nFailing cases ([auto-skipped]):\n' "$("$EDIST" --version 2>/dev/null)"
+    printf '\n(passed/failed/skipped; %s)\n\nFailing cases ([auto-skipped]):\n' "$("$EDIST" --version 2>/dev/null)"
     for suite in "${SUITES[@]}"; do
         for m in "${MODES[@]}"; do
             [ -s "$OUT/$m/$suite.failed" ] && printf -- '- %s, %s: %s\n' "$suite" "$(label "$m")" "$(cat "$OUT/$m/$suite.failed")"
