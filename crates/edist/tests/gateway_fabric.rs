@@ -921,6 +921,10 @@ impl Cluster {
             .args(extra)
             // Nothing may fall back to a real epmd.
             .env("ERL_EPMD_PORT", "1");
+        if !naming.arg.is_ascii() {
+            // A name such as `e@b1é` reaches the node as UTF-8, as with OTP's own tests.
+            cmd.env("LC_ALL", "C.UTF-8");
+        }
         let stem = if naming.full == "undefined" { unique("undefined") } else { naming.full.replace('.', "_") };
         let log = self.dir.join(format!("{stem}.stderr"));
         Node::spawn(cmd, naming.full, &log).await
@@ -2541,6 +2545,22 @@ async fn long_names_and_host_parts_of_their_own_cross_hosts() -> Result<()> {
     let qs = q(&s.name);
     assert_eq!(c.eval(&format!("erlang:disconnect_node({qs})")).await?, "true");
     assert_eq!(c.eval(&format!("net_adm:ping({qs})")).await?, "pong");
+    // A host part beyond ASCII (`b1é`, legal in OTP: erl_distribution_SUITE hostnames): names
+    // are latin1 in the handshake, one byte a character, both ways.
+    let mut e = cluster.erl_named(1, Naming::short_at("e", "b1é"), &[]).await?;
+    let codes = |n: &str| format!("list_to_atom({:?})", n.chars().map(u32::from).collect::<Vec<_>>());
+    assert_eq!(s.eval(&format!("net_adm:ping({})", codes(&e.name))).await?, "pong");
+    assert_eq!(
+        s.eval(&format!(
+            "atom_to_list(rpc:call({}, erlang, node, [])) =:= {:?}",
+            codes(&e.name),
+            e.name.chars().map(u32::from).collect::<Vec<_>>()
+        ))
+        .await?,
+        "true"
+    );
+    assert_eq!(e.eval(&format!("erlang:disconnect_node({qs})")).await?, "true");
+    assert_eq!(e.eval(&format!("net_adm:ping({qs})")).await?, "pong");
     cluster.passed();
     Ok(())
 }
