@@ -19,19 +19,22 @@
 #   --out DIR     where logs go (default $OTPSUITES_WORK/edist/<date-time>)
 #   --fabric 'KEY = VALUE'   a line for both gateways' [fabric] table (repeatable), e.g.
 #                 --fabric 'lanes = 0' or --fabric 'relay_buffer = 1048576'
+#   --retry       run the cases that failed once more, on their own in a fresh namespace;
+#                 cases that pass then count as passed and are listed as flaky
 #   --release     build edist with --release (throughput-bound cases such as
 #                 distribution_SUITE:exit_dist_fragments time out with a debug build)
 #
 # Environment: EDIST_BIN (an `edist` binary; default: `cargo build -p edist` here and use
 # target/debug/edist, or target/release/edist with --release), OTPSUITES_HARNESS (the
-# harness folder with run.sh; default ../shared/otp-suites beside this repo, then
-# /work/shared/otp-suites), OTPSUITES_WORK (where the harness keeps the fetched OTP sources,
-# default ~/.cache/otpsuites), SUITE_TIMEOUT (seconds per suite run, default 2400), EDIST_LOG
-# (gateway log filter, default info). The gateways take the cookie of ~/.erlang.cookie (the
-# suites' nodes use it), which is created if missing.
+# harness folder with run.sh; default scripts/otp-suites), OTPSUITES_WORK (where the harness
+# keeps the fetched OTP sources, default ~/.cache/otpsuites), SUITE_TIMEOUT (seconds per suite
+# run, default 2400), EDIST_LOG (gateway log filter, default info). The gateways take the
+# cookie of ~/.erlang.cookie (the suites' nodes use it), which is created if missing.
 #
-# How: the OTP sources are fetched at run time by the harness (Debian's source package of the
-# installed erlang; nothing of OTP goes into git) and compiled first, with the network. Then,
+# How: the OTP sources are fetched at run time by the harness (scripts/otp-suites/run.sh: the
+# orig tarball of Debian's erlang 25.2.3 source package, which is OTP's own archive of tag
+# OTP-25.2.3, from the system's Debian mirror with retries, checked by SHA-256, kept in
+# OTPSUITES_WORK; nothing of OTP goes into git) and compiled first, with the network. Then,
 # for each suite and mode, a fresh network namespace of its own (only `lo`): a throw-away CA
 # and certificates for gw-a and gw-b (`edist certs`), both gateways started in the namespace
 # (each a [[peers]] of the other; gw-a control 127.0.0.1:4370 fabric :4371, gw-b control :4380
@@ -56,16 +59,8 @@
 # Needs root (network namespaces, apt-get for what is missing: erlang-base erlang-dev
 # erlang-common-test erlang-os-mon gcc iproute2).
 #
-# Baseline (issue 13; edist 0.1.0 at 4f36f36, debug build, 2 shared cores), p/f/s:
-#   suite                   plain OTP  one gateway  two gateways
-#   pg_SUITE                25/0/0     25/0/0       23..25 / 0..2 / 0 (6 runs; ordering, flaky)
-#   erpc_SUITE (--epmd a)   20/0/2     20/0/2       20/0/2   (without --epmd: the ei-node cases
-#                                                            fail, then cascade: 12/8/2)
-#   rpc_SUITE               16/0/4     16/0/4       16/0/4
-#   distribution_SUITE      51/0/0     51/0/0       46/5/0 (2 runs)
-#   global_SUITE            40/0/2     40/0/2       40/0/2
-#   erl_distribution_SUITE  34/1/0     34/1/0       24/11/0  (epmd_reconnect fails in full runs
-#                                                            in a namespace on plain OTP too)
+# Results next to plain OTP, and why each case that differs does: docs/otp-suites.md. CI
+# (scripts/test.sh) runs `--retry --epmd a pg rpc erpc`.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,7 +72,7 @@ die() { echo "otp-suites: $*" >&2; exit 2; }
 say() { echo "otp-suites: $*" >&2; }
 
 # ------------------------------------------------------------------ options
-PLAIN=0 ONE=0 TWO=1 EPMD="" CASES="" SKIP="" OUT="" FABRIC="" PROFILE=debug
+PLAIN=0 ONE=0 TWO=1 RETRY=0 EPMD="" CASES="" SKIP="" OUT="" FABRIC="" PROFILE=debug
 SUITES=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -85,6 +80,7 @@ while [ $# -gt 0 ]; do
         --one) ONE=1 ;;
         --no-two) TWO=0 ;;
         --release) PROFILE=release ;;
+        --retry) RETRY=1 ;;
         --epmd) EPMD="${2:-}"; shift ;;
         --cases) CASES="${2:-}"; shift ;;
         --skip) SKIP="${2:-}"; shift ;;
@@ -118,18 +114,17 @@ command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 if [ -n "$missing" ]; then
     say "installing$missing"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || die "apt-get update failed"
-    # shellcheck disable=SC2086
-    apt-get install -y -qq $missing >/dev/null || die "apt-get install$missing failed"
-fi
-
-HARNESS="${OTPSUITES_HARNESS:-}"
-if [ -z "$HARNESS" ]; then
-    for h in "$REPO/../shared/otp-suites" /work/shared/otp-suites; do
-        [ -x "$h/run.sh" ] && { HARNESS="$(cd "$h" && pwd)"; break; }
+    for try in 1 2 3 4; do
+        # shellcheck disable=SC2086
+        apt-get update -qq && apt-get install -y -qq $missing >/dev/null && break
+        [ "$try" = 4 ] && die "apt-get install$missing failed"
+        say "apt-get failed (try $try), again in $((try * 10)) s"
+        sleep $((try * 10))
     done
 fi
-[ -x "${HARNESS:-/nonexistent}/run.sh" ] || die "no harness (run.sh): set OTPSUITES_HARNESS"
+
+HARNESS="${OTPSUITES_HARNESS:-$REPO/scripts/otp-suites}"
+[ -x "$HARNESS/run.sh" ] || die "no harness (run.sh): set OTPSUITES_HARNESS"
 
 if [ -n "${EDIST_BIN:-}" ]; then
     EDIST="$EDIST_BIN"
@@ -155,7 +150,10 @@ if [ ! -s "$COOKIE_FILE" ]; then
 fi
 COOKIE="$(cat "$COOKIE_FILE")"
 
-# Fetch and build the suites now: the namespaces have no network.
+# Fetch (with retries: scripts/otp-suites/run.sh) and build the suites now: the namespaces
+# have no network.
+installed="$(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null)"
+case "$installed" in *:25.2.3+dfsg*) ;; *) say "erlang-base is '$installed', not 25.2.3: the suites are OTP 25.2.3's" ;; esac
 for s in "${SUITES[@]}"; do
     PREPARE_ONLY=1 "$HARNESS/run.sh" "$s" >"$OUT/prepare.$s.log" 2>&1 \
         || die "preparing $s failed, see $OUT/prepare.$s.log"
@@ -244,11 +242,11 @@ start_gateways() {
 # run_one MODE SUITE: runs the suite, leaves "P/F/S" in $OUT/MODE/SUITE.result and the
 # failing cases in $OUT/MODE/SUITE.failed
 run_one() {
-    local mode=$1 suite=$2 dir log rc t0 t1 last
+    local mode=$1 suite=$2 cases=${3:-$CASES} to="$OUT/${4:-$1}" dir log rc t0 t1 last
     local -a envs=()
-    dir="$OUT/$mode/$suite.gw"
-    log="$OUT/$mode/$suite.out"
-    mkdir -p "$OUT/$mode"
+    dir="$to/$suite.gw"
+    log="$to/$suite.out"
+    mkdir -p "$to"
     new_ns
     case "$mode" in
         plain) ;;
@@ -262,11 +260,10 @@ run_one() {
     if [ "$mode" != plain ] && [ -n "$EPMD" ]; then
         if [ "$EPMD" = a ]; then envs+=("ERL_EPMD_PORT=${A_CONTROL##*:}"); else envs+=("ERL_EPMD_PORT=${B_CONTROL##*:}"); fi
     fi
-    [ -n "$CASES" ] && envs+=("ONLY_CASES=$CASES")
-    [ -n "$SKIP" ] && envs+=("SKIP_CASES=$SKIP")
+    if [ -n "$cases" ]; then envs+=("ONLY_CASES=$cases"); elif [ -n "$SKIP" ]; then envs+=("SKIP_CASES=$SKIP"); fi
     t0=$(date +%s)
     ip netns exec "$NS" env -u ERL_FLAGS -u CT_ERL_ARGS -u ERL_EPMD_PORT -u ONLY_CASES -u SKIP_CASES -u SKIP_KNOWN \
-        "${envs[@]}" LOGROOT="$OUT/$mode" nice -n 10 "$HARNESS/run.sh" "$suite" >"$log" 2>&1 </dev/null
+        "${envs[@]}" LOGROOT="$to" nice -n 10 "$HARNESS/run.sh" "$suite" >"$log" 2>&1 </dev/null
     rc=$?
     t1=$(date +%s)
     if [ -n "${dir:-}" ] && [ -d "$dir" ] && [ "$mode" != plain ]; then
@@ -281,25 +278,47 @@ run_one() {
     f="$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$last")"
     s="$(sed -n 's/.* skipped=\([0-9]*\).*/\1/p' <<<"$last")"
     if [ -z "$p" ]; then
-        echo "error" >"$OUT/$mode/$suite.result"
+        echo "error" >"$to/$suite.result"
     else
-        echo "$p/$f/$s" >"$OUT/$mode/$suite.result"
+        echo "$p/$f/$s" >"$to/$suite.result"
     fi
     # "run.sh:   failed       case" lines; auto_skipped ones in brackets
     awk '$1=="run.sh:" && $2=="failed" {c=$3; sub(/^[^:]*:/,"",c); printf "%s ", c}
-         $1=="run.sh:" && $2=="auto_skipped" {c=$3; sub(/^[^:]*:/,"",c); printf "[%s] ", c}' "$log" >"$OUT/$mode/$suite.failed"
-    if grep -q "no 'TEST COMPLETE'" "$log"; then printf '(ct_run did not complete) ' >>"$OUT/$mode/$suite.failed"; fi
+         $1=="run.sh:" && $2=="auto_skipped" {c=$3; sub(/^[^:]*:/,"",c); printf "[%s] ", c}' "$log" >"$to/$suite.failed"
+    if grep -q "no 'TEST COMPLETE'" "$log"; then printf '(ct_run did not complete) ' >>"$to/$suite.failed"; fi
     if [ "$mode" != plain ]; then
         # Refused relays say much about a failure (a node the gateway does not know, a
         # handshake it could not complete): each message with its count.
         grep -h 'refused' "$dir"/gw-*.log 2>/dev/null | sed -e 's/^.*relay ended: //' \
             | sort | uniq -c | sort -rn >"$dir/refused.txt"
-        if [ -s "$dir/refused.txt" ] && [ -s "$OUT/$mode/$suite.failed" ]; then
+        if [ -s "$dir/refused.txt" ] && [ -s "$to/$suite.failed" ]; then
             printf '(gateways refused %s relays: %s) ' "$(awk '{n += $1} END {print n}' "$dir/refused.txt")" \
-                "$dir/refused.txt" >>"$OUT/$mode/$suite.failed"
+                "$dir/refused.txt" >>"$to/$suite.failed"
         fi
     fi
-    say "$mode $suite: $(cat "$OUT/$mode/$suite.result") (p/f/s) rc=$rc $((t1 - t0))s  $(cat "$OUT/$mode/$suite.failed")"
+    say "${4:-$mode} $suite: $(cat "$to/$suite.result") (p/f/s) rc=$rc $((t1 - t0))s  $(cat "$to/$suite.failed")"
+}
+
+# retry_failed MODE SUITE: with --retry, the cases of a completed run that failed run once
+# more, on their own in a fresh namespace (logs in $OUT/MODE.retry); if they pass there, the
+# run counts them as passed and lists them as flaky.
+retry_failed() {
+    local mode=$1 suite=$2 failed cases r rr
+    failed="$(cat "$OUT/$mode/$suite.failed")"
+    r="$(cat "$OUT/$mode/$suite.result")"
+    # only plain failures: nothing auto-skipped, the run completed
+    case "$failed" in *"["* | *"did not complete"*) return ;; esac
+    cases="$(sed 's/(.*//' <<<"$failed" | xargs)"
+    [[ -n "$cases" && "$r" =~ ^([0-9]+)/([0-9]+)/([0-9]+)$ ]] || return
+    local p=${BASH_REMATCH[1]} f=${BASH_REMATCH[2]} s=${BASH_REMATCH[3]}
+    say "$mode $suite: running the failed cases once more: $cases"
+    run_one "$mode" "$suite" "$cases" "$mode.retry"
+    rr="$(cat "$OUT/$mode.retry/$suite.result")"
+    if [[ "$rr" =~ ^[0-9]+/0/[0-9]+$ ]]; then
+        echo "$((p + f))/0/$s" >"$OUT/$mode/$suite.result"
+        echo "(flaky: failed, then passed when run again: $cases)" >"$OUT/$mode/$suite.failed"
+        say "$mode $suite: flaky: $cases failed, then passed when run again"
+    fi
 }
 
 say "edist: $EDIST"
@@ -307,6 +326,7 @@ say "harness: $HARNESS; logs: $OUT"
 for suite in "${SUITES[@]}"; do
     for mode in "${MODES[@]}"; do
         run_one "$mode" "$suite"
+        [ "$RETRY" = 1 ] && retry_failed "$mode" "$suite"
     done
 done
 
@@ -323,7 +343,7 @@ label() { case "$1" in plain) echo "plain OTP" ;; one) echo "one gateway" ;; two
         for m in "${MODES[@]}"; do printf ' %s |' "$(cat "$OUT/$m/$suite.result")"; done
         printf '\n'
     done
-    printf '\n(passed/failed/skipped; edist %s)\n\nFailing cases ([auto-skipped]):\n' "$("$EDIST" --version 2>/dev/null)"
+    printf '\n(passed/failed/skipped; %s)\n\nFailing cases ([auto-skipped], flaky):\n' "$("$EDIST" --version 2>/dev/null)"
     for suite in "${SUITES[@]}"; do
         for m in "${MODES[@]}"; do
             [ -s "$OUT/$m/$suite.failed" ] && printf -- '- %s, %s: %s\n' "$suite" "$(label "$m")" "$(cat "$OUT/$m/$suite.failed")"
@@ -332,10 +352,21 @@ label() { case "$1" in plain) echo "plain OTP" ;; one) echo "one gateway" ;; two
     printf '\nLogs: %s\n' "$OUT"
 } | tee "$OUT/summary.md"
 
+# One closing line over all runs (a run that did not complete counts as one failure).
+TP=0 TF=0 TS=0 RC=0
 for suite in "${SUITES[@]}"; do
     for m in "${MODES[@]}"; do
         r="$(cat "$OUT/$m/$suite.result")"
-        case "$r" in */0/*) ;; *) exit 1 ;; esac
+        case "$r" in
+            */0/*) ;;
+            *) RC=1 ;;
+        esac
+        if [[ "$r" =~ ^([0-9]+)/([0-9]+)/([0-9]+)$ ]]; then
+            TP=$((TP + BASH_REMATCH[1])) TF=$((TF + BASH_REMATCH[2])) TS=$((TS + BASH_REMATCH[3]))
+        else
+            TF=$((TF + 1))
+        fi
     done
 done
-exit 0
+echo "otp-suites: $TP passed, $TF failed, $TS skipped"
+exit $RC

@@ -63,6 +63,8 @@ struct LocalNode {
     creation: u32,
     /// Relayed connections a node without `port` has open.
     outbound: usize,
+    /// A dynamic name given here ([`dynamic_name`]): back to the pool when the node is gone.
+    dynamic: bool,
     /// The line to its plug, on its registration.
     plug: Option<Plug>,
     /// A device connected through the hub (`[devices]`): known while its control connection
@@ -145,6 +147,9 @@ struct State {
     /// Gateways whose node list has come (over a link, membership or a relay) since the start:
     /// until each peer's has, a lookup of an unknown name may wait for it (see `lookup`).
     listed: std::collections::HashSet<String>,
+    /// Dynamic names whose nodes are gone, by host, with their next creation: given again
+    /// first, as OTP's `net_kernel` does (a node that reconnects gets its name back).
+    dyn_pool: HashMap<String, Vec<(String, u32)>>,
 }
 
 pub(crate) struct Inner {
@@ -970,7 +975,7 @@ impl LocalDirectory for Directory {
             }
             st.local.insert(
                 name.clone(),
-                LocalNode { port: Some(port), creation, outbound: 0, plug: Some(plug), device: false },
+                LocalNode { port: Some(port), creation, outbound: 0, dynamic: false, plug: Some(plug), device: false },
             );
         }
         info!(node = %name, port, "local node registered");
@@ -1033,7 +1038,8 @@ struct OutboundGuard {
 impl OutboundGuard {
     /// Admits `name` dialling out. `Ok(None)`: a registered node, nothing to hold. Refused when
     /// the name is a remote node's.
-    fn admit(inner: &Arc<Inner>, name: &str, creation: u32) -> Result<Option<OutboundGuard>, String> {
+    /// `dynamic`: the name was given here ([`dynamic_name`]).
+    fn admit(inner: &Arc<Inner>, name: &str, creation: u32, dynamic: bool) -> Result<Option<OutboundGuard>, String> {
         control::full_node_name(name, &inner.cfg.host).map_err(|e| e.to_string())?;
         let mut st = inner.lock();
         if let Some(r) = st.remote.get(name) {
@@ -1045,7 +1051,7 @@ impl OutboundGuard {
             None => {
                 st.local.insert(
                     name.to_string(),
-                    LocalNode { port: None, creation, outbound: 1, plug: None, device: false },
+                    LocalNode { port: None, creation, outbound: 1, dynamic, plug: None, device: false },
                 );
                 drop(st);
                 info!(node = %name, "local node connects out without listening");
@@ -1067,7 +1073,12 @@ impl Drop for OutboundGuard {
             _ => false,
         };
         if last {
-            st.local.remove(&self.name);
+            if let Some(LocalNode { dynamic: true, creation, .. }) = st.local.remove(&self.name) {
+                if let Some((_, host)) = self.name.split_once('@') {
+                    let free = (self.name.clone(), next_creation(creation));
+                    st.dyn_pool.entry(host.to_string()).or_default().push(free);
+                }
+            }
             drop(st);
             info!(node = %self.name, "local node without a listener has no relayed connection left");
             self.inner.broadcast(Msg::NodeDown(self.name.clone()));
@@ -1076,16 +1087,28 @@ impl Drop for OutboundGuard {
 }
 
 /// A name for a node that asked for one (a dynamic name, `-sname undefined`: `NAME_ME` in its
-/// handshake, `host` in place of its name), as OTP's `net_kernel` makes them: a random base-36
-/// number at the node's host, with a fresh creation.
+/// handshake, `host` in place of its name), as OTP's `net_kernel` makes them: the last one
+/// freed at that host, with its next creation (a node that disconnected and connects again
+/// gets its name back, erl_distribution_SUITE `dyn_node_name`), else a random base-36 number
+/// at the node's host, with a fresh creation.
 fn dynamic_name(inner: &Inner, host: &str) -> (String, u32) {
+    let mut st = inner.lock();
+    while let Some(free) = st.dyn_pool.get_mut(host).and_then(|p| p.pop()) {
+        if !st.local.contains_key(&free.0) && !st.remote.contains_key(&free.0) {
+            return free;
+        }
+    }
     loop {
         let name = format!("{}@{host}", base36(rand::random::<u64>()));
-        let st = inner.lock();
         if !st.local.contains_key(&name) && !st.remote.contains_key(&name) {
             return (name, rand::random::<u32>().max(4));
         }
     }
+}
+
+/// The creation after `c`, as OTP's `net_kernel:next_creation/1`: 0 to 3 are never used.
+fn next_creation(c: u32) -> u32 {
+    c.checked_add(1).filter(|&n| n >= 4).unwrap_or(4)
 }
 
 /// `n` in base 36, upper case, as `integer_to_list(N, 36)`.
@@ -1147,7 +1170,7 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     // started with); a node that does not listen is announced for as long as it has relayed
     // connections. Either way the node proves the cookie below before the far node hears
     // from it; until then the name is only claimed, and the claim goes with the connection.
-    let _outbound = match OutboundGuard::admit(inner, &from, from_creation) {
+    let _outbound = match OutboundGuard::admit(inner, &from, from_creation, named.is_some()) {
         Ok(g) => g,
         Err(why) => {
             inner.metrics.refused("local", "name_taken");
@@ -1914,10 +1937,13 @@ mod tests {
         assert_eq!(dir.resolve("c@gwhost"), Some(1001));
         assert!(matches!(dir.register("b@10.0.0.2", 1, Plug::new().0), Err(RegisterError::Duplicate)));
         // A node that does not listen: listed while it has connections, never resolvable.
-        let g1 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7).unwrap();
-        let g2 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7).unwrap();
+        let g1 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7, false).unwrap();
+        let g2 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7, false).unwrap();
         assert!(g1.is_some() && g2.is_some());
-        assert!(OutboundGuard::admit(&gw.inner, "b@10.0.0.2", 5).unwrap().is_none(), "registered: nothing to hold");
+        assert!(
+            OutboundGuard::admit(&gw.inner, "b@10.0.0.2", 5, false).unwrap().is_none(),
+            "registered: nothing to hold"
+        );
         let st = gw.status();
         assert_eq!(st.outbound_only, vec!["n@elsewhere".to_string()]);
         assert_eq!(st.local_nodes, vec![("b@10.0.0.2".to_string(), 1000), ("c@gwhost".to_string(), 1001)]);
@@ -1932,10 +1958,20 @@ mod tests {
         assert!(gw.status().outbound_only.is_empty());
         // A remote node's name is not for a local node to take.
         gw.inner.lock().remote.insert("r@far".into(), RemoteNode { creation: 4, gateway: "gw-far".into() });
-        assert!(OutboundGuard::admit(&gw.inner, "r@far", 5).is_err());
+        assert!(OutboundGuard::admit(&gw.inner, "r@far", 5, false).is_err());
         // Dynamic names: at the node's host, never one in use.
         let (name, creation) = dynamic_name(&gw.inner, "hosta");
         assert!(name.ends_with("@hosta") && creation >= 4, "{name}");
+        // A dynamic name whose node is gone is given again first, with its next creation, as
+        // OTP's net_kernel does; a name given to a node that is still there never.
+        let g = OutboundGuard::admit(&gw.inner, &name, creation, true).unwrap();
+        let (other, _) = dynamic_name(&gw.inner, "hosta");
+        assert_ne!(other, name, "in use");
+        drop(g);
+        assert_eq!(dynamic_name(&gw.inner, "hosta"), (name.clone(), next_creation(creation)));
+        assert_ne!(dynamic_name(&gw.inner, "hosta").0, name, "given once");
+        assert_eq!(dynamic_name(&gw.inner, "hostb").0.split_once('@').map(|x| x.1), Some("hostb"));
+        assert_eq!((next_creation(4), next_creation(u32::MAX)), (5, 4));
         drop((long, short));
         assert!(gw.status().local_nodes.is_empty());
         gw.shutdown();

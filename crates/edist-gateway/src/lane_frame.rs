@@ -29,12 +29,16 @@ pub enum LaneCtl {
     /// From the receiving side: it delivered `count` frames, `bytes` bytes as they crossed the
     /// link, of the sender's lane `lane`.
     Delivered { lane: u8, count: u64, bytes: u64 },
-    /// The sender's node missed its ticks (hung or overloaded): stop ticking towards the far
-    /// node, so that it decides for itself, with its own `net_ticktime`, as over one OTP
+    /// The sender's node has been silent for longer than either node's `net_ticktime` allows
+    /// (it is hung, overloaded, or ticks too slowly for the far node): stop ticking towards the
+    /// far node, so that it decides for itself, with its own `net_ticktime`, as over one OTP
     /// connection.
     Silent,
-    /// The sender's node speaks again after [`LaneCtl::Silent`].
-    Alive,
+    /// The sender's node speaks (again, after [`LaneCtl::Silent`]); its `net_ticktime` is
+    /// `ticktime_ms` (0: not known). Sent when a relay starts and whenever that ticktime
+    /// changes, so each side judges its node's silence by the stricter of the two ticktimes.
+    /// (A gateway that predates the ticktime reads the frame as a plain "alive".)
+    Alive { ticktime_ms: u64 },
 }
 
 const AFTER: u8 = 1;
@@ -49,7 +53,7 @@ impl LaneCtl {
             LaneCtl::After { lane, count } => (AFTER, lane, count, 0),
             LaneCtl::Delivered { lane, count, bytes } => (DELIVERED, lane, count, bytes),
             LaneCtl::Silent => (SILENT, 0, 0, 0),
-            LaneCtl::Alive => (ALIVE, 0, 0, 0),
+            LaneCtl::Alive { ticktime_ms } => (ALIVE, 0, ticktime_ms, 0),
         };
         let mut b = Vec::with_capacity(22);
         b.extend_from_slice(&(18 | CONTROL).to_be_bytes());
@@ -73,7 +77,7 @@ impl LaneCtl {
             AFTER => Ok(LaneCtl::After { lane: *lane, count }),
             DELIVERED => Ok(LaneCtl::Delivered { lane: *lane, count, bytes }),
             SILENT => Ok(LaneCtl::Silent),
-            ALIVE => Ok(LaneCtl::Alive),
+            ALIVE => Ok(LaneCtl::Alive { ticktime_ms: count }),
             _ => Err(FrameError::Control),
         }
     }
@@ -210,7 +214,8 @@ mod tests {
             LaneCtl::After { lane: 0, count: 7 },
             LaneCtl::Delivered { lane: 255, count: u64::MAX, bytes: 7 },
             LaneCtl::Silent,
-            LaneCtl::Alive,
+            LaneCtl::Alive { ticktime_ms: 0 },
+            LaneCtl::Alive { ticktime_ms: 60_000 },
         ] {
             let mut buf = BytesMut::from(&c.encode()[..]);
             buf.extend_from_slice(&[0, 0, 0, 0]);

@@ -409,10 +409,20 @@ impl Ticktime {
         .max(Duration::from_secs(1))
     }
 
+    /// The node's ticktime in milliseconds, as told to the peer gateway.
+    fn millis(&self) -> u64 {
+        u64::try_from(self.get().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// How long the node may stay silent before it counts as missing its ticks: it ticks every
     /// quarter of its ticktime unless it sent something, so a gap of up to half of it is normal.
-    fn silent_after(&self) -> Duration {
-        self.get() / 2 + self.get() / 20 + Duration::from_millis(200)
+    /// With the far node's ticktime known (`peer`), the stricter of the two: a node that ticks
+    /// too slowly for a far node with a shorter ticktime goes silent for it, and the far node
+    /// disconnects it as OTP does (erl_distribution_SUITE `tick_change`).
+    fn silent_after(&self, peer: Option<Duration>) -> Duration {
+        let after = |t: Duration| t / 2 + t / 20 + Duration::from_millis(200);
+        let own = after(self.get());
+        peer.map_or(own, |p| own.min(after(p.max(Duration::from_secs(1)))))
     }
 
     /// How often the gateway ticks towards the node when nothing else goes there.
@@ -703,6 +713,9 @@ struct SyncState {
     closed: bool,
     /// The far node missed its ticks ([`LaneCtl::Silent`]): no ticks towards ours.
     peer_silent: bool,
+    /// The far node's `net_ticktime` in milliseconds, as its gateway said ([`LaneCtl::Alive`]);
+    /// 0: not known.
+    peer_ticktime_ms: u64,
 }
 
 fn set_at<T: Default + Clone>(v: &mut Vec<T>, i: usize, f: impl FnOnce(&mut T)) {
@@ -800,8 +813,22 @@ impl LaneSync {
         out
     }
 
-    fn set_peer_silent(&self, silent: bool) {
-        self.state().peer_silent = silent;
+    fn set_peer_silent(&self) {
+        self.state().peer_silent = true;
+    }
+
+    /// The far node speaks, with this `net_ticktime` (0: not said).
+    fn set_peer_alive(&self, ticktime_ms: u64) {
+        let mut st = self.state();
+        st.peer_silent = false;
+        if ticktime_ms > 0 {
+            st.peer_ticktime_ms = ticktime_ms;
+        }
+    }
+
+    /// The far node's `net_ticktime`, when its gateway said it.
+    fn peer_ticktime(&self) -> Option<Duration> {
+        Some(self.state().peer_ticktime_ms).filter(|&ms| ms > 0).map(Duration::from_millis)
     }
 
     fn peer_silent(&self) -> bool {
@@ -926,9 +953,11 @@ where
     };
     let up = async {
         let mut from_node = Frames::new(sr, pending_to_stream, false);
-        // When the node last sent anything, and whether the far gateway was told it went silent.
+        // When the node last sent anything, whether the far gateway was told it went silent,
+        // and the node's ticktime as last told to it (0: not yet).
         let mut heard = tokio::time::Instant::now();
         let mut silent = false;
+        let mut told = 0;
         let relay_budget = Budget::new(lanes_cfg.relay_buffer);
         let bulk = lanes_cfg.lanes.min(MAX_LANES as u64 - 1);
         let mut lanes: Vec<Option<LaneTx>> = (0..=bulk).map(|_| None).collect();
@@ -966,8 +995,12 @@ where
                     Some(p) => {
                         heard = tokio::time::Instant::now();
                         let lane0 = lanes.first().and_then(|l| l.as_ref());
-                        if std::mem::take(&mut silent) && lane0.is_none_or(|l| l.send(control(LaneCtl::Alive)).is_err()) {
-                            break;
+                        let tt = ticktime.millis();
+                        if silent || tt != told {
+                            (silent, told) = (false, tt);
+                            if lane0.is_none_or(|l| l.send(control(LaneCtl::Alive { ticktime_ms: tt })).is_err()) {
+                                break;
+                            }
                         }
                         // Ticks stay here: the far node gets its own from its gateway.
                         if p == TICK {
@@ -1005,7 +1038,7 @@ where
                     continue;
                 }
                 // The node missed its ticks: the far node stops getting them too.
-                _ = tokio::time::sleep_until(heard + ticktime.silent_after()), if !silent => {
+                _ = tokio::time::sleep_until(heard + ticktime.silent_after(sync.peer_ticktime())), if !silent => {
                     silent = true;
                     if lanes.first().and_then(|l| l.as_ref()).is_none_or(|l| l.send(control(LaneCtl::Silent)).is_err()) {
                         break;
@@ -1273,11 +1306,11 @@ async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger
                 continue;
             }
             Frame::Ctl(LaneCtl::Silent) => {
-                merger.sync.set_peer_silent(true);
+                merger.sync.set_peer_silent();
                 continue;
             }
-            Frame::Ctl(LaneCtl::Alive) => {
-                merger.sync.set_peer_silent(false);
+            Frame::Ctl(LaneCtl::Alive { ticktime_ms }) => {
+                merger.sync.set_peer_alive(ticktime_ms);
                 continue;
             }
         };
@@ -1421,5 +1454,44 @@ mod hold_tests {
         assert_eq!(Rate::share(1.0), SHARE_MIN);
         assert_eq!(Rate::share(12.5e6), 625_000);
         assert_eq!(Rate::share(1e12), SHARE_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tick_tests {
+    use super::*;
+
+    #[test]
+    fn silence_is_judged_by_the_stricter_ticktime_of_the_two_nodes() {
+        let secs = Duration::from_secs;
+        let t = Ticktime::new(secs(10));
+        // Alone: a node ticking every 2.5 s is silent after 5.7 s.
+        assert_eq!(t.silent_after(None), Duration::from_millis(5700));
+        // A far node with a ticktime of 1 s counts it gone after about 1 s: its gateway hears
+        // silence after 0.75 s, before the near node's next tick.
+        assert_eq!(t.silent_after(Some(secs(1))), Duration::from_millis(750));
+        assert!(t.silent_after(Some(secs(1))) < secs(10) / 4);
+        // A far node more patient than ours changes nothing.
+        assert_eq!(t.silent_after(Some(secs(60))), t.silent_after(None));
+        // The far ticktime is at least a second, like ours.
+        assert_eq!(t.silent_after(Some(Duration::ZERO)), Duration::from_millis(750));
+        // Ticking every quarter of its own ticktime, a node is never silent by its own measure.
+        let fast = Ticktime::new(secs(1));
+        assert!(fast.silent_after(Some(secs(10))) > fast.tick_every());
+    }
+
+    #[test]
+    fn the_far_ticktime_comes_with_alive_and_zero_means_unknown() {
+        let sync = LaneSync::default();
+        assert_eq!(sync.peer_ticktime(), None);
+        sync.set_peer_alive(0);
+        assert_eq!(sync.peer_ticktime(), None, "a gateway that does not tell its ticktime");
+        sync.set_peer_alive(4000);
+        assert_eq!(sync.peer_ticktime(), Some(Duration::from_secs(4)));
+        sync.set_peer_silent();
+        assert!(sync.peer_silent());
+        sync.set_peer_alive(0);
+        assert!(!sync.peer_silent());
+        assert_eq!(sync.peer_ticktime(), Some(Duration::from_secs(4)), "kept until told otherwise");
     }
 }

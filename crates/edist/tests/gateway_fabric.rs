@@ -921,6 +921,10 @@ impl Cluster {
             .args(extra)
             // Nothing may fall back to a real epmd.
             .env("ERL_EPMD_PORT", "1");
+        if !naming.arg.is_ascii() {
+            // A name such as `e@b1é` reaches the node as UTF-8, as with OTP's own tests.
+            cmd.env("LC_ALL", "C.UTF-8");
+        }
         let stem = if naming.full == "undefined" { unique("undefined") } else { naming.full.replace('.', "_") };
         let log = self.dir.join(format!("{stem}.stderr"));
         Node::spawn(cmd, naming.full, &log).await
@@ -1687,6 +1691,29 @@ async fn a_ticktime_changed_at_run_time_takes_effect_across_the_fabric() -> Resu
     assert_eq!(reason, "net_tick_timeout");
     // With the configured 60 s the gateway would have waited 30 s before telling the far side.
     assert!(delay < 15_000_000, "a hung node was noticed only after {:.1} ms", ms(delay));
+    cluster.passed();
+    Ok(())
+}
+
+/// A node that ticks too slowly for its peer is disconnected by the peer, as over one OTP
+/// connection (erl_distribution_SUITE `tick_change`): b keeps `net_ticktime` 24 s (it writes
+/// every 6 s when idle), a has 2 s (it counts a peer silent for 2 s as gone). The gateways
+/// tell each other their nodes' ticktimes, so b's gateway judges b's silence by a's ticktime
+/// and a's gateway stops ticking towards a.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ticking_too_slowly_for_its_peer_is_disconnected_as_in_otp() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let mut a = cluster.erl(0, "a", &["-kernel", "net_ticktime", "2"]).await?;
+    let b = cluster.erl(1, "b", &["-kernel", "net_ticktime", "24"]).await?;
+    let qb = q(&b.name);
+    assert_eq!(a.eval(&format!("net_adm:ping({qb})")).await?, "pong");
+    a.watch_nodedown(&b.name).await?;
+    let watched = now_us();
+    // Without the far ticktime, a's gateway would tick towards a for ever (b is not hung).
+    let (reason, at) = a.nodedown(&b.name, Duration::from_secs(30)).await?;
+    eprintln!("fabric: nodedown ({reason}) {:.1} ms after watching (ticktimes 2 s and 24 s)", ms(at - watched));
+    assert_eq!(reason, "net_tick_timeout");
     cluster.passed();
     Ok(())
 }
@@ -2518,6 +2545,22 @@ async fn long_names_and_host_parts_of_their_own_cross_hosts() -> Result<()> {
     let qs = q(&s.name);
     assert_eq!(c.eval(&format!("erlang:disconnect_node({qs})")).await?, "true");
     assert_eq!(c.eval(&format!("net_adm:ping({qs})")).await?, "pong");
+    // A host part beyond ASCII (`b1é`, legal in OTP: erl_distribution_SUITE hostnames): names
+    // are latin1 in the handshake, one byte a character, both ways.
+    let mut e = cluster.erl_named(1, Naming::short_at("e", "b1é"), &[]).await?;
+    let codes = |n: &str| format!("list_to_atom({:?})", n.chars().map(u32::from).collect::<Vec<_>>());
+    assert_eq!(s.eval(&format!("net_adm:ping({})", codes(&e.name))).await?, "pong");
+    assert_eq!(
+        s.eval(&format!(
+            "atom_to_list(rpc:call({}, erlang, node, [])) =:= {:?}",
+            codes(&e.name),
+            e.name.chars().map(u32::from).collect::<Vec<_>>()
+        ))
+        .await?,
+        "true"
+    );
+    assert_eq!(e.eval(&format!("erlang:disconnect_node({qs})")).await?, "true");
+    assert_eq!(e.eval(&format!("net_adm:ping({qs})")).await?, "pong");
     cluster.passed();
     Ok(())
 }
@@ -2571,6 +2614,16 @@ async fn nodes_that_do_not_listen_connect_out() -> Result<()> {
     assert_eq!(b.eval(&format!("rpc:call({}, erlang, node, [])", q(&dn))).await?, printed(&dn));
     ensure!(outbound_only(&h0.status().await?).contains(&dn), "gw-0 does not list {dn}");
     cluster.wait_known_by(1, &dn, 0).await?;
+    // Disconnected, it has no name; connecting again it gets the same one back, as OTP's
+    // net_kernel gives it (erl_distribution_SUITE dyn_node_name).
+    assert_eq!(d.eval(&format!("net_kernel:disconnect({qb})")).await?, "true");
+    cluster
+        .wait(&format!("{dn} to be forgotten"), || async { Ok(!outbound_only(&h0.status().await?).contains(&dn)) })
+        .await?;
+    assert_eq!(d.eval("node()").await?, "nonode@nohost");
+    assert_eq!(d.eval(&format!("net_kernel:connect_node({qb})")).await?, "true");
+    assert_eq!(d.eval("atom_to_list(node())").await?, format!("{dn:?}"), "the name given again");
+    assert_eq!(b.eval(&format!("rpc:call({}, erlang, node, [])", q(&dn))).await?, printed(&dn));
 
     // A dynamic long name, with the host part given.
     let mut dl = cluster.erl_spawn(0, Naming::dynamic(Some(&ip0)), &[]).await?;

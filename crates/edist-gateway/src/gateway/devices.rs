@@ -29,7 +29,7 @@ impl HubHost for HubLink {
                 return Err(format!("{name} is a node of this host or of another gateway already"));
             }
             st.local
-                .insert(name.to_string(), LocalNode { port: None, creation, outbound: 0, plug: None, device: true });
+                .insert(name.to_string(), LocalNode { port: None, creation, outbound: 0, dynamic: false, plug: None, device: true });
         }
         info!(node = %name, "device node registered");
         inner.broadcast(Msg::NodeUp(NodeInfo { name: name.to_string(), creation }));

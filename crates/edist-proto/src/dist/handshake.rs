@@ -63,6 +63,7 @@ impl Status {
             Status::NotAllowed => out.extend_from_slice(b"not_allowed"),
             Status::Alive => out.extend_from_slice(b"alive"),
             Status::Named { name, creation } => {
+                // OTP writes a given name as UTF-8 (`atom_to_binary(Node, utf8)`).
                 out.extend_from_slice(b"named:");
                 out.extend_from_slice(&(name.len() as u16).to_be_bytes());
                 out.extend_from_slice(name.as_bytes());
@@ -82,7 +83,7 @@ impl Status {
                 let rest = body.strip_prefix(b"named:").ok_or(HandshakeError::Malformed("unknown status"))?;
                 let mut r = Cursor(rest);
                 let n = r.u16()?;
-                let name = r.str(usize::from(n))?;
+                let name = r.utf8(usize::from(n))?;
                 let creation = r.u32()?;
                 Status::Named { name, creation }
             }
@@ -186,9 +187,26 @@ impl<'a> Cursor<'a> {
     }
     fn str(&mut self, n: usize) -> Result<String, HandshakeError> {
         let b = self.take(n)?;
-        // OTP writes names as latin1; node names in practice are ASCII.
+        // OTP writes its own name as latin1 (`atom_to_binary(Node, latin1)`).
         Ok(b.iter().map(|c| char::from(*c)).collect())
     }
+    fn utf8(&mut self, n: usize) -> Result<String, HandshakeError> {
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| HandshakeError::Malformed("name not UTF-8"))
+    }
+}
+
+/// A node name as OTP writes its own in `send_name` and the challenge: latin1, one byte a
+/// character (`e@b1é` is legal). A character beyond latin1, which OTP cannot write either,
+/// becomes `?`.
+fn latin1(name: &str) -> Vec<u8> {
+    name.chars().map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?')).collect()
+}
+
+/// `latin1(name)` with its 16-bit length first.
+fn push_name(o: &mut Vec<u8>, name: &str) {
+    let b = latin1(name);
+    o.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    o.extend_from_slice(&b);
 }
 
 fn split_tag(frame: &[u8]) -> Result<(u8, &[u8]), HandshakeError> {
@@ -254,8 +272,7 @@ impl Initiator {
             o.push(b'N');
             o.extend_from_slice(&cfg.flags.0.to_be_bytes());
             o.extend_from_slice(&cfg.creation.to_be_bytes());
-            o.extend_from_slice(&(cfg.name.len() as u16).to_be_bytes());
-            o.extend_from_slice(cfg.name.as_bytes());
+            push_name(o, &cfg.name);
         });
         Initiator {
             cfg,
@@ -509,8 +526,7 @@ impl Acceptor {
             o.extend_from_slice(&cfg.flags.0.to_be_bytes());
             o.extend_from_slice(&cfg.challenge.to_be_bytes());
             o.extend_from_slice(&cfg.creation.to_be_bytes());
-            o.extend_from_slice(&(cfg.name.len() as u16).to_be_bytes());
-            o.extend_from_slice(cfg.name.as_bytes());
+            push_name(o, &cfg.name);
         });
         self.state = AState::AwaitReply;
     }
@@ -669,6 +685,42 @@ mod tests {
         assert_eq!(ca.flags, cb.flags);
         assert!(!ca.flags.is_published(), "hidden on one side means hidden");
         assert_eq!((ca.peer.as_str(), cb.peer.as_str()), ("b@h", "a@h"));
+    }
+
+    /// Names as OTP writes them: its own as latin1 in `send_name` and the challenge (a legal
+    /// host part such as `b1é` is one byte a character, erl_distribution_SUITE `hostnames`),
+    /// a given dynamic name as UTF-8.
+    #[test]
+    fn names_are_latin1_on_the_wire_and_given_names_utf8() {
+        let mut a = Initiator::new(InitiatorConfig {
+            name: "e@b1é".into(),
+            flags: DFlags::edist_default(false),
+            creation: 7,
+            cookie: b"c".to_vec(),
+            challenge: 1,
+            peer: "b@hé".into(),
+        });
+        let out = a.take_output();
+        assert!(out.ends_with(&[0, 5, b'e', b'@', b'b', b'1', 0xE9]), "{out:?}");
+        let mut b = Acceptor::new(AcceptorConfig {
+            name: "b@hé".into(),
+            flags: DFlags::edist_default(false),
+            creation: 9,
+            cookie: b"c".to_vec(),
+            challenge: 2,
+        });
+        b.handle(&out).unwrap();
+        assert!(matches!(b.poll().unwrap(), Some(AcceptorEvent::Name { ref name, .. }) if name == "e@b1é"));
+        b.respond(Status::Ok).unwrap();
+        let ch = b.take_output();
+        assert!(ch.ends_with(&[0, 4, b'b', b'@', b'h', 0xE9]), "{ch:?}");
+        a.handle(&ch).unwrap();
+        assert_eq!(a.poll().unwrap(), Some(InitiatorEvent::Status(Status::Ok)));
+        assert!(matches!(a.poll().unwrap(), Some(InitiatorEvent::Challenge { creation: 9, .. })));
+        let mut named = Vec::new();
+        Status::Named { name: "X@é".into(), creation: 5 }.encode(&mut named);
+        assert_eq!(&named[..9], b"snamed:\0\x04");
+        assert_eq!(Status::decode(&named[1..]).unwrap(), Status::Named { name: "X@é".into(), creation: 5 });
     }
 
     #[test]
