@@ -28,8 +28,10 @@ impl HubHost for HubLink {
             if st.local.contains_key(name) || st.remote.contains_key(name) {
                 return Err(format!("{name} is a node of this host or of another gateway already"));
             }
-            st.local
-                .insert(name.to_string(), LocalNode { port: None, creation, outbound: 0, dynamic: false, plug: None, device: true });
+            st.local.insert(
+                name.to_string(),
+                LocalNode { port: None, creation, outbound: 0, dynamic: false, plug: None, device: true },
+            );
         }
         info!(node = %name, "device node registered");
         inner.broadcast(Msg::NodeUp(NodeInfo { name: name.to_string(), creation }));
