@@ -288,10 +288,16 @@ pub struct QuicOptions {
     /// A link that hears nothing for this long is dead ([`ConnectionError::TimedOut`]); the
     /// effective value is the smaller of both peers'. Default 1.5 s.
     pub idle_timeout: Duration,
-    /// Concurrent bidirectional streams (lanes) a peer may open. Default 1024.
+    /// Concurrent bidirectional streams (relayed connections' ordered lanes) a peer may open,
+    /// at most. Default 1024.
     pub max_bidi_streams: u32,
-    /// Concurrent unidirectional streams a peer may open. Default 1024.
+    /// Concurrent unidirectional streams (bulk lanes, control streams) a peer may open, at most.
+    /// Default 1024.
     pub max_uni_streams: u32,
+    /// Concurrent streams of each kind a peer may open on a new link; raised as the peer opens
+    /// them, up to `max_bidi_streams` / `max_uni_streams` ([`QuicLink`]). quinn keeps state for
+    /// every stream the peer may open: 1024 of each made 100 KiB of an idle link. Default 8.
+    pub initial_streams: u32,
     /// Congestion control of the links. Default BBR.
     pub congestion: Congestion,
 }
@@ -322,6 +328,7 @@ impl Default for QuicOptions {
             idle_timeout: Duration::from_millis(1500),
             max_bidi_streams: 1024,
             max_uni_streams: 1024,
+            initial_streams: 8,
             congestion: Congestion::default(),
         }
     }
@@ -348,8 +355,8 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
     let mut t = TransportConfig::default();
     t.keep_alive_interval(Some(opts.keep_alive))
         .max_idle_timeout(Some(idle))
-        .max_concurrent_bidi_streams(opts.max_bidi_streams.into())
-        .max_concurrent_uni_streams(opts.max_uni_streams.into())
+        .max_concurrent_bidi_streams(opts.initial_streams.min(opts.max_bidi_streams).max(1).into())
+        .max_concurrent_uni_streams(opts.initial_streams.min(opts.max_uni_streams).max(1).into())
         // Bulk lanes keep about a congestion window each in QUIC's send buffer (relay.rs, lane
         // flow): the rest of this is headroom, so that a small message on the ordered lane never
         // waits for buffer space behind bulk data (it then goes first: stream priority).
@@ -798,39 +805,167 @@ fn ordered(s: quinn::SendStream) -> SendStream {
     Box::new(s)
 }
 
-impl super::link::Link for quinn::Connection {
+/// A QUIC link as the gateway uses it: the connection, and how many streams of each kind the
+/// peer may open, raised as it opens them.
+///
+/// quinn allocates state for every stream the peer may open (up to the transport's
+/// `max_concurrent_*_streams`) when the connection starts, whether or not it ever opens them:
+/// with 1024 of each that was 100 KiB of each idle link's 166 KiB. A link therefore starts
+/// with [`QuicOptions::initial_streams`] of each kind, and each stream the peer opens that
+/// leaves less than as many again in reserve doubles the allowance (up to the maxima): a peer
+/// opening streams in a burst (a relay's lanes, many relays at once) waits at most a round
+/// trip per doubling in quinn's `open_*`, and never fails for it. The allowance is not lowered
+/// again (quinn keeps the state it allocated), so a link that was busy keeps what it needed.
+#[derive(Debug)]
+pub struct QuicLink {
+    conn: quinn::Connection,
+    bi: Arc<Allowance>,
+    uni: Arc<Allowance>,
+}
+
+impl QuicLink {
+    /// Wraps a connection configured with [`transport_config`] of `opts`.
+    pub fn new(conn: quinn::Connection, opts: &QuicOptions) -> QuicLink {
+        let allowance = |bi, max: u32| {
+            let initial = opts.initial_streams.min(max).max(1);
+            Arc::new(Allowance { bi, max, open: std::sync::Mutex::new((0, initial)) })
+        };
+        QuicLink { conn, bi: allowance(true, opts.max_bidi_streams), uni: allowance(false, opts.max_uni_streams) }
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// What the peer may open now: (bidirectional, unidirectional).
+    pub fn allowed_streams(&self) -> (u32, u32) {
+        (self.bi.lock().1, self.uni.lock().1)
+    }
+}
+
+/// Streams of one kind the peer may open at once.
+#[derive(Debug)]
+struct Allowance {
+    bi: bool,
+    max: u32,
+    /// Streams of this kind the peer opened that we still hold, and what it may open now.
+    open: std::sync::Mutex<(u32, u32)>,
+}
+
+impl Allowance {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u32, u32)> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The peer opened one more stream: raises its allowance if less than as many again as
+    /// are open are left. The guard counts the stream until both its halves are dropped.
+    fn opened(self: &Arc<Self>, conn: &quinn::Connection) -> Arc<OpenStream> {
+        let mut g = self.lock();
+        g.0 += 1;
+        let (open, allowed) = *g;
+        if open.saturating_mul(2) > allowed && allowed < self.max {
+            let raised = allowed.max(1).saturating_mul(2).max(open.saturating_mul(2)).min(self.max);
+            g.1 = raised;
+            // Under the lock, so that two raises reach quinn in order.
+            if self.bi {
+                conn.set_max_concurrent_bi_streams(raised.into());
+            } else {
+                conn.set_max_concurrent_uni_streams(raised.into());
+            }
+        }
+        Arc::new(OpenStream(self.clone()))
+    }
+}
+
+/// Counts one stream the peer opened while either half of it lives.
+#[derive(Debug)]
+struct OpenStream(Arc<Allowance>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut g = self.0.lock();
+        g.0 = g.0.saturating_sub(1);
+    }
+}
+
+/// A stream half the peer opened, counted in its [`Allowance`] while it lives.
+struct Counted<S> {
+    s: S,
+    _open: Arc<OpenStream>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.s).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.s).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.s).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.s).poll_shutdown(cx)
+    }
+}
+
+impl super::link::Link for QuicLink {
     fn open_bi(&self) -> BoxFuture<'_, std::io::Result<(SendStream, RecvStream)>> {
         Box::pin(async move {
-            let (s, r) = quinn::Connection::open_bi(self).await.map_err(std::io::Error::other)?;
+            let (s, r) = quinn::Connection::open_bi(&self.conn).await.map_err(std::io::Error::other)?;
             Ok((ordered(s), Box::new(r) as RecvStream))
         })
     }
 
     fn open_uni(&self) -> BoxFuture<'_, std::io::Result<SendStream>> {
         Box::pin(async move {
-            Ok(Box::new(quinn::Connection::open_uni(self).await.map_err(std::io::Error::other)?) as SendStream)
+            Ok(Box::new(quinn::Connection::open_uni(&self.conn).await.map_err(std::io::Error::other)?) as SendStream)
         })
     }
 
     fn accept_bi(&self) -> BoxFuture<'_, std::io::Result<(SendStream, RecvStream)>> {
         Box::pin(async move {
-            let (s, r) = quinn::Connection::accept_bi(self).await.map_err(std::io::Error::other)?;
-            Ok((ordered(s), Box::new(r) as RecvStream))
+            let (s, r) = quinn::Connection::accept_bi(&self.conn).await.map_err(std::io::Error::other)?;
+            let open = self.bi.opened(&self.conn);
+            let _ = s.set_priority(1);
+            let s: SendStream = Box::new(Counted { s, _open: open.clone() });
+            Ok((s, Box::new(Counted { s: r, _open: open }) as RecvStream))
         })
     }
 
     fn accept_uni(&self) -> BoxFuture<'_, std::io::Result<RecvStream>> {
         Box::pin(async move {
-            Ok(Box::new(quinn::Connection::accept_uni(self).await.map_err(std::io::Error::other)?) as RecvStream)
+            let r = quinn::Connection::accept_uni(&self.conn).await.map_err(std::io::Error::other)?;
+            Ok(Box::new(Counted { s: r, _open: self.uni.opened(&self.conn) }) as RecvStream)
         })
     }
 
     fn close(&self, code: u32, reason: &[u8]) {
-        quinn::Connection::close(self, code.into(), reason)
+        quinn::Connection::close(&self.conn, code.into(), reason)
     }
 
     fn closed(&self) -> Option<Closed> {
-        Some(match self.close_reason()? {
+        Some(match self.conn.close_reason()? {
             ConnectionError::LocallyClosed => Closed::Locally,
             ConnectionError::ApplicationClosed(c) => Closed::ByPeer {
                 code: c.error_code.into_inner(),
@@ -841,16 +976,16 @@ impl super::link::Link for quinn::Connection {
     }
 
     fn remote_address(&self) -> SocketAddr {
-        quinn::Connection::remote_address(self)
+        quinn::Connection::remote_address(&self.conn)
     }
 
     fn wire_bytes(&self) -> (u64, u64) {
-        let s = self.stats();
+        let s = self.conn.stats();
         (s.udp_tx.bytes, s.udp_rx.bytes)
     }
 
     fn path(&self) -> Option<super::link::PathStats> {
-        let p = self.stats().path;
+        let p = self.conn.stats().path;
         Some(super::link::PathStats {
             rtt_us: u64::try_from(p.rtt.as_micros()).unwrap_or(u64::MAX),
             cwnd: p.cwnd,
@@ -861,9 +996,10 @@ impl super::link::Link for quinn::Connection {
     }
 }
 
-impl From<PeerLink> for Linked {
-    fn from(l: PeerLink) -> Linked {
-        Linked { link: Arc::new(l.conn), peer_name: l.peer_name, grant: l.grant }
+impl PeerLink {
+    /// The link as the gateway uses it, its connection configured with `opts`.
+    pub fn linked(self, opts: &QuicOptions) -> Linked {
+        Linked { link: Arc::new(QuicLink::new(self.conn, opts)), peer_name: self.peer_name, grant: self.grant }
     }
 }
 
@@ -872,6 +1008,7 @@ pub struct QuicTransport {
     ep: Endpoint,
     seed: quinn::ClientConfig,
     name: String,
+    opts: QuicOptions,
 }
 
 impl QuicTransport {
@@ -883,7 +1020,7 @@ impl QuicTransport {
         our_name: &str,
     ) -> Result<QuicTransport> {
         let (ep, seed) = (endpoint_with(bind, creds, opts)?, client_config_with(creds, opts, true)?);
-        Ok(QuicTransport { ep, seed, name: our_name.into() })
+        Ok(QuicTransport { ep, seed, name: our_name.into(), opts: opts.clone() })
     }
 }
 
@@ -894,7 +1031,7 @@ impl Transport for QuicTransport {
                 Some(peer) => dial(&self.ep, addr, peer, &self.name).await?,
                 None => dial_with_config(&self.ep, self.seed.clone(), addr, SEED_SERVER_NAME, &self.name).await?,
             };
-            Ok(link.into())
+            Ok(link.linked(&self.opts))
         })
     }
 
@@ -902,9 +1039,9 @@ impl Transport for QuicTransport {
         Box::pin(async move {
             let incoming = self.ep.accept().await?;
             let from = incoming.remote_address();
-            let name = self.name.clone();
+            let (name, opts) = (self.name.clone(), self.opts.clone());
             let handshake: BoxFuture<'static, Result<Linked>> =
-                Box::pin(async move { accept(incoming, &name).await.map(Linked::from) });
+                Box::pin(async move { accept(incoming, &name).await.map(|l| l.linked(&opts)) });
             Some((from, handshake))
         })
     }
@@ -961,5 +1098,65 @@ mod tests {
         transport_config(&QuicOptions::default()).expect("defaults");
         let bad = QuicOptions { keep_alive: Duration::from_secs(5), ..Default::default() };
         assert!(matches!(transport_config(&bad), Err(FabricError::Options(_))));
+    }
+
+    /// A link starts with few streams the peer may open, and a peer that opens many more at
+    /// once (bulk lanes, relays) gets them: the allowance grows as they are accepted.
+    #[tokio::test]
+    async fn stream_allowance_grows_on_demand() {
+        use super::super::link::Link;
+        use crate::pki::{self, CaOptions, IssueOptions};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = std::env::temp_dir().join(format!("edist-allowance-{}", rand::random::<u64>()));
+        pki::init_ca(&dir, "allowance", &CaOptions::default()).expect("ca");
+        pki::issue(&dir, "gw-a", 1, IssueOptions::default()).expect("gw-a");
+        pki::issue(&dir, "gw-b", 1, IssueOptions::default()).expect("gw-b");
+        let opts = QuicOptions { initial_streams: 2, max_bidi_streams: 40, ..Default::default() };
+        let a = endpoint("127.0.0.1:0".parse().expect("addr"), &TlsIdentity::load(&dir, "gw-a").expect("a"), &opts)
+            .expect("endpoint a");
+        let b = endpoint("127.0.0.1:0".parse().expect("addr"), &TlsIdentity::load(&dir, "gw-b").expect("b"), &opts)
+            .expect("endpoint b");
+        let addr = b.local_addr().expect("addr");
+        let acc = tokio::spawn(async move { accept(b.accept().await.expect("incoming"), "gw-b").await });
+        let ab = dial(&a, addr, "gw-b", "gw-a").await.expect("dial").linked(&opts).link;
+        let ba = QuicLink::new(acc.await.expect("join").expect("accept").conn, &opts);
+        assert_eq!(ba.allowed_streams(), (2, 2));
+        const N: usize = 100;
+        // The peer opens N unidirectional and 40 bidirectional streams, all held open.
+        let opener = tokio::spawn(async move {
+            let mut held = Vec::new();
+            for i in 0..N {
+                let mut s = ab.open_uni().await.expect("open uni");
+                s.write_all(&[i as u8]).await.expect("write");
+                held.push(s);
+            }
+            for i in 0..40 {
+                let (mut s, r) = ab.open_bi().await.expect("open bi");
+                s.write_all(&[i as u8]).await.expect("write");
+                held.push(s);
+                std::mem::forget(r);
+            }
+            (ab, held)
+        });
+        let ba = Arc::new(ba);
+        let mut held = Vec::new();
+        for i in 0..N {
+            let mut r =
+                tokio::time::timeout(Duration::from_secs(5), ba.accept_uni()).await.expect("in time").expect("uni");
+            let mut b = [0u8];
+            r.read_exact(&mut b).await.expect("read");
+            assert_eq!(b[0], i as u8);
+            held.push(r);
+        }
+        for _ in 0..40 {
+            let (_, r) =
+                tokio::time::timeout(Duration::from_secs(5), ba.accept_bi()).await.expect("in time").expect("bi");
+            held.push(r);
+        }
+        let (_ab, _sent) = tokio::time::timeout(Duration::from_secs(5), opener).await.expect("in time").expect("join");
+        let (bi, uni) = ba.allowed_streams();
+        assert_eq!(bi, 40, "bidirectional allowance capped at the maximum");
+        assert!(uni >= 2 * N as u32 && uni <= 1024, "unidirectional allowance {uni}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
