@@ -8,7 +8,7 @@
 //!
 //! Measured (200 links): 65 KiB per link, ~33 KiB per end. It was 331 KiB (~166 KiB per end)
 //! while links let the peer open 1,024 streams of each kind from the start: quinn-proto
-//! allocates state for each (~100 KiB per end); links now start with 8 and raise that as the
+//! allocates state for each (~135 KiB per end); links now start with 8 and raise that as the
 //! peer opens streams ([`edist_gateway::fabric::quic::QuicLink`]). What is left is mostly
 //! quinn's own per-connection state and its endpoint-to-connection channel (bench/README.md).
 

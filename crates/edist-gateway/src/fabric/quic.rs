@@ -296,7 +296,8 @@ pub struct QuicOptions {
     pub max_uni_streams: u32,
     /// Concurrent streams of each kind a peer may open on a new link; raised as the peer opens
     /// them, up to `max_bidi_streams` / `max_uni_streams` ([`QuicLink`]). quinn keeps state for
-    /// every stream the peer may open: 1024 of each made 100 KiB of an idle link. Default 8.
+    /// every stream the peer may open: 1024 of each made ~135 KiB of an idle link's end.
+    /// Default 8.
     pub initial_streams: u32,
     /// Congestion control of the links. Default BBR.
     pub congestion: Congestion,
@@ -810,12 +811,13 @@ fn ordered(s: quinn::SendStream) -> SendStream {
 ///
 /// quinn allocates state for every stream the peer may open (up to the transport's
 /// `max_concurrent_*_streams`) when the connection starts, whether or not it ever opens them:
-/// with 1024 of each that was 100 KiB of each idle link's 166 KiB. A link therefore starts
-/// with [`QuicOptions::initial_streams`] of each kind, and each stream the peer opens that
-/// leaves less than as many again in reserve doubles the allowance (up to the maxima): a peer
-/// opening streams in a burst (a relay's lanes, many relays at once) waits at most a round
-/// trip per doubling in quinn's `open_*`, and never fails for it. The allowance is not lowered
-/// again (quinn keeps the state it allocated), so a link that was busy keeps what it needed.
+/// with 1024 of each that was ~135 KiB of the ~166 KiB an idle link took at each end. A link
+/// therefore starts with [`QuicOptions::initial_streams`] of each kind, and each stream the
+/// peer opens that leaves less than as many again in reserve doubles the allowance (up to the
+/// maxima): a peer opening streams in a burst (a relay's lanes, many relays at once) waits at
+/// most a round trip per doubling in quinn's `open_*`, and never fails for it. The allowance
+/// is not lowered again (quinn keeps the state it allocated), so a link that was busy keeps
+/// what it needed.
 #[derive(Debug)]
 pub struct QuicLink {
     conn: quinn::Connection,
