@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{info, warn};
 
-fn load(path: Option<&Path>) -> Result<Config> {
+/// The configuration at `path`, or the defaults without one.
+pub fn load(path: Option<&Path>) -> Result<Config> {
     Ok(match path {
         Some(p) => Config::load(p)?,
         None => Config::default(),

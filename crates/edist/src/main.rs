@@ -241,7 +241,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = match &cli.cmd {
+        // The gateway's worker count is part of its configuration (`threads`).
+        Cmd::Gateway { config } => {
+            let cfg = daemon::load(config.as_deref())?;
+            tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.worker_threads()).enable_all().build()?
+        }
+        _ => tokio::runtime::Runtime::new()?,
+    };
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Ping { node, opts } => {

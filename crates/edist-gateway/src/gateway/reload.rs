@@ -140,6 +140,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check("name", &old.name, &new.name);
     check("host", &old.host, &new.host);
     check("cookie", &old.cookie, &new.cookie);
+    check("threads", &old.threads, &new.threads);
     check("[local]", &old.local, &new.local);
     check("[metrics]", &old.metrics, &new.metrics);
     let mut fabric = new.fabric.clone();
