@@ -245,7 +245,12 @@ fn run(cli: Cli) -> Result<()> {
         // The gateway's worker count is part of its configuration (`threads`).
         Cmd::Gateway { config } => {
             let cfg = daemon::load(config.as_deref())?;
-            tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.worker_threads()).enable_all().build()?
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            // Without `threads`, tokio's own TOKIO_WORKER_THREADS still wins (experiments).
+            if cfg.threads.is_some() || std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+                rt.worker_threads(cfg.worker_threads());
+            }
+            rt.enable_all().build()?
         }
         _ => tokio::runtime::Runtime::new()?,
     };
