@@ -200,7 +200,7 @@ pub struct FabricConfig {
     pub transport: crate::fabric::link::TransportKind,
     /// QUIC congestion control: `bbr` (default; short queues at the bottleneck, tolerates
     /// random loss), `bbr-uncapped`, `cubic` or `newreno`.
-    pub congestion: crate::fabric::quic::Congestion,
+    pub congestion: crate::fabric::options::Congestion,
     /// Certificates refused even though the CA signed them: serial numbers (hex, as `edist
     /// certs issue` prints them) or identities.
     pub revoked: Vec<String>,
@@ -487,7 +487,7 @@ mod tests {
         assert_eq!(d.local.control.port(), 4370);
         assert!(Config::from_toml("[local]\ncontrol = \"0.0.0.0:1\"", "x".as_ref()).is_err());
         assert!(Config::from_toml("bogus = 1", "x".as_ref()).is_err());
-        use crate::fabric::quic::Congestion;
+        use crate::fabric::options::Congestion;
         for (name, want) in
             [("bbr", Congestion::Bbr), ("bbr-uncapped", Congestion::BbrUncapped), ("cubic", Congestion::Cubic)]
         {
