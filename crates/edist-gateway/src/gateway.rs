@@ -1700,6 +1700,21 @@ async fn reap_idle_links(inner: Arc<Inner>) {
     }
 }
 
+// The relay's errors as the handshake metrics count them: here, where the two meet, so that
+// the metrics do not import the relay (which reports into them).
+impl metrics::HandshakeOutcome for relay::RelayError {
+    fn outcome(&self) -> &'static str {
+        use relay::RelayError as E;
+        match self {
+            E::Refused(_) => "refused",
+            E::Timeout(_) => "timeout",
+            E::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest) => "bad_cookie",
+            E::Handshake(_) => "bad_handshake",
+            _ => "error",
+        }
+    }
+}
+
 /// Serves one link to another gateway until it closes. (Boxed: links open links, through
 /// `link_to`, and a recursive future needs a name.)
 fn run_link(inner: Arc<Inner>, link: Linked, why: LinkReason) -> link::BoxFuture<'static, ()> {
@@ -1989,5 +2004,15 @@ mod tests {
         assert!(t.elapsed() < Duration::from_millis(100), "{:?}", t.elapsed());
         assert!(lock(&gw.inner.waiters).is_empty());
         gw.shutdown();
+    }
+
+    #[test]
+    fn relay_errors_count_as_their_handshake_outcome() {
+        use crate::metrics::HandshakeOutcome;
+        use edist_proto::dist::handshake::HandshakeError;
+        assert_eq!(relay::RelayError::Timeout("x").outcome(), "timeout");
+        assert_eq!(relay::RelayError::Refused("x".into()).outcome(), "refused");
+        assert_eq!(relay::RelayError::Handshake(HandshakeError::BadDigest).outcome(), "bad_cookie");
+        assert_eq!(relay::RelayError::StreamClosed.outcome(), "error");
     }
 }
