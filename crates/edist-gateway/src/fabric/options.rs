@@ -3,6 +3,13 @@
 
 use std::time::Duration;
 
+/// Default interval of keep-alives on an idle link (`[fabric] keep_alive_ms`).
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// Default time after which a silent link is dead (`[fabric] idle_timeout_ms`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Default maximum of concurrent streams of each kind a peer may open on a link.
+pub const DEFAULT_MAX_STREAMS: u32 = 1024;
+
 /// Transport and timing options of gateway links.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuicOptions {
@@ -48,10 +55,10 @@ pub enum Congestion {
 impl Default for QuicOptions {
     fn default() -> Self {
         QuicOptions {
-            keep_alive: Duration::from_millis(500),
-            idle_timeout: Duration::from_millis(1500),
-            max_bidi_streams: 1024,
-            max_uni_streams: 1024,
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_bidi_streams: DEFAULT_MAX_STREAMS,
+            max_uni_streams: DEFAULT_MAX_STREAMS,
             initial_streams: 8,
             congestion: Congestion::default(),
         }

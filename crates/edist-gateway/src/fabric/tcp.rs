@@ -16,7 +16,7 @@ use super::error::{FabricError, Result};
 use super::hello::{Hello, HelloError, HelloKind, HELLO_TIMEOUT, PROTOCOL_VERSION};
 use super::identity::certificate_identity;
 use super::link::{BoxFuture, Closed, Incoming, Link, Linked, RecvStream, SendStream, Transport};
-use super::options::QuicOptions;
+use super::options::{QuicOptions, DEFAULT_MAX_STREAMS};
 use super::tls::{tls_client_config, tls_server_config, SEED_SERVER_NAME};
 use std::future::Future;
 use std::io;
@@ -40,7 +40,7 @@ mod kind {
 }
 
 /// Streams a peer may have open at once (as QUIC's default `max_bidi_streams`).
-const MAX_STREAMS: usize = 1024;
+const MAX_STREAMS: usize = DEFAULT_MAX_STREAMS as usize;
 
 /// The TLS-over-TCP transport.
 pub struct TcpTransport {
