@@ -8,7 +8,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use edist_gateway::fabric::quic::Hello;
+use edist_gateway::fabric::hello::Hello;
 use edist_gateway::lane_frame::{self, Decoded, Frame};
 use edist_gateway::wire::Msg;
 use libfuzzer_sys::fuzz_target;

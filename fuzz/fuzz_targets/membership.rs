@@ -16,13 +16,14 @@ use std::time::Instant;
 fn opener() -> &'static Mutex<Opener> {
     static O: OnceLock<Mutex<Opener>> = OnceLock::new();
     O.get_or_init(|| {
-        use edist_gateway::{fabric::quic, pki};
+        use edist_gateway::fabric::{identity, tls};
+        use edist_gateway::pki;
         let dir = std::env::temp_dir().join(format!("edist-fuzz-membership-{}", std::process::id()));
         pki::init_ca(&dir, "fuzz", &pki::CaOptions { force: true, ..Default::default() }).expect("ca");
         pki::issue(&dir, "gw-0", 30, pki::IssueOptions { force: true, ..Default::default() }).expect("cert");
-        let id = quic::TlsIdentity::load(&dir, "gw-0").expect("identity");
+        let id = identity::TlsIdentity::load(&dir, "gw-0").expect("identity");
         let _ = std::fs::remove_dir_all(&dir);
-        Mutex::new(Opener::new(quic::membership_verifier(&id).expect("verifier"), quic::crypto_provider()))
+        Mutex::new(Opener::new(tls::membership_verifier(&id).expect("verifier"), identity::crypto_provider()))
     })
 }
 

@@ -12,7 +12,7 @@
 //! (while the caller measures the hub), then prints how many are still connected and exits.
 
 use edist_gateway::device::proto::{HubMsg, Preface, DEVICE_BEAT};
-use edist_gateway::fabric::quic::{crypto_provider, TlsIdentity};
+use edist_gateway::fabric::identity::{crypto_provider, TlsIdentity};
 use edist_gateway::pki::{self, IssueOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};

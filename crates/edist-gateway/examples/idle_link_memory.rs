@@ -12,7 +12,9 @@
 //! peer opens streams ([`edist_gateway::fabric::quic::QuicLink`]). What is left is mostly
 //! quinn's own per-connection state and its endpoint-to-connection channel (bench/README.md).
 
-use edist_gateway::fabric::quic::{self, QuicOptions, TlsIdentity};
+use edist_gateway::fabric::identity::TlsIdentity;
+use edist_gateway::fabric::options::QuicOptions;
+use edist_gateway::fabric::quic;
 use edist_gateway::pki::{self, CaOptions, IssueOptions};
 use std::time::Duration;
 

@@ -14,7 +14,7 @@
 //! Connects COUNT clients (32 handshakes at a time), prints `connected N`, `failed N`,
 //! `connect_s S` and `idle`, stays HOLD_S seconds, prints `still_connected N` and exits.
 
-use edist_gateway::fabric::quic::{crypto_provider, TlsIdentity};
+use edist_gateway::fabric::identity::{crypto_provider, TlsIdentity};
 use edist_proto::dist::handshake::{Initiator, InitiatorConfig, InitiatorEvent, Status};
 use edist_proto::dist::DFlags;
 use std::io::Write;

@@ -2,7 +2,7 @@
 //! when it is valid, whether the configured CA signed it and whether the key belongs to it.
 //! The verdicts (ok, warn, fail) are the caller's.
 
-use crate::fabric::quic::{certificate_identity, crypto_provider};
+use crate::fabric::identity::{certificate_identity, crypto_provider};
 use crate::pki::{self, NodePaths, PkiError};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;

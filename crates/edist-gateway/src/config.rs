@@ -72,9 +72,25 @@
 //! listen = "127.0.0.1:9108"        # Prometheus endpoint, GET /metrics (default: none, off)
 //! ```
 
+use crate::fabric::options::{DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE};
+use crate::local::control;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+// Defaults that other files need too are written once, here or in the component that owns
+// them: the control address is the local control port's (`control::DEFAULT_ADDR`), the link
+// timings the fabric's (`fabric::options`). docs/config.md shows the same values
+// (tests/config_doc.rs checks it).
+
+/// Default bulk lanes per relayed connection and direction (`[fabric] lanes`).
+pub const DEFAULT_LANES: u64 = 8;
+/// Default bytes one relayed connection may hold towards the fabric (`[fabric] relay_buffer`).
+pub const DEFAULT_RELAY_BUFFER: usize = 32 << 20;
+/// Default bytes all relayed connections may hold together (`[fabric] gateway_buffer`).
+pub const DEFAULT_GATEWAY_BUFFER: usize = 256 << 20;
+/// Default `net_ticktime` of the local nodes in seconds, OTP's (`[local] net_ticktime`).
+pub const DEFAULT_NET_TICKTIME: u64 = 60;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -204,7 +220,7 @@ pub struct FabricConfig {
     pub transport: crate::fabric::link::TransportKind,
     /// QUIC congestion control: `bbr` (default; short queues at the bottleneck, tolerates
     /// random loss), `bbr-uncapped`, `cubic` or `newreno`.
-    pub congestion: crate::fabric::quic::Congestion,
+    pub congestion: crate::fabric::options::Congestion,
     /// Certificates refused even though the CA signed them: serial numbers (hex, as `edist
     /// certs issue` prints them) or identities.
     pub revoked: Vec<String>,
@@ -312,10 +328,10 @@ impl Default for Config {
 impl Default for LocalConfig {
     fn default() -> Self {
         LocalConfig {
-            control: SocketAddr::from(([127, 0, 0, 1], 4370)),
+            control: control::DEFAULT_ADDR.parse().expect("control::DEFAULT_ADDR is an address"),
             max_listeners: 1024,
             socket_buffer: 64 << 10,
-            net_ticktime: 60,
+            net_ticktime: DEFAULT_NET_TICKTIME,
             lookup_wait_ms: 500,
         }
     }
@@ -326,11 +342,11 @@ impl Default for FabricConfig {
         FabricConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 4371)),
             certs: PathBuf::from("./edist-certs"),
-            keep_alive_ms: 500,
-            idle_timeout_ms: 1500,
-            lanes: 8,
-            relay_buffer: 32 << 20,
-            gateway_buffer: 256 << 20,
+            keep_alive_ms: DEFAULT_KEEP_ALIVE.as_millis() as u64,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
+            lanes: DEFAULT_LANES,
+            relay_buffer: DEFAULT_RELAY_BUFFER,
+            gateway_buffer: DEFAULT_GATEWAY_BUFFER,
             compress_threshold: 1024,
             congestion: Default::default(),
             transport: Default::default(),
@@ -503,7 +519,7 @@ mod tests {
         assert_eq!(d.local.control.port(), 4370);
         assert!(Config::from_toml("[local]\ncontrol = \"0.0.0.0:1\"", "x".as_ref()).is_err());
         assert!(Config::from_toml("bogus = 1", "x".as_ref()).is_err());
-        use crate::fabric::quic::Congestion;
+        use crate::fabric::options::Congestion;
         for (name, want) in
             [("bbr", Congestion::Bbr), ("bbr-uncapped", Congestion::BbrUncapped), ("cubic", Congestion::Cubic)]
         {
@@ -543,5 +559,19 @@ mod tests {
         let mut c = Config::default();
         c.fabric.relay_buffer = 0;
         assert!(c.validate().is_err());
+    }
+
+    /// relay.rs's `LaneConfig::default` still writes the relay's defaults itself (its owner
+    /// branch changes that file): until it uses the constants above, this keeps them equal.
+    #[test]
+    fn the_relays_own_defaults_are_the_configs() {
+        let l = crate::relay::LaneConfig::default();
+        assert_eq!((l.lanes, l.relay_buffer), (DEFAULT_LANES, DEFAULT_RELAY_BUFFER));
+        assert_eq!(l.net_ticktime.get(), std::time::Duration::from_secs(DEFAULT_NET_TICKTIME));
+        let budget = format!("{:?}", l.gateway_buffer);
+        assert!(budget.contains(&format!("total: {DEFAULT_GATEWAY_BUFFER}")), "{budget}");
+        let d = Config::default();
+        assert_eq!(d.local.control.to_string(), control::DEFAULT_ADDR);
+        assert_eq!((d.fabric.keep_alive_ms, d.fabric.idle_timeout_ms), (500, 1500));
     }
 }

@@ -2,12 +2,15 @@
 //! links to other gateways, and the relays between them.
 
 use crate::config::Config;
+use crate::fabric::close::{CLOSE_IDLE, CLOSE_NORMAL, CLOSE_REVOKED};
 use crate::fabric::discovery::{self, Discovery};
 use crate::fabric::envelope::{Opener, Sealer};
 use crate::fabric::gossip::{self, Command, Event};
+use crate::fabric::identity::{crypto_provider, TlsIdentity};
 use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, SendStream, Transport};
 use crate::fabric::membership::{MemberId, Membership};
-use crate::fabric::quic::{self, QuicOptions, TlsIdentity};
+use crate::fabric::options::QuicOptions;
+use crate::fabric::tls::membership_verifier;
 use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
 use crate::local::plug::Plug;
 use crate::lookup::{self, Answer, Plan};
@@ -344,7 +347,7 @@ impl Gateway {
                 congestion: cfg.fabric.congestion,
                 ..QuicOptions::default()
             };
-            let t = link::bind(cfg.fabric.transport, cfg.fabric.listen, &creds, &opts, &cfg.name)
+            let t = crate::fabric::bind(cfg.fabric.transport, cfg.fabric.listen, &creds, &opts, &cfg.name)
                 .await
                 .map_err(|e| GatewayError::Fabric(e.to_string()))?;
             lock(&inner.intake).push(tokio::spawn(accept_loop(inner.clone(), t.clone())).abort_handle());
@@ -700,7 +703,7 @@ impl Inner {
                 let mut st = self.lock();
                 st.members.remove(&m.name);
                 for l in st.peers.get(&m.name).into_iter().flatten() {
-                    l.conn.close(code(quic::CLOSE_NORMAL), b"membership says you are gone");
+                    l.conn.close(CLOSE_NORMAL, b"membership says you are gone");
                 }
                 drop(st);
                 self.forget_remote(|_, r| r.gateway == m.name);
@@ -1568,7 +1571,7 @@ async fn seed_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, sources: Ve
                 }
                 match transport.dial(addr, None).await {
                     Ok(link) if link.peer_name == me => {
-                        link.link.close(code(quic::CLOSE_NORMAL), b"that is me");
+                        link.link.close(CLOSE_NORMAL, b"that is me");
                         who.insert(addr, link.peer_name);
                     }
                     Ok(link) => {
@@ -1625,14 +1628,14 @@ async fn start_membership(
         fabric: std::net::SocketAddr::new(ip, fabric.port()),
         bump: bump.unwrap_or_default(),
     };
-    let provider = quic::crypto_provider();
+    let provider = crypto_provider();
     let fabric_err = |e: &dyn std::fmt::Display| GatewayError::Fabric(format!("membership: {e}"));
     let sealer = Sealer::new(&provider, &id.chain, &id.key).map_err(|e| fabric_err(&e))?;
     let _ = inner.sealer.set(sealer.clone());
     // The fabric's verifier: a reloaded ca.pem applies to membership datagrams too.
     let verifier = match inner.creds.get() {
         Some(c) => c.client_verifier(),
-        None => quic::membership_verifier(id).map_err(|e| fabric_err(&e))?,
+        None => membership_verifier(id).map_err(|e| fabric_err(&e))?,
     };
     let opener = Opener::new(verifier, provider);
     let (tx, rx) = mpsc::unbounded_channel();
@@ -1691,15 +1694,25 @@ async fn reap_idle_links(inner: Arc<Inner>) {
         for p in inner.lock().peers.values().flatten() {
             if p.usage.idle_for() >= idle {
                 debug!(link = p.link_id, "closing an idle link");
-                p.conn.close(code(quic::CLOSE_IDLE), b"idle");
+                p.conn.close(CLOSE_IDLE, b"idle");
             }
         }
     }
 }
 
-/// A `CLOSE_*` code as [`Link::close`] takes it.
-fn code(c: quinn::VarInt) -> u32 {
-    u32::try_from(c.into_inner()).unwrap_or(0)
+// The relay's errors as the handshake metrics count them: here, where the two meet, so that
+// the metrics do not import the relay (which reports into them).
+impl metrics::HandshakeOutcome for relay::RelayError {
+    fn outcome(&self) -> &'static str {
+        use relay::RelayError as E;
+        match self {
+            E::Refused(_) => "refused",
+            E::Timeout(_) => "timeout",
+            E::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest) => "bad_cookie",
+            E::Handshake(_) => "bad_handshake",
+            _ => "error",
+        }
+    }
 }
 
 /// Serves one link to another gateway until it closes. (Boxed: links open links, through
@@ -1713,11 +1726,11 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
     let conn = link.link.clone();
     if peer == inner.cfg.name {
         // A seed that is our own address, seen from the accepting side.
-        conn.close(code(quic::CLOSE_NORMAL), b"that is me");
+        conn.close(CLOSE_NORMAL, b"that is me");
         return;
     }
     if inner.is_revoked(&peer, &link.grant.serial) {
-        conn.close(code(quic::CLOSE_REVOKED), b"certificate revoked");
+        conn.close(CLOSE_REVOKED, b"certificate revoked");
         inner.refuse(&peer, "revoked", &format!("link: certificate {} is revoked", link.grant.serial));
         return;
     }
@@ -1820,7 +1833,7 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
             links.retain(|l| l.link_id != link_id);
             if peer_gone {
                 for l in links.iter() {
-                    l.conn.close(code(quic::CLOSE_NORMAL), b"a sibling link to the same peer timed out");
+                    l.conn.close(CLOSE_NORMAL, b"a sibling link to the same peer timed out");
                 }
             }
             links.is_empty()
@@ -1991,5 +2004,15 @@ mod tests {
         assert!(t.elapsed() < Duration::from_millis(100), "{:?}", t.elapsed());
         assert!(lock(&gw.inner.waiters).is_empty());
         gw.shutdown();
+    }
+
+    #[test]
+    fn relay_errors_count_as_their_handshake_outcome() {
+        use crate::metrics::HandshakeOutcome;
+        use edist_proto::dist::handshake::HandshakeError;
+        assert_eq!(relay::RelayError::Timeout("x").outcome(), "timeout");
+        assert_eq!(relay::RelayError::Refused("x".into()).outcome(), "refused");
+        assert_eq!(relay::RelayError::Handshake(HandshakeError::BadDigest).outcome(), "bad_cookie");
+        assert_eq!(relay::RelayError::StreamClosed.outcome(), "error");
     }
 }

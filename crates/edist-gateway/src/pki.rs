@@ -1,6 +1,6 @@
 //! The cluster PKI: one CA per cluster, one certificate per gateway.
 //!
-//! Gateways authenticate each other with mutual TLS (see [`crate::fabric::quic`]). Every gateway
+//! Gateways authenticate each other with mutual TLS (see [`crate::fabric::tls`]). Every gateway
 //! holds a certificate issued by the cluster CA whose common name and DNS subject alternative
 //! name are the gateway's identity (e.g. `gw-a`); a gateway trusts exactly the certificates
 //! issued by its cluster CA.
@@ -285,7 +285,7 @@ pub fn init_ca(dir: &Path, cluster_name: &str, opts: &CaOptions) -> Result<CaPat
 ///
 /// With [`IssueOptions::device`], `name` is a device's node name (`alive@host`): the
 /// certificate's CN is that name, it has no DNS name (a device is no TLS server, and no gateway
-/// accepts it as one: see [`crate::fabric::quic::certificate_identity`]), and it grants exactly
+/// accepts it as one: see [`crate::fabric::identity::certificate_identity`]), and it grants exactly
 /// that node name (SAN URI `edist:device:<name>`); the role defaults to the hub's `[devices]
 /// role` unless `role` is given.
 pub fn issue(dir: &Path, name: &str, validity_days: u32, extra: IssueOptions) -> Result<NodePaths> {
@@ -585,7 +585,7 @@ mod tests {
         assert_eq!(g.device.as_deref(), Some("sensor1@board"));
         assert_eq!(g.nodes, ["sensor1@board"]);
         assert!(g.allows("sensor1@board") && !g.allows("sensor2@board"));
-        assert_eq!(crate::fabric::quic::certificate_identity(&der), None);
+        assert_eq!(crate::fabric::identity::certificate_identity(&der), None);
         let bad = IssueOptions { device: true, ..Default::default() };
         for name in ["noat", "a@b@c", "@b", "a@", "a b@c", "a@b'"] {
             assert!(issue(&dir, name, 30, bad.clone()).is_err(), "{name}");

@@ -2,11 +2,15 @@
 //! link carries, and how fast a dead peer is noticed.
 
 use anyhow::{bail, Context, Result};
-use edist_gateway::fabric::quic::{
-    self, accept, dial, dial_with_config, FabricError, PeerLink, QuicOptions, TlsIdentity, ALPN, CLOSE_NAME_MISMATCH,
-};
+use edist_gateway::fabric::close::{CLOSE_HELLO_TIMEOUT, CLOSE_NAME_MISMATCH, CLOSE_NORMAL};
+use edist_gateway::fabric::error::FabricError;
+use edist_gateway::fabric::hello::HELLO_TIMEOUT;
+use edist_gateway::fabric::identity::{crypto_provider, TlsIdentity};
+use edist_gateway::fabric::options::QuicOptions;
+use edist_gateway::fabric::quic::{self, accept, dial, dial_with_config, PeerLink};
+use edist_gateway::fabric::tls::{ALPN, CERT_REFUSED, SEED_SERVER_NAME};
 use edist_gateway::pki::{self, CaOptions, IssueOptions};
-use quinn::{ConnectionError, Endpoint};
+use quinn::{ConnectionError, Endpoint, VarInt};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -159,7 +163,7 @@ async fn links_both_ways_and_10_mb_each_way() -> Result<()> {
     assert!(got_at_b == from_a, "b received {} bytes, not a's 10 MB", got_at_b.len());
 
     for link in [&ab, &b2a] {
-        link.conn.close(quic::CLOSE_NORMAL, b"bye");
+        link.conn.close(CLOSE_NORMAL.into(), b"bye");
     }
     Ok(())
 }
@@ -213,7 +217,7 @@ async fn a_client_without_certificate_is_refused() -> Result<()> {
     for ca in pki::load_certs(&dir.0.join(pki::CA_CERT_FILE))? {
         roots.add(ca)?;
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(quic::crypto_provider())
+    let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -277,7 +281,7 @@ async fn refused_certificates_get_a_fixed_code_not_the_cause() -> Result<()> {
             let details = ["expired", "UNIX", "UnknownIssuer", "not valid"];
             assert!(!details.iter().any(|d| text.contains(d)), "{what}, {side}: {text}");
             if side == refused {
-                assert!(text.contains(quic::CERT_REFUSED), "{what}, {side}: {text}");
+                assert!(text.contains(CERT_REFUSED), "{what}, {side}: {text}");
             }
         }
     }
@@ -300,7 +304,7 @@ async fn a_hello_must_name_the_certificate_identity() -> Result<()> {
     }
     match dialed {
         Err(FabricError::Refused { code, reason }) => {
-            assert_eq!(code, CLOSE_NAME_MISMATCH.into_inner(), "{reason}");
+            assert_eq!(code, u64::from(CLOSE_NAME_MISMATCH), "{reason}");
             assert!(reason.contains("gw-c"), "{reason}");
         }
         other => bail!("dial: expected a refusal, got {other:?}"),
@@ -323,7 +327,7 @@ async fn a_hello_must_name_the_certificate_identity() -> Result<()> {
     // The acceptor answered before it could know; the dialer's close reaches its link.
     let link = outcome(acceptor).await??;
     match tokio::time::timeout(OUTCOME, link.conn.closed()).await? {
-        ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, CLOSE_NAME_MISMATCH),
+        ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, VarInt::from(CLOSE_NAME_MISMATCH)),
         other => bail!("acceptor's link: expected an application close, got {other:?}"),
     }
     Ok(())
@@ -394,11 +398,11 @@ async fn a_silent_peer_is_closed_after_the_hello_timeout() -> Result<()> {
         other => bail!("expected a hello timeout, got {other:?}"),
     }
     match tokio::time::timeout(OUTCOME, silent.closed()).await? {
-        ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, quic::CLOSE_HELLO_TIMEOUT),
+        ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, VarInt::from(CLOSE_HELLO_TIMEOUT)),
         other => bail!("silent peer: expected an application close, got {other:?}"),
     }
     let waited = t.elapsed();
-    assert!(waited >= quic::HELLO_TIMEOUT && waited < quic::HELLO_TIMEOUT * 2, "{waited:?}");
+    assert!(waited >= HELLO_TIMEOUT && waited < HELLO_TIMEOUT * 2, "{waited:?}");
     let (dialed, accepted) = attempt(&a, &b, b_addr, "gw-b", "gw-a").await?;
     dialed?;
     accepted?;
@@ -417,14 +421,14 @@ async fn a_seed_dial_learns_the_identity_but_still_checks_the_chain() -> Result<
     let (a, _) = endpoint(&dir.0, "gw-a")?;
     let (b, b_addr) = endpoint(&dir.0, "gw-b")?;
     let acceptor = accept_one(&b, "gw-b");
-    let link = dial_with_config(&a, seed_cfg.clone(), b_addr, quic::SEED_SERVER_NAME, "gw-a").await?;
+    let link = dial_with_config(&a, seed_cfg.clone(), b_addr, SEED_SERVER_NAME, "gw-a").await?;
     assert_eq!((link.peer_name.as_str(), link.peer_identity.as_str()), ("gw-b", "gw-b"));
     outcome(acceptor).await??;
 
     for (what, ep) in [("another CA", endpoint(&rogue.0, "gw-c")?), ("expired", endpoint(&dir.0, "gw-old")?)] {
         let acceptor = accept_one(&ep.0, "whoever");
         let dialed =
-            tokio::time::timeout(OUTCOME, dial_with_config(&a, seed_cfg.clone(), ep.1, quic::SEED_SERVER_NAME, "gw-a"))
+            tokio::time::timeout(OUTCOME, dial_with_config(&a, seed_cfg.clone(), ep.1, SEED_SERVER_NAME, "gw-a"))
                 .await?;
         expect_refused(&format!("seed dial to a server of {what}"), &dialed);
         let _ = tokio::time::timeout(OUTCOME, acceptor).await;

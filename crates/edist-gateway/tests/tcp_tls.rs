@@ -4,8 +4,10 @@
 
 use anyhow::{Context, Result};
 use edist_gateway::fabric::credentials::Credentials;
+use edist_gateway::fabric::error::FabricError;
+use edist_gateway::fabric::identity::TlsIdentity;
 use edist_gateway::fabric::link::{Closed, Linked, Transport};
-use edist_gateway::fabric::quic::{FabricError, QuicOptions, TlsIdentity};
+use edist_gateway::fabric::options::QuicOptions;
 use edist_gateway::fabric::tcp::TcpTransport;
 use edist_gateway::pki::{self, CaOptions, IssueOptions};
 use std::path::{Path, PathBuf};

@@ -20,8 +20,9 @@ pub const PLUG_SOURCE: &str = include_str!("../../edist-gateway/erl/edist_epmd.e
 /// as source for the device's own release (docs/devices.md).
 pub const DEVICE_SOURCE: &str = include_str!("../../edist-gateway/erl/edist_device_dist.erl");
 
-/// The gateway's control address the plug uses without `-edist_gateway`.
-pub const DEFAULT_GATEWAY: &str = "127.0.0.1:4370";
+/// The gateway's control address the plug uses without `-edist_gateway`: the control port's
+/// default (the plug, in Erlang, writes it too; a test below keeps the two equal).
+pub const DEFAULT_GATEWAY: &str = edist_gateway::local::control::DEFAULT_ADDR;
 
 const MODULE: &str = "edist_epmd";
 
@@ -186,6 +187,12 @@ fn fnv1a64(parts: &[&[u8]]) -> u64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The plug's default gateway (Erlang, in its own source) is the control port's default.
+    #[test]
+    fn the_plugs_default_is_the_control_ports() {
+        assert!(PLUG_SOURCE.contains(&format!("-define(DEFAULT_GATEWAY, \"{DEFAULT_GATEWAY}\").")));
+    }
 
     #[test]
     fn gateway_argument() {

@@ -82,7 +82,7 @@ enum Cmd {
     /// what changed; links that stay allowed stay up.
     Reload {
         /// The gateway's local control address.
-        #[arg(long, default_value = "127.0.0.1:4370")]
+        #[arg(long, default_value = edist_gateway::local::control::DEFAULT_ADDR)]
         gateway: std::net::SocketAddr,
         /// Print the outcome as JSON.
         #[arg(long)]
@@ -91,7 +91,7 @@ enum Cmd {
     /// Show a running gateway: local nodes, peer gateways, relays, bytes in/out.
     Status {
         /// The gateway's local control address.
-        #[arg(long, default_value = "127.0.0.1:4370")]
+        #[arg(long, default_value = edist_gateway::local::control::DEFAULT_ADDR)]
         gateway: std::net::SocketAddr,
         /// Print JSON (with --watch: one object per line per refresh).
         #[arg(long)]

@@ -1967,11 +1967,14 @@ async fn expired_anonymous_and_half_open_fabric_peers_are_refused_while_traffic_
 #[tokio::test]
 #[ignore = "run by the hostile fabric peer test, in a network namespace"]
 async fn fabric_probe() -> Result<()> {
+    use edist_gateway::fabric::identity::{crypto_provider, TlsIdentity};
+    use edist_gateway::fabric::options::QuicOptions;
     use edist_gateway::fabric::quic;
+    use edist_gateway::fabric::tls::ALPN;
     let Ok(kind) = std::env::var("EDIST_PROBE") else { return Ok(()) };
     let addr: std::net::SocketAddr = std::env::var("EDIST_PROBE_ADDR")?.parse()?;
     let certs = PathBuf::from(std::env::var("EDIST_PROBE_CERTS")?);
-    let opts = quic::QuicOptions::default();
+    let opts = QuicOptions::default();
     let any: std::net::SocketAddr = "0.0.0.0:0".parse()?;
     match kind.as_str() {
         "nocert" => {
@@ -1979,11 +1982,11 @@ async fn fabric_probe() -> Result<()> {
             for ca in edist_gateway::pki::load_certs(&certs.join(edist_gateway::pki::CA_CERT_FILE))? {
                 roots.add(ca)?;
             }
-            let mut tls = rustls::ClientConfig::builder_with_provider(quic::crypto_provider())
+            let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
                 .with_protocol_versions(&[&rustls::version::TLS13])?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-            tls.alpn_protocols = vec![quic::ALPN.to_vec()];
+            tls.alpn_protocols = vec![ALPN.to_vec()];
             let mut cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
             cfg.transport_config(Arc::new(quic::transport_config(&opts)?));
             let client = quinn::Endpoint::client(any)?;
@@ -1993,7 +1996,7 @@ async fn fabric_probe() -> Result<()> {
             }
         }
         "silent" => {
-            let id = quic::TlsIdentity::load(&certs, "gw-1")?;
+            let id = TlsIdentity::load(&certs, "gw-1")?;
             let ep = quic::endpoint(any, &id, &opts)?;
             let conn = ep.connect(addr, "gw-0")?.await?;
             match timeout(Duration::from_secs(10), conn.closed()).await? {

@@ -8,7 +8,8 @@
 //! everything at once; links already up are not touched (their handshake is over), new ones
 //! see the new certificate and trust anchors.
 
-use super::quic::{crypto_provider, FabricError, TlsIdentity};
+use super::error::FabricError;
+use super::identity::{crypto_provider, TlsIdentity};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;

@@ -1,7 +1,7 @@
 //! Where other gateways are: sources of seed addresses to dial.
 //!
 //! A seed is only an address; who answers there is learnt from its certificate (any identity
-//! the cluster CA signed, [`super::quic::seed_client_config`]). Gateways named in `[[peers]]`
+//! the cluster CA signed, [`super::tls::tls_client_config`]). Gateways named in `[[peers]]`
 //! with an address are dialled by name instead. Two sources: a static list of addresses and DNS
 //! names (every A/AAAA record is a gateway). With `[fabric] membership` they are only where a
 //! gateway asks to join; the rest it learns by gossip ([`super::membership`]).

@@ -202,7 +202,7 @@ impl Opener {
         }
         let der = CertificateDer::from(cert);
         self.verifier.verify_client_cert(&der, &[], now).map_err(|e| EnvelopeError::Certificate(e.to_string()))?;
-        let sender: Arc<str> = super::quic::certificate_identity(&der).ok_or(EnvelopeError::NoIdentity)?.into();
+        let sender: Arc<str> = super::identity::certificate_identity(&der).ok_or(EnvelopeError::NoIdentity)?.into();
         let grant = Arc::new(crate::pki::certificate_grant(cert));
         if self.known.len() >= MAX_KNOWN {
             self.known.clear();
@@ -231,7 +231,8 @@ fn take_bytes(b: &[u8]) -> Result<(&[u8], &[u8]), EnvelopeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fabric::quic::{crypto_provider, membership_verifier, TlsIdentity};
+    use crate::fabric::identity::{crypto_provider, TlsIdentity};
+    use crate::fabric::tls::membership_verifier;
     use crate::pki;
 
     /// A cluster with gw-a, and gw-x of another CA.

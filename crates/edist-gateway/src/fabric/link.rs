@@ -6,8 +6,7 @@
 //! block UDP: streams multiplexed with yamux over one TCP connection, so a lost segment
 //! delays every stream).
 
-use super::credentials::Credentials;
-use super::quic::{self, FabricError};
+use super::error::FabricError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -113,18 +112,4 @@ pub enum TransportKind {
     Quic,
     /// TLS 1.3 over TCP, streams multiplexed with yamux.
     Tcp,
-}
-
-/// Binds the fabric endpoint of `kind` at `bind`, serving `creds` (reloadable while it runs).
-pub async fn bind(
-    kind: TransportKind,
-    bind: SocketAddr,
-    creds: &Arc<Credentials>,
-    opts: &quic::QuicOptions,
-    our_name: &str,
-) -> Result<Arc<dyn Transport>, FabricError> {
-    Ok(match kind {
-        TransportKind::Quic => Arc::new(quic::QuicTransport::new(bind, creds, opts, our_name)?),
-        TransportKind::Tcp => Arc::new(super::tcp::TcpTransport::bind(bind, creds, opts, our_name).await?),
-    })
 }

@@ -1,349 +1,48 @@
-//! QUIC links between gateways, with mutual TLS against the cluster CA.
+//! QUIC links between gateways: the [`Link`] and [`Transport`] of the fabric over quinn.
 //!
-//! One [`quinn::Endpoint`] per gateway both accepts and dials ([`endpoint`]). Both directions
-//! require a certificate issued by the cluster CA ([`crate::pki`]); TLS 1.3 only, ALPN
-//! `edist/1`, no session resumption (every link re-verifies the full chain).
+//! One [`quinn::Endpoint`] per gateway both accepts and dials ([`endpoint`]), with the TLS
+//! configurations of [`super::tls`] (mutual TLS against the cluster CA). A link is up once the
+//! hello of [`super::hello`] has been answered on its first stream both ways; refusals close the
+//! connection with an application code ([`super::close`]) and a reason, which the other side sees
+//! as [`FabricError::Refused`].
 //!
-//! A TLS handshake is not enough to call a peer up: with mutual TLS over QUIC the client's
-//! handshake completes before the server has checked the client's certificate, so a refused
-//! client only learns it on its first stream. A link is therefore up only once an
-//! application-level hello has been answered:
-//!
-//! ```text
-//! dialer                                     acceptor
-//!   | -- bi stream 0: Hello{version, name} ---> |  name must equal the dialer's certificate
-//!   | <-- HelloAck{version, name} ------------- |  identity, else CLOSE_NAME_MISMATCH
-//!   |  name must equal the acceptor's certificate identity
-//! ```
-//!
-//! Hello frames are `u16 length` + body, body = `u8 kind`, `u16 version`, `u16 length` + name
-//! (UTF-8); all integers big-endian, bodies at most [`MAX_HELLO_BODY`] bytes. The codec is
-//! sans-IO ([`Hello::encode`], [`Hello::decode`]).
-//!
-//! Refusals close the connection with an application error code (`CLOSE_*`) and a reason,
-//! which the other side sees as [`FabricError::Refused`].
+//! This is the only module of the crate that names quinn's types (with [`congestion`], its
+//! congestion controller).
 
+pub mod congestion;
+
+use super::close::refusal_code;
 use super::credentials::Credentials;
-use super::link::{BoxFuture, Closed, Incoming, Linked, RecvStream, SendStream, Transport};
-use crate::pki::{self, NodePaths, PkiError};
+use super::error::{FabricError, Result};
+use super::hello::{Hello, HelloError, HelloKind, HELLO_TIMEOUT, PROTOCOL_VERSION};
+use super::identity::{certificate_identity, TlsIdentity};
+use super::link::{BoxFuture, Closed, Incoming, Link, Linked, RecvStream, SendStream, Transport};
+use super::options::{Congestion, QuicOptions};
+use super::tls::{tls_client_config, tls_server_config, SEED_SERVER_NAME};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, Endpoint, IdleTimeout, TransportConfig, VarInt};
-use rustls::client::Resumption;
-use rustls::crypto::CryptoProvider;
-use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use rustls::RootCertStore;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::fmt;
+use rustls_pki_types::CertificateDer;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-use thiserror::Error;
 use tokio::time::Instant;
 
-/// The ALPN protocol of gateway links.
-pub const ALPN: &[u8] = b"edist/1";
-/// The hello protocol version this gateway speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
-/// Largest hello body accepted (a gateway name is at most [`pki::MAX_NAME_LEN`] bytes).
-pub const MAX_HELLO_BODY: usize = 512;
-/// Time allowed from the start of [`dial`] / [`accept`] to an answered hello (TLS included).
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
-
-// Application close codes below 0x100 are reserved for this module; users of a link (the
-// gateway) pick theirs from 0x100 up, so a peer can tell a handshake refusal from the rest.
-
-/// Application close code: orderly close.
-pub const CLOSE_NORMAL: VarInt = VarInt::from_u32(0);
-/// Application close code: the hello was malformed or not a hello.
-pub const CLOSE_BAD_HELLO: VarInt = VarInt::from_u32(1);
-/// Application close code: the hello's name differs from the certificate identity.
-pub const CLOSE_NAME_MISMATCH: VarInt = VarInt::from_u32(2);
-/// Application close code: unsupported hello protocol version.
-pub const CLOSE_VERSION: VarInt = VarInt::from_u32(3);
-/// Application close code: no hello (or no answer) within [`HELLO_TIMEOUT`].
-pub const CLOSE_HELLO_TIMEOUT: VarInt = VarInt::from_u32(4);
-/// Application close code: the peer's certificate is on this gateway's revocation list.
-pub const CLOSE_REVOKED: VarInt = VarInt::from_u32(6);
-
-/// Application close code: the link carried nothing for a while (membership's lazy links).
-pub const CLOSE_IDLE: VarInt = VarInt::from_u32(7);
-
-/// Application close code: the peer's certificate carries no usable identity.
-pub const CLOSE_NO_IDENTITY: VarInt = VarInt::from_u32(5);
-
-/// Errors of the QUIC fabric.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum FabricError {
-    #[error(transparent)]
-    Pki(#[from] PkiError),
-    #[error(transparent)]
-    Tls(#[from] rustls::Error),
-    #[error(transparent)]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
-    #[error(transparent)]
-    NoInitialCipherSuite(#[from] NoInitialCipherSuite),
-    #[error("invalid QUIC option: {0}")]
-    Options(String),
-    #[error("cannot bind a QUIC endpoint to {addr}: {error}")]
-    Bind { addr: SocketAddr, error: std::io::Error },
-    #[error(transparent)]
-    Connect(#[from] quinn::ConnectError),
-    /// The connection failed or was lost: TLS failure (e.g. certificate refused by either
-    /// side), timeout, reset.
-    #[error("connection failed: {0}")]
-    Connection(ConnectionError),
-    /// The peer closed the connection with an application code (one of the `CLOSE_*`).
-    #[error("refused by peer (code {code}): {reason}")]
-    Refused { code: u64, reason: String },
-    #[error("no hello answered within {0:?}")]
-    HelloTimeout(Duration),
-    #[error("bad hello: {0}")]
-    BadHello(HelloError),
-    #[error("unsupported protocol version {0} (we speak {PROTOCOL_VERSION})")]
-    Version(u16),
-    #[error("peer says it is {hello:?} but its certificate says {certificate:?}")]
-    NameMismatch { hello: String, certificate: String },
-    #[error("the peer's certificate carries no usable identity")]
-    NoPeerIdentity,
-    #[error("stream error: {0}")]
-    Stream(String),
-}
-
-impl From<HelloError> for FabricError {
-    fn from(e: HelloError) -> Self {
-        FabricError::BadHello(e)
+// quinn's errors become the fabric's, opaque, so that callers never name a quinn type.
+impl From<NoInitialCipherSuite> for FabricError {
+    fn from(e: NoInitialCipherSuite) -> Self {
+        FabricError::Quic(Box::new(e))
     }
 }
 
-/// Shorthand for results of this module.
-pub type Result<T, E = FabricError> = std::result::Result<T, E>;
-
-/// Errors of the hello codec.
-#[derive(Debug, Error, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HelloError {
-    #[error("frame of {0} bytes exceeds {MAX_HELLO_BODY}")]
-    TooLong(usize),
-    #[error("truncated")]
-    Truncated,
-    #[error("{0} trailing bytes")]
-    Trailing(usize),
-    #[error("unknown kind {0}")]
-    UnknownKind(u8),
-    #[error("expected {expected:?}, got {got:?}")]
-    UnexpectedKind { expected: HelloKind, got: HelloKind },
-    #[error("name is not UTF-8")]
-    NotUtf8,
-    #[error("empty name")]
-    EmptyName,
-}
-
-/// What a hello frame is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HelloKind {
-    /// Sent by the dialer.
-    Hello = 1,
-    /// The acceptor's answer.
-    HelloAck = 2,
-}
-
-/// A hello frame (see the module docs for the layout).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hello {
-    pub kind: HelloKind,
-    pub version: u16,
-    /// The sender's gateway name; must equal its certificate identity.
-    pub name: String,
-}
-
-impl Hello {
-    /// The whole frame, length prefix included. Names longer than the body limit are the
-    /// caller's bug; they are encoded anyway and refused by the receiver.
-    pub fn encode(&self) -> Vec<u8> {
-        let name = self.name.as_bytes();
-        let body_len = 1 + 2 + 2 + name.len();
-        let mut out = Vec::with_capacity(2 + body_len);
-        out.extend_from_slice(&(body_len.min(u16::MAX as usize) as u16).to_be_bytes());
-        out.push(self.kind as u8);
-        out.extend_from_slice(&self.version.to_be_bytes());
-        out.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_be_bytes());
-        out.extend_from_slice(name);
-        out
-    }
-
-    /// Checks a body length read from the wire before anything is allocated for it.
-    pub fn check_len(len: u16) -> Result<usize, HelloError> {
-        let len = usize::from(len);
-        if len > MAX_HELLO_BODY {
-            return Err(HelloError::TooLong(len));
-        }
-        Ok(len)
-    }
-
-    /// Decodes a body (the bytes after the length prefix).
-    pub fn decode(body: &[u8]) -> Result<Hello, HelloError> {
-        if body.len() > MAX_HELLO_BODY {
-            return Err(HelloError::TooLong(body.len()));
-        }
-        let mut r = Reader(body);
-        let kind = match r.u8()? {
-            1 => HelloKind::Hello,
-            2 => HelloKind::HelloAck,
-            k => return Err(HelloError::UnknownKind(k)),
-        };
-        let version = r.u16()?;
-        let name = r.field()?;
-        if !r.0.is_empty() {
-            return Err(HelloError::Trailing(r.0.len()));
-        }
-        let name = std::str::from_utf8(name).map_err(|_| HelloError::NotUtf8)?;
-        if name.is_empty() {
-            return Err(HelloError::EmptyName);
-        }
-        Ok(Hello { kind, version, name: name.to_owned() })
+impl From<quinn::ConnectError> for FabricError {
+    fn from(e: quinn::ConnectError) -> Self {
+        FabricError::Quic(Box::new(e))
     }
 }
 
-/// A bounded reader over a borrowed slice.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], HelloError> {
-        if self.0.len() < n {
-            return Err(HelloError::Truncated);
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, HelloError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, HelloError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn field(&mut self) -> Result<&'a [u8], HelloError> {
-        let n = self.u16()?;
-        self.take(n.into())
-    }
-}
-
-/// Our TLS identity: the cluster CA to trust, our certificate chain and key.
-pub struct TlsIdentity {
-    /// Trust anchors: the cluster CA certificate(s).
-    pub ca: Vec<CertificateDer<'static>>,
-    /// Our certificate first, then any intermediates.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// Our private key.
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl fmt::Debug for TlsIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsIdentity")
-            .field("ca", &self.ca.len())
-            .field("identity", &self.identity())
-            .field("key", &"<redacted>")
-            .finish()
-    }
-}
-
-impl Clone for TlsIdentity {
-    fn clone(&self) -> Self {
-        TlsIdentity { ca: self.ca.clone(), chain: self.chain.clone(), key: self.key.clone_key() }
-    }
-}
-
-impl TlsIdentity {
-    /// Loads `ca.pem`, `<name>.pem` and `<name>.key` from a certificate directory (the layout
-    /// written by [`pki::init_ca`] and [`pki::issue`]).
-    pub fn load(dir: &Path, name: &str) -> Result<Self> {
-        Self::from_paths(&pki::node_paths(dir, name))
-    }
-
-    /// Loads the files written by [`pki::issue`].
-    pub fn from_paths(paths: &NodePaths) -> Result<Self> {
-        Self::load_files(&paths.ca, &paths.cert, &paths.key)
-    }
-
-    /// Loads the CA certificate(s), our certificate chain and our key from PEM files.
-    pub fn load_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self> {
-        Ok(TlsIdentity { ca: pki::load_certs(ca)?, chain: pki::load_certs(cert)?, key: pki::load_key(key)? })
-    }
-
-    /// The identity (CN, else first DNS SAN) of our own certificate.
-    pub fn identity(&self) -> Option<String> {
-        certificate_identity(self.chain.first()?)
-    }
-}
-
-/// Transport and timing options of gateway links.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuicOptions {
-    /// Interval of QUIC keep-alive (PING) frames on an otherwise idle link. Default 500 ms.
-    pub keep_alive: Duration,
-    /// A link that hears nothing for this long is dead ([`ConnectionError::TimedOut`]); the
-    /// effective value is the smaller of both peers'. Default 1.5 s.
-    pub idle_timeout: Duration,
-    /// Concurrent bidirectional streams (relayed connections' ordered lanes) a peer may open,
-    /// at most. Default 1024.
-    pub max_bidi_streams: u32,
-    /// Concurrent unidirectional streams (bulk lanes, control streams) a peer may open, at most.
-    /// Default 1024.
-    pub max_uni_streams: u32,
-    /// Concurrent streams of each kind a peer may open on a new link; raised as the peer opens
-    /// them, up to `max_bidi_streams` / `max_uni_streams` ([`QuicLink`]). quinn keeps state for
-    /// every stream the peer may open: 1024 of each made ~135 KiB of an idle link's end.
-    /// Default 8.
-    pub initial_streams: u32,
-    /// Congestion control of the links. Default BBR.
-    pub congestion: Congestion,
-}
-
-/// Congestion controllers of the links.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Congestion {
-    /// Model-based: keeps the bottleneck's queue short, so small messages behind bulk traffic
-    /// wait less, and tolerates random loss. quinn's BBR with its window capped to about 2 ms
-    /// of queue at the bottleneck on links up to 200 Mbit/s ([`super::congestion`]).
-    #[default]
-    Bbr,
-    /// quinn's BBR as it is: it adds bursts of acknowledgements to its window, which can queue
-    /// tens of milliseconds at a slow bottleneck when a gateway's host is busy.
-    #[serde(rename = "bbr-uncapped")]
-    BbrUncapped,
-    /// Loss-based (quinn's own default): fills the bottleneck's queue.
-    Cubic,
-    /// Loss-based, classic.
-    NewReno,
-}
-
-impl Default for QuicOptions {
-    fn default() -> Self {
-        QuicOptions {
-            keep_alive: Duration::from_millis(500),
-            idle_timeout: Duration::from_millis(1500),
-            max_bidi_streams: 1024,
-            max_uni_streams: 1024,
-            initial_streams: 8,
-            congestion: Congestion::default(),
-        }
-    }
-}
-
-/// The crypto provider used everywhere (ring), independent of any process-wide default.
-pub fn crypto_provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The QUIC transport configuration for `opts`.
 /// What a link may buffer for sending, all streams together (a bound, not an allocation).
 const SEND_WINDOW: u64 = 64 << 20;
 
+/// The QUIC transport configuration for `opts`.
 pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
     if opts.keep_alive >= opts.idle_timeout {
         return Err(FabricError::Options(format!(
@@ -363,25 +62,12 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
         // waits for buffer space behind bulk data (it then goes first: stream priority).
         .send_window(SEND_WINDOW);
     match opts.congestion {
-        Congestion::Bbr => t.congestion_controller_factory(Arc::new(super::congestion::CappedBbrConfig::default())),
+        Congestion::Bbr => t.congestion_controller_factory(Arc::new(congestion::CappedBbrConfig::default())),
         Congestion::BbrUncapped => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
         Congestion::Cubic => t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
         Congestion::NewReno => t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
     };
     Ok(t)
-}
-
-fn root_store(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>> {
-    let mut roots = RootCertStore::empty();
-    for cert in ca {
-        roots.add(cert.clone())?;
-    }
-    Ok(Arc::new(roots))
-}
-
-/// Verifies membership datagrams' certificates: chains to the cluster CA, valid now.
-pub fn membership_verifier(id: &TlsIdentity) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
-    Ok(WebPkiClientVerifier::builder_with_provider(root_store(&id.ca)?, crypto_provider()).build()?)
 }
 
 /// The server half: requires a client certificate chaining to the cluster CA.
@@ -395,21 +81,6 @@ fn server_config_with(creds: &Arc<Credentials>, opts: &QuicOptions) -> Result<qu
     Ok(cfg)
 }
 
-/// The TLS server side of every transport: TLS 1.3, client certificate of the cluster CA
-/// required, ALPN `edist/1`, no resumption. Certificate and trust come from `creds` at each
-/// handshake, so a reload reaches new links.
-pub fn tls_server_config(creds: &Arc<Credentials>) -> Result<rustls::ServerConfig> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(creds.provider().clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(FixedRefusal::new(creds.client_verifier())))
-        .with_cert_resolver(creds.clone());
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    // No resumption: every link verifies the full client chain (and its validity) again.
-    tls.session_storage = Arc::new(NoServerSessionStorage {});
-    tls.send_tls13_tickets = 0;
-    Ok(tls)
-}
-
 /// The client half: verifies the server against the cluster CA and presents our certificate.
 pub fn client_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ClientConfig> {
     client_config_with(&Credentials::new(id)?, opts, false)
@@ -421,138 +92,6 @@ fn client_config_with(creds: &Arc<Credentials>, opts: &QuicOptions, any_identity
     cfg.transport_config(Arc::new(transport_config(opts)?));
     Ok(cfg)
 }
-
-/// The TLS client side of every transport: verifies the server against the cluster CA (by
-/// name, or any identity for a seed) and presents our certificate, both as `creds` has them
-/// at each handshake.
-pub fn tls_client_config(creds: &Arc<Credentials>, any_identity: bool) -> Result<rustls::ClientConfig> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(creds.provider().clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(FixedRefusal::new(creds.server_verifier(any_identity))))
-        .with_client_cert_resolver(creds.clone());
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.resumption = Resumption::disabled();
-    Ok(tls)
-}
-
-/// What a peer whose certificate is refused is told, whatever the cause (expired, unknown CA,
-/// bad signature, ...): the TLS alert `access_denied` (QUIC: crypto error 0x131), with this
-/// reason text. The cause (with details such as expiry times) stays in this gateway's log.
-pub const CERT_REFUSED: &str = "invalid peer certificate: ApplicationVerificationFailure";
-
-/// A certificate verifier that refuses as `inner` does, but with one fixed error: rustls's own
-/// errors carry details (an expired certificate's dates, the names it is valid for) that QUIC
-/// sends to the peer as the close reason, and a refused peer learns nothing from us.
-#[derive(Debug)]
-struct FixedRefusal<V: ?Sized> {
-    inner: Arc<V>,
-    /// When the last cause was logged (at most one line a second; the rest are counted).
-    logged: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
-}
-
-impl<V: ?Sized> FixedRefusal<V> {
-    fn new(inner: Arc<V>) -> Self {
-        FixedRefusal { inner, logged: std::sync::Mutex::new((None, 0)) }
-    }
-
-    fn refuse(&self, e: rustls::Error) -> rustls::Error {
-        let mut l = self.logged.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        if l.0.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-            let more = std::mem::take(&mut l.1);
-            l.0 = Some(now);
-            tracing::info!("refused a peer's certificate: {e} ({more} more refused since the last line)");
-        } else {
-            l.1 += 1;
-        }
-        rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
-    }
-}
-
-impl rustls::server::danger::ClientCertVerifier for FixedRefusal<dyn rustls::server::danger::ClientCertVerifier> {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: rustls_pki_types::UnixTime,
-    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now).map_err(|e| self.refuse(e))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss).map_err(|e| self.refuse(e))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss).map_err(|e| self.refuse(e))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-impl rustls::client::danger::ServerCertVerifier for FixedRefusal<dyn rustls::client::danger::ServerCertVerifier> {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &rustls_pki_types::ServerName<'_>,
-        ocsp: &[u8],
-        now: rustls_pki_types::UnixTime,
-    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now).map_err(|e| self.refuse(e))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss).map_err(|e| self.refuse(e))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss).map_err(|e| self.refuse(e))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// The server name a seed dial asks for: unknown, so the seed verifier ignores it
-/// ([`Credentials::server_verifier`]).
-pub const SEED_SERVER_NAME: &str = "edist-seed";
 
 /// The client half for seeds, addresses whose gateway is not known by name: the server's
 /// chain must still lead to the cluster CA (and be valid now), but any identity is accepted;
@@ -612,27 +151,6 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<String> {
     let any = conn.peer_identity()?;
     let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     certificate_identity(certs.first()?)
-}
-
-/// The identity of a certificate: its subject CN, else its first DNS SAN.
-pub fn certificate_identity(der: &CertificateDer<'_>) -> Option<String> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    // A device's certificate (`edist certs issue --device`) identifies a device BEAM at a hub,
-    // never a gateway: the same CA signs it, so without this a device could link as a peer.
-    if crate::pki::certificate_grant(der).device.is_some() {
-        return None;
-    }
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    if let Some(cn) = cert.subject().iter_common_name().next().and_then(|a| a.as_str().ok()) {
-        if !cn.is_empty() {
-            return Some(cn.to_owned());
-        }
-    }
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::DNSName(s) if !s.is_empty() => Some((*s).to_owned()),
-        _ => None,
-    })
 }
 
 /// The grant of the peer's verified certificate.
@@ -760,26 +278,13 @@ fn refuse(conn: &quinn::Connection, e: FabricError) -> FabricError {
     e
 }
 
-/// The application close code (`CLOSE_*`) that refuses a link for `e`.
-pub fn refusal_code(e: &FabricError) -> u32 {
-    let code = match e {
-        FabricError::BadHello(_) => CLOSE_BAD_HELLO,
-        FabricError::NameMismatch { .. } => CLOSE_NAME_MISMATCH,
-        FabricError::Version(_) => CLOSE_VERSION,
-        FabricError::HelloTimeout(_) => CLOSE_HELLO_TIMEOUT,
-        FabricError::NoPeerIdentity => CLOSE_NO_IDENTITY,
-        _ => CLOSE_NORMAL,
-    };
-    code.into_inner() as u32
-}
-
 fn from_conn(e: ConnectionError) -> FabricError {
     match e {
         ConnectionError::ApplicationClosed(c) => FabricError::Refused {
             code: c.error_code.into_inner(),
             reason: String::from_utf8_lossy(&c.reason).into_owned(),
         },
-        e => FabricError::Connection(e),
+        e => FabricError::Connection(Box::new(e)),
     }
 }
 
@@ -931,7 +436,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
     }
 }
 
-impl super::link::Link for QuicLink {
+impl Link for QuicLink {
     fn open_bi(&self) -> BoxFuture<'_, std::io::Result<(SendStream, RecvStream)>> {
         Box::pin(async move {
             let (s, r) = quinn::Connection::open_bi(&self.conn).await.map_err(std::io::Error::other)?;
@@ -1064,36 +569,7 @@ impl Transport for QuicTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hello_round_trip() {
-        for kind in [HelloKind::Hello, HelloKind::HelloAck] {
-            let h = Hello { kind, version: PROTOCOL_VERSION, name: "gw-a.example".into() };
-            let frame = h.encode();
-            let len = Hello::check_len(u16::from_be_bytes([frame[0], frame[1]])).expect("len");
-            assert_eq!(len, frame.len() - 2);
-            assert_eq!(Hello::decode(&frame[2..]), Ok(h));
-        }
-    }
-
-    #[test]
-    fn hello_rejects_garbage() {
-        let good = Hello { kind: HelloKind::Hello, version: 1, name: "a".into() }.encode();
-        let body = &good[2..];
-        for cut in 0..body.len() {
-            assert_eq!(Hello::decode(&body[..cut]), Err(HelloError::Truncated), "cut {cut}");
-        }
-        let mut trailing = body.to_vec();
-        trailing.push(0);
-        assert_eq!(Hello::decode(&trailing), Err(HelloError::Trailing(1)));
-        assert_eq!(Hello::decode(&[9, 0, 1, 0, 1, b'a']), Err(HelloError::UnknownKind(9)));
-        assert_eq!(Hello::decode(&[1, 0, 1, 0, 0]), Err(HelloError::EmptyName));
-        assert_eq!(Hello::decode(&[1, 0, 1, 0, 1, 0xff]), Err(HelloError::NotUtf8));
-        // A name length far beyond the body is truncation, not an allocation.
-        assert_eq!(Hello::decode(&[1, 0, 1, 0xff, 0xff, b'a']), Err(HelloError::Truncated));
-        assert_eq!(Hello::check_len(u16::MAX), Err(HelloError::TooLong(65535)));
-        assert_eq!(Hello::decode(&vec![1; MAX_HELLO_BODY + 1]), Err(HelloError::TooLong(MAX_HELLO_BODY + 1)));
-    }
+    use std::time::Duration;
 
     #[test]
     fn options_are_checked() {
@@ -1106,7 +582,6 @@ mod tests {
     /// once (bulk lanes, relays) gets them: the allowance grows as they are accepted.
     #[tokio::test]
     async fn stream_allowance_grows_on_demand() {
-        use super::super::link::Link;
         use crate::pki::{self, CaOptions, IssueOptions};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = std::env::temp_dir().join(format!("edist-allowance-{}", rand::random::<u64>()));

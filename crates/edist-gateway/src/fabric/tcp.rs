@@ -1,7 +1,7 @@
 //! TLS over TCP: the transport for networks that block UDP.
 //!
 //! One TCP connection per link, TLS 1.3 with the same certificates and checks as QUIC
-//! ([`super::quic::tls_server_config`]), then the same hello on the first stream. Streams are
+//! ([`super::tls::tls_server_config`]), then the same hello on the first stream. Streams are
 //! multiplexed with yamux (per-stream flow control, so a stalled stream does not stop the
 //! others; a lost TCP segment still delays every stream, which QUIC avoids).
 //!
@@ -10,9 +10,14 @@
 //! for the idle timeout is lost, as a QUIC link is), `X` a close notice (`u32 code`, `u16`
 //! length + reason) before the connection ends.
 
+use super::close::refusal_code;
 use super::credentials::Credentials;
+use super::error::{FabricError, Result};
+use super::hello::{Hello, HelloError, HelloKind, HELLO_TIMEOUT, PROTOCOL_VERSION};
+use super::identity::certificate_identity;
 use super::link::{BoxFuture, Closed, Incoming, Link, Linked, RecvStream, SendStream, Transport};
-use super::quic::{self, FabricError, Hello, HelloKind, QuicOptions, HELLO_TIMEOUT, PROTOCOL_VERSION};
+use super::options::{QuicOptions, DEFAULT_MAX_STREAMS};
+use super::tls::{tls_client_config, tls_server_config, SEED_SERVER_NAME};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -35,7 +40,7 @@ mod kind {
 }
 
 /// Streams a peer may have open at once (as QUIC's default `max_bidi_streams`).
-const MAX_STREAMS: usize = 1024;
+const MAX_STREAMS: usize = DEFAULT_MAX_STREAMS as usize;
 
 /// The TLS-over-TCP transport.
 pub struct TcpTransport {
@@ -60,18 +65,13 @@ fn track(links: &Links, link: &Arc<TcpLink>) {
 
 impl TcpTransport {
     /// Listens on `bind` (TCP); `our_name` is what our hellos say.
-    pub async fn bind(
-        bind: SocketAddr,
-        creds: &Arc<Credentials>,
-        opts: &QuicOptions,
-        our_name: &str,
-    ) -> quic::Result<Self> {
+    pub async fn bind(bind: SocketAddr, creds: &Arc<Credentials>, opts: &QuicOptions, our_name: &str) -> Result<Self> {
         let listener = TcpListener::bind(bind).await.map_err(|error| FabricError::Bind { addr: bind, error })?;
         Ok(TcpTransport {
             listener,
-            acceptor: Arc::new(quic::tls_server_config(creds)?).into(),
-            connector: Arc::new(quic::tls_client_config(creds, false)?).into(),
-            seed_connector: Arc::new(quic::tls_client_config(creds, true)?).into(),
+            acceptor: Arc::new(tls_server_config(creds)?).into(),
+            connector: Arc::new(tls_client_config(creds, false)?).into(),
+            seed_connector: Arc::new(tls_client_config(creds, true)?).into(),
             opts: opts.clone(),
             name: our_name.into(),
             links: Default::default(),
@@ -80,7 +80,7 @@ impl TcpTransport {
 }
 
 impl Transport for TcpTransport {
-    fn dial<'a>(&'a self, addr: SocketAddr, peer: Option<&'a str>) -> BoxFuture<'a, quic::Result<Linked>> {
+    fn dial<'a>(&'a self, addr: SocketAddr, peer: Option<&'a str>) -> BoxFuture<'a, Result<Linked>> {
         Box::pin(async move {
             let dial = async {
                 let tcp = TcpStream::connect(addr).await.map_err(stream_err)?;
@@ -88,7 +88,7 @@ impl Transport for TcpTransport {
                 let (tcp, shared) = Counted::new(tcp);
                 let (connector, name) = match peer {
                     Some(p) => (&self.connector, p),
-                    None => (&self.seed_connector, quic::SEED_SERVER_NAME),
+                    None => (&self.seed_connector, SEED_SERVER_NAME),
                 };
                 let server_name = rustls_pki_types::ServerName::try_from(name.to_owned())
                     .map_err(|e| FabricError::Stream(format!("server name {name:?}: {e}")))?;
@@ -118,7 +118,7 @@ impl Transport for TcpTransport {
                 let (tcp, shared) = Counted::new(tcp);
                 let (acceptor, opts, name) = (self.acceptor.clone(), self.opts.clone(), self.name.clone());
                 let links = self.links.clone();
-                let handshake: BoxFuture<'static, quic::Result<Linked>> = Box::pin(async move {
+                let handshake: BoxFuture<'static, Result<Linked>> = Box::pin(async move {
                     let accept = async {
                         let tls = acceptor.accept(tcp).await.map_err(tls_err)?;
                         let identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned());
@@ -172,9 +172,9 @@ async fn hello(
     cert: Option<rustls_pki_types::CertificateDer<'static>>,
     our_name: &str,
     dialler: bool,
-) -> quic::Result<Linked> {
+) -> Result<Linked> {
     let result = async {
-        let identity = cert.as_ref().and_then(quic::certificate_identity).ok_or(FabricError::NoPeerIdentity)?;
+        let identity = cert.as_ref().and_then(certificate_identity).ok_or(FabricError::NoPeerIdentity)?;
         let (ours, theirs) = match dialler {
             true => (HelloKind::Hello, HelloKind::HelloAck),
             false => (HelloKind::HelloAck, HelloKind::Hello),
@@ -198,7 +198,7 @@ async fn hello(
     finish(link, cert, result)
 }
 
-fn check_hello(h: &Hello, identity: &str) -> quic::Result<()> {
+fn check_hello(h: &Hello, identity: &str) -> Result<()> {
     if h.version != PROTOCOL_VERSION {
         return Err(FabricError::Version(h.version));
     }
@@ -212,8 +212,8 @@ fn check_hello(h: &Hello, identity: &str) -> quic::Result<()> {
 fn finish(
     link: Arc<TcpLink>,
     cert: Option<rustls_pki_types::CertificateDer<'static>>,
-    result: quic::Result<String>,
-) -> quic::Result<Linked> {
+    result: Result<String>,
+) -> Result<Linked> {
     match result {
         Ok(peer_name) => {
             let grant = cert.map(|c| crate::pki::certificate_grant(&c)).unwrap_or_default();
@@ -221,14 +221,14 @@ fn finish(
         }
         Err(e) => {
             let reason = e.to_string();
-            link.close(quic::refusal_code(&e), &reason.as_bytes()[..reason.len().min(200)]);
+            link.close(refusal_code(&e), &reason.as_bytes()[..reason.len().min(200)]);
             Err(e)
         }
     }
 }
 
 /// Reads one hello frame (bounded, as over QUIC).
-async fn read_hello(link: &TcpLink, recv: &mut RecvStream, expected: HelloKind) -> quic::Result<Hello> {
+async fn read_hello(link: &TcpLink, recv: &mut RecvStream, expected: HelloKind) -> Result<Hello> {
     let mut len = [0u8; 2];
     if let Err(e) = recv.read_exact(&mut len).await {
         return Err(link.read_error(e).await);
@@ -239,7 +239,7 @@ async fn read_hello(link: &TcpLink, recv: &mut RecvStream, expected: HelloKind) 
     }
     let hello = Hello::decode(&body)?;
     if hello.kind != expected {
-        return Err(quic::HelloError::UnexpectedKind { expected, got: hello.kind }.into());
+        return Err(HelloError::UnexpectedKind { expected, got: hello.kind }.into());
     }
     Ok(hello)
 }
@@ -329,7 +329,7 @@ impl TcpLink {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         match e.kind() {
-            io::ErrorKind::UnexpectedEof => FabricError::BadHello(quic::HelloError::Truncated),
+            io::ErrorKind::UnexpectedEof => FabricError::BadHello(HelloError::Truncated),
             _ => stream_err(e),
         }
     }

@@ -17,7 +17,8 @@
 
 use super::{dial_loop, lock, Gateway, GatewayError, Inner};
 use crate::config::{Config, PeerConfig};
-use crate::fabric::quic::{self, TlsIdentity};
+use crate::fabric::close::CLOSE_REVOKED;
+use crate::fabric::identity::TlsIdentity;
 use crate::policy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -259,7 +260,7 @@ impl Inner {
                 let links: Vec<_> =
                     self.lock().peers.get(&peer).into_iter().flatten().map(|l| l.conn.clone()).collect();
                 for l in &links {
-                    l.close(super::code(quic::CLOSE_REVOKED), b"certificate revoked");
+                    l.close(CLOSE_REVOKED, b"certificate revoked");
                 }
                 lock(&self.cert_grants).remove(&peer);
                 lock(&self.grants).remove(&peer);

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 /// Application close code of a link whose gateway shuts down in order (from 0x100 up: the
-/// gateway's own codes, see [`crate::fabric::quic`]).
+/// gateway's own codes, see [`crate::fabric::close`]).
 pub const CLOSE_SHUTDOWN: u32 = 0x100;
 
 /// How long the close notices may take to leave, at most.

@@ -1,0 +1,66 @@
+//! Transport and timing options of links, read by both transports (keep-alive and idle
+//! timeout) and by QUIC alone (stream allowances, congestion control).
+
+use std::time::Duration;
+
+/// Default interval of keep-alives on an idle link (`[fabric] keep_alive_ms`).
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// Default time after which a silent link is dead (`[fabric] idle_timeout_ms`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Default maximum of concurrent streams of each kind a peer may open on a link.
+pub const DEFAULT_MAX_STREAMS: u32 = 1024;
+
+/// Transport and timing options of gateway links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicOptions {
+    /// Interval of QUIC keep-alive (PING) frames on an otherwise idle link. Default 500 ms.
+    pub keep_alive: Duration,
+    /// A link that hears nothing for this long is dead (QUIC's idle timeout; TLS over TCP watches for it too); the
+    /// effective value is the smaller of both peers'. Default 1.5 s.
+    pub idle_timeout: Duration,
+    /// Concurrent bidirectional streams (relayed connections' ordered lanes) a peer may open,
+    /// at most. Default 1024.
+    pub max_bidi_streams: u32,
+    /// Concurrent unidirectional streams (bulk lanes, control streams) a peer may open, at most.
+    /// Default 1024.
+    pub max_uni_streams: u32,
+    /// Concurrent streams of each kind a peer may open on a new link; raised as the peer opens
+    /// them, up to `max_bidi_streams` / `max_uni_streams` ([`super::quic::QuicLink`]). quinn keeps state for
+    /// every stream the peer may open: 1024 of each made ~135 KiB of an idle link's end.
+    /// Default 8.
+    pub initial_streams: u32,
+    /// Congestion control of the links. Default BBR.
+    pub congestion: Congestion,
+}
+
+/// Congestion controllers of the links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// Model-based: keeps the bottleneck's queue short, so small messages behind bulk traffic
+    /// wait less, and tolerates random loss. quinn's BBR with its window capped to about 2 ms
+    /// of queue at the bottleneck on links up to 200 Mbit/s ([`super::quic::congestion`]).
+    #[default]
+    Bbr,
+    /// quinn's BBR as it is: it adds bursts of acknowledgements to its window, which can queue
+    /// tens of milliseconds at a slow bottleneck when a gateway's host is busy.
+    #[serde(rename = "bbr-uncapped")]
+    BbrUncapped,
+    /// Loss-based (quinn's own default): fills the bottleneck's queue.
+    Cubic,
+    /// Loss-based, classic.
+    NewReno,
+}
+
+impl Default for QuicOptions {
+    fn default() -> Self {
+        QuicOptions {
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_bidi_streams: DEFAULT_MAX_STREAMS,
+            max_uni_streams: DEFAULT_MAX_STREAMS,
+            initial_streams: 8,
+            congestion: Congestion::default(),
+        }
+    }
+}
