@@ -1187,7 +1187,8 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
         relay: relay_id,
         from: from.clone(),
         to: target.to_string(),
-        flags: dial.flags.0 & RELAY_MASK & relay::hidden_mask(hide),
+        // E2E_COOKIES: a far node may judge a digest of a cookie other than ours (relay.rs).
+        flags: (dial.flags.0 & RELAY_MASK & relay::hidden_mask(hide)) | relay::E2E_COOKIES,
         creation: from_creation,
     };
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
@@ -1202,9 +1203,9 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
             "bad_cookie",
             &format!(
                 "a handshake: ** Connection attempt from node {from} rejected. Invalid challenge reply. ** \
-                 ({from} dialled {target} with a cookie other than this gateway's: towards nodes on other \
-                 hosts every node uses its gateway's cookie, as its own or as a per-node cookie set with \
-                 erlang:set_cookie({target}, Cookie))"
+                 ({from} dialled {target} with a cookie that is neither this gateway's nor the one \
+                 {target} uses for {from}; a node may use its gateway's cookie towards any node on \
+                 another host, or any cookie the far node uses for it too)"
             ),
         );
     }

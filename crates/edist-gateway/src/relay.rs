@@ -11,6 +11,19 @@
 //! ```
 //! Both legs negotiate `a.flags & b.flags & RELAY_MASK`: the far side gets the initiator's
 //! flags, the initiator gets the far side's challenge flags. The cookie stays on each host.
+//!
+//! Cookies other than the gateways' (`erlang:set_cookie(Node, C)`, `-setcookie Node C`): GA
+//! puts b's own challenge to a (GB sends it, `ChallengeOf`). A digest under GA's cookie goes
+//! on as above; any other is not GA's to judge, and goes to b, which checks it against the
+//! cookie it uses for a, as over one OTP connection:
+//!
+//! ```text
+//!  a ──reply(chA, d)─▶ GA (not GA's cookie) ─Reply{chA,d}─▶ GB ──reply(chA, d)──▶ b (checks d)
+//!  a ◀─ack(e)──────── GA ◀────────Ack(e)──────────────────── GB ◀─ack(e)────────── b
+//!                         (or BadCookie: b closed, refusing d; a gets no ack)
+//! ```
+//! No cookie crosses a host; a digest of a cookie other than the gateways' does (inside the
+//! fabric's TLS), as it goes to the dialled node in OTP.
 
 use crate::fabric::link::Link;
 use crate::lane_frame::{self, maybe_compress, Decoded, Frame, LaneCtl};
@@ -48,6 +61,15 @@ pub fn hidden_mask(hide: bool) -> u64 {
         !0
     }
 }
+
+/// Set in an `Open`'s flags by a gateway that relays cookies end to end: a far gateway that
+/// understands it answers with `ChallengeOf` (the far node's challenge, which the dialling
+/// gateway puts to its node), and takes a `Reply` (the node's digest, when it is not one of the
+/// dialling gateway's cookie) for the far node to check. The bit is `NAME_ME`, which an `Open`
+/// never carries otherwise ([`RELAY_MASK`]) and which older gateways clear before dialling
+/// their node, so to them the `Open` is the one they know (docs/config.md, "Node names and
+/// cookies").
+pub const E2E_COOKIES: u64 = DFlags::NAME_ME;
 
 /// Per-step timeout of a relayed handshake (OTP's `net_setuptime` is 7 s).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(7);
@@ -179,6 +201,14 @@ pub fn impersonating_acceptor(target: &str, creation: u32, cookie: &str) -> Acce
 /// the far node's status and challenge to the local node, check the local node's digest, let
 /// the far side finish, then ack. Returns bytes the local node sent after its reply.
 ///
+/// Cookies: when the far gateway relays cookies end to end (it sent `ChallengeOf`), the local
+/// node gets the far node's own challenge. A digest under this gateway's cookie is checked
+/// here and the far gateway finishes with its own cookie, as before. Any other digest goes to
+/// the far node (`Reply`), which checks it against the cookie it uses for the local node, as
+/// OTP does; its ack comes back (`Ack`) for the local node to check, or its refusal
+/// (`BadCookie`, reported as [`HandshakeError::BadDigest`]). Against an older far gateway
+/// only this gateway's cookie is accepted.
+///
 /// `named`: the name and creation given to a local node that asked for a dynamic name; it
 /// gets them as its status (`named:`) in place of the far node's `ok`.
 /// `hide`: the far node is presented to the local one as a hidden node (its role says so; the
@@ -234,19 +264,23 @@ where
             return Err(RelayError::Refused("the local node kept its old connection".into()));
         }
     }
-    match msgs.next("challenge").await? {
-        Msg::Challenge { flags, creation } => {
-            let flags = match named {
-                // As OTP's acceptor answers a node that asks for a name: NAME_ME in place of
-                // PUBLISHED, or the node refuses the connection (dist_util:do_setnode).
-                Some(_) => (flags & RELAY_MASK & !DFlags::PUBLISHED) | DFlags::NAME_ME,
-                None => flags & RELAY_MASK & hidden_mask(hide),
-            };
-            acc.set_flags(DFlags(flags));
-            acc.set_creation(creation);
+    let (flags, creation) = match msgs.next("challenge").await? {
+        Msg::Challenge { flags, creation } => (flags, creation),
+        Msg::ChallengeOf { flags, creation, challenge } => {
+            acc.set_challenge(challenge);
+            acc.pass_foreign_digests();
+            (flags, creation)
         }
         m => return Err(RelayError::Unexpected(m)),
-    }
+    };
+    let flags = match named {
+        // As OTP's acceptor answers a node that asks for a name: NAME_ME in place of
+        // PUBLISHED, or the node refuses the connection (dist_util:do_setnode).
+        Some(_) => (flags & RELAY_MASK & !DFlags::PUBLISHED) | DFlags::NAME_ME,
+        None => flags & RELAY_MASK & hidden_mask(hide),
+    };
+    acc.set_flags(DFlags(flags));
+    acc.set_creation(creation);
     match named {
         _ if alive => acc.send_challenge_now()?,
         Some((name, creation)) => acc.respond(Status::Named { name, creation })?,
@@ -263,14 +297,28 @@ where
             }
         }
     }
-    // The local node knows the cookie: only now does the far node hear from it (fact 5).
-    tx.write_all(&Msg::Proceed.encode()).await?;
-    match msgs.next("connected").await? {
-        Msg::Connected => {}
-        Msg::Refused(r) => return Err(RelayError::Refused(r)),
-        m => return Err(RelayError::Unexpected(m)),
+    match acc.foreign_digest() {
+        None => {
+            // The local node knows the cookie: only now does the far node hear from it (fact 5).
+            tx.write_all(&Msg::Proceed.encode()).await?;
+            match msgs.next("connected").await? {
+                Msg::Connected => {}
+                Msg::Refused(r) => return Err(RelayError::Refused(r)),
+                m => return Err(RelayError::Unexpected(m)),
+            }
+            acc.complete()?;
+        }
+        Some(digest) => {
+            // Another cookie: the far node judges it, as it would over one OTP connection.
+            tx.write_all(&Msg::Reply { challenge: acc.peer_challenge(), digest }.encode()).await?;
+            match msgs.next("ack").await? {
+                Msg::Ack(ack) => acc.complete_with(ack)?,
+                Msg::BadCookie => return Err(RelayError::Handshake(HandshakeError::BadDigest)),
+                Msg::Refused(r) => return Err(RelayError::Refused(r)),
+                m => return Err(RelayError::Unexpected(m)),
+            };
+        }
     }
-    acc.complete()?;
     sock.write_all(&acc.take_output()).await?;
     Ok(acc.take_remaining())
 }
@@ -298,6 +346,10 @@ where
         .await
         .map_err(|_| RelayError::Timeout("connect"))??;
     let _ = sock.set_nodelay(true);
+    let e2e = flags.0 & E2E_COOKIES != 0;
+    // Set once the far node was sent a digest relayed from the dialler: if it closes now, it
+    // refused that digest (as OTP's acceptor does, after logging it).
+    let mut relayed = false;
     let mut init = Initiator::new(InitiatorConfig {
         name: from.to_string(),
         flags: DFlags(flags.0 & RELAY_MASK & hidden_mask(hide)),
@@ -335,18 +387,37 @@ where
             }
             Some(InitiatorEvent::Challenge { flags, creation, .. }) => {
                 let flags = flags.0 & hidden_mask(hide);
-                tx.write_all(&Msg::Challenge { flags, creation }.encode()).await?;
+                let m = match e2e {
+                    true => Msg::ChallengeOf { flags, creation, challenge: init.peer_challenge() },
+                    false => Msg::Challenge { flags, creation },
+                };
+                tx.write_all(&m.encode()).await?;
                 match msgs.next("proceed").await? {
                     Msg::Proceed => init.reply()?,
+                    Msg::Reply { challenge, digest } if e2e => {
+                        init.reply_relayed(challenge, digest)?;
+                        relayed = true;
+                    }
                     m => return Err(RelayError::Unexpected(m)),
                 }
             }
             Some(InitiatorEvent::Connected(_)) => {
-                tx.write_all(&Msg::Connected.encode()).await?;
+                let m = match init.take_relayed_ack() {
+                    Some(ack) => Msg::Ack(ack),
+                    None => Msg::Connected,
+                };
+                tx.write_all(&m.encode()).await?;
                 return Ok((sock, init.take_remaining()));
             }
             None => {
-                let n = read_sock(&mut sock, &mut buf, "handshake").await?;
+                let n = match read_sock(&mut sock, &mut buf, "handshake").await {
+                    Err(RelayError::LocalClosed | RelayError::Io(_)) if relayed => {
+                        // The far node refused the dialler's cookie (and logged it, as OTP does).
+                        tx.write_all(&Msg::BadCookie.encode()).await?;
+                        return Err(RelayError::Handshake(HandshakeError::BadDigest));
+                    }
+                    r => r?,
+                };
                 init.handle(buf.get(..n).unwrap_or_default())?;
             }
         }
