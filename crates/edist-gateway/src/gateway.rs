@@ -1203,9 +1203,8 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
             "bad_cookie",
             &format!(
                 "a handshake: ** Connection attempt from node {from} rejected. Invalid challenge reply. ** \
-                 ({from} dialled {target} with a cookie that is neither this gateway's nor the one \
-                 {target} uses for {from}; a node may use its gateway's cookie towards any node on \
-                 another host, or any cookie the far node uses for it too)"
+                 ({from} dialled {target}, and they do not use the same cookie for each other; across \
+                 hosts, a node using its gateway's cookie counts as using the far gateway's)"
             ),
         );
     }

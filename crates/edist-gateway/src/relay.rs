@@ -303,6 +303,8 @@ where
             tx.write_all(&Msg::Proceed.encode()).await?;
             match msgs.next("connected").await? {
                 Msg::Connected => {}
+                // The far node does not accept its gateway's cookie for ours.
+                Msg::BadCookie => return Err(RelayError::Handshake(HandshakeError::BadDigest)),
                 Msg::Refused(r) => return Err(RelayError::Refused(r)),
                 m => return Err(RelayError::Unexpected(m)),
             }
@@ -347,9 +349,10 @@ where
         .map_err(|_| RelayError::Timeout("connect"))??;
     let _ = sock.set_nodelay(true);
     let e2e = flags.0 & E2E_COOKIES != 0;
-    // Set once the far node was sent a digest relayed from the dialler: if it closes now, it
-    // refused that digest (as OTP's acceptor does, after logging it).
-    let mut relayed = false;
+    // Set once the far node was sent a reply: if it closes now, it refused the digest (as OTP's
+    // acceptor does, after logging it) — the dialler's own, relayed, or ours under this
+    // gateway's cookie when the far node uses another for the dialler.
+    let mut replied = false;
     let mut init = Initiator::new(InitiatorConfig {
         name: from.to_string(),
         flags: DFlags(flags.0 & RELAY_MASK & hidden_mask(hide)),
@@ -394,12 +397,10 @@ where
                 tx.write_all(&m.encode()).await?;
                 match msgs.next("proceed").await? {
                     Msg::Proceed => init.reply()?,
-                    Msg::Reply { challenge, digest } if e2e => {
-                        init.reply_relayed(challenge, digest)?;
-                        relayed = true;
-                    }
+                    Msg::Reply { challenge, digest } if e2e => init.reply_relayed(challenge, digest)?,
                     m => return Err(RelayError::Unexpected(m)),
                 }
+                replied = true;
             }
             Some(InitiatorEvent::Connected(_)) => {
                 let m = match init.take_relayed_ack() {
@@ -411,9 +412,12 @@ where
             }
             None => {
                 let n = match read_sock(&mut sock, &mut buf, "handshake").await {
-                    Err(RelayError::LocalClosed | RelayError::Io(_)) if relayed => {
-                        // The far node refused the dialler's cookie (and logged it, as OTP does).
-                        tx.write_all(&Msg::BadCookie.encode()).await?;
+                    Err(RelayError::LocalClosed | RelayError::Io(_)) if replied => {
+                        // The far node refused the cookie (and logged it, as OTP does). Only a
+                        // gateway that relays cookies end to end knows `BadCookie`.
+                        if e2e {
+                            tx.write_all(&Msg::BadCookie.encode()).await?;
+                        }
                         return Err(RelayError::Handshake(HandshakeError::BadDigest));
                     }
                     r => r?,

@@ -2648,11 +2648,11 @@ fn timed_result(r: &str) -> Result<(String, u64)> {
     Ok((res.to_string(), ms.parse().with_context(|| r.to_string())?))
 }
 
-/// A node whose cookie is not its gateway's is refused at once, as OTP refuses a wrong cookie:
-/// `pang` (and `nodedown` for a monitor) well within a second, both when it dials and when it is
-/// dialled, and the gateway logs the refusal in OTP's words. A per-node cookie set to the
-/// gateway's (`erlang:set_cookie(Node, Cookie)`) makes it work; one of any other value is refused
-/// like a wrong cookie.
+/// A node whose cookie for a far node is neither its gateway's nor the far node's is refused at
+/// once, as OTP refuses a wrong cookie: `pang` (and `nodedown` for a monitor) well within a
+/// second, both when it dials and when it is dialled, and the gateways log the refusal in OTP's
+/// words and count it. A per-node cookie set to the gateway's (`erlang:set_cookie(Node,
+/// Cookie)`) makes it work; one of any other value is refused like a wrong cookie.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_other_than_the_gateways_is_refused_at_once() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -2678,8 +2678,11 @@ async fn a_cookie_other_than_the_gateways_is_refused_at_once() -> Result<()> {
         .await?;
     refused(&r, "monitor_node from the wrong cookie")?;
     ensure!(r.starts_with("{nodedown,"), "{r}");
-    // b dials w: w's gateway dials w with its own cookie, and w refuses it.
+    // b dials w: w's gateway dials w with its own cookie, and w refuses it; b's gateway hears so.
+    let bad1 = handshakes_with(&cluster.host(1)?.status().await?, "bad_cookie");
     refused(&b.eval(&timed(&format!("net_adm:ping({qw})"))).await?, "ping to the wrong cookie")?;
+    let st1 = cluster.host(1)?.status().await?;
+    ensure!(handshakes_with(&st1, "bad_cookie") > bad1, "gw-1 counted no bad_cookie: {st1}");
     let log = std::fs::read_to_string(&cluster.host(0)?.log)?;
     ensure!(
         log.contains(&format!("Connection attempt from node {} rejected. Invalid challenge reply.", w.name)),
