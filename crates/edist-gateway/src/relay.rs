@@ -1570,3 +1570,213 @@ mod tick_tests {
         assert_eq!(sync.peer_ticktime(), Some(Duration::from_secs(4)), "kept until told otherwise");
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod cookie_tests {
+    //! Both legs of a relayed handshake against a real socket on one side and a scripted peer
+    //! gateway on the other: cookies other than the gateway's, with gateways that relay them end
+    //! to end and with older ones that do not.
+    use super::*;
+    use edist_proto::dist::handshake::{digest, Connected};
+    use tokio::io::{duplex, split, DuplexStream, ReadHalf, WriteHalf};
+    use tokio::net::TcpListener;
+
+    async fn loopback() -> (TcpListener, u16) {
+        let l = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        (l, port)
+    }
+
+    /// A node `a@h` dialling `b@h` with `cookie` over `sock`, as OTP's initiator does.
+    async fn node_dials(mut sock: TcpStream, cookie: &[u8]) -> Result<Connected, HandshakeError> {
+        let mut init = Initiator::new(InitiatorConfig {
+            name: "a@h".into(),
+            flags: DFlags::edist_default(true),
+            creation: 5,
+            cookie: cookie.to_vec(),
+            challenge: 77,
+            peer: "b@h".into(),
+        });
+        let mut buf = [0u8; 1024];
+        loop {
+            sock.write_all(&init.take_output()).await.unwrap();
+            match init.poll()? {
+                Some(InitiatorEvent::Challenge { .. }) => init.reply()?,
+                Some(InitiatorEvent::Connected(c)) => return Ok(c),
+                Some(_) => {}
+                None => match sock.read(&mut buf).await {
+                    Ok(n) if n > 0 => init.handle(&buf[..n])?,
+                    _ => return Err(HandshakeError::OutOfOrder("closed")),
+                },
+            }
+        }
+    }
+
+    /// A node `b@h` accepting with `cookie`, as OTP's acceptor does (it closes on a bad digest).
+    async fn node_accepts(l: TcpListener, cookie: &[u8]) -> Result<Connected, HandshakeError> {
+        let (mut sock, _) = l.accept().await.unwrap();
+        let mut acc = Acceptor::new(AcceptorConfig {
+            name: "b@h".into(),
+            flags: DFlags::edist_default(true),
+            creation: 9,
+            cookie: cookie.to_vec(),
+            challenge: 555,
+        });
+        let mut buf = [0u8; 1024];
+        loop {
+            let ev = acc.poll()?;
+            match ev {
+                Some(AcceptorEvent::Name { .. }) => acc.respond(Status::Ok)?,
+                Some(AcceptorEvent::Authenticated) => {
+                    let c = acc.complete()?;
+                    sock.write_all(&acc.take_output()).await.unwrap();
+                    return Ok(c);
+                }
+                Some(_) => {}
+                None => {
+                    sock.write_all(&acc.take_output()).await.unwrap();
+                    match sock.read(&mut buf).await {
+                        Ok(n) if n > 0 => acc.handle(&buf[..n])?,
+                        _ => return Err(HandshakeError::OutOfOrder("closed")),
+                    }
+                }
+            }
+        }
+    }
+
+    type Half = (MsgReader<ReadHalf<DuplexStream>>, WriteHalf<DuplexStream>);
+
+    fn stream() -> (Half, Half) {
+        let (a, b) = duplex(1 << 16);
+        let ((ar, aw), (br, bw)) = (split(a), split(b));
+        ((MsgReader::new(ar), aw), (MsgReader::new(br), bw))
+    }
+
+    /// The near gateway (cookie `x`) between node a (cookie `ca`) and a scripted far gateway
+    /// whose node uses `cb`; `e2e`: the far gateway relays cookies end to end. Returns what the
+    /// near gateway and the node got, and the messages the far gateway received.
+    async fn near(ca: &'static [u8], cb: &'static [u8], e2e: bool) -> (Result<(), RelayError>, bool, Vec<Msg>) {
+        let (l, port) = loopback().await;
+        let node =
+            tokio::spawn(async move { node_dials(TcpStream::connect(("127.0.0.1", port)).await.unwrap(), ca).await });
+        let (mut sock, _) = l.accept().await.unwrap();
+        let mut acc = impersonating_acceptor("b@h", 9, "x");
+        read_local_name(&mut sock, &mut acc).await.unwrap();
+        let ((mut msgs, mut tx), (mut far_msgs, mut far_tx)) = stream();
+        let far = tokio::spawn(async move {
+            let flags = DFlags::edist_default(true).0;
+            far_tx.write_all(&Msg::Status("ok".into()).encode()).await.unwrap();
+            let ch = match e2e {
+                true => Msg::ChallengeOf { flags, creation: 9, challenge: 555 },
+                false => Msg::Challenge { flags, creation: 9 },
+            };
+            far_tx.write_all(&ch.encode()).await.unwrap();
+            let mut got = Vec::new();
+            while let Ok(m) = far_msgs.next("far").await {
+                let answer = match &m {
+                    // The far node uses the gateway's cookie for a (its gateway's is "y").
+                    Msg::Proceed if cb == b"y" => Msg::Connected,
+                    Msg::Proceed => Msg::BadCookie,
+                    Msg::Reply { challenge, digest: d } if *d == digest(555, cb) => Msg::Ack(digest(*challenge, cb)),
+                    _ => Msg::BadCookie,
+                };
+                got.push(m);
+                far_tx.write_all(&answer.encode()).await.unwrap();
+            }
+            got
+        });
+        let r = finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx, None, false).await.map(|_| ());
+        drop((sock, msgs, tx));
+        let connected = node.await.unwrap().is_ok();
+        (r, connected, far.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_near_gateway_checks_its_cookie_and_passes_others_to_the_far_node() {
+        // The gateway's cookie: checked here, the far gateway finishes with its own.
+        let (r, ok, got) = near(b"x", b"y", true).await;
+        assert!(r.is_ok() && ok, "{r:?}");
+        assert_eq!(got, vec![Msg::Proceed]);
+        // Another cookie, the far node's for a: its digest over the far node's challenge goes
+        // there with a's challenge, the far node's ack comes back and a accepts it.
+        let (r, ok, got) = near(b"c", b"c", true).await;
+        assert!(r.is_ok() && ok, "{r:?}");
+        assert_eq!(got, vec![Msg::Reply { challenge: 77, digest: digest(555, b"c") }]);
+        // A cookie the far node does not use for a: refused there, reported as a bad cookie.
+        let (r, ok, _) = near(b"c", b"d", true).await;
+        assert!(matches!(r, Err(RelayError::Handshake(HandshakeError::BadDigest))), "{r:?}");
+        assert!(!ok);
+        // The gateway's cookie, but the far node uses another for a: refused there too.
+        let (r, ok, _) = near(b"x", b"d", true).await;
+        assert!(matches!(r, Err(RelayError::Handshake(HandshakeError::BadDigest))), "{r:?}");
+        assert!(!ok);
+        // An older far gateway (`Challenge`): only the gateway's cookie, and nothing of another
+        // cookie leaves the host.
+        let (r, ok, got) = near(b"x", b"y", false).await;
+        assert!(r.is_ok() && ok, "{r:?}");
+        assert_eq!(got, vec![Msg::Proceed]);
+        let (r, ok, got) = near(b"c", b"c", false).await;
+        assert!(matches!(r, Err(RelayError::Handshake(HandshakeError::BadDigest))), "{r:?}");
+        assert!(!ok && got.is_empty(), "{got:?}");
+    }
+
+    /// The far gateway (cookie `y`) dialling node b (cookie `cb` for a) for a scripted near
+    /// gateway whose node a answers with `ca`; `e2e`: the `Open` said the near gateway relays
+    /// cookies end to end. Returns the far leg's result, b's, and what the near gateway got.
+    async fn far(ca: &'static [u8], cb: &'static [u8], e2e: bool) -> (bool, bool, Vec<Msg>) {
+        let (l, port) = loopback().await;
+        let b = tokio::spawn(node_accepts(l, cb));
+        let ((mut msgs, mut tx), (mut near_msgs, mut near_tx)) = stream();
+        let near = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Ok(m) = near_msgs.next("near").await {
+                let answer = match &m {
+                    Msg::ChallengeOf { challenge, .. } if ca != b"x" => {
+                        Some(Msg::Reply { challenge: 77, digest: digest(*challenge, ca) })
+                    }
+                    Msg::Challenge { .. } | Msg::ChallengeOf { .. } => Some(Msg::Proceed),
+                    _ => None,
+                };
+                got.push(m);
+                if let Some(a) = answer {
+                    near_tx.write_all(&a.encode()).await.unwrap();
+                }
+            }
+            got
+        });
+        let flags = DFlags(DFlags::edist_default(true).0 | if e2e { E2E_COOKIES } else { 0 });
+        let r = dial_local_target(port, "a@h", "b@h", flags, 5, "y", &mut msgs, &mut tx, false).await;
+        let ok = r.is_ok();
+        drop((r, msgs, tx));
+        (ok, b.await.unwrap().is_ok(), near.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_far_gateway_lets_its_node_judge_another_cookie() {
+        let is = |m: &Msg, f: fn(&Msg) -> bool| f(m);
+        // The near gateway vouched (Proceed): the far gateway's own cookie towards b.
+        let (ok, b_ok, got) = far(b"x", b"y", true).await;
+        assert!(ok && b_ok, "{got:?}");
+        assert!(is(&got[1], |m| matches!(m, Msg::ChallengeOf { challenge: 555, .. })), "{got:?}");
+        assert_eq!(got.last(), Some(&Msg::Connected));
+        // A relayed digest b accepts: b's ack goes back, a digest over a's challenge.
+        let (ok, b_ok, got) = far(b"c", b"c", true).await;
+        assert!(ok && b_ok, "{got:?}");
+        assert_eq!(got.last(), Some(&Msg::Ack(digest(77, b"c"))));
+        // One b refuses: b closes, the near gateway hears BadCookie.
+        let (ok, b_ok, got) = far(b"c", b"d", true).await;
+        assert!(!ok && !b_ok, "{got:?}");
+        assert_eq!(got.last(), Some(&Msg::BadCookie));
+        // b does not take the gateway's cookie for a.
+        let (ok, b_ok, got) = far(b"x", b"d", true).await;
+        assert!(!ok && !b_ok, "{got:?}");
+        assert_eq!(got.last(), Some(&Msg::BadCookie));
+        // An older near gateway: `Challenge` without the challenge, no BadCookie it would not know.
+        let (ok, b_ok, got) = far(b"x", b"y", false).await;
+        assert!(ok && b_ok, "{got:?}");
+        assert!(is(&got[1], |m| matches!(m, Msg::Challenge { .. })), "{got:?}");
+        let (ok, _, got) = far(b"x", b"d", false).await;
+        assert!(!ok && !got.contains(&Msg::BadCookie), "{got:?}");
+    }
+}
