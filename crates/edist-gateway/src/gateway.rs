@@ -1190,7 +1190,8 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
         relay: relay_id,
         from: from.clone(),
         to: target.to_string(),
-        flags: dial.flags.0 & RELAY_MASK & relay::hidden_mask(hide),
+        // E2E_COOKIES: a far node may judge a digest of a cookie other than ours (relay.rs).
+        flags: (dial.flags.0 & RELAY_MASK & relay::hidden_mask(hide)) | relay::E2E_COOKIES,
         creation: from_creation,
     };
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
@@ -1205,9 +1206,8 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
             "bad_cookie",
             &format!(
                 "a handshake: ** Connection attempt from node {from} rejected. Invalid challenge reply. ** \
-                 ({from} dialled {target} with a cookie other than this gateway's: towards nodes on other \
-                 hosts every node uses its gateway's cookie, as its own or as a per-node cookie set with \
-                 erlang:set_cookie({target}, Cookie))"
+                 ({from} dialled {target}, and they do not use the same cookie for each other; across \
+                 hosts, a node using its gateway's cookie counts as using the far gateway's)"
             ),
         );
     }

@@ -11,6 +11,19 @@
 //! ```
 //! Both legs negotiate `a.flags & b.flags & RELAY_MASK`: the far side gets the initiator's
 //! flags, the initiator gets the far side's challenge flags. The cookie stays on each host.
+//!
+//! Cookies other than the gateways' (`erlang:set_cookie(Node, C)`, `-setcookie Node C`): GA
+//! puts b's own challenge to a (GB sends it, `ChallengeOf`). A digest under GA's cookie goes
+//! on as above; any other is not GA's to judge, and goes to b, which checks it against the
+//! cookie it uses for a, as over one OTP connection:
+//!
+//! ```text
+//!  a ──reply(chA, d)─▶ GA (not GA's cookie) ─Reply{chA,d}─▶ GB ──reply(chA, d)──▶ b (checks d)
+//!  a ◀─ack(e)──────── GA ◀────────Ack(e)──────────────────── GB ◀─ack(e)────────── b
+//!                         (or BadCookie: b closed, refusing d; a gets no ack)
+//! ```
+//! No cookie crosses a host; a digest of a cookie other than the gateways' does (inside the
+//! fabric's TLS), as it goes to the dialled node in OTP.
 
 use crate::fabric::link::Link;
 use crate::lane_frame::{self, maybe_compress, Decoded, Frame, LaneCtl};
@@ -48,6 +61,15 @@ pub fn hidden_mask(hide: bool) -> u64 {
         !0
     }
 }
+
+/// Set in an `Open`'s flags by a gateway that relays cookies end to end: a far gateway that
+/// understands it answers with `ChallengeOf` (the far node's challenge, which the dialling
+/// gateway puts to its node), and takes a `Reply` (the node's digest, when it is not one of the
+/// dialling gateway's cookie) for the far node to check. The bit is `NAME_ME`, which an `Open`
+/// never carries otherwise ([`RELAY_MASK`]) and which older gateways clear before dialling
+/// their node, so to them the `Open` is the one they know (docs/config.md, "Node names and
+/// cookies").
+pub const E2E_COOKIES: u64 = DFlags::NAME_ME;
 
 /// Per-step timeout of a relayed handshake (OTP's `net_setuptime` is 7 s).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(7);
@@ -179,6 +201,14 @@ pub fn impersonating_acceptor(target: &str, creation: u32, cookie: &str) -> Acce
 /// the far node's status and challenge to the local node, check the local node's digest, let
 /// the far side finish, then ack. Returns bytes the local node sent after its reply.
 ///
+/// Cookies: when the far gateway relays cookies end to end (it sent `ChallengeOf`), the local
+/// node gets the far node's own challenge. A digest under this gateway's cookie is checked
+/// here and the far gateway finishes with its own cookie, as before. Any other digest goes to
+/// the far node (`Reply`), which checks it against the cookie it uses for the local node, as
+/// OTP does; its ack comes back (`Ack`) for the local node to check, or its refusal
+/// (`BadCookie`, reported as [`HandshakeError::BadDigest`]). Against an older far gateway
+/// only this gateway's cookie is accepted.
+///
 /// `named`: the name and creation given to a local node that asked for a dynamic name; it
 /// gets them as its status (`named:`) in place of the far node's `ok`.
 /// `hide`: the far node is presented to the local one as a hidden node (its role says so; the
@@ -234,19 +264,23 @@ where
             return Err(RelayError::Refused("the local node kept its old connection".into()));
         }
     }
-    match msgs.next("challenge").await? {
-        Msg::Challenge { flags, creation } => {
-            let flags = match named {
-                // As OTP's acceptor answers a node that asks for a name: NAME_ME in place of
-                // PUBLISHED, or the node refuses the connection (dist_util:do_setnode).
-                Some(_) => (flags & RELAY_MASK & !DFlags::PUBLISHED) | DFlags::NAME_ME,
-                None => flags & RELAY_MASK & hidden_mask(hide),
-            };
-            acc.set_flags(DFlags(flags));
-            acc.set_creation(creation);
+    let (flags, creation) = match msgs.next("challenge").await? {
+        Msg::Challenge { flags, creation } => (flags, creation),
+        Msg::ChallengeOf { flags, creation, challenge } => {
+            acc.set_challenge(challenge);
+            acc.pass_foreign_digests();
+            (flags, creation)
         }
         m => return Err(RelayError::Unexpected(m)),
-    }
+    };
+    let flags = match named {
+        // As OTP's acceptor answers a node that asks for a name: NAME_ME in place of
+        // PUBLISHED, or the node refuses the connection (dist_util:do_setnode).
+        Some(_) => (flags & RELAY_MASK & !DFlags::PUBLISHED) | DFlags::NAME_ME,
+        None => flags & RELAY_MASK & hidden_mask(hide),
+    };
+    acc.set_flags(DFlags(flags));
+    acc.set_creation(creation);
     match named {
         _ if alive => acc.send_challenge_now()?,
         Some((name, creation)) => acc.respond(Status::Named { name, creation })?,
@@ -263,14 +297,30 @@ where
             }
         }
     }
-    // The local node knows the cookie: only now does the far node hear from it (fact 5).
-    tx.write_all(&Msg::Proceed.encode()).await?;
-    match msgs.next("connected").await? {
-        Msg::Connected => {}
-        Msg::Refused(r) => return Err(RelayError::Refused(r)),
-        m => return Err(RelayError::Unexpected(m)),
+    match acc.foreign_digest() {
+        None => {
+            // The local node knows the cookie: only now does the far node hear from it (fact 5).
+            tx.write_all(&Msg::Proceed.encode()).await?;
+            match msgs.next("connected").await? {
+                Msg::Connected => {}
+                // The far node does not accept its gateway's cookie for ours.
+                Msg::BadCookie => return Err(RelayError::Handshake(HandshakeError::BadDigest)),
+                Msg::Refused(r) => return Err(RelayError::Refused(r)),
+                m => return Err(RelayError::Unexpected(m)),
+            }
+            acc.complete()?;
+        }
+        Some(digest) => {
+            // Another cookie: the far node judges it, as it would over one OTP connection.
+            tx.write_all(&Msg::Reply { challenge: acc.peer_challenge(), digest }.encode()).await?;
+            match msgs.next("ack").await? {
+                Msg::Ack(ack) => acc.complete_with(ack)?,
+                Msg::BadCookie => return Err(RelayError::Handshake(HandshakeError::BadDigest)),
+                Msg::Refused(r) => return Err(RelayError::Refused(r)),
+                m => return Err(RelayError::Unexpected(m)),
+            };
+        }
     }
-    acc.complete()?;
     sock.write_all(&acc.take_output()).await?;
     Ok(acc.take_remaining())
 }
@@ -298,6 +348,11 @@ where
         .await
         .map_err(|_| RelayError::Timeout("connect"))??;
     let _ = sock.set_nodelay(true);
+    let e2e = flags.0 & E2E_COOKIES != 0;
+    // Set once the far node was sent a reply: if it closes now, it refused the digest (as OTP's
+    // acceptor does, after logging it) — the dialler's own, relayed, or ours under this
+    // gateway's cookie when the far node uses another for the dialler.
+    let mut replied = false;
     let mut init = Initiator::new(InitiatorConfig {
         name: from.to_string(),
         flags: DFlags(flags.0 & RELAY_MASK & hidden_mask(hide)),
@@ -335,18 +390,38 @@ where
             }
             Some(InitiatorEvent::Challenge { flags, creation, .. }) => {
                 let flags = flags.0 & hidden_mask(hide);
-                tx.write_all(&Msg::Challenge { flags, creation }.encode()).await?;
+                let m = match e2e {
+                    true => Msg::ChallengeOf { flags, creation, challenge: init.peer_challenge() },
+                    false => Msg::Challenge { flags, creation },
+                };
+                tx.write_all(&m.encode()).await?;
                 match msgs.next("proceed").await? {
                     Msg::Proceed => init.reply()?,
+                    Msg::Reply { challenge, digest } if e2e => init.reply_relayed(challenge, digest)?,
                     m => return Err(RelayError::Unexpected(m)),
                 }
+                replied = true;
             }
             Some(InitiatorEvent::Connected(_)) => {
-                tx.write_all(&Msg::Connected.encode()).await?;
+                let m = match init.take_relayed_ack() {
+                    Some(ack) => Msg::Ack(ack),
+                    None => Msg::Connected,
+                };
+                tx.write_all(&m.encode()).await?;
                 return Ok((sock, init.take_remaining()));
             }
             None => {
-                let n = read_sock(&mut sock, &mut buf, "handshake").await?;
+                let n = match read_sock(&mut sock, &mut buf, "handshake").await {
+                    Err(RelayError::LocalClosed | RelayError::Io(_)) if replied => {
+                        // The far node refused the cookie (and logged it, as OTP does). Only a
+                        // gateway that relays cookies end to end knows `BadCookie`.
+                        if e2e {
+                            tx.write_all(&Msg::BadCookie.encode()).await?;
+                        }
+                        return Err(RelayError::Handshake(HandshakeError::BadDigest));
+                    }
+                    r => r?,
+                };
                 init.handle(buf.get(..n).unwrap_or_default())?;
             }
         }
@@ -1493,5 +1568,215 @@ mod tick_tests {
         sync.set_peer_alive(0);
         assert!(!sync.peer_silent());
         assert_eq!(sync.peer_ticktime(), Some(Duration::from_secs(4)), "kept until told otherwise");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod cookie_tests {
+    //! Both legs of a relayed handshake against a real socket on one side and a scripted peer
+    //! gateway on the other: cookies other than the gateway's, with gateways that relay them end
+    //! to end and with older ones that do not.
+    use super::*;
+    use edist_proto::dist::handshake::{digest, Connected};
+    use tokio::io::{duplex, split, DuplexStream, ReadHalf, WriteHalf};
+    use tokio::net::TcpListener;
+
+    async fn loopback() -> (TcpListener, u16) {
+        let l = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        (l, port)
+    }
+
+    /// A node `a@h` dialling `b@h` with `cookie` over `sock`, as OTP's initiator does.
+    async fn node_dials(mut sock: TcpStream, cookie: &[u8]) -> Result<Connected, HandshakeError> {
+        let mut init = Initiator::new(InitiatorConfig {
+            name: "a@h".into(),
+            flags: DFlags::edist_default(true),
+            creation: 5,
+            cookie: cookie.to_vec(),
+            challenge: 77,
+            peer: "b@h".into(),
+        });
+        let mut buf = [0u8; 1024];
+        loop {
+            sock.write_all(&init.take_output()).await.unwrap();
+            match init.poll()? {
+                Some(InitiatorEvent::Challenge { .. }) => init.reply()?,
+                Some(InitiatorEvent::Connected(c)) => return Ok(c),
+                Some(_) => {}
+                None => match sock.read(&mut buf).await {
+                    Ok(n) if n > 0 => init.handle(&buf[..n])?,
+                    _ => return Err(HandshakeError::OutOfOrder("closed")),
+                },
+            }
+        }
+    }
+
+    /// A node `b@h` accepting with `cookie`, as OTP's acceptor does (it closes on a bad digest).
+    async fn node_accepts(l: TcpListener, cookie: &[u8]) -> Result<Connected, HandshakeError> {
+        let (mut sock, _) = l.accept().await.unwrap();
+        let mut acc = Acceptor::new(AcceptorConfig {
+            name: "b@h".into(),
+            flags: DFlags::edist_default(true),
+            creation: 9,
+            cookie: cookie.to_vec(),
+            challenge: 555,
+        });
+        let mut buf = [0u8; 1024];
+        loop {
+            let ev = acc.poll()?;
+            match ev {
+                Some(AcceptorEvent::Name { .. }) => acc.respond(Status::Ok)?,
+                Some(AcceptorEvent::Authenticated) => {
+                    let c = acc.complete()?;
+                    sock.write_all(&acc.take_output()).await.unwrap();
+                    return Ok(c);
+                }
+                Some(_) => {}
+                None => {
+                    sock.write_all(&acc.take_output()).await.unwrap();
+                    match sock.read(&mut buf).await {
+                        Ok(n) if n > 0 => acc.handle(&buf[..n])?,
+                        _ => return Err(HandshakeError::OutOfOrder("closed")),
+                    }
+                }
+            }
+        }
+    }
+
+    type Half = (MsgReader<ReadHalf<DuplexStream>>, WriteHalf<DuplexStream>);
+
+    fn stream() -> (Half, Half) {
+        let (a, b) = duplex(1 << 16);
+        let ((ar, aw), (br, bw)) = (split(a), split(b));
+        ((MsgReader::new(ar), aw), (MsgReader::new(br), bw))
+    }
+
+    /// The near gateway (cookie `x`) between node a (cookie `ca`) and a scripted far gateway
+    /// whose node uses `cb`; `e2e`: the far gateway relays cookies end to end. Returns what the
+    /// near gateway and the node got, and the messages the far gateway received.
+    async fn near(ca: &'static [u8], cb: &'static [u8], e2e: bool) -> (Result<(), RelayError>, bool, Vec<Msg>) {
+        let (l, port) = loopback().await;
+        let node =
+            tokio::spawn(async move { node_dials(TcpStream::connect(("127.0.0.1", port)).await.unwrap(), ca).await });
+        let (mut sock, _) = l.accept().await.unwrap();
+        let mut acc = impersonating_acceptor("b@h", 9, "x");
+        read_local_name(&mut sock, &mut acc).await.unwrap();
+        let ((mut msgs, mut tx), (mut far_msgs, mut far_tx)) = stream();
+        let far = tokio::spawn(async move {
+            let flags = DFlags::edist_default(true).0;
+            far_tx.write_all(&Msg::Status("ok".into()).encode()).await.unwrap();
+            let ch = match e2e {
+                true => Msg::ChallengeOf { flags, creation: 9, challenge: 555 },
+                false => Msg::Challenge { flags, creation: 9 },
+            };
+            far_tx.write_all(&ch.encode()).await.unwrap();
+            let mut got = Vec::new();
+            while let Ok(m) = far_msgs.next("far").await {
+                let answer = match &m {
+                    // The far node uses the gateway's cookie for a (its gateway's is "y").
+                    Msg::Proceed if cb == b"y" => Msg::Connected,
+                    Msg::Proceed => Msg::BadCookie,
+                    Msg::Reply { challenge, digest: d } if *d == digest(555, cb) => Msg::Ack(digest(*challenge, cb)),
+                    _ => Msg::BadCookie,
+                };
+                got.push(m);
+                far_tx.write_all(&answer.encode()).await.unwrap();
+            }
+            got
+        });
+        let r = finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx, None, false).await.map(|_| ());
+        drop((sock, msgs, tx));
+        let connected = node.await.unwrap().is_ok();
+        (r, connected, far.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_near_gateway_checks_its_cookie_and_passes_others_to_the_far_node() {
+        // The gateway's cookie: checked here, the far gateway finishes with its own.
+        let (r, ok, got) = near(b"x", b"y", true).await;
+        assert!(r.is_ok() && ok, "{r:?}");
+        assert_eq!(got, vec![Msg::Proceed]);
+        // Another cookie, the far node's for a: its digest over the far node's challenge goes
+        // there with a's challenge, the far node's ack comes back and a accepts it.
+        let (r, ok, got) = near(b"c", b"c", true).await;
+        assert!(r.is_ok() && ok, "{r:?}");
+        assert_eq!(got, vec![Msg::Reply { challenge: 77, digest: digest(555, b"c") }]);
+        // A cookie the far node does not use for a: refused there, reported as a bad cookie.
+        let (r, ok, _) = near(b"c", b"d", true).await;
+        assert!(matches!(r, Err(RelayError::Handshake(HandshakeError::BadDigest))), "{r:?}");
+        assert!(!ok);
+        // The gateway's cookie, but the far node uses another for a: refused there too.
+        let (r, ok, _) = near(b"x", b"d", true).await;
+        assert!(matches!(r, Err(RelayError::Handshake(HandshakeError::BadDigest))), "{r:?}");
+        assert!(!ok);
+        // An older far gateway (`Challenge`): only the gateway's cookie, and nothing of another
+        // cookie leaves the host.
+        let (r, ok, got) = near(b"x", b"y", false).await;
+        assert!(r.is_ok() && ok, "{r:?}");
+        assert_eq!(got, vec![Msg::Proceed]);
+        let (r, ok, got) = near(b"c", b"c", false).await;
+        assert!(matches!(r, Err(RelayError::Handshake(HandshakeError::BadDigest))), "{r:?}");
+        assert!(!ok && got.is_empty(), "{got:?}");
+    }
+
+    /// The far gateway (cookie `y`) dialling node b (cookie `cb` for a) for a scripted near
+    /// gateway whose node a answers with `ca`; `e2e`: the `Open` said the near gateway relays
+    /// cookies end to end. Returns the far leg's result, b's, and what the near gateway got.
+    async fn far(ca: &'static [u8], cb: &'static [u8], e2e: bool) -> (bool, bool, Vec<Msg>) {
+        let (l, port) = loopback().await;
+        let b = tokio::spawn(node_accepts(l, cb));
+        let ((mut msgs, mut tx), (mut near_msgs, mut near_tx)) = stream();
+        let near = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Ok(m) = near_msgs.next("near").await {
+                let answer = match &m {
+                    Msg::ChallengeOf { challenge, .. } if ca != b"x" => {
+                        Some(Msg::Reply { challenge: 77, digest: digest(*challenge, ca) })
+                    }
+                    Msg::Challenge { .. } | Msg::ChallengeOf { .. } => Some(Msg::Proceed),
+                    _ => None,
+                };
+                got.push(m);
+                if let Some(a) = answer {
+                    near_tx.write_all(&a.encode()).await.unwrap();
+                }
+            }
+            got
+        });
+        let flags = DFlags(DFlags::edist_default(true).0 | if e2e { E2E_COOKIES } else { 0 });
+        let r = dial_local_target(port, "a@h", "b@h", flags, 5, "y", &mut msgs, &mut tx, false).await;
+        let ok = r.is_ok();
+        drop((r, msgs, tx));
+        (ok, b.await.unwrap().is_ok(), near.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_far_gateway_lets_its_node_judge_another_cookie() {
+        let is = |m: &Msg, f: fn(&Msg) -> bool| f(m);
+        // The near gateway vouched (Proceed): the far gateway's own cookie towards b.
+        let (ok, b_ok, got) = far(b"x", b"y", true).await;
+        assert!(ok && b_ok, "{got:?}");
+        assert!(is(&got[1], |m| matches!(m, Msg::ChallengeOf { challenge: 555, .. })), "{got:?}");
+        assert_eq!(got.last(), Some(&Msg::Connected));
+        // A relayed digest b accepts: b's ack goes back, a digest over a's challenge.
+        let (ok, b_ok, got) = far(b"c", b"c", true).await;
+        assert!(ok && b_ok, "{got:?}");
+        assert_eq!(got.last(), Some(&Msg::Ack(digest(77, b"c"))));
+        // One b refuses: b closes, the near gateway hears BadCookie.
+        let (ok, b_ok, got) = far(b"c", b"d", true).await;
+        assert!(!ok && !b_ok, "{got:?}");
+        assert_eq!(got.last(), Some(&Msg::BadCookie));
+        // b does not take the gateway's cookie for a.
+        let (ok, b_ok, got) = far(b"x", b"d", true).await;
+        assert!(!ok && !b_ok, "{got:?}");
+        assert_eq!(got.last(), Some(&Msg::BadCookie));
+        // An older near gateway: `Challenge` without the challenge, no BadCookie it would not know.
+        let (ok, b_ok, got) = far(b"x", b"y", false).await;
+        assert!(ok && b_ok, "{got:?}");
+        assert!(is(&got[1], |m| matches!(m, Msg::Challenge { .. })), "{got:?}");
+        let (ok, _, got) = far(b"x", b"d", false).await;
+        assert!(!ok && !got.contains(&Msg::BadCookie), "{got:?}");
     }
 }

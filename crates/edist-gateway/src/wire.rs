@@ -41,6 +41,20 @@ pub enum Msg {
     Status(String),
     /// The target node's challenge: its flags and creation (the challenge itself stays local).
     Challenge { flags: u64, creation: u32 },
+    /// The target node's challenge, with the challenge itself: sent in place of `Challenge`
+    /// when the `Open` said the dialling gateway relays cookies end to end
+    /// (`relay::E2E_COOKIES`). That gateway puts the same challenge to its node, so that the
+    /// node's digest is one the target can check.
+    ChallengeOf { flags: u64, creation: u32, challenge: u32 },
+    /// In place of `Proceed`, after a `ChallengeOf`: the initiator's digest is not one of its
+    /// gateway's cookie; here it is, with the initiator's challenge, for the target node to
+    /// check against the cookie it uses for the initiator.
+    Reply { challenge: u32, digest: [u8; 16] },
+    /// In place of `Connected`, after a `Reply`: the target accepted the digest; its ack (a
+    /// digest over the initiator's challenge) for the initiator. Raw bytes follow.
+    Ack([u8; 16]),
+    /// After a `Reply`: the target refused the digest (their cookies differ).
+    BadCookie,
     /// The initiator's answer to `alive`.
     AliveAnswer(bool),
     /// The initiator proved its cookie to its own gateway: finish the target leg.
@@ -84,6 +98,10 @@ mod tag {
     pub const LANE: u8 = 17;
     pub const FORWARDED: u8 = 18;
     pub const RELAYED_NODES: u8 = 19;
+    pub const CHALLENGE_OF: u8 = 20;
+    pub const REPLY: u8 = 21;
+    pub const ACK: u8 = 22;
+    pub const BAD_COOKIE: u8 = 23;
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -138,6 +156,22 @@ impl Msg {
                 b.extend_from_slice(&flags.to_be_bytes());
                 b.extend_from_slice(&creation.to_be_bytes());
             }
+            Msg::ChallengeOf { flags, creation, challenge } => {
+                b.push(tag::CHALLENGE_OF);
+                b.extend_from_slice(&flags.to_be_bytes());
+                b.extend_from_slice(&creation.to_be_bytes());
+                b.extend_from_slice(&challenge.to_be_bytes());
+            }
+            Msg::Reply { challenge, digest } => {
+                b.push(tag::REPLY);
+                b.extend_from_slice(&challenge.to_be_bytes());
+                b.extend_from_slice(digest);
+            }
+            Msg::Ack(digest) => {
+                b.push(tag::ACK);
+                b.extend_from_slice(digest);
+            }
+            Msg::BadCookie => b.push(tag::BAD_COOKIE),
             Msg::AliveAnswer(a) => {
                 b.push(tag::ALIVE_ANSWER);
                 b.push(u8::from(*a));
@@ -191,6 +225,14 @@ impl Msg {
             },
             tag::STATUS => Msg::Status(r.str("status")?),
             tag::CHALLENGE => Msg::Challenge { flags: r.u64("challenge")?, creation: r.u32("challenge")? },
+            tag::CHALLENGE_OF => Msg::ChallengeOf {
+                flags: r.u64("challenge_of")?,
+                creation: r.u32("challenge_of")?,
+                challenge: r.u32("challenge_of")?,
+            },
+            tag::REPLY => Msg::Reply { challenge: r.u32("reply")?, digest: r.digest("reply")? },
+            tag::ACK => Msg::Ack(r.digest("ack")?),
+            tag::BAD_COOKIE => Msg::BadCookie,
             tag::ALIVE_ANSWER => Msg::AliveAnswer(r.u8("alive_answer")? != 0),
             tag::PROCEED => Msg::Proceed,
             tag::CONNECTED => Msg::Connected,
@@ -248,6 +290,9 @@ impl Fields<'_> {
         let b = self.take(8, what)?;
         Ok(u64::from_be_bytes(<[u8; 8]>::try_from(b).map_err(|_| WireError::Malformed(what))?))
     }
+    fn digest(&mut self, what: &'static str) -> Result<[u8; 16], WireError> {
+        <[u8; 16]>::try_from(self.take(16, what)?).map_err(|_| WireError::Malformed(what))
+    }
     fn str(&mut self, what: &'static str) -> Result<String, WireError> {
         let n = usize::from(u16::from_be_bytes(
             <[u8; 2]>::try_from(self.take(2, what)?).map_err(|_| WireError::Malformed(what))?,
@@ -277,6 +322,10 @@ mod tests {
             Msg::Status("ok_simultaneous".into()),
             Msg::Challenge { flags: 1, creation: 2 },
             Msg::AliveAnswer(true),
+            Msg::ChallengeOf { flags: 3, creation: 4, challenge: u32::MAX },
+            Msg::Reply { challenge: 5, digest: [7; 16] },
+            Msg::Ack([9; 16]),
+            Msg::BadCookie,
             Msg::Proceed,
             Msg::Connected,
             Msg::Refused("no such node".into()),
@@ -298,5 +347,15 @@ mod tests {
         assert!(matches!(Msg::decode(&mut huge), Err(WireError::TooLarge(_))));
         let mut lie = BytesMut::from(&[0u8, 0, 0, 5, 2, 0xff, 0xff, 0xff, 0xff][..]);
         assert_eq!(Msg::decode(&mut lie), Err(WireError::Malformed("nodes")));
+        // Digests are exactly 16 bytes: short or long is an error.
+        let mut short = BytesMut::from(&[0u8, 0, 0, 16, 22, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15][..]);
+        assert_eq!(Msg::decode(&mut short), Err(WireError::Malformed("ack")));
+        let mut long = BytesMut::from(&Msg::Ack([1; 16]).encode()[..]);
+        long.extend_from_slice(&[0]);
+        long[3] += 1;
+        assert_eq!(Msg::decode(&mut long), Err(WireError::Malformed("trailing bytes")));
+        let mut reply = BytesMut::from(&Msg::Reply { challenge: 1, digest: [2; 16] }.encode()[..20]);
+        reply[3] = 16;
+        assert_eq!(Msg::decode(&mut reply), Err(WireError::Malformed("reply")));
     }
 }

@@ -2651,11 +2651,11 @@ fn timed_result(r: &str) -> Result<(String, u64)> {
     Ok((res.to_string(), ms.parse().with_context(|| r.to_string())?))
 }
 
-/// A node whose cookie is not its gateway's is refused at once, as OTP refuses a wrong cookie:
-/// `pang` (and `nodedown` for a monitor) well within a second, both when it dials and when it is
-/// dialled, and the gateway logs the refusal in OTP's words. A per-node cookie set to the
-/// gateway's (`erlang:set_cookie(Node, Cookie)`) makes it work; one of any other value is refused
-/// like a wrong cookie.
+/// A node whose cookie for a far node is neither its gateway's nor the far node's is refused at
+/// once, as OTP refuses a wrong cookie: `pang` (and `nodedown` for a monitor) well within a
+/// second, both when it dials and when it is dialled, and the gateways log the refusal in OTP's
+/// words and count it. A per-node cookie set to the gateway's (`erlang:set_cookie(Node,
+/// Cookie)`) makes it work; one of any other value is refused like a wrong cookie.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_other_than_the_gateways_is_refused_at_once() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -2681,8 +2681,11 @@ async fn a_cookie_other_than_the_gateways_is_refused_at_once() -> Result<()> {
         .await?;
     refused(&r, "monitor_node from the wrong cookie")?;
     ensure!(r.starts_with("{nodedown,"), "{r}");
-    // b dials w: w's gateway dials w with its own cookie, and w refuses it.
+    // b dials w: w's gateway dials w with its own cookie, and w refuses it; b's gateway hears so.
+    let bad1 = handshakes_with(&cluster.host(1)?.status().await?, "bad_cookie");
     refused(&b.eval(&timed(&format!("net_adm:ping({qw})"))).await?, "ping to the wrong cookie")?;
+    let st1 = cluster.host(1)?.status().await?;
+    ensure!(handshakes_with(&st1, "bad_cookie") > bad1, "gw-1 counted no bad_cookie: {st1}");
     let log = std::fs::read_to_string(&cluster.host(0)?.log)?;
     ensure!(
         log.contains(&format!("Connection attempt from node {} rejected. Invalid challenge reply.", w.name)),
@@ -2704,6 +2707,124 @@ async fn a_cookie_other_than_the_gateways_is_refused_at_once() -> Result<()> {
     let mut g = cluster.erl(0, "g", &[]).await?;
     assert_eq!(g.eval(&format!("erlang:set_cookie({qb}, other_cookie)")).await?, "true");
     refused(&g.eval(&timed(&format!("net_adm:ping({qb})"))).await?, "ping with another per-node cookie")?;
+    cluster.passed();
+    Ok(())
+}
+
+/// Starts a process on `node` that keeps every `nodeup` it sees (`net_kernel:monitor_nodes/1`).
+async fn watch_nodeups(node: &mut Node) -> Result<()> {
+    let r = node
+        .eval(
+            "P = spawn(fun() -> net_kernel:monitor_nodes(true), \
+               (fun L(Ups) -> receive {nodeup, N} -> L([N | Ups]); \
+                 {ups, From} -> From ! {ups, lists:reverse(Ups)}, L(Ups) end end)([]) end), \
+             register(edist_test_ups, P)",
+        )
+        .await?;
+    ensure!(r == "true", "{r}");
+    Ok(())
+}
+
+/// The `nodeup`s `node` has seen since [`watch_nodeups`].
+async fn nodeups(node: &mut Node) -> Result<String> {
+    node.eval("edist_test_ups ! {ups, self()}, receive {ups, U} -> U after 5000 -> timeout end").await
+}
+
+/// How many relayed handshakes a gateway counted with `outcome` (any peer, either direction).
+fn handshakes_with(st: &Value, outcome: &str) -> u64 {
+    st.pointer("/metrics/handshakes")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter(|h| h.get(2).and_then(Value::as_str) == Some(outcome))
+                .filter_map(|h| h.get(3).and_then(Value::as_u64))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Cookies other than the gateways' work across hosts as in OTP: two nodes connect iff the cookie
+/// each uses for the other is the same — `-setcookie C` on one and `erlang:set_cookie(Node, C)`
+/// on the other (OTP's `differing_cookies`), or a per-connection cookie given on the command
+/// line, `-setcookie Node C` (`connection_cookie`, `cmdline_setcookie_2`) — and a mismatch is
+/// refused at once both ways, with no `nodeup` on either side, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_agreeing_on_a_cookie_other_than_the_gateways_connect_as_in_otp() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+
+    // (a) a runs with -setcookie shared_c; c (on the gateways' cookie) sets it for a.
+    let mut a = cluster.erl_named(0, Naming::short("ca").cookie("shared_c"), &[]).await?;
+    let mut c = cluster.erl(1, "cc", &[]).await?;
+    let (qa, qc) = (q(&a.name), q(&c.name));
+    assert_eq!(c.eval(&format!("erlang:set_cookie({qa}, shared_c)")).await?, "true");
+    assert_eq!(c.eval(&format!("net_adm:ping({qa})")).await?, "pong");
+    assert_eq!(c.eval(&format!("rpc:call({qa}, erlang, node, [])")).await?, printed(&a.name));
+    assert_eq!(a.eval(&format!("rpc:call({qc}, erlang, node, [])")).await?, printed(&c.name));
+    // Messages both ways on the connection.
+    a.eval("register(inbox, self())").await?;
+    c.eval(&format!("{{inbox, {qa}}} ! {{hello, node()}}")).await?;
+    assert_eq!(a.eval("receive {hello, N} -> N after 5000 -> timeout end").await?, printed(&c.name));
+    // Again, a dialling this time (its own cookie for c is shared_c).
+    assert_eq!(c.eval(&format!("erlang:disconnect_node({qa})")).await?, "true");
+    let r = a
+        .eval(&format!(
+            "(fun W(0) -> gone; W(N) -> case lists:member({qc}, nodes()) of true -> timer:sleep(50), W(N - 1); \
+             false -> gone end end)(100), net_adm:ping({qc})"
+        ))
+        .await?;
+    assert_eq!(r, "pong", "a dialling c");
+    assert_eq!(a.eval(&format!("rpc:call({qc}, erlang, node, [])")).await?, printed(&c.name));
+
+    // (b) A per-connection cookie on the command line: p is on the gateways' cookie but uses
+    // conn_c for q; q's own cookie is yet another, and it sets conn_c for p.
+    let qn = Naming::short("pq").cookie("q_own");
+    let q_name = qn.full.clone();
+    let mut p = cluster.erl(0, "pp", &["-setcookie", &q_name, "conn_c"]).await?;
+    let mut qq = cluster.erl_named(1, qn, &[]).await?;
+    let (qp, qq_) = (q(&p.name), q(&q_name));
+    assert_eq!(p.eval(&format!("erlang:get_cookie({qq_})")).await?, "conn_c");
+    assert_eq!(qq.eval(&format!("erlang:set_cookie({qp}, conn_c)")).await?, "true");
+    assert_eq!(p.eval(&format!("net_adm:ping({qq_})")).await?, "pong");
+    assert_eq!(qq.eval(&format!("rpc:call({qp}, erlang, node, [])")).await?, printed(&p.name));
+    // p still reaches c on the gateways' cookie, and q does not reach c with its own.
+    assert_eq!(p.eval(&format!("net_adm:ping({qc})")).await?, "pong");
+    assert_eq!(qq.eval(&format!("net_adm:ping({qc})")).await?, "pang");
+
+    // (c) Mismatch: m and n each use a cookie of their own for the other. Refused at once,
+    // both ways, no nodeup anywhere, counted by both gateways.
+    let mut m = cluster.erl_named(0, Naming::short("mm").cookie("m_c"), &[]).await?;
+    let mut n = cluster.erl_named(1, Naming::short("nn").cookie("n_c"), &[]).await?;
+    let (qm, qn_) = (q(&m.name), q(&n.name));
+    watch_nodeups(&mut m).await?;
+    watch_nodeups(&mut n).await?;
+    let bad0 = handshakes_with(&cluster.host(0)?.status().await?, "bad_cookie");
+    let bad1 = handshakes_with(&cluster.host(1)?.status().await?, "bad_cookie");
+    for (who, r) in [
+        ("m dialling n", m.eval(&timed(&format!("net_adm:ping({qn_})"))).await?),
+        ("n dialling m", n.eval(&timed(&format!("net_adm:ping({qm})"))).await?),
+    ] {
+        let (res, ms) = timed_result(&r)?;
+        ensure!(res == "pang", "{who}: {r}");
+        ensure!(ms < 2000, "{who} took {ms} ms");
+    }
+    assert_eq!(nodeups(&mut m).await?, "[]", "m saw a nodeup");
+    assert_eq!(nodeups(&mut n).await?, "[]", "n saw a nodeup");
+    assert_eq!(m.eval("nodes(connected)").await?, "[]");
+    assert_eq!(n.eval("nodes(connected)").await?, "[]");
+    let (st0, st1) = (cluster.host(0)?.status().await?, cluster.host(1)?.status().await?);
+    // Each dial is refused by the far node: both gateways count it, the dialler's as a refusal.
+    ensure!(handshakes_with(&st0, "bad_cookie") >= bad0 + 2, "gw-0 counted no bad_cookie: {st0}");
+    ensure!(handshakes_with(&st1, "bad_cookie") >= bad1 + 2, "gw-1 counted no bad_cookie: {st1}");
+    ensure!(refused_for(&st0, "local", "bad_cookie") >= 1, "gw-0 counted no refusal: {st0}");
+    ensure!(refused_for(&st1, "local", "bad_cookie") >= 1, "gw-1 counted no refusal: {st1}");
+    // The refusing node logs it, as OTP does (on its standard output).
+    let line =
+        n.event(&format!("** Connection attempt from node {} rejected.", m.name), Duration::from_secs(5)).await?;
+    ensure!(line.contains("Invalid challenge reply"), "{line}");
+    // Agreeing on a cookie now, they connect.
+    assert_eq!(m.eval(&format!("erlang:set_cookie({qn_}, n_c)")).await?, "true");
+    assert_eq!(m.eval(&format!("net_adm:ping({qn_})")).await?, "pong");
     cluster.passed();
     Ok(())
 }

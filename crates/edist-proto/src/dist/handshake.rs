@@ -262,6 +262,8 @@ pub struct Initiator {
     peer_challenge: u32,
     peer_creation: u32,
     chosen: DFlags,
+    /// Set by [`Initiator::reply_relayed`]: the ack is not ours to check, and is kept here.
+    relayed: Option<Option<[u8; 16]>>,
 }
 
 impl Initiator {
@@ -282,6 +284,7 @@ impl Initiator {
             peer_challenge: 0,
             peer_creation: 0,
             chosen: DFlags(0),
+            relayed: None,
         }
     }
 
@@ -329,6 +332,36 @@ impl Initiator {
         Ok(())
     }
 
+    /// The acceptor's challenge (valid after [`InitiatorEvent::Challenge`]): a relay passes it
+    /// on to the node whose digest it will carry back (see [`Initiator::reply_relayed`]).
+    pub fn peer_challenge(&self) -> u32 {
+        self.peer_challenge
+    }
+
+    /// Answers the challenge with another node's reply: its challenge and its digest over
+    /// [`Initiator::peer_challenge`]. The peer checks that digest against its own cookie; its
+    /// ack is then not checked here (it is a digest over `challenge`, under a cookie this side
+    /// does not know) but kept for [`Initiator::take_relayed_ack`], for the node that made the
+    /// reply to check.
+    pub fn reply_relayed(&mut self, challenge: u32, digest: [u8; 16]) -> Result<(), HandshakeError> {
+        if self.state != IState::AwaitReplyCall {
+            return Err(HandshakeError::OutOfOrder("reply before the challenge"));
+        }
+        push_frame(&mut self.out, |o| {
+            o.push(b'r');
+            o.extend_from_slice(&challenge.to_be_bytes());
+            o.extend_from_slice(&digest);
+        });
+        self.relayed = Some(None);
+        self.state = IState::AwaitAck;
+        Ok(())
+    }
+
+    /// The peer's ack after [`Initiator::reply_relayed`], once connected.
+    pub fn take_relayed_ack(&mut self) -> Option<[u8; 16]> {
+        self.relayed.and_then(|a| a)
+    }
+
     /// Processes buffered input; returns the next event, or `None` when more input (or a call
     /// from the user) is needed.
     pub fn poll(&mut self) -> Result<Option<InitiatorEvent>, HandshakeError> {
@@ -374,7 +407,10 @@ impl Initiator {
                 Ok(Some(InitiatorEvent::Challenge { flags, creation: self.peer_creation, name }))
             }
             (IState::AwaitAck, b'a') => {
-                if !ct_eq(&digest(self.cfg.challenge, &self.cfg.cookie), body) {
+                if self.relayed.is_some() {
+                    let ack = <[u8; 16]>::try_from(body).map_err(|_| HandshakeError::Malformed("challenge ack"))?;
+                    self.relayed = Some(Some(ack));
+                } else if !ct_eq(&digest(self.cfg.challenge, &self.cfg.cookie), body) {
                     return Err(HandshakeError::BadDigest);
                 }
                 self.state = IState::Done;
@@ -440,6 +476,9 @@ pub struct Acceptor {
     peer_creation: u32,
     peer_challenge: u32,
     defer_challenge: bool,
+    /// See [`Acceptor::pass_foreign_digests`]: `Some` once enabled, `Some(Some(d))` after a
+    /// reply whose digest `d` is not one of our cookie.
+    foreign: Option<Option<[u8; 16]>>,
 }
 
 impl Acceptor {
@@ -455,6 +494,7 @@ impl Acceptor {
             peer_creation: 0,
             peer_challenge: 0,
             defer_challenge: false,
+            foreign: None,
         }
     }
 
@@ -496,6 +536,50 @@ impl Acceptor {
     /// Replaces the creation we announce in the challenge (a relay announces the far side's).
     pub fn set_creation(&mut self, creation: u32) {
         self.cfg.creation = creation;
+    }
+
+    /// Replaces the challenge we put to the initiator, before it is sent (a relay puts the far
+    /// node's, so that the initiator's digest is one the far node can check).
+    pub fn set_challenge(&mut self, challenge: u32) {
+        self.cfg.challenge = challenge;
+    }
+
+    /// A reply whose digest is not one of our cookie no longer ends the handshake: it comes as
+    /// [`AcceptorEvent::Authenticated`] too, and [`Acceptor::foreign_digest`] says it is not
+    /// authenticated here. The caller must then have the digest checked by whoever knows the
+    /// initiator's cookie (a relay: the far node) and finish with [`Acceptor::complete_with`].
+    pub fn pass_foreign_digests(&mut self) {
+        self.foreign.get_or_insert(None);
+    }
+
+    /// After [`AcceptorEvent::Authenticated`] with [`Acceptor::pass_foreign_digests`]: the
+    /// initiator's digest if it is *not* one of our cookie (it is still to be checked).
+    pub fn foreign_digest(&self) -> Option<[u8; 16]> {
+        self.foreign.and_then(|d| d)
+    }
+
+    /// Like [`Acceptor::complete`], but sends `ack` (the far node's digest over the initiator's
+    /// challenge, under the cookie that matched) as the challenge ack.
+    pub fn complete_with(&mut self, ack: [u8; 16]) -> Result<Connected, HandshakeError> {
+        if self.state != AState::AwaitComplete {
+            return Err(HandshakeError::OutOfOrder("complete before authentication"));
+        }
+        push_frame(&mut self.out, |o| {
+            o.push(b'a');
+            o.extend_from_slice(&ack);
+        });
+        self.state = AState::Done;
+        Ok(self.connected())
+    }
+
+    fn connected(&self) -> Connected {
+        Connected {
+            peer: self.peer.clone(),
+            peer_creation: self.peer_creation,
+            flags: DFlags::negotiate(self.cfg.flags, self.peer_flags),
+            our_name: self.cfg.name.clone(),
+            our_creation: self.cfg.creation,
+        }
     }
 
     /// Sends our status. For `Ok`, `OkSimultaneous` and `Named` the challenge follows at once;
@@ -542,19 +626,16 @@ impl Acceptor {
         if self.state != AState::AwaitComplete {
             return Err(HandshakeError::OutOfOrder("complete before authentication"));
         }
+        if self.foreign_digest().is_some() {
+            return Err(HandshakeError::OutOfOrder("complete with a digest nobody checked"));
+        }
         let d = digest(self.peer_challenge, &self.cfg.cookie);
         push_frame(&mut self.out, |o| {
             o.push(b'a');
             o.extend_from_slice(&d);
         });
         self.state = AState::Done;
-        Ok(Connected {
-            peer: self.peer.clone(),
-            peer_creation: self.peer_creation,
-            flags: DFlags::negotiate(self.cfg.flags, self.peer_flags),
-            our_name: self.cfg.name.clone(),
-            our_creation: self.cfg.creation,
-        })
+        Ok(self.connected())
     }
 
     /// Processes buffered input; returns the next event, or `None` when more input (or a call
@@ -621,8 +702,13 @@ impl Acceptor {
                 let mut c = Cursor(body);
                 self.peer_challenge = c.u32()?;
                 if !ct_eq(&digest(self.cfg.challenge, &self.cfg.cookie), c.0) {
-                    self.state = AState::Over;
-                    return Err(HandshakeError::BadDigest);
+                    match (&mut self.foreign, <[u8; 16]>::try_from(c.0)) {
+                        (Some(slot), Ok(d)) => *slot = Some(d),
+                        _ => {
+                            self.state = AState::Over;
+                            return Err(HandshakeError::BadDigest);
+                        }
+                    }
                 }
                 self.state = AState::AwaitComplete;
                 Ok(Some(AcceptorEvent::Authenticated))
@@ -685,6 +771,89 @@ mod tests {
         assert_eq!(ca.flags, cb.flags);
         assert!(!ca.flags.is_published(), "hidden on one side means hidden");
         assert_eq!((ca.peer.as_str(), cb.peer.as_str()), ("b@h", "a@h"));
+    }
+
+    /// A relay between a (cookie `ca` for b) and b (cookie `cb` for a), with cookies of its own on
+    /// each leg (`x` towards a, `y` towards b): a's digest over b's challenge is checked against
+    /// `x`; when it is not one of `x` it is passed to b, which checks it against `cb`, and b's ack
+    /// goes back to a unchecked. Returns whether each end connected (a, b) and whether the
+    /// relay found a's digest its own.
+    fn relayed(ca: &[u8], x: &[u8], y: &[u8], cb: &[u8]) -> (bool, bool, bool) {
+        let (mut a, mut g_a) = pair(ca, x);
+        g_a.pass_foreign_digests();
+        let (mut g_b, mut b) = pair(y, cb);
+        // a -> ga: name; gb -> b: name; b's status and challenge come back.
+        g_a.handle(&a.take_output()).unwrap();
+        assert!(matches!(g_a.poll().unwrap(), Some(AcceptorEvent::Name { .. })));
+        b.handle(&g_b.take_output()).unwrap();
+        assert!(matches!(b.poll().unwrap(), Some(AcceptorEvent::Name { .. })));
+        b.respond(Status::Ok).unwrap();
+        g_b.handle(&b.take_output()).unwrap();
+        assert_eq!(g_b.poll().unwrap(), Some(InitiatorEvent::Status(Status::Ok)));
+        assert!(matches!(g_b.poll().unwrap(), Some(InitiatorEvent::Challenge { .. })));
+        // ga puts b's challenge to a.
+        g_a.set_challenge(g_b.peer_challenge());
+        g_a.respond(Status::Ok).unwrap();
+        a.handle(&g_a.take_output()).unwrap();
+        assert_eq!(a.poll().unwrap(), Some(InitiatorEvent::Status(Status::Ok)));
+        assert!(matches!(a.poll().unwrap(), Some(InitiatorEvent::Challenge { .. })));
+        a.reply().unwrap();
+        g_a.handle(&a.take_output()).unwrap();
+        assert_eq!(g_a.poll().unwrap(), Some(AcceptorEvent::Authenticated));
+        let own = g_a.foreign_digest().is_none();
+        match g_a.foreign_digest() {
+            None => g_b.reply().unwrap(),
+            Some(d) => {
+                assert!(g_a.complete().is_err(), "an unchecked digest is never acked here");
+                g_b.reply_relayed(g_a.peer_challenge(), d).unwrap();
+            }
+        }
+        b.handle(&g_b.take_output()).unwrap();
+        match b.poll() {
+            Ok(Some(AcceptorEvent::Authenticated)) => {}
+            Err(HandshakeError::BadDigest) => return (false, false, own),
+            other => panic!("{other:?}"),
+        }
+        b.complete().unwrap();
+        g_b.handle(&b.take_output()).unwrap();
+        match g_b.poll() {
+            Ok(Some(InitiatorEvent::Connected(_))) => {}
+            Err(HandshakeError::BadDigest) => return (false, true, own),
+            other => panic!("{other:?}"),
+        }
+        match g_b.take_relayed_ack() {
+            Some(ack) => g_a.complete_with(ack).unwrap(),
+            None => g_a.complete().unwrap(),
+        };
+        a.handle(&g_a.take_output()).unwrap();
+        let a_ok = matches!(a.poll(), Ok(Some(InitiatorEvent::Connected(_))));
+        (a_ok, true, own)
+    }
+
+    #[test]
+    fn a_relay_checks_its_own_cookie_and_passes_other_digests_end_to_end() {
+        // Everyone on the gateways' cookies (which may differ per host): checked by the relay.
+        assert_eq!(relayed(b"x", b"x", b"y", b"y"), (true, true, true));
+        // Both ends agree on another cookie: checked by b, acked by b.
+        assert_eq!(relayed(b"c", b"x", b"y", b"c"), (true, true, false));
+        assert_eq!(relayed(b"y", b"x", b"y", b"y"), (true, true, false), "a uses b's gateway's cookie");
+        // They disagree: b refuses a's digest, nobody connects.
+        assert_eq!(relayed(b"c", b"x", b"y", b"d"), (false, false, false));
+        assert_eq!(relayed(b"c", b"x", b"y", b"y"), (false, false, false));
+        // a on its gateway's cookie, b on another: b refuses the relay's digest.
+        assert_eq!(relayed(b"x", b"x", b"y", b"c"), (false, false, true));
+        // A malformed reply is still an error, and the ack of a relayed reply is not checked
+        // here but handed on.
+        let (mut a, mut g) = pair(b"c", b"x");
+        g.pass_foreign_digests();
+        g.handle(&a.take_output()).unwrap();
+        g.poll().unwrap();
+        g.respond(Status::Ok).unwrap();
+        g.handle(&[0, 5, b'r', 0, 0, 0, 1]).unwrap();
+        assert!(g.poll().is_err());
+        a.handle(&[0, 3, b's', b'o', b'k']).unwrap();
+        assert!(a.poll().unwrap().is_some());
+        assert!(a.reply_relayed(1, [0; 16]).is_err(), "no challenge yet");
     }
 
     /// Names as OTP writes them: its own as latin1 in `send_name` and the challenge (a legal
