@@ -561,15 +561,19 @@ mod tests {
         assert!(c.validate().is_err());
     }
 
-    /// relay.rs's `LaneConfig::default` still writes the relay's defaults itself (its owner
-    /// branch changes that file): until it uses the constants above, this keeps them equal.
     #[test]
-    fn the_relays_own_defaults_are_the_configs() {
-        let l = crate::relay::LaneConfig::default();
-        assert_eq!((l.lanes, l.relay_buffer), (DEFAULT_LANES, DEFAULT_RELAY_BUFFER));
-        assert_eq!(l.net_ticktime.get(), std::time::Duration::from_secs(DEFAULT_NET_TICKTIME));
-        let budget = format!("{:?}", l.gateway_buffer);
-        assert!(budget.contains(&format!("total: {DEFAULT_GATEWAY_BUFFER}")), "{budget}");
+    fn threads_default_to_half_the_cores_and_zero_is_refused() {
+        let mut c = Config::default();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.worker_threads(), (cores / 2).max(1));
+        c.threads = Some(3);
+        assert_eq!(c.worker_threads(), 3);
+        c.threads = Some(0);
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn defaults_come_from_their_owners() {
         let d = Config::default();
         assert_eq!(d.local.control.to_string(), control::DEFAULT_ADDR);
         assert_eq!((d.fabric.keep_alive_ms, d.fabric.idle_timeout_ms), (500, 1500));

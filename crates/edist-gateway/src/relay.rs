@@ -25,6 +25,7 @@
 //! No cookie crosses a host; a digest of a cookie other than the gateways' does (inside the
 //! fabric's TLS), as it goes to the dialled node in OTP.
 
+use crate::config;
 use crate::fabric::link::Link;
 use crate::lane_frame::{self, maybe_compress, Decoded, Frame, LaneCtl};
 use crate::local::plug::Plug;
@@ -509,12 +510,12 @@ impl Ticktime {
 impl Default for LaneConfig {
     fn default() -> Self {
         LaneConfig {
-            lanes: 8,
-            relay_buffer: 32 << 20,
-            gateway_buffer: Budget::new(256 << 20),
+            lanes: config::DEFAULT_LANES,
+            relay_buffer: config::DEFAULT_RELAY_BUFFER,
+            gateway_buffer: Budget::new(config::DEFAULT_GATEWAY_BUFFER),
             compress_above: None,
             socket_buffer: None,
-            net_ticktime: Ticktime::new(Duration::from_secs(60)),
+            net_ticktime: Ticktime::new(Duration::from_secs(config::DEFAULT_NET_TICKTIME)),
             plug: None,
             link: None,
         }
