@@ -9,17 +9,26 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{info, warn};
 
-/// The configuration at `path`, or the defaults without one.
-pub fn load(path: Option<&Path>) -> Result<Config> {
+fn load(path: Option<&Path>) -> Result<Config> {
     Ok(match path {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     })
 }
 
-/// Runs the gateway of this host (no config: a single host on defaults).
-pub async fn run(config: Option<PathBuf>) -> Result<()> {
+/// Runs the gateway of this host (no config: a single host on defaults) on a runtime with
+/// the configured worker threads.
+pub fn main(config: Option<PathBuf>) -> Result<()> {
     let cfg = load(config.as_deref())?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // Without `threads`, tokio's own TOKIO_WORKER_THREADS still wins (experiments).
+    if cfg.threads.is_some() || std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        rt.worker_threads(cfg.worker_threads());
+    }
+    rt.enable_all().build()?.block_on(run(config, cfg))
+}
+
+async fn run(config: Option<PathBuf>, cfg: Config) -> Result<()> {
     let drain = Duration::from_millis(cfg.fabric.drain_ms);
     // Signals first: a SIGTERM that arrives while the gateway starts must not kill it mid-way.
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;

@@ -241,19 +241,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let rt = match &cli.cmd {
-        // The gateway's worker count is part of its configuration (`threads`).
-        Cmd::Gateway { config } => {
-            let cfg = daemon::load(config.as_deref())?;
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            // Without `threads`, tokio's own TOKIO_WORKER_THREADS still wins (experiments).
-            if cfg.threads.is_some() || std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-                rt.worker_threads(cfg.worker_threads());
-            }
-            rt.enable_all().build()?
-        }
-        _ => tokio::runtime::Runtime::new()?,
-    };
+    // The gateway's runtime is sized by its configuration (`threads`).
+    if let Cmd::Gateway { config } = cli.cmd {
+        return daemon::main(config);
+    }
+    let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Ping { node, opts } => {
@@ -277,7 +269,7 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Certs { cmd } => certs(cmd)?,
             Cmd::Policy { cmd } => policy(cmd)?,
             Cmd::Demo => demo::run().await?,
-            Cmd::Gateway { config } => daemon::run(config).await?,
+            Cmd::Gateway { .. } => unreachable!("edist gateway runs on a runtime of its own (daemon::main)"),
             Cmd::Reload { gateway, json } => reload::run(gateway, json).await?,
             Cmd::Status { gateway, json, watch, interval, count } => {
                 let interval = Duration::from_millis(interval.max(50));
