@@ -37,14 +37,20 @@ pub enum LaneCtl {
     /// The sender's node speaks (again, after [`LaneCtl::Silent`]); its `net_ticktime` is
     /// `ticktime_ms` (0: not known). Sent when a relay starts and whenever that ticktime
     /// changes, so each side judges its node's silence by the stricter of the two ticktimes.
-    /// (A gateway that predates the ticktime reads the frame as a plain "alive".)
-    Alive { ticktime_ms: u64 },
+    /// `ticks`: the sender understands [`LaneCtl::Tick`] (a gateway that predates it reads
+    /// the frame as a plain "alive", and one that predates the ticktime too).
+    Alive { ticktime_ms: u64, ticks: bool },
+    /// The sender's node ticked: tick towards the far node. Sent only to a gateway that said
+    /// `ticks` in its [`LaneCtl::Alive`]; such a gateway then ticks its node only when told,
+    /// so the far node's tick timer sees the sender's silences as over one OTP connection.
+    Tick,
 }
 
 const AFTER: u8 = 1;
 const DELIVERED: u8 = 2;
 const SILENT: u8 = 3;
 const ALIVE: u8 = 4;
+const TICK: u8 = 5;
 
 impl LaneCtl {
     /// The frame, length prefix and flag included.
@@ -53,7 +59,8 @@ impl LaneCtl {
             LaneCtl::After { lane, count } => (AFTER, lane, count, 0),
             LaneCtl::Delivered { lane, count, bytes } => (DELIVERED, lane, count, bytes),
             LaneCtl::Silent => (SILENT, 0, 0, 0),
-            LaneCtl::Alive { ticktime_ms } => (ALIVE, 0, ticktime_ms, 0),
+            LaneCtl::Alive { ticktime_ms, ticks } => (ALIVE, u8::from(ticks), ticktime_ms, 0),
+            LaneCtl::Tick => (TICK, 0, 0, 0),
         };
         let mut b = Vec::with_capacity(22);
         b.extend_from_slice(&(18 | CONTROL).to_be_bytes());
@@ -77,7 +84,8 @@ impl LaneCtl {
             AFTER => Ok(LaneCtl::After { lane: *lane, count }),
             DELIVERED => Ok(LaneCtl::Delivered { lane: *lane, count, bytes }),
             SILENT => Ok(LaneCtl::Silent),
-            ALIVE => Ok(LaneCtl::Alive { ticktime_ms: count }),
+            ALIVE => Ok(LaneCtl::Alive { ticktime_ms: count, ticks: *lane & 1 == 1 }),
+            TICK => Ok(LaneCtl::Tick),
             _ => Err(FrameError::Control),
         }
     }
@@ -214,8 +222,9 @@ mod tests {
             LaneCtl::After { lane: 0, count: 7 },
             LaneCtl::Delivered { lane: 255, count: u64::MAX, bytes: 7 },
             LaneCtl::Silent,
-            LaneCtl::Alive { ticktime_ms: 0 },
-            LaneCtl::Alive { ticktime_ms: 60_000 },
+            LaneCtl::Alive { ticktime_ms: 0, ticks: false },
+            LaneCtl::Alive { ticktime_ms: 60_000, ticks: true },
+            LaneCtl::Tick,
         ] {
             let mut buf = BytesMut::from(&c.encode()[..]);
             buf.extend_from_slice(&[0, 0, 0, 0]);

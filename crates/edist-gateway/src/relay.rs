@@ -445,10 +445,9 @@ pub struct LaneConfig {
     pub compress_above: Option<usize>,
     /// Kernel receive buffer of the loopback connection from the node; `None`: the kernel's.
     pub socket_buffer: Option<usize>,
-    /// The local node's `net_ticktime`: ticks are answered here instead of crossing the fabric
-    /// (the gateway ticks every second, or a quarter of it if less). A node silent for over half
-    /// of it missed its ticks: the far gateway is told and stops ticking, so the far node
-    /// decides with its own `net_ticktime` (and reports `net_tick_timeout`), as in OTP.
+    /// The local node's `net_ticktime`. Ticks cross the fabric ([`LaneCtl::Tick`]); towards a
+    /// far gateway that predates that, this gateway ticks its node every second (or a quarter
+    /// of it if less) and says when its node went silent for over half of it ([`LaneCtl::Silent`]).
     pub net_ticktime: Ticktime,
     /// The local node's plug: holds back a process that sends more than its lane carries soon.
     pub plug: Option<Plug>,
@@ -677,15 +676,20 @@ impl HeldSenders {
             }
         }
     }
-}
 
-impl Drop for HeldSenders {
-    fn drop(&mut self) {
+    /// Releases every held sender.
+    fn release_all(&mut self) {
         for pid in self.holds.release_all() {
             if let Some(p) = &self.plug {
                 p.release(&pid);
             }
         }
+    }
+}
+
+impl Drop for HeldSenders {
+    fn drop(&mut self) {
+        self.release_all();
     }
 }
 
@@ -792,6 +796,9 @@ struct SyncState {
     /// The far node's `net_ticktime` in milliseconds, as its gateway said ([`LaneCtl::Alive`]);
     /// 0: not known.
     peer_ticktime_ms: u64,
+    /// The far gateway relays its node's ticks ([`LaneCtl::Tick`]): ours gets those, and no
+    /// others.
+    peer_ticks: bool,
 }
 
 fn set_at<T: Default + Clone>(v: &mut Vec<T>, i: usize, f: impl FnOnce(&mut T)) {
@@ -893,22 +900,33 @@ impl LaneSync {
         self.state().peer_silent = true;
     }
 
-    /// The far node speaks, with this `net_ticktime` (0: not said).
-    fn set_peer_alive(&self, ticktime_ms: u64) {
+    /// The far node speaks, with this `net_ticktime` (0: not said); `ticks`: its gateway
+    /// relays its ticks.
+    fn set_peer_alive(&self, ticktime_ms: u64, ticks: bool) {
         let mut st = self.state();
         st.peer_silent = false;
+        st.peer_ticks |= ticks;
         if ticktime_ms > 0 {
             st.peer_ticktime_ms = ticktime_ms;
         }
     }
 
+    /// Whether the far gateway relays its node's ticks (then they go to the far gateway too).
+    fn peer_ticks(&self) -> bool {
+        self.state().peer_ticks
+    }
+
+    /// Whether this gateway ticks towards its node when it has nothing else to write: only
+    /// while the far gateway does not relay its node's ticks (a gateway that predates them)
+    /// and has not said its node went silent.
+    fn ticks_here(&self) -> bool {
+        let st = self.state();
+        !st.peer_ticks && !st.peer_silent
+    }
+
     /// The far node's `net_ticktime`, when its gateway said it.
     fn peer_ticktime(&self) -> Option<Duration> {
         Some(self.state().peer_ticktime_ms).filter(|&ms| ms > 0).map(Duration::from_millis)
-    }
-
-    fn peer_silent(&self) -> bool {
-        self.state().peer_silent
     }
 
     /// The relay ended: lanes waiting at a barrier give up.
@@ -931,6 +949,9 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// An empty packet: a tick.
 const TICK: [u8; 4] = [0; 4];
+
+/// The shortest gap between two of a node's ticks relayed to the far gateway.
+const TICK_RELAY_GAP: Duration = Duration::from_millis(100);
 
 impl<R: AsyncRead + Unpin> Frames<R> {
     fn new(r: R, pending: &[u8], fabric: bool) -> Self {
@@ -1005,24 +1026,26 @@ where
     // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
     let mut lane0_in = tokio::spawn(feed_lane(0, Frames::new(rx, pending_to_sock, true), merger));
     let ticktime = lanes_cfg.net_ticktime.clone();
-    // Whatever reaches the node keeps its connection alive; with nothing to write, a tick does
-    // (as the far node would, had its ticks crossed), unless the far node missed its own.
+    // Whatever reaches the node keeps its connection alive. The far node's ticks come relayed
+    // (so our node's tick timer sees the far node's silences as over one OTP connection);
+    // from a far gateway that predates relayed ticks, this gateway ticks when it has nothing
+    // else to write, unless that gateway said its node missed its ticks.
     let down = async {
         loop {
             let (t, p) = match timeout(ticktime.tick_every(), merger_rx.recv()).await {
                 Ok(Some(tp)) => tp,
                 Ok(None) => break,
                 Err(_) => {
-                    if !sync.peer_silent() {
+                    if sync.ticks_here() {
                         sw.write_all(&TICK).await?;
                     }
                     continue;
                 }
             };
-            if p == TICK {
-                continue; // from a peer gateway that still relays ticks
-            }
             sw.write_all(&p).await?;
+            if p == TICK {
+                continue;
+            }
             m_in.received(&p, t, merger_rx.len());
         }
         Ok::<(), std::io::Error>(())
@@ -1034,6 +1057,9 @@ where
         let mut heard = tokio::time::Instant::now();
         let mut silent = false;
         let mut told = 0;
+        // When the node's last tick went to the far gateway (a node that floods empty packets
+        // sends the far side ten a second at most).
+        let mut ticked: Option<tokio::time::Instant> = None;
         let relay_budget = Budget::new(lanes_cfg.relay_buffer);
         let bulk = lanes_cfg.lanes.min(MAX_LANES as u64 - 1);
         let mut lanes: Vec<Option<LaneTx>> = (0..=bulk).map(|_| None).collect();
@@ -1074,12 +1100,19 @@ where
                         let tt = ticktime.millis();
                         if silent || tt != told {
                             (silent, told) = (false, tt);
-                            if lane0.is_none_or(|l| l.send(control(LaneCtl::Alive { ticktime_ms: tt })).is_err()) {
+                            let alive = LaneCtl::Alive { ticktime_ms: tt, ticks: true };
+                            if lane0.is_none_or(|l| l.send(control(alive)).is_err()) {
                                 break;
                             }
                         }
-                        // Ticks stay here: the far node gets its own from its gateway.
+                        // A tick crosses as a control frame, to a gateway that relays it.
                         if p == TICK {
+                            if sync.peer_ticks() && ticked.is_none_or(|t| heard >= t + TICK_RELAY_GAP) {
+                                ticked = Some(heard);
+                                if lane0.is_none_or(|l| l.send(control(LaneCtl::Tick)).is_err()) {
+                                    break;
+                                }
+                            }
                             continue;
                         }
                         // Before it is queued: what it hands the peer exists before the peer can use it.
@@ -1180,6 +1213,7 @@ where
                     // The rate the lanes drain at is sampled while anyone is held.
                     sampled = (std::time::Instant::now(), rate.written.load(Ordering::Relaxed));
                 }
+                tracing::debug!(?pid, share = Rate::share(per_s), "sender held");
                 held.hold(&pid);
             }
             let Some(ltx) = slot.as_ref() else { break };
@@ -1385,8 +1419,19 @@ async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger
                 merger.sync.set_peer_silent();
                 continue;
             }
-            Frame::Ctl(LaneCtl::Alive { ticktime_ms }) => {
-                merger.sync.set_peer_alive(ticktime_ms);
+            Frame::Ctl(LaneCtl::Alive { ticktime_ms, ticks }) => {
+                merger.sync.set_peer_alive(ticktime_ms, ticks);
+                continue;
+            }
+            // In its place among the lane's packets, as the far node wrote it; not a frame the
+            // barriers count.
+            Frame::Ctl(LaneCtl::Tick) => {
+                if noted("node", lane.into(), merger.to_node.send((std::time::Instant::now(), TICK.to_vec())))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
                 continue;
             }
         };
@@ -1560,15 +1605,29 @@ mod tick_tests {
     fn the_far_ticktime_comes_with_alive_and_zero_means_unknown() {
         let sync = LaneSync::default();
         assert_eq!(sync.peer_ticktime(), None);
-        sync.set_peer_alive(0);
+        sync.set_peer_alive(0, false);
         assert_eq!(sync.peer_ticktime(), None, "a gateway that does not tell its ticktime");
-        sync.set_peer_alive(4000);
+        sync.set_peer_alive(4000, false);
         assert_eq!(sync.peer_ticktime(), Some(Duration::from_secs(4)));
+        // A gateway that predates relayed ticks: ours ticks here until told the far node is silent.
+        assert!(sync.ticks_here() && !sync.peer_ticks());
         sync.set_peer_silent();
-        assert!(sync.peer_silent());
-        sync.set_peer_alive(0);
-        assert!(!sync.peer_silent());
+        assert!(!sync.ticks_here());
+        sync.set_peer_alive(0, false);
+        assert!(sync.ticks_here());
         assert_eq!(sync.peer_ticktime(), Some(Duration::from_secs(4)), "kept until told otherwise");
+    }
+
+    #[test]
+    fn a_gateway_that_relays_ticks_is_the_only_source_of_them() {
+        let sync = LaneSync::default();
+        sync.set_peer_alive(60_000, true);
+        assert!(sync.peer_ticks());
+        assert!(!sync.ticks_here(), "our node gets the far node's ticks, and no others");
+        // Said once, kept: a later `Alive` (after a silence) does not take it back.
+        sync.set_peer_silent();
+        sync.set_peer_alive(60_000, false);
+        assert!(sync.peer_ticks() && !sync.ticks_here());
     }
 }
 
