@@ -200,7 +200,8 @@ where
                 Err(e) => return Err(e),
             },
             Need::Peer(what) => leg.peer_msg(msgs.next(what).await?),
-            Need::Done => return Ok(()),
+            Need::Done if leg.connected().is_some() => return Ok(()),
+            Need::Done => return Err(HandshakeError::OutOfOrder("the leg is over").into()),
             Need::Decision => return Err(HandshakeError::OutOfOrder("the leg waits for a decision").into()),
         };
         if let Err(e) = step {

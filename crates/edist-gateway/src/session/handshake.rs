@@ -142,6 +142,8 @@ pub trait Leg {
     fn take_node_output(&mut self) -> Vec<u8>;
     /// The next message for the peer gateway.
     fn poll_peer(&mut self) -> Option<Msg>;
+    /// What both ends agreed on, once connected.
+    fn connected(&self) -> Option<&Connected>;
 }
 
 macro_rules! leg {
@@ -164,6 +166,9 @@ macro_rules! leg {
             }
             fn poll_peer(&mut self) -> Option<Msg> {
                 <$t>::poll_peer(self)
+            }
+            fn connected(&self) -> Option<&Connected> {
+                <$t>::connected(self)
             }
         }
     };
@@ -454,32 +459,12 @@ impl NearLeg {
                     }
                 }
             }
-            (NearState::AwaitChallenge, m @ (Msg::Challenge { .. } | Msg::ChallengeOf { .. })) => {
-                let (flags, creation) = match m {
-                    Msg::ChallengeOf { flags, creation, challenge } => {
-                        self.acc.set_challenge(challenge);
-                        self.acc.pass_foreign_digests();
-                        (flags, creation)
-                    }
-                    Msg::Challenge { flags, creation } => (flags, creation),
-                    m => return Err(LegError::Unexpected(m)),
-                };
-                let flags = match self.named {
-                    // As OTP's acceptor answers a node that asks for a name: NAME_ME in place
-                    // of PUBLISHED, or the node refuses the connection (dist_util:do_setnode).
-                    Some(_) => (flags & RELAY_MASK & !DFlags::PUBLISHED) | DFlags::NAME_ME,
-                    None => flags & RELAY_MASK & hidden_mask(self.hide),
-                };
-                self.acc.set_flags(DFlags(flags));
-                self.acc.set_creation(creation);
-                match self.named.clone() {
-                    _ if self.alive => self.acc.send_challenge_now()?,
-                    Some((name, creation)) => self.acc.respond(Status::Named { name, creation })?,
-                    None => self.acc.respond(self.status.clone())?,
-                }
-                self.flush_acceptor();
-                self.state = NearState::AwaitReply;
-                self.drive()
+            (NearState::AwaitChallenge, Msg::Challenge { flags, creation }) => self.challenge(flags, creation),
+            (NearState::AwaitChallenge, Msg::ChallengeOf { flags, creation, challenge }) => {
+                // The far node's own challenge: a digest of another cookie is one it can check.
+                self.acc.set_challenge(challenge);
+                self.acc.pass_foreign_digests();
+                self.challenge(flags, creation)
             }
             (NearState::AwaitConnected, Msg::Connected) => {
                 self.connected = Some(self.acc.complete()?);
@@ -500,6 +485,27 @@ impl NearLeg {
             }
             (_, m) => Err(LegError::Unexpected(m)),
         }
+    }
+
+    /// The far node's challenge flags and creation: the local node gets its status (unless it
+    /// was `alive`) and a challenge with them.
+    fn challenge(&mut self, flags: u64, creation: u32) -> Result<(), LegError> {
+        let flags = match self.named {
+            // As OTP's acceptor answers a node that asks for a name: NAME_ME in place of
+            // PUBLISHED, or the node refuses the connection (dist_util:do_setnode).
+            Some(_) => (flags & RELAY_MASK & !DFlags::PUBLISHED) | DFlags::NAME_ME,
+            None => flags & RELAY_MASK & hidden_mask(self.hide),
+        };
+        self.acc.set_flags(DFlags(flags));
+        self.acc.set_creation(creation);
+        match self.named.clone() {
+            _ if self.alive => self.acc.send_challenge_now()?,
+            Some((name, creation)) => self.acc.respond(Status::Named { name, creation })?,
+            None => self.acc.respond(self.status.clone())?,
+        }
+        self.flush_acceptor();
+        self.state = NearState::AwaitReply;
+        self.drive()
     }
 }
 
