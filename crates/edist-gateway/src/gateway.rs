@@ -16,9 +16,8 @@ use crate::local::plug::Plug;
 use crate::lookup::{self, Answer, Plan};
 use crate::metrics::{self, Metrics, MetricsSnapshot};
 use crate::policy;
-use crate::relay::{self, MsgReader, RELAY_MASK};
+use crate::relay::{self, MsgReader};
 use crate::wire::{Msg, NodeInfo};
-use edist_proto::dist::handshake::Status;
 use edist_proto::dist::DFlags;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1162,8 +1161,8 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
     let Some(cookie) = inner.cookie.as_deref() else {
         return Err(relay::RelayError::Refused("no cookie to check local nodes with".into()));
     };
-    let mut acc = relay::impersonating_acceptor(target, creation, cookie);
-    let dial = relay::read_local_name(&mut sock, &mut acc).await?;
+    let mut leg = relay::near_leg(target, creation, cookie);
+    let dial = relay::read_local_name(&mut sock, &mut leg).await?;
     // A node with a dynamic name (NAME_ME) sent only its host: name it here, as the node it
     // dialled would, and dial the far node under that name.
     let named = dial.flags.has(DFlags::NAME_ME).then(|| dynamic_name(inner, &dial.from));
@@ -1177,27 +1176,20 @@ async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str)
         Ok(g) => g,
         Err(why) => {
             inner.metrics.refused("local", "name_taken");
-            acc.respond(Status::NotAllowed)?;
-            sock.write_all(&acc.take_output()).await?;
+            leg.refuse()?;
+            sock.write_all(&leg.take_node_output()).await?;
             return Err(relay::RelayError::Refused(format!("{from} may not dial out: {why}")));
         }
     };
     let (conn, link_peer, _hold, (mut tx, rx)) = open_relay_stream(inner, &gateway).await?;
     let relay_id: u64 = rand::random();
-    // A role that hides the far node: it sees ours as hidden, and ours it (finish_local_leg).
+    // A role that hides the far node: it sees ours as hidden, and ours it (NearLeg::open).
     let hide = inner.role_of(&gateway).1.hidden;
-    let open = Msg::Open {
-        relay: relay_id,
-        from: from.clone(),
-        to: target.to_string(),
-        // E2E_COOKIES: a far node may judge a digest of a cookie other than ours (relay.rs).
-        flags: (dial.flags.0 & RELAY_MASK & relay::hidden_mask(hide)) | relay::E2E_COOKIES,
-        creation: from_creation,
-    };
+    let open = leg.open(relay_id, named, hide)?;
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
     let (merger, rxs) = MergerGuard::register(inner, relay_id, (&gateway, &link_peer), (&from, target));
     let mut msgs = MsgReader::new(rx);
-    let done = relay::finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx, named, hide).await;
+    let done = relay::finish_local_leg(&mut sock, &mut leg, &mut msgs, &mut tx).await;
     if let Err(relay::RelayError::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest)) = &done {
         // What the dialled node would log (dist_util), and why it happens behind a gateway;
         // once per burst, since any local process can try.

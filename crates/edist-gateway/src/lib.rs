@@ -18,3 +18,4 @@ pub mod pki;
 pub mod policy;
 pub mod refusal_log;
 pub mod relay;
+pub mod session;

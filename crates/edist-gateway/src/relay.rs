@@ -2,39 +2,20 @@
 //! the handshake as that node, the remote gateway completes it with the real node as the dialler,
 //! and then both legs carry the same bytes (DESIGN facts 3, 5, 6).
 //!
-//! ```text
-//!  a ──send_name──▶ GA ──Open{a,b,flags}──▶ GB ──send_name(a)──▶ b
-//!  a ◀─status,chal─ GA ◀─Status,Challenge── GB ◀─status,chal──── b
-//!  a ──reply──────▶ GA (digest checked) ─Proceed─▶ GB ──reply───▶ b
-//!  a ◀─ack──────── GA ◀──────Connected───── GB ◀─ack──────────── b
-//!  a ◀════════ raw distribution bytes on the QUIC stream ═══════▶ b
-//! ```
-//! Both legs negotiate `a.flags & b.flags & RELAY_MASK`: the far side gets the initiator's
-//! flags, the initiator gets the far side's challenge flags. The cookie stays on each host.
-//!
-//! Cookies other than the gateways' (`erlang:set_cookie(Node, C)`, `-setcookie Node C`): GA
-//! puts b's own challenge to a (GB sends it, `ChallengeOf`). A digest under GA's cookie goes
-//! on as above; any other is not GA's to judge, and goes to b, which checks it against the
-//! cookie it uses for a, as over one OTP connection:
-//!
-//! ```text
-//!  a ──reply(chA, d)─▶ GA (not GA's cookie) ─Reply{chA,d}─▶ GB ──reply(chA, d)──▶ b (checks d)
-//!  a ◀─ack(e)──────── GA ◀────────Ack(e)──────────────────── GB ◀─ack(e)────────── b
-//!                         (or BadCookie: b closed, refusing d; a gets no ack)
-//! ```
-//! No cookie crosses a host; a digest of a cookie other than the gateways' does (inside the
-//! fabric's TLS), as it goes to the dialled node in OTP.
+//! The handshake on both legs is `session::handshake` (sans-IO, with the cookie rules and a
+//! diagram of each step); here is its async shell, which only moves its bytes between the
+//! node's socket and the relay stream and times each step out. Then [`pump`] carries the
+//! connection.
 
 use crate::config;
 use crate::fabric::link::Link;
 use crate::lane_frame::{self, maybe_compress, Decoded, Frame, LaneCtl};
 use crate::local::plug::Plug;
 use crate::policy::{Refusal, Session};
+use crate::session::handshake::{FarLeg, Leg, LegError, NearLeg, Need};
 use crate::wire::Msg;
 use bytes::BytesMut;
-use edist_proto::dist::handshake::{
-    Acceptor, AcceptorConfig, AcceptorEvent, HandshakeError, Initiator, InitiatorConfig, InitiatorEvent, Status,
-};
+use edist_proto::dist::handshake::HandshakeError;
 use edist_proto::dist::lane::{Route, Router, Sender};
 use edist_proto::dist::DFlags;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,31 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
-/// Flags a relay never lets through: the atom cache needs per-connection state on both ends,
-/// and a dynamic name is given by the dialler's own gateway (the far leg dials under it).
-pub const RELAY_MASK: u64 =
-    !(DFlags::DIST_HDR_ATOM_CACHE | DFlags::ATOM_CACHE | DFlags::HIDDEN_ATOM_CACHE | DFlags::NAME_ME);
-
-/// The flags a relayed handshake keeps: all, or all but `PUBLISHED` when the connection is to
-/// be hidden (a node whose peer lacks `PUBLISHED` treats the connection as hidden, and OTP then
-/// clears it on both sides, `dist_util:adjust_flags/2`; no other flag changes, so both legs
-/// still agree on every flag that shapes the bytes).
-pub fn hidden_mask(hide: bool) -> u64 {
-    if hide {
-        !DFlags::PUBLISHED
-    } else {
-        !0
-    }
-}
-
-/// Set in an `Open`'s flags by a gateway that relays cookies end to end: a far gateway that
-/// understands it answers with `ChallengeOf` (the far node's challenge, which the dialling
-/// gateway puts to its node), and takes a `Reply` (the node's digest, when it is not one of the
-/// dialling gateway's cookie) for the far node to check. The bit is `NAME_ME`, which an `Open`
-/// never carries otherwise ([`RELAY_MASK`]) and which older gateways clear before dialling
-/// their node, so to them the `Open` is the one they know (docs/config.md, "Node names and
-/// cookies").
-pub const E2E_COOKIES: u64 = DFlags::NAME_ME;
+pub use crate::session::handshake::{hidden_mask, LocalDial, E2E_COOKIES, RELAY_MASK};
 
 /// Per-step timeout of a relayed handshake (OTP's `net_setuptime` is 7 s).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(7);
@@ -95,6 +52,17 @@ pub enum RelayError {
     Unexpected(Msg),
     #[error("refused: {0}")]
     Refused(String),
+}
+
+impl From<LegError> for RelayError {
+    fn from(e: LegError) -> Self {
+        match e {
+            LegError::Handshake(e) => RelayError::Handshake(e),
+            LegError::Unexpected(m) => RelayError::Unexpected(m),
+            LegError::Refused(r) => RelayError::Refused(r.to_string()),
+            LegError::NodeClosed => RelayError::LocalClosed,
+        }
+    }
 }
 
 /// Reads messages from a relay stream, keeping what follows the last one (raw bytes).
@@ -138,197 +106,46 @@ async fn read_sock(sock: &mut TcpStream, buf: &mut [u8], what: &'static str) -> 
     }
 }
 
-fn parse_status(s: &str) -> Status {
-    match s {
-        "ok" => Status::Ok,
-        "ok_simultaneous" => Status::OkSimultaneous,
-        "nok" => Status::Nok,
-        "alive" => Status::Alive,
-        _ => Status::NotAllowed,
-    }
-}
-
-fn status_text(s: &Status) -> &'static str {
-    match s {
-        Status::Ok => "ok",
-        Status::OkSimultaneous => "ok_simultaneous",
-        Status::Nok => "nok",
-        Status::Alive => "alive",
-        Status::NotAllowed | Status::Named { .. } => "not_allowed",
-    }
-}
-
-/// What the initiator's gateway learned from the local node's `send_name`.
-#[derive(Debug, Clone)]
-pub struct LocalDial {
-    pub from: String,
-    pub flags: DFlags,
-    pub creation: u32,
+/// A near leg answering a local node that dialled `target` (a remote node of that `creation`),
+/// as `target`, with this gateway's cookie.
+pub fn near_leg(target: &str, creation: u32, cookie: &str) -> NearLeg {
+    NearLeg::new(target, creation, cookie.as_bytes(), rand::random())
 }
 
 /// The initiator's side, step 1: reads the local node's `send_name` on a connection to the
-/// listener impersonating `target`.
-pub async fn read_local_name(sock: &mut TcpStream, acc: &mut Acceptor) -> Result<LocalDial, RelayError> {
+/// listener impersonating the node it dialled; the caller then opens the far leg
+/// ([`NearLeg::open`]) or refuses ([`NearLeg::refuse`]).
+pub async fn read_local_name(sock: &mut TcpStream, leg: &mut NearLeg) -> Result<LocalDial, RelayError> {
     let mut buf = [0u8; 1024];
-    loop {
-        if let Some(ev) = acc.poll()? {
-            return match ev {
-                AcceptorEvent::Name { name, flags, creation } => Ok(LocalDial { from: name, flags, creation }),
-                other => Err(RelayError::Handshake(HandshakeError::OutOfOrder(match other {
-                    AcceptorEvent::AliveAnswer(_) => "alive answer before status",
-                    _ => "event before name",
-                }))),
-            };
-        }
-        let out = acc.take_output();
-        sock.write_all(&out).await?;
-        let n = read_sock(sock, &mut buf, "send_name").await?;
-        acc.handle(buf.get(..n).unwrap_or_default())?;
+    while let Need::Node(what) = leg.need() {
+        let n = read_sock(sock, &mut buf, what).await?;
+        leg.node_bytes(buf.get(..n).unwrap_or_default())?;
     }
+    leg.dial().cloned().ok_or(RelayError::Handshake(HandshakeError::OutOfOrder("no name")))
 }
 
-/// A new acceptor impersonating `target` towards a local node.
-pub fn impersonating_acceptor(target: &str, creation: u32, cookie: &str) -> Acceptor {
-    Acceptor::new(AcceptorConfig {
-        name: target.to_string(),
-        flags: DFlags(0),
-        creation,
-        cookie: cookie.as_bytes().to_vec(),
-        challenge: rand::random(),
-    })
-}
-
-/// The initiator's side, steps 2–4, once the relay stream is open and `Open` was sent: mirror
-/// the far node's status and challenge to the local node, check the local node's digest, let
-/// the far side finish, then ack. Returns bytes the local node sent after its reply.
-///
-/// Cookies: when the far gateway relays cookies end to end (it sent `ChallengeOf`), the local
-/// node gets the far node's own challenge. A digest under this gateway's cookie is checked
-/// here and the far gateway finishes with its own cookie, as before. Any other digest goes to
-/// the far node (`Reply`), which checks it against the cookie it uses for the local node, as
-/// OTP does; its ack comes back (`Ack`) for the local node to check, or its refusal
-/// (`BadCookie`, reported as [`HandshakeError::BadDigest`]). Against an older far gateway
-/// only this gateway's cookie is accepted.
-///
-/// `named`: the name and creation given to a local node that asked for a dynamic name; it
-/// gets them as its status (`named:`) in place of the far node's `ok`.
-/// `hide`: the far node is presented to the local one as a hidden node (its role says so; the
-/// caller also clears `PUBLISHED` in the `Open` it sent, so both ends see a hidden connection,
-/// as OTP's own handshake would make it when either side is hidden).
+/// The initiator's side, steps 2–4, once the relay stream is open and the leg's `Open` was
+/// sent: mirror the far node's status and challenge to the local node, check its digest, let
+/// the far side finish, then ack ([`NearLeg`]). Returns bytes the local node sent after its
+/// reply.
 pub async fn finish_local_leg<R, W>(
     sock: &mut TcpStream,
-    acc: &mut Acceptor,
+    leg: &mut NearLeg,
     msgs: &mut MsgReader<R>,
     tx: &mut W,
-    named: Option<(String, u32)>,
-    hide: bool,
 ) -> Result<Vec<u8>, RelayError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let status = match msgs.next("status").await? {
-        Msg::Status(s) => parse_status(&s),
-        Msg::Refused(r) => {
-            // The far node is unknown or unreachable: the local node sees `not_allowed`.
-            acc.respond(Status::NotAllowed)?;
-            sock.write_all(&acc.take_output()).await?;
-            return Err(RelayError::Refused(r));
-        }
-        m => return Err(RelayError::Unexpected(m)),
-    };
-    if matches!(status, Status::Nok | Status::NotAllowed) {
-        acc.respond(status.clone())?;
-        sock.write_all(&acc.take_output()).await?;
-        return Err(RelayError::Refused(format!("far node answered {}", status_text(&status))));
-    }
-    let mut buf = [0u8; 1024];
-    let alive = status == Status::Alive;
-    if alive {
-        // The far node still holds a connection from ours: forward `alive` faithfully and
-        // carry the local node's answer back; the challenge follows once the far side sends it.
-        acc.set_defer_challenge(true);
-        acc.respond(Status::Alive)?;
-        sock.write_all(&acc.take_output()).await?;
-        let answer = loop {
-            match acc.poll()? {
-                Some(AcceptorEvent::AliveAnswer(a)) => break a,
-                Some(_) => return Err(RelayError::Handshake(HandshakeError::OutOfOrder("expected the alive answer"))),
-                None => {
-                    let n = read_sock(sock, &mut buf, "alive answer").await?;
-                    acc.handle(buf.get(..n).unwrap_or_default())?;
-                }
-            }
-        };
-        tx.write_all(&Msg::AliveAnswer(answer).encode()).await?;
-        if !answer {
-            return Err(RelayError::Refused("the local node kept its old connection".into()));
-        }
-    }
-    let (flags, creation) = match msgs.next("challenge").await? {
-        Msg::Challenge { flags, creation } => (flags, creation),
-        Msg::ChallengeOf { flags, creation, challenge } => {
-            acc.set_challenge(challenge);
-            acc.pass_foreign_digests();
-            (flags, creation)
-        }
-        m => return Err(RelayError::Unexpected(m)),
-    };
-    let flags = match named {
-        // As OTP's acceptor answers a node that asks for a name: NAME_ME in place of
-        // PUBLISHED, or the node refuses the connection (dist_util:do_setnode).
-        Some(_) => (flags & RELAY_MASK & !DFlags::PUBLISHED) | DFlags::NAME_ME,
-        None => flags & RELAY_MASK & hidden_mask(hide),
-    };
-    acc.set_flags(DFlags(flags));
-    acc.set_creation(creation);
-    match named {
-        _ if alive => acc.send_challenge_now()?,
-        Some((name, creation)) => acc.respond(Status::Named { name, creation })?,
-        None => acc.respond(status)?,
-    }
-    sock.write_all(&acc.take_output()).await?;
-    loop {
-        match acc.poll()? {
-            Some(AcceptorEvent::Authenticated) => break,
-            Some(_) => return Err(RelayError::Handshake(HandshakeError::OutOfOrder("unexpected event"))),
-            None => {
-                let n = read_sock(sock, &mut buf, "challenge reply").await?;
-                acc.handle(buf.get(..n).unwrap_or_default())?;
-            }
-        }
-    }
-    match acc.foreign_digest() {
-        None => {
-            // The local node knows the cookie: only now does the far node hear from it (fact 5).
-            tx.write_all(&Msg::Proceed.encode()).await?;
-            match msgs.next("connected").await? {
-                Msg::Connected => {}
-                // The far node does not accept its gateway's cookie for ours.
-                Msg::BadCookie => return Err(RelayError::Handshake(HandshakeError::BadDigest)),
-                Msg::Refused(r) => return Err(RelayError::Refused(r)),
-                m => return Err(RelayError::Unexpected(m)),
-            }
-            acc.complete()?;
-        }
-        Some(digest) => {
-            // Another cookie: the far node judges it, as it would over one OTP connection.
-            tx.write_all(&Msg::Reply { challenge: acc.peer_challenge(), digest }.encode()).await?;
-            match msgs.next("ack").await? {
-                Msg::Ack(ack) => acc.complete_with(ack)?,
-                Msg::BadCookie => return Err(RelayError::Handshake(HandshakeError::BadDigest)),
-                Msg::Refused(r) => return Err(RelayError::Refused(r)),
-                m => return Err(RelayError::Unexpected(m)),
-            };
-        }
-    }
-    sock.write_all(&acc.take_output()).await?;
-    Ok(acc.take_remaining())
+    run_leg(sock, leg, msgs, tx).await?;
+    Ok(leg.take_remaining())
 }
 
 /// The far side: dial the real local node `to` as `from` and mirror the handshake over the
-/// relay stream. Returns the connected socket and bytes the node sent after its ack.
-/// `hide`: `from` is presented to `to` as a hidden node, and `to` to `from` (its role says so).
+/// relay stream ([`FarLeg`]). Returns the connected socket and bytes the node sent after its
+/// ack. `hide`: `from` is presented to `to` as a hidden node, and `to` to `from` (its role
+/// says so).
 #[allow(clippy::too_many_arguments)]
 pub async fn dial_local_target<R, W>(
     port: u16,
@@ -349,84 +166,65 @@ where
         .await
         .map_err(|_| RelayError::Timeout("connect"))??;
     let _ = sock.set_nodelay(true);
-    let e2e = flags.0 & E2E_COOKIES != 0;
-    // Set once the far node was sent a reply: if it closes now, it refused the digest (as OTP's
-    // acceptor does, after logging it) — the dialler's own, relayed, or ours under this
-    // gateway's cookie when the far node uses another for the dialler.
-    let mut replied = false;
-    let mut init = Initiator::new(InitiatorConfig {
-        name: from.to_string(),
-        flags: DFlags(flags.0 & RELAY_MASK & hidden_mask(hide)),
-        creation,
-        cookie: cookie.as_bytes().to_vec(),
-        challenge: rand::random(),
-        peer: to.to_string(),
-    });
+    let mut leg = FarLeg::new(from, to, flags, creation, cookie.as_bytes(), rand::random(), hide);
+    run_leg(&mut sock, &mut leg, msgs, tx).await?;
+    Ok((sock, leg.take_remaining()))
+}
+
+/// Moves a leg's bytes until it is connected: reads what it needs (each step within
+/// [`STEP_TIMEOUT`]) and sends what it queued, also before returning its error.
+async fn run_leg<L, R, W>(
+    sock: &mut TcpStream,
+    leg: &mut L,
+    msgs: &mut MsgReader<R>,
+    tx: &mut W,
+) -> Result<(), RelayError>
+where
+    L: Leg,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut buf = [0u8; 1024];
     loop {
-        let out = init.take_output();
-        if !out.is_empty() {
-            sock.write_all(&out).await?;
-        }
-        match init.poll()? {
-            Some(InitiatorEvent::Status(Status::Alive)) => {
-                // Forwarded faithfully: the dialling node decides (fact 6).
-                tx.write_all(&Msg::Status("alive".into()).encode()).await?;
-                match msgs.next("alive answer").await? {
-                    Msg::AliveAnswer(a) => {
-                        init.answer_alive(a)?;
-                        if !a {
-                            sock.write_all(&init.take_output()).await?;
-                            return Err(RelayError::Refused(format!("{from} kept its old connection to {to}")));
-                        }
+        send_queued(sock, leg, tx).await?;
+        let step = match leg.need() {
+            Need::Node(what) => match read_sock(sock, &mut buf, what).await {
+                Ok(n) => leg.node_bytes(buf.get(..n).unwrap_or_default()),
+                Err(e @ (RelayError::LocalClosed | RelayError::Io(_))) => match leg.node_closed() {
+                    LegError::NodeClosed => {
+                        send_queued(sock, leg, tx).await?;
+                        return Err(e);
                     }
-                    m => return Err(RelayError::Unexpected(m)),
-                }
-            }
-            Some(InitiatorEvent::Status(st)) => {
-                tx.write_all(&Msg::Status(status_text(&st).into()).encode()).await?;
-                if matches!(st, Status::Nok | Status::NotAllowed | Status::Named { .. }) {
-                    return Err(RelayError::Refused(format!("{to} answered {}", status_text(&st))));
-                }
-            }
-            Some(InitiatorEvent::Challenge { flags, creation, .. }) => {
-                let flags = flags.0 & hidden_mask(hide);
-                let m = match e2e {
-                    true => Msg::ChallengeOf { flags, creation, challenge: init.peer_challenge() },
-                    false => Msg::Challenge { flags, creation },
-                };
-                tx.write_all(&m.encode()).await?;
-                match msgs.next("proceed").await? {
-                    Msg::Proceed => init.reply()?,
-                    Msg::Reply { challenge, digest } if e2e => init.reply_relayed(challenge, digest)?,
-                    m => return Err(RelayError::Unexpected(m)),
-                }
-                replied = true;
-            }
-            Some(InitiatorEvent::Connected(_)) => {
-                let m = match init.take_relayed_ack() {
-                    Some(ack) => Msg::Ack(ack),
-                    None => Msg::Connected,
-                };
-                tx.write_all(&m.encode()).await?;
-                return Ok((sock, init.take_remaining()));
-            }
-            None => {
-                let n = match read_sock(&mut sock, &mut buf, "handshake").await {
-                    Err(RelayError::LocalClosed | RelayError::Io(_)) if replied => {
-                        // The far node refused the cookie (and logged it, as OTP does). Only a
-                        // gateway that relays cookies end to end knows `BadCookie`.
-                        if e2e {
-                            tx.write_all(&Msg::BadCookie.encode()).await?;
-                        }
-                        return Err(RelayError::Handshake(HandshakeError::BadDigest));
-                    }
-                    r => r?,
-                };
-                init.handle(buf.get(..n).unwrap_or_default())?;
-            }
+                    verdict => Err(verdict),
+                },
+                Err(e) => return Err(e),
+            },
+            Need::Peer(what) => leg.peer_msg(msgs.next(what).await?),
+            Need::Done if leg.connected().is_some() => return Ok(()),
+            Need::Done => return Err(HandshakeError::OutOfOrder("the leg is over").into()),
+            Need::Decision => return Err(HandshakeError::OutOfOrder("the leg waits for a decision").into()),
+        };
+        if let Err(e) = step {
+            send_queued(sock, leg, tx).await?;
+            return Err(e.into());
         }
     }
+}
+
+/// Sends what a leg queued: bytes to its node, messages to the peer gateway.
+async fn send_queued<L: Leg, W: AsyncWrite + Unpin>(
+    sock: &mut TcpStream,
+    leg: &mut L,
+    tx: &mut W,
+) -> Result<(), RelayError> {
+    let out = leg.take_node_output();
+    if !out.is_empty() {
+        sock.write_all(&out).await?;
+    }
+    while let Some(m) = leg.poll_peer() {
+        tx.write_all(&m.encode()).await?;
+    }
+    Ok(())
 }
 
 /// How a relay spreads traffic over lanes, and how much it may hold.
@@ -1638,7 +1436,9 @@ mod cookie_tests {
     //! gateway on the other: cookies other than the gateway's, with gateways that relay them end
     //! to end and with older ones that do not.
     use super::*;
-    use edist_proto::dist::handshake::{digest, Connected};
+    use edist_proto::dist::handshake::{
+        digest, Acceptor, AcceptorConfig, AcceptorEvent, Connected, Initiator, InitiatorConfig, InitiatorEvent, Status,
+    };
     use tokio::io::{duplex, split, DuplexStream, ReadHalf, WriteHalf};
     use tokio::net::TcpListener;
 
@@ -1721,8 +1521,9 @@ mod cookie_tests {
         let node =
             tokio::spawn(async move { node_dials(TcpStream::connect(("127.0.0.1", port)).await.unwrap(), ca).await });
         let (mut sock, _) = l.accept().await.unwrap();
-        let mut acc = impersonating_acceptor("b@h", 9, "x");
-        read_local_name(&mut sock, &mut acc).await.unwrap();
+        let mut leg = near_leg("b@h", 9, "x");
+        read_local_name(&mut sock, &mut leg).await.unwrap();
+        leg.open(1, None, false).unwrap();
         let ((mut msgs, mut tx), (mut far_msgs, mut far_tx)) = stream();
         let far = tokio::spawn(async move {
             let flags = DFlags::edist_default(true).0;
@@ -1746,7 +1547,7 @@ mod cookie_tests {
             }
             got
         });
-        let r = finish_local_leg(&mut sock, &mut acc, &mut msgs, &mut tx, None, false).await.map(|_| ());
+        let r = finish_local_leg(&mut sock, &mut leg, &mut msgs, &mut tx).await.map(|_| ());
         drop((sock, msgs, tx));
         let connected = node.await.unwrap().is_ok();
         (r, connected, far.await.unwrap())
