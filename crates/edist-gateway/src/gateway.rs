@@ -33,10 +33,12 @@ use tracing::{debug, info, warn};
 
 mod devices;
 mod inventory;
+mod registry;
 mod reload;
 mod shutdown;
 
 pub use inventory::{LinkReason, LinkStatus, MemberStatus, PeerRole, CLOSE_DUPLICATE};
+use registry::{Outbound, Registry, Resolved};
 use reload::Live;
 pub use reload::{ReloadReport, ReloadStatus};
 pub use shutdown::{ShutdownReport, CLOSE_SHUTDOWN};
@@ -56,28 +58,6 @@ pub enum GatewayError {
     Fabric(String),
     #[error("config: {0}")]
     Config(#[from] crate::config::ConfigError),
-}
-
-struct LocalNode {
-    /// Where it accepts distribution connections; `None` for a node that only connects out
-    /// (`-dist_listen false`, a dynamic name): it never registered, and is known while it has
-    /// relayed connections (see [`OutboundGuard`]).
-    port: Option<u16>,
-    creation: u32,
-    /// Relayed connections a node without `port` has open.
-    outbound: usize,
-    /// A dynamic name given here ([`dynamic_name`]): back to the pool when the node is gone.
-    dynamic: bool,
-    /// The line to its plug, on its registration.
-    plug: Option<Plug>,
-    /// A device connected through the hub (`[devices]`): known while its control connection
-    /// lasts; `port` is opened when someone first dials it (see [`Inner::local_port`]).
-    device: bool,
-}
-
-struct RemoteNode {
-    creation: u32,
-    gateway: String,
 }
 
 struct Peer {
@@ -131,28 +111,15 @@ impl Drop for LinkHold {
     }
 }
 
-struct Impersonator {
-    port: u16,
-    task: AbortHandle,
-}
-
+/// The links side of the gateway: peers and members.
 #[derive(Default)]
 struct State {
-    local: HashMap<String, LocalNode>,
-    remote: HashMap<String, RemoteNode>,
     /// Links to each peer gateway, oldest first. Normally one; when both gateways dial at
     /// once there are two for a moment: new relays take the one that stays, and the other
     /// closes once it carries nothing (`inventory::prune_duplicates_later`).
     peers: HashMap<String, Vec<Peer>>,
-    impersonators: HashMap<String, Impersonator>,
     /// Fabric addresses of the gateways membership holds alive.
     members: HashMap<String, std::net::SocketAddr>,
-    /// Gateways whose node list has come (over a link, membership or a relay) since the start:
-    /// until each peer's has, a lookup of an unknown name may wait for it (see `lookup`).
-    listed: std::collections::HashSet<String>,
-    /// Dynamic names whose nodes are gone, by host, with their next creation: given again
-    /// first, as OTP's `net_kernel` does (a node that reconnects gets its name back).
-    dyn_pool: HashMap<String, Vec<(String, u32)>>,
 }
 
 pub(crate) struct Inner {
@@ -160,6 +127,8 @@ pub(crate) struct Inner {
     /// The local nodes' cookie; `None` only without a fabric, where nothing is relayed.
     cookie: Option<String>,
     state: Mutex<State>,
+    /// Local and remote nodes, impersonators, peers' grants.
+    registry: Mutex<Registry<AbortHandle>>,
     metrics: Metrics,
     next_link: AtomicU64,
     relays: AtomicU64,
@@ -172,8 +141,6 @@ pub(crate) struct Inner {
     /// The fabric's TLS material (reloadable), and membership's signer.
     creds: std::sync::OnceLock<Arc<crate::fabric::credentials::Credentials>>,
     sealer: std::sync::OnceLock<Sealer>,
-    /// What linked or member gateways' certificates grant, before the config's overrides.
-    cert_grants: Mutex<HashMap<String, crate::pki::Grant>>,
     /// Dial loops of `[[peers]]` with an address, by peer.
     dialers: Mutex<HashMap<String, (std::net::SocketAddr, AbortHandle)>>,
     /// Tasks that take new work (local control, fabric accepts, seeds): stopped first on shutdown.
@@ -184,8 +151,6 @@ pub(crate) struct Inner {
     last_reload: Mutex<Option<ReloadStatus>>,
     /// What each peer gateway has used of its role's shared limits (atoms, rates).
     peer_budgets: Mutex<HashMap<String, policy::SharedPeer>>,
-    /// What each linked peer gateway's certificate (and config) grants it.
-    grants: Mutex<HashMap<String, crate::pki::Grant>>,
     /// Refused traffic.
     refusals: crate::refusal_log::RefusalLog,
     /// The fabric's transport (for links opened on demand).
@@ -296,6 +261,7 @@ impl Gateway {
             cfg: cfg.clone(),
             cookie,
             state: Mutex::new(State::default()),
+            registry: Mutex::new(Registry::new(&cfg.host)),
             metrics: Metrics::default(),
             next_link: AtomicU64::new(1),
             relays: AtomicU64::new(0),
@@ -304,13 +270,11 @@ impl Gateway {
             live: Mutex::new(Arc::new(Live::new(&cfg)?)),
             creds: Default::default(),
             sealer: Default::default(),
-            cert_grants: Default::default(),
             dialers: Default::default(),
             intake: Default::default(),
             closing: Default::default(),
             last_reload: Default::default(),
             peer_budgets: Mutex::new(HashMap::new()),
-            grants: Mutex::new(HashMap::new()),
             refusals: Default::default(),
             transport: Default::default(),
             gossip: Default::default(),
@@ -440,9 +404,9 @@ impl Gateway {
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
-        let mut st = self.inner.lock();
-        for (_, imp) in st.impersonators.drain() {
-            imp.task.abort();
+        let impersonators = self.inner.registry().take_impersonators();
+        for task in impersonators {
+            task.abort();
         }
     }
 }
@@ -454,6 +418,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// The registry. Never held together with [`Inner::lock`]'s state.
+    fn registry(&self) -> MutexGuard<'_, Registry<AbortHandle>> {
+        lock(&self.registry)
     }
 
     /// The local nodes' `net_ticktime` as configured (a node's plug may report another).
@@ -477,23 +446,14 @@ impl Inner {
     }
 
     fn status(&self) -> StatusReport {
+        let (local_nodes, outbound_only, remote_nodes, impersonated) = {
+            let reg = self.registry();
+            // A device nobody dialled yet has no port: shown with 0.
+            (reg.local_ports(), reg.outbound_only(), reg.remote_nodes(), reg.impersonated())
+        };
         let st = self.lock();
-        // A device nobody dialled yet has no port: shown with 0.
-        let mut local_nodes: Vec<_> = st
-            .local
-            .iter()
-            .filter_map(|(n, l)| Some((n.clone(), if l.device { l.port.unwrap_or(0) } else { l.port? })))
-            .collect();
-        let mut outbound_only: Vec<_> =
-            st.local.iter().filter(|(_, l)| l.port.is_none() && !l.device).map(|(n, _)| n.clone()).collect();
-        let mut remote_nodes: Vec<_> = st.remote.iter().map(|(n, r)| (n.clone(), r.gateway.clone())).collect();
         let mut peers: Vec<_> = st.peers.keys().cloned().collect();
-        let mut impersonated: Vec<_> = st.impersonators.iter().map(|(n, i)| (n.clone(), i.port)).collect();
-        local_nodes.sort();
-        outbound_only.sort();
-        remote_nodes.sort();
         peers.sort();
-        impersonated.sort();
         let links = inventory::links(&st);
         drop(st);
         let (bytes_in, bytes_out) = self.metrics.totals();
@@ -588,21 +548,14 @@ impl Inner {
     /// Registers a node a peer announced, if the peer may claim that name: it matches the peer's
     /// grant, and no local node or node of another gateway has it.
     fn admit_remote(&self, peer: &str, n: NodeInfo) {
-        let allowed = lock(&self.grants).get(peer).is_some_and(|g| g.allows(&n.name));
-        if !allowed {
-            self.refuse(peer, "name_claim", &format!("announcement of {} (outside its node-name grant)", n.name));
-            return;
-        }
-        let mut st = self.lock();
-        let taken = st.local.contains_key(&n.name) || st.remote.get(&n.name).is_some_and(|r| r.gateway != peer);
-        if taken {
-            drop(st);
-            self.refuse(peer, "name_taken", &format!("announcement of {} (a node of another gateway)", n.name));
-            return;
-        }
-        st.remote.insert(n.name.clone(), RemoteNode { creation: n.creation, gateway: peer.to_string() });
-        drop(st);
-        lock(&self.waiters).settle(&n.name, Answer::Known);
+        let admitted = self.registry().admit_remote(peer, &n);
+        let why = match admitted {
+            Ok(()) => return lock(&self.waiters).settle(&n.name, Answer::Known),
+            Err(registry::NotAdmitted::OutsideGrant) => "outside its node-name grant",
+            Err(registry::NotAdmitted::Taken) => "a node of another gateway",
+        };
+        let reason = admitted.err().map(registry::NotAdmitted::reason).unwrap_or_default();
+        self.refuse(peer, reason, &format!("announcement of {} ({why})", n.name));
     }
 
     /// Logs (once per burst) and counts a refusal.
@@ -614,7 +567,7 @@ impl Inner {
     /// The role of a peer gateway: its config entry's, else its certificate's.
     fn peer_role(&self, peer: &str) -> Option<String> {
         let configured = self.peer_config(peer).and_then(|p| p.role);
-        configured.or_else(|| lock(&self.grants).get(peer).and_then(|g| g.role.clone()))
+        configured.or_else(|| self.registry().grant(peer).and_then(|g| g.role.clone()))
     }
 
     /// What a peer gateway may claim: its certificate's grant, with the config's `nodes` over it.
@@ -667,7 +620,7 @@ fn per_peer_scalars(st: &StatusReport) -> Vec<(&'static str, &'static str, u64)>
 
 impl Inner {
     fn local_list(&self) -> Vec<NodeInfo> {
-        self.lock().local.iter().map(|(n, l)| NodeInfo { name: n.clone(), creation: l.creation }).collect()
+        self.registry().local_list()
     }
 
     /// Tells linked peers (and membership) that a local node came or went.
@@ -688,7 +641,7 @@ impl Inner {
             self.admit_remote(peer, n);
         }
         // After the nodes: a lookup that sees the list in finds them registered.
-        self.lock().listed.insert(peer.to_string());
+        self.registry().mark_listed(peer);
     }
 
     /// What membership says.
@@ -706,16 +659,16 @@ impl Inner {
                     l.conn.close(CLOSE_NORMAL, b"membership says you are gone");
                 }
                 drop(st);
-                self.forget_remote(|_, r| r.gateway == m.name);
+                self.forget_gateway(&m.name);
             }
             Event::Nodes { gateway, nodes, grant } => {
                 if self.is_revoked(&gateway, &grant.serial) {
                     self.refuse(&gateway, "revoked", &format!("membership: certificate {} is revoked", grant.serial));
                     return;
                 }
-                lock(&self.cert_grants).entry(gateway.clone()).or_insert_with(|| (*grant).clone());
+                self.registry().certify(&gateway, &grant, false);
                 let grant = self.effective_grant(&gateway, (*grant).clone());
-                lock(&self.grants).entry(gateway.clone()).or_insert(grant);
+                self.registry().grant_unless_known(&gateway, grant);
                 self.replace_remote(&gateway, nodes);
             }
             Event::Node { gateway, node, grant } => {
@@ -725,12 +678,12 @@ impl Inner {
                 } else {
                     debug!(node = %name, %gateway, "lookup: the owner answered");
                     let grant = self.effective_grant(&gateway, (*grant).clone());
-                    lock(&self.grants).entry(gateway.clone()).or_insert(grant);
+                    self.registry().grant_unless_known(&gateway, grant);
                     // Admitted as an announcement would be (grant, name taken): that settles
                     // the lookup; refused, the node is unknown here.
                     self.admit_remote(&gateway, node);
                 }
-                let admitted = self.lock().remote.get(&name).is_some_and(|r| r.gateway == gateway);
+                let admitted = self.registry().owner_of(&name) == Some(gateway.as_str());
                 if !admitted {
                     // What the owner says is now: unknown to whoever asked before.
                     lock(&self.waiters).settle(&name, Answer::Unknown { since: std::time::Instant::now() });
@@ -758,17 +711,10 @@ impl Inner {
     /// For a peer that just linked: the node lists of the gateways this one relays for, and,
     /// if it relays for that peer, of every other gateway.
     fn relayed_lists(&self, to: &str) -> Vec<Msg> {
-        let st = self.lock();
-        let mut lists: HashMap<&str, Vec<NodeInfo>> = HashMap::new();
-        for gw in st.peers.keys().filter(|g| *g != to && (self.relays_for(g) || self.relays_for(to))) {
-            lists.entry(gw.as_str()).or_default();
-        }
-        for (name, r) in &st.remote {
-            if let Some(l) = lists.get_mut(r.gateway.as_str()) {
-                l.push(NodeInfo { name: name.clone(), creation: r.creation });
-            }
-        }
-        lists.into_iter().map(|(g, nodes)| Msg::RelayedNodes { gateway: g.to_string(), nodes }).collect()
+        let gateways: Vec<String> = self.lock().peers.keys().cloned().collect();
+        let gateways = gateways.into_iter().filter(|g| g != to && (self.relays_for(g) || self.relays_for(to)));
+        let reg = self.registry();
+        gateways.map(|g| Msg::RelayedNodes { nodes: reg.nodes_of(&g), gateway: g }).collect()
     }
 
     /// `gateway`'s nodes changed: if this gateway relays for it, tell the other peers; tell the
@@ -778,13 +724,8 @@ impl Inner {
             return;
         }
         let everyone = self.relays_for(gateway);
+        let nodes = self.registry().nodes_of(gateway);
         let st = self.lock();
-        let nodes: Vec<NodeInfo> = st
-            .remote
-            .iter()
-            .filter(|(_, r)| r.gateway == gateway)
-            .map(|(n, r)| NodeInfo { name: n.clone(), creation: r.creation })
-            .collect();
         let m = Msg::RelayedNodes { gateway: gateway.to_string(), nodes };
         let told = |name: &String| *name != gateway && (everyone || self.relays_for(name));
         for p in st.peers.iter().filter(|(name, _)| told(name)).flat_map(|(_, links)| links) {
@@ -800,9 +741,9 @@ impl Inner {
             self.refuse(relay, "name_claim", &format!("nodes of {gateway}, which it does not relay for here"));
             return;
         }
-        let relay_grant = lock(&self.grants).get(relay).cloned().unwrap_or_default();
+        let relay_grant = self.registry().grant(relay).cloned().unwrap_or_default();
         let grant = self.effective_grant(&gateway, relay_grant);
-        lock(&self.grants).insert(gateway.clone(), grant);
+        self.registry().set_grant(&gateway, grant);
         self.replace_remote(&gateway, nodes);
     }
 
@@ -811,14 +752,18 @@ impl Inner {
     }
 
     /// Forgets remote nodes and closes their impersonators.
-    fn forget_remote(&self, pred: impl Fn(&str, &RemoteNode) -> bool) {
-        let mut st = self.lock();
-        let gone: Vec<String> = st.remote.iter().filter(|(n, r)| pred(n, r)).map(|(n, _)| n.clone()).collect();
-        for n in gone {
-            st.remote.remove(&n);
-            if let Some(imp) = st.impersonators.remove(&n) {
-                imp.task.abort();
-            }
+    fn forget_remote(&self, pred: impl Fn(&str, &registry::RemoteNode) -> bool) {
+        let closed = self.registry().forget_remote(pred);
+        for task in closed {
+            task.abort();
+        }
+    }
+
+    /// Forgets `gateway`'s nodes and closes their impersonators.
+    fn forget_gateway(&self, gateway: &str) {
+        let closed = self.registry().forget_gateway(gateway);
+        for task in closed {
+            task.abort();
         }
     }
 }
@@ -828,20 +773,17 @@ impl Inner {
     /// The loopback port of `full_name` from what the gateway knows now: a local node's own, or
     /// that of a listener impersonating a remote node (opened here if need be).
     fn resolve_now(self: &Arc<Self>, full_name: &str) -> Option<u16> {
-        let mut st = self.lock();
-        if let Some(l) = st.local.get(full_name) {
-            if l.device && l.port.is_none() {
-                drop(st);
+        let mut reg = self.registry();
+        match reg.resolve(full_name, self.cfg.local.max_listeners) {
+            Resolved::Device => {
+                drop(reg);
                 return self.device_port(full_name);
             }
             // None for a node that only connects out: nobody can dial it, as with OTP.
-            return l.port;
-        }
-        if let Some(i) = st.impersonators.get(full_name) {
-            return Some(i.port);
-        }
-        if !st.remote.contains_key(full_name) || st.impersonators.len() >= self.cfg.local.max_listeners {
-            return None;
+            Resolved::Local(port) => return port,
+            Resolved::Impersonated(port) => return Some(port),
+            Resolved::Unknown => return None,
+            Resolved::Impersonate => {}
         }
         // Open a loopback listener impersonating this node (std, so this stays synchronous).
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
@@ -849,15 +791,14 @@ impl Inner {
         let port = listener.local_addr().ok()?.port();
         let listener = TcpListener::from_std(listener).ok()?;
         let task = tokio::spawn(impersonate(Arc::downgrade(self), listener, full_name.to_string())).abort_handle();
-        st.impersonators.insert(full_name.to_string(), Impersonator { port, task });
+        reg.add_impersonator(full_name, port, task);
         debug!(node = %full_name, port, "impersonating");
         Some(port)
     }
 
     /// Whether `full_name` is a node the gateway knows, local or remote (dialable or not).
     fn knows(&self, full_name: &str) -> bool {
-        let st = self.lock();
-        st.local.contains_key(full_name) || st.remote.contains_key(full_name)
+        self.registry().knows(full_name)
     }
 
     /// [`Inner::resolve_now`], or, for a name not known yet, what the fabric says within
@@ -927,11 +868,11 @@ impl Inner {
 
     /// What a lookup of an unknown name can hope for, now.
     fn lookup_situation(&self) -> lookup::Situation {
-        let st = self.lock();
+        let reg = self.registry();
         let cfg = &self.cfg;
         // A peer's list comes over its own link, or through the gateway it is reached `via`.
-        let peers_missing = cfg.peers.iter().any(|p| !st.listed.contains(&p.name));
-        let seeds_missing = !cfg.fabric.seeds.is_empty() && st.listed.is_empty();
+        let peers_missing = cfg.peers.iter().any(|p| !reg.is_listed(&p.name));
+        let seeds_missing = !cfg.fabric.seeds.is_empty() && reg.none_listed();
         lookup::Situation {
             fabric: self.transport.get().is_some(),
             membership: cfg.fabric.membership && self.gossip.get().is_some(),
@@ -943,8 +884,7 @@ impl Inner {
 
     /// The gateways likely to own `name`, to ask first.
     fn likely_owners(&self, name: &str) -> Vec<String> {
-        let st = self.lock();
-        lookup::likely_owners(name, st.remote.iter().map(|(n, r)| (n.as_str(), r.gateway.as_str())))
+        lookup::likely_owners(name, self.registry().owners())
     }
 }
 
@@ -959,7 +899,7 @@ struct LocalGuard {
 impl Drop for LocalGuard {
     fn drop(&mut self) {
         let Some(inner) = self.inner.upgrade() else { return };
-        if inner.lock().local.remove(&self.name).is_some() {
+        if inner.registry().unregister_local(&self.name) {
             info!(node = %self.name, "local node gone");
             inner.broadcast(Msg::NodeDown(self.name.clone()));
         }
@@ -969,18 +909,8 @@ impl Drop for LocalGuard {
 impl LocalDirectory for Directory {
     fn register(&self, name: &str, port: u16, plug: Plug) -> Result<Registration, RegisterError> {
         let inner = self.0.upgrade().ok_or(RegisterError::Unavailable)?;
-        let name = control::full_node_name(name, &inner.cfg.host)?;
-        let creation = rand::random::<u32>().max(4);
-        {
-            let mut st = inner.lock();
-            if st.local.contains_key(&name) || st.remote.contains_key(&name) {
-                return Err(RegisterError::Duplicate);
-            }
-            st.local.insert(
-                name.clone(),
-                LocalNode { port: Some(port), creation, outbound: 0, dynamic: false, plug: Some(plug), device: false },
-            );
-        }
+        let creation = registry::fresh_creation(rand::random());
+        let name = inner.registry().register_local(name, port, creation, plug)?;
         info!(node = %name, port, "local node registered");
         inner.broadcast(Msg::NodeUp(NodeInfo { name: name.clone(), creation }));
         Ok(Registration::new(creation, Box::new(LocalGuard { inner: self.0.clone(), name })))
@@ -1000,11 +930,8 @@ impl LocalDirectory for Directory {
 
     fn names(&self) -> Vec<(String, u16)> {
         let Some(inner) = self.0.upgrade() else { return vec![] };
-        let st = inner.lock();
-        st.local
-            .iter()
-            .filter_map(|(n, l)| Some((n.split('@').next().unwrap_or_default().to_string(), l.port?)))
-            .collect()
+        let names = inner.registry().alive_names();
+        names
     }
 }
 
@@ -1043,20 +970,11 @@ impl OutboundGuard {
     /// the name is a remote node's.
     /// `dynamic`: the name was given here ([`dynamic_name`]).
     fn admit(inner: &Arc<Inner>, name: &str, creation: u32, dynamic: bool) -> Result<Option<OutboundGuard>, String> {
-        control::full_node_name(name, &inner.cfg.host).map_err(|e| e.to_string())?;
-        let mut st = inner.lock();
-        if let Some(r) = st.remote.get(name) {
-            return Err(format!("{name} is a node behind {}", r.gateway));
-        }
-        match st.local.get_mut(name) {
-            Some(l) if l.port.is_some() || l.device => return Ok(None),
-            Some(l) => l.outbound += 1,
-            None => {
-                st.local.insert(
-                    name.to_string(),
-                    LocalNode { port: None, creation, outbound: 1, dynamic, plug: None, device: false },
-                );
-                drop(st);
+        let held = inner.registry().hold_outbound(name, creation, dynamic)?;
+        match held {
+            Outbound::Registered => return Ok(None),
+            Outbound::Held => {}
+            Outbound::New => {
                 info!(node = %name, "local node connects out without listening");
                 inner.broadcast(Msg::NodeUp(NodeInfo { name: name.to_string(), creation }));
             }
@@ -1067,66 +985,17 @@ impl OutboundGuard {
 
 impl Drop for OutboundGuard {
     fn drop(&mut self) {
-        let mut st = self.inner.lock();
-        let last = match st.local.get_mut(&self.name) {
-            Some(l) if l.port.is_none() => {
-                l.outbound = l.outbound.saturating_sub(1);
-                l.outbound == 0
-            }
-            _ => false,
-        };
+        let last = self.inner.registry().release_outbound(&self.name);
         if last {
-            if let Some(LocalNode { dynamic: true, creation, .. }) = st.local.remove(&self.name) {
-                if let Some((_, host)) = self.name.split_once('@') {
-                    let free = (self.name.clone(), next_creation(creation));
-                    st.dyn_pool.entry(host.to_string()).or_default().push(free);
-                }
-            }
-            drop(st);
             info!(node = %self.name, "local node without a listener has no relayed connection left");
             self.inner.broadcast(Msg::NodeDown(self.name.clone()));
         }
     }
 }
 
-/// A name for a node that asked for one (a dynamic name, `-sname undefined`: `NAME_ME` in its
-/// handshake, `host` in place of its name), as OTP's `net_kernel` makes them: the last one
-/// freed at that host, with its next creation (a node that disconnected and connects again
-/// gets its name back, erl_distribution_SUITE `dyn_node_name`), else a random base-36 number
-/// at the node's host, with a fresh creation.
+/// A name for a node that asked for one (see [`Registry::dynamic_name`]).
 fn dynamic_name(inner: &Inner, host: &str) -> (String, u32) {
-    let mut st = inner.lock();
-    while let Some(free) = st.dyn_pool.get_mut(host).and_then(|p| p.pop()) {
-        if !st.local.contains_key(&free.0) && !st.remote.contains_key(&free.0) {
-            return free;
-        }
-    }
-    loop {
-        let name = format!("{}@{host}", base36(rand::random::<u64>()));
-        if !st.local.contains_key(&name) && !st.remote.contains_key(&name) {
-            return (name, rand::random::<u32>().max(4));
-        }
-    }
-}
-
-/// The creation after `c`, as OTP's `net_kernel:next_creation/1`: 0 to 3 are never used.
-fn next_creation(c: u32) -> u32 {
-    c.checked_add(1).filter(|&n| n >= 4).unwrap_or(4)
-}
-
-/// `n` in base 36, upper case, as `integer_to_list(N, 36)`.
-fn base36(mut n: u64) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
+    inner.registry().dynamic_name(host, rand::random::<u64>)
 }
 
 /// Accepts local nodes' connections to a remote node `target`.
@@ -1155,8 +1024,8 @@ async fn impersonate(inner: Weak<Inner>, listener: TcpListener, target: String) 
 async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str) -> Result<(), relay::RelayError> {
     let _ = sock.set_nodelay(true);
     let (creation, gateway) = {
-        let st = inner.lock();
-        let r = st.remote.get(target).ok_or_else(|| relay::RelayError::Refused(format!("{target} is unknown")))?;
+        let reg = inner.registry();
+        let r = reg.remote(target).ok_or_else(|| relay::RelayError::Refused(format!("{target} is unknown")))?;
         (r.creation, r.gateway.clone())
     };
     let Some(cookie) = inner.cookie.as_deref() else {
@@ -1287,7 +1156,8 @@ async fn carry(
     let mut lanes = inner.lanes(peer_gateway);
     lanes.link = Some(conn.clone());
     // The local node's plug, where it has one: its ticktime, and holds on its senders.
-    if let Some(plug) = inner.lock().local.get(node).and_then(|l| l.plug.clone()) {
+    let plug = inner.registry().local(node).and_then(|l| l.plug.clone());
+    if let Some(plug) = plug {
         lanes.net_ticktime = relay::Ticktime::reported_into(inner.configured_ticktime(), plug.ticktime_ms());
         lanes.plug = Some(plug);
     }
@@ -1380,7 +1250,7 @@ struct OpenReq {
 async fn announced_by(inner: &Inner, from: &str, gateway: &str) -> bool {
     let deadline = tokio::time::Instant::now() + ANNOUNCEMENT_WAIT;
     loop {
-        let known = inner.lock().remote.get(from).map(|r| r.gateway == gateway);
+        let known = inner.registry().owner_of(from).map(|g| g == gateway);
         match known {
             Some(known) => return known,
             None if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -1400,7 +1270,7 @@ async fn relay_to_local(
     let OpenReq { relay: relay_id, from, to, flags, creation, origin } = open;
     let port = inner.local_port(&to);
     if port.is_none() && origin.is_none() && inner.cfg.fabric.relay {
-        let target = inner.lock().remote.get(&to).map(|r| r.gateway.clone());
+        let target = inner.registry().owner_of(&to).map(str::to_string);
         // Between a gateway we relay for and any other.
         if let Some(target) = target.filter(|g| inner.relays_for(g) || inner.relays_for(&peer_gateway)) {
             let open = Msg::Open { relay: relay_id, from, to, flags, creation };
@@ -1415,7 +1285,7 @@ async fn relay_to_local(
             || inner.peer_config(o).and_then(|p| p.via).as_deref() == Some(peer_gateway.as_str())
     });
     let allowed = match &origin {
-        Some(_) => vouched && !inner.lock().local.contains_key(&from),
+        Some(_) => vouched && inner.registry().local(&from).is_none(),
         None => announced_by(&inner, &from, &peer_gateway).await,
     };
     let Some(port) = port.filter(|_| allowed) else {
@@ -1735,8 +1605,11 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
         return;
     }
     let grant = inner.effective_grant(&peer, link.grant.clone());
-    lock(&inner.cert_grants).insert(peer.clone(), link.grant.clone());
-    lock(&inner.grants).insert(peer.clone(), grant);
+    {
+        let mut reg = inner.registry();
+        reg.certify(&peer, &link.grant, true);
+        reg.set_grant(&peer, grant);
+    }
     let link_id = inner.next_link.fetch_add(1, Ordering::Relaxed);
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Msg>();
     let usage = LinkUsage::new();
@@ -1854,12 +1727,12 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
         drop(st);
         // A gateway that says it is going away takes its nodes with it, membership or not.
         if shut_down && inner.cfg.fabric.membership {
-            inner.forget_remote(|_, r| r.gateway == peer);
+            inner.forget_gateway(&peer);
         }
         // With membership the registry is membership's: a link closing (idle, say) says
         // nothing about the peer's nodes.
         if !inner.cfg.fabric.membership {
-            inner.forget_remote(|_, r| r.gateway == peer);
+            inner.forget_gateway(&peer);
             // And the gateways reached through it.
             let via: Vec<String> =
                 inner.live().peers.iter().filter(|p| p.via.as_deref() == Some(&peer)).map(|p| p.name.clone()).collect();
@@ -1927,15 +1800,6 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn base36_is_erlangs_integer_to_list_36() {
-        // integer_to_list(N, 36) in Erlang.
-        assert_eq!(base36(0), "0");
-        assert_eq!(base36(35), "Z");
-        assert_eq!(base36(36), "10");
-        assert_eq!(base36(u64::MAX), "3W5E11264SGSF");
-    }
-
     #[tokio::test]
     async fn nodes_that_do_not_listen_are_held_while_connected_and_names_keep_their_host() {
         let mut cfg = Config { host: "gwhost".into(), ..Config::default() };
@@ -1970,7 +1834,9 @@ mod tests {
         drop(g2);
         assert!(gw.status().outbound_only.is_empty());
         // A remote node's name is not for a local node to take.
-        gw.inner.lock().remote.insert("r@far".into(), RemoteNode { creation: 4, gateway: "gw-far".into() });
+        let far = crate::pki::Grant { nodes: vec!["*".into()], ..Default::default() };
+        gw.inner.registry().set_grant("gw-far", far);
+        gw.inner.registry().admit_remote("gw-far", &NodeInfo { name: "r@far".into(), creation: 4 }).unwrap();
         assert!(OutboundGuard::admit(&gw.inner, "r@far", 5, false).is_err());
         // Dynamic names: at the node's host, never one in use.
         let (name, creation) = dynamic_name(&gw.inner, "hosta");
@@ -1981,10 +1847,9 @@ mod tests {
         let (other, _) = dynamic_name(&gw.inner, "hosta");
         assert_ne!(other, name, "in use");
         drop(g);
-        assert_eq!(dynamic_name(&gw.inner, "hosta"), (name.clone(), next_creation(creation)));
+        assert_eq!(dynamic_name(&gw.inner, "hosta"), (name.clone(), registry::next_creation(creation)));
         assert_ne!(dynamic_name(&gw.inner, "hosta").0, name, "given once");
         assert_eq!(dynamic_name(&gw.inner, "hostb").0.split_once('@').map(|x| x.1), Some("hostb"));
-        assert_eq!((next_creation(4), next_creation(u32::MAX)), (5, 4));
         drop((long, short));
         assert!(gw.status().local_nodes.is_empty());
         gw.shutdown();

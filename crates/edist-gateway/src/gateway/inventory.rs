@@ -196,7 +196,7 @@ impl Inner {
             .into_iter()
             .map(|peer| {
                 let configured = live.peers.iter().find(|p| p.name == peer).and_then(|p| p.role.clone());
-                let certified = super::lock(&self.grants).get(&peer).and_then(|g| g.role.clone());
+                let certified = self.registry().grant(&peer).and_then(|g| g.role.clone());
                 let (role, from) = match (configured, certified) {
                     (Some(r), _) => (r, "config"),
                     (None, Some(r)) => (r, "certificate"),

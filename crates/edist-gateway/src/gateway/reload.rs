@@ -253,8 +253,7 @@ impl Inner {
             report.revoked.extend(hub.close_revoked());
         }
         let live = self.live();
-        let known: Vec<(String, crate::pki::Grant)> =
-            lock(&self.cert_grants).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let known = self.registry().certified();
         for (peer, cert) in known {
             if live.is_revoked(&peer, &cert.serial) {
                 let links: Vec<_> =
@@ -262,22 +261,16 @@ impl Inner {
                 for l in &links {
                     l.close(CLOSE_REVOKED, b"certificate revoked");
                 }
-                lock(&self.cert_grants).remove(&peer);
-                lock(&self.grants).remove(&peer);
-                self.forget_remote(|_, r| r.gateway == peer);
+                self.registry().forget_grants(&peer);
+                self.forget_gateway(&peer);
                 self.refuse(&peer, "revoked", &format!("reload: certificate {} is revoked", cert.serial));
                 report.revoked.push(peer);
                 continue;
             }
             let grant = self.effective_grant(&peer, cert);
-            let outside: Vec<String> = self
-                .lock()
-                .remote
-                .iter()
-                .filter(|(n, r)| r.gateway == peer && !grant.allows(n))
-                .map(|(n, _)| n.clone())
-                .collect();
-            lock(&self.grants).insert(peer.clone(), grant);
+            let outside: Vec<String> =
+                self.registry().nodes_of(&peer).into_iter().map(|n| n.name).filter(|n| !grant.allows(n)).collect();
+            self.registry().set_grant(&peer, grant);
             if !outside.is_empty() {
                 self.forget_remote(|n, r| r.gateway == peer && outside.iter().any(|o| o == n));
                 report.forgotten.extend(outside);

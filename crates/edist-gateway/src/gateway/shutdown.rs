@@ -51,8 +51,9 @@ impl Gateway {
         inner.closing.store(true, Ordering::Relaxed);
         inner.stop_intake();
         // Nobody dials this gateway's impersonators from now on.
-        for (_, imp) in inner.lock().impersonators.drain() {
-            imp.task.abort();
+        let impersonators = inner.registry().take_impersonators();
+        for task in impersonators {
+            task.abort();
         }
 
         let deadline = start + drain;
