@@ -2,12 +2,12 @@
 //! links to other gateways, and the relays between them.
 
 use crate::config::Config;
-use crate::fabric::close::{CLOSE_IDLE, CLOSE_NORMAL, CLOSE_REVOKED};
+use crate::fabric::close::CLOSE_NORMAL;
 use crate::fabric::discovery::{self, Discovery};
 use crate::fabric::envelope::{Opener, Sealer};
 use crate::fabric::gossip::{self, Command, Event};
 use crate::fabric::identity::{crypto_provider, TlsIdentity};
-use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, SendStream, Transport};
+use crate::fabric::link::{self, Link, RecvStream, SendStream, Transport};
 use crate::fabric::membership::{MemberId, Membership};
 use crate::fabric::options::QuicOptions;
 use crate::fabric::tls::membership_verifier;
@@ -33,11 +33,13 @@ use tracing::{debug, info, warn};
 
 mod devices;
 mod inventory;
+mod links;
 mod registry;
 mod reload;
 mod shutdown;
 
 pub use inventory::{LinkReason, LinkStatus, MemberStatus, PeerRole, CLOSE_DUPLICATE};
+use links::{accept_loop, link_to, reap_idle_links, seed_loop, LinkHold, LinkTable, Links, SEED_INTERVAL};
 use registry::{Outbound, Registry, Resolved};
 use reload::Live;
 pub use reload::{ReloadReport, ReloadStatus};
@@ -60,77 +62,15 @@ pub enum GatewayError {
     Config(#[from] crate::config::ConfigError),
 }
 
-struct Peer {
-    link_id: u64,
-    conn: Arc<dyn Link>,
-    control: mpsc::UnboundedSender<Msg>,
-    usage: Arc<LinkUsage>,
-    /// Why it was opened, when, and the serial of the certificate the peer presented (for
-    /// `edist status`).
-    why: LinkReason,
-    since: tokio::time::Instant,
-    serial: String,
-}
-
-/// How busy a link is: relayed connections on it, and since when it has had none.
-#[derive(Debug)]
-struct LinkUsage {
-    relays: AtomicU64,
-    idle_since: Mutex<tokio::time::Instant>,
-}
-
-impl LinkUsage {
-    fn new() -> Arc<LinkUsage> {
-        Arc::new(LinkUsage { relays: AtomicU64::new(0), idle_since: Mutex::new(tokio::time::Instant::now()) })
-    }
-
-    /// Counts a relayed connection on the link until the guard drops.
-    fn hold(self: &Arc<Self>) -> LinkHold {
-        self.relays.fetch_add(1, Ordering::Relaxed);
-        LinkHold(self.clone())
-    }
-
-    /// How long the link has carried nothing (zero while it carries something).
-    fn idle_for(&self) -> Duration {
-        match self.relays.load(Ordering::Relaxed) {
-            0 => lock(&self.idle_since).elapsed(),
-            _ => Duration::ZERO,
-        }
-    }
-}
-
-/// A relayed connection's hold on its link (see [`LinkUsage::hold`]).
-struct LinkHold(Arc<LinkUsage>);
-
-impl Drop for LinkHold {
-    fn drop(&mut self) {
-        let mut since = lock(&self.0.idle_since);
-        if self.0.relays.fetch_sub(1, Ordering::Relaxed) == 1 {
-            *since = tokio::time::Instant::now();
-        }
-    }
-}
-
-/// The links side of the gateway: peers and members.
-#[derive(Default)]
-struct State {
-    /// Links to each peer gateway, oldest first. Normally one; when both gateways dial at
-    /// once there are two for a moment: new relays take the one that stays, and the other
-    /// closes once it carries nothing (`inventory::prune_duplicates_later`).
-    peers: HashMap<String, Vec<Peer>>,
-    /// Fabric addresses of the gateways membership holds alive.
-    members: HashMap<String, std::net::SocketAddr>,
-}
-
 pub(crate) struct Inner {
     cfg: Config,
     /// The local nodes' cookie; `None` only without a fabric, where nothing is relayed.
     cookie: Option<String>,
-    state: Mutex<State>,
+    /// Links to peer gateways, dial loops, members' addresses.
+    links: Links,
     /// Local and remote nodes, impersonators, peers' grants.
     registry: Mutex<Registry<AbortHandle>>,
     metrics: Metrics,
-    next_link: AtomicU64,
     relays: AtomicU64,
     /// Mergers of the relayed connections through this gateway, by relay id (for lanes).
     mergers: Mutex<HashMap<u64, relay::Merger>>,
@@ -141,8 +81,6 @@ pub(crate) struct Inner {
     /// The fabric's TLS material (reloadable), and membership's signer.
     creds: std::sync::OnceLock<Arc<crate::fabric::credentials::Credentials>>,
     sealer: std::sync::OnceLock<Sealer>,
-    /// Dial loops of `[[peers]]` with an address, by peer.
-    dialers: Mutex<HashMap<String, (std::net::SocketAddr, AbortHandle)>>,
     /// Tasks that take new work (local control, fabric accepts, seeds): stopped first on shutdown.
     intake: Mutex<Vec<AbortHandle>>,
     /// Set once a shutdown began: no new relayed connection is accepted.
@@ -157,8 +95,6 @@ pub(crate) struct Inner {
     transport: std::sync::OnceLock<Arc<dyn Transport>>,
     /// Membership, when `[fabric] membership` is on.
     gossip: std::sync::OnceLock<mpsc::UnboundedSender<Command>>,
-    /// One dial at a time per peer gateway.
-    dialling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Bytes through the membership socket.
     gossip_traffic: Arc<gossip::Traffic>,
     /// Relayed connections this gateway forwards (`[fabric] relay`), by relay id.
@@ -260,17 +196,15 @@ impl Gateway {
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
             cookie,
-            state: Mutex::new(State::default()),
+            links: Links::default(),
             registry: Mutex::new(Registry::new(&cfg.host)),
             metrics: Metrics::default(),
-            next_link: AtomicU64::new(1),
             relays: AtomicU64::new(0),
             mergers: Mutex::new(HashMap::new()),
             buffer: relay::Budget::new(cfg.fabric.gateway_buffer),
             live: Mutex::new(Arc::new(Live::new(&cfg)?)),
             creds: Default::default(),
             sealer: Default::default(),
-            dialers: Default::default(),
             intake: Default::default(),
             closing: Default::default(),
             last_reload: Default::default(),
@@ -278,7 +212,6 @@ impl Gateway {
             refusals: Default::default(),
             transport: Default::default(),
             gossip: Default::default(),
-            dialling: Default::default(),
             gossip_traffic: Default::default(),
             forwards: Default::default(),
             // One per control connection at most (the control port serves 256 at a time).
@@ -382,7 +315,7 @@ impl Gateway {
     /// The links to peer gateways and what they have cost on the wire (UDP bytes, QUIC's own
     /// keep-alives, acks and handshakes included), and what membership has.
     pub fn link_stats(&self) -> LinkStats {
-        let st = self.inner.lock();
+        let st = self.inner.links();
         let mut s = LinkStats::default();
         for p in st.peers.values().flatten() {
             let (tx, rx) = p.conn.wire_bytes();
@@ -416,11 +349,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+    /// The links' table. Never held together with the registry.
+    fn links(&self) -> MutexGuard<'_, LinkTable> {
+        lock(&self.links.table)
     }
 
-    /// The registry. Never held together with [`Inner::lock`]'s state.
+    /// The registry. Never held together with the links' table.
     fn registry(&self) -> MutexGuard<'_, Registry<AbortHandle>> {
         lock(&self.registry)
     }
@@ -451,7 +385,7 @@ impl Inner {
             // A device nobody dialled yet has no port: shown with 0.
             (reg.local_ports(), reg.outbound_only(), reg.remote_nodes(), reg.impersonated())
         };
-        let st = self.lock();
+        let st = self.links();
         let mut peers: Vec<_> = st.peers.keys().cloned().collect();
         peers.sort();
         let links = inventory::links(&st);
@@ -625,7 +559,7 @@ impl Inner {
 
     /// Tells linked peers (and membership) that a local node came or went.
     fn broadcast(&self, m: Msg) {
-        for p in self.lock().peers.values().flatten() {
+        for p in self.links().peers.values().flatten() {
             let _ = p.control.send(m.clone());
         }
         if let Some(g) = self.gossip.get() {
@@ -649,11 +583,11 @@ impl Inner {
         match e {
             Event::Up(m) => {
                 info!(peer = %m.name, addr = %m.fabric, "member up");
-                self.lock().members.insert(m.name, m.fabric);
+                self.links().members.insert(m.name, m.fabric);
             }
             Event::Down(m) => {
                 info!(peer = %m.name, "member down");
-                let mut st = self.lock();
+                let mut st = self.links();
                 st.members.remove(&m.name);
                 for l in st.peers.get(&m.name).into_iter().flatten() {
                     l.conn.close(CLOSE_NORMAL, b"membership says you are gone");
@@ -711,7 +645,7 @@ impl Inner {
     /// For a peer that just linked: the node lists of the gateways this one relays for, and,
     /// if it relays for that peer, of every other gateway.
     fn relayed_lists(&self, to: &str) -> Vec<Msg> {
-        let gateways: Vec<String> = self.lock().peers.keys().cloned().collect();
+        let gateways: Vec<String> = self.links().peers.keys().cloned().collect();
         let gateways = gateways.into_iter().filter(|g| g != to && (self.relays_for(g) || self.relays_for(to)));
         let reg = self.registry();
         gateways.map(|g| Msg::RelayedNodes { nodes: reg.nodes_of(&g), gateway: g }).collect()
@@ -725,7 +659,7 @@ impl Inner {
         }
         let everyone = self.relays_for(gateway);
         let nodes = self.registry().nodes_of(gateway);
-        let st = self.lock();
+        let st = self.links();
         let m = Msg::RelayedNodes { gateway: gateway.to_string(), nodes };
         let told = |name: &String| *name != gateway && (everyone || self.relays_for(name));
         for p in st.peers.iter().filter(|(name, _)| told(name)).flat_map(|(_, links)| links) {
@@ -1102,43 +1036,6 @@ async fn open_relay_stream(
     Err(relay::RelayError::Refused(format!("link to {gateway}: {}", error.map(|e| e.to_string()).unwrap_or_default())))
 }
 
-/// The link to `gateway` (or to the gateway it is reached through, `via`), held for a
-/// relayed connection, and the gateway at its other end; with membership, one is dialled if
-/// there is none.
-async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(Arc<dyn Link>, String, LinkHold), relay::RelayError> {
-    let via = inner.peer_config(gateway).and_then(|p| p.via.clone());
-    let hop = via.unwrap_or_else(|| gateway.to_string());
-    let newest = |inner: &Inner| {
-        let st = inner.lock();
-        let link = st.peers.get(&hop).and_then(|l| inventory::preferred(&inner.cfg.name, &hop, l));
-        link.map(|p| (p.conn.clone(), hop.clone(), p.usage.hold()))
-    };
-    if let Some(l) = newest(inner) {
-        return Ok(l);
-    }
-    let no_link = || relay::RelayError::Refused(format!("no link to {gateway}"));
-    let (Some(t), true) = (inner.transport.get(), inner.cfg.fabric.membership) else { return Err(no_link()) };
-    let gate = lock(&inner.dialling).entry(gateway.to_string()).or_default().clone();
-    let _dialling = gate.lock().await;
-    if let Some(l) = newest(inner) {
-        return Ok(l);
-    }
-    let addr = inner.lock().members.get(gateway).copied().ok_or_else(no_link)?;
-    let link = t.dial(addr, Some(gateway)).await.map_err(|e| {
-        inner.metrics.link_handshake(gateway, false);
-        relay::RelayError::Refused(format!("dialling {gateway} at {addr}: {e}"))
-    })?;
-    tokio::spawn(run_link(inner.clone(), link, LinkReason::Traffic));
-    // run_link files the link before its first await point.
-    for _ in 0..100 {
-        if let Some(l) = newest(inner) {
-            return Ok(l);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Err(no_link())
-}
-
 /// The data phase of a relay, on either gateway (see [`relay::pump`]).
 #[allow(clippy::too_many_arguments)]
 async fn carry(
@@ -1388,81 +1285,6 @@ async fn forward_lane(
     Ok(())
 }
 
-async fn accept_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>) {
-    while let Some((from, handshake)) = transport.accept().await {
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            match handshake.await {
-                Ok(link) => run_link(inner, link, LinkReason::Accepted).await,
-                // TLS refusals (no or foreign certificate, expired), silent or lying peers: the
-                // peer is not known yet, so it is counted under its address.
-                Err(e) => {
-                    inner.metrics.link_handshake("", false);
-                    inner.refuse(&from.ip().to_string(), "handshake", &format!("fabric connection: {e}"))
-                }
-            }
-        });
-    }
-}
-
-async fn dial_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, peer: String, addr: std::net::SocketAddr) {
-    loop {
-        if !inner.lock().peers.contains_key(&peer) {
-            match transport.dial(addr, Some(&peer)).await {
-                Ok(link) => run_link(inner.clone(), link, LinkReason::Configured).await,
-                Err(e) => {
-                    inner.metrics.link_handshake(&peer, false);
-                    debug!(%peer, %addr, "dial failed: {e}")
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Dials the addresses the seed sources give, again every few seconds, unless a link to that
-/// address is up; whoever answers (with a certificate of the cluster CA) becomes a peer.
-async fn seed_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, sources: Vec<Box<dyn Discovery>>) {
-    // Who answered at each address (ourselves included). A link the seed dialled in to us
-    // shows its source address, which over TCP is not its listening one, so the name is what
-    // tells whether that gateway is linked already.
-    let mut who = HashMap::<std::net::SocketAddr, String>::new();
-    let me = inner.cfg.name.as_str();
-    loop {
-        for source in &sources {
-            for addr in source.discover().await {
-                let linked = {
-                    let st = inner.lock();
-                    let named = who.get(&addr).is_some_and(|n| n == me || st.peers.contains_key(n));
-                    named || st.peers.values().flatten().any(|p| p.conn.remote_address() == addr)
-                };
-                if linked {
-                    continue;
-                }
-                match transport.dial(addr, None).await {
-                    Ok(link) if link.peer_name == me => {
-                        link.link.close(CLOSE_NORMAL, b"that is me");
-                        who.insert(addr, link.peer_name);
-                    }
-                    Ok(link) => {
-                        debug!(peer = %link.peer_name, %addr, "seed answered");
-                        who.insert(addr, link.peer_name.clone());
-                        tokio::spawn(run_link(inner.clone(), link, LinkReason::Seed));
-                    }
-                    Err(e) => {
-                        inner.metrics.link_handshake("", false);
-                        debug!(%addr, "seed dial failed: {e}")
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(SEED_INTERVAL).await;
-    }
-}
-
-/// How often seeds are looked up and dialled again.
-const SEED_INTERVAL: Duration = Duration::from_secs(2);
-
 /// The membership port of a gateway whose fabric listens on `fabric`.
 fn gossip_addr(fabric: std::net::SocketAddr) -> std::net::SocketAddr {
     std::net::SocketAddr::new(fabric.ip(), fabric.port().wrapping_add(1))
@@ -1544,7 +1366,7 @@ async fn route_to_first_seed(sources: &[Box<dyn Discovery>]) -> Option<std::net:
 /// announcements take over from there).
 async fn announce_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<Command>, sources: Vec<Box<dyn Discovery>>) {
     loop {
-        if inner.lock().members.is_empty() {
+        if inner.links().members.is_empty() {
             for source in &sources {
                 for addr in source.discover().await {
                     let _ = tx.send(Command::Announce(gossip_addr(addr)));
@@ -1552,21 +1374,6 @@ async fn announce_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<Command>, so
             }
         }
         tokio::time::sleep(SEED_INTERVAL).await;
-    }
-}
-
-/// Closes links that have carried no relayed connection for `[fabric] link_idle_ms`.
-async fn reap_idle_links(inner: Arc<Inner>) {
-    let idle = Duration::from_millis(inner.cfg.fabric.link_idle_ms);
-    let mut every = tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)));
-    loop {
-        every.tick().await;
-        for p in inner.lock().peers.values().flatten() {
-            if p.usage.idle_for() >= idle {
-                debug!(link = p.link_id, "closing an idle link");
-                p.conn.close(CLOSE_IDLE, b"idle");
-            }
-        }
     }
 }
 
@@ -1581,216 +1388,6 @@ impl metrics::HandshakeOutcome for relay::RelayError {
             E::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest) => "bad_cookie",
             E::Handshake(_) => "bad_handshake",
             _ => "error",
-        }
-    }
-}
-
-/// Serves one link to another gateway until it closes. (Boxed: links open links, through
-/// `link_to`, and a recursive future needs a name.)
-fn run_link(inner: Arc<Inner>, link: Linked, why: LinkReason) -> link::BoxFuture<'static, ()> {
-    Box::pin(serve_link(inner, link, why))
-}
-
-async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
-    let peer = link.peer_name.clone();
-    let conn = link.link.clone();
-    if peer == inner.cfg.name {
-        // A seed that is our own address, seen from the accepting side.
-        conn.close(CLOSE_NORMAL, b"that is me");
-        return;
-    }
-    if inner.is_revoked(&peer, &link.grant.serial) {
-        conn.close(CLOSE_REVOKED, b"certificate revoked");
-        inner.refuse(&peer, "revoked", &format!("link: certificate {} is revoked", link.grant.serial));
-        return;
-    }
-    let grant = inner.effective_grant(&peer, link.grant.clone());
-    {
-        let mut reg = inner.registry();
-        reg.certify(&peer, &link.grant, true);
-        reg.set_grant(&peer, grant);
-    }
-    let link_id = inner.next_link.fetch_add(1, Ordering::Relaxed);
-    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Msg>();
-    let usage = LinkUsage::new();
-    let first = {
-        let mut st = inner.lock();
-        let links = st.peers.entry(peer.clone()).or_default();
-        let since = tokio::time::Instant::now();
-        let serial = link.grant.serial.clone();
-        links.push(Peer {
-            link_id,
-            conn: conn.clone(),
-            control: ctl_tx.clone(),
-            usage: usage.clone(),
-            why,
-            since,
-            serial,
-        });
-        links.len() == 1
-    };
-    inner.metrics.link_handshake(&peer, true);
-    // Both gateways dial each other, so a peer may have two links for a while: the peer is up
-    // once (log, `edist_link_events_total`), at its first link.
-    if first {
-        info!(%peer, link = link_id, why = why.as_str(), remote = %conn.remote_address(), "gateway link up");
-        inner.metrics.link_up(&peer);
-    } else {
-        debug!(%peer, link = link_id, why = why.as_str(), "another link to the same peer (both dialled)");
-        inventory::prune_duplicates_later(&inner, &peer);
-    }
-    let _ = ctl_tx.send(Msg::Control);
-    let _ = ctl_tx.send(Msg::Nodes(inner.local_list()));
-    for m in inner.relayed_lists(&peer) {
-        let _ = ctl_tx.send(m);
-    }
-    // Our announcements go out on our own control stream.
-    let writer_conn = conn.clone();
-    let writer = tokio::spawn(async move {
-        let Ok(mut s) = writer_conn.open_uni().await else { return };
-        while let Some(m) = ctl_rx.recv().await {
-            if s.write_all(&m.encode()).await.is_err() {
-                return;
-            }
-        }
-    });
-    let uni = {
-        let (inner, peer, conn) = (inner.clone(), peer.clone(), conn.clone());
-        tokio::spawn(async move {
-            while let Ok(rx) = conn.accept_uni().await {
-                let (inner, peer) = (inner.clone(), peer.clone());
-                tokio::spawn(read_control(inner, peer, rx));
-            }
-        })
-    };
-    while let Ok((mut tx, rx)) = conn.accept_bi().await {
-        if inner.closing.load(Ordering::Relaxed) {
-            let _ = tx.write_all(&Msg::Refused("the gateway is shutting down".into()).encode()).await;
-            continue;
-        }
-        let (inner, peer, conn) = (inner.clone(), peer.clone(), conn.clone());
-        let hold = usage.hold();
-        tokio::spawn(async move {
-            let _hold = hold;
-            let mut msgs = MsgReader::new(rx);
-            let mut first = msgs.next("open").await;
-            let mut origin = None;
-            if let Ok(Msg::Forwarded { origin: o }) = first {
-                origin = Some(o);
-                first = msgs.next("open").await;
-            }
-            match first {
-                Ok(Msg::Open { relay, from, to, flags, creation }) => {
-                    inner.relays.fetch_add(1, Ordering::Relaxed);
-                    let open = OpenReq { relay, from, to: to.clone(), flags, creation, origin };
-                    if let Err(e) = relay_to_local(inner.clone(), conn, peer, tx, msgs, open).await {
-                        info!(%to, "relay ended: {e}");
-                    }
-                    inner.relays.fetch_sub(1, Ordering::Relaxed);
-                }
-                Ok(other) => warn!(%peer, "unexpected first frame {other:?}"),
-                Err(e) => debug!(%peer, "relay stream: {e}"),
-            }
-        });
-    }
-    writer.abort();
-    uni.abort();
-    let closed = conn.closed();
-    let mut st = inner.lock();
-    // A link that died of silence says the peer (or the path to it) is gone: its sibling links
-    // (both gateways dial, so there may be two) are as dead, only not noticed yet. Closing them
-    // now keeps new relays off them and lets the peer's nodes go down at once.
-    let peer_gone = matches!(conn.closed(), Some(Closed::Lost(_)));
-    let last = match st.peers.get_mut(&peer) {
-        Some(links) => {
-            links.retain(|l| l.link_id != link_id);
-            if peer_gone {
-                for l in links.iter() {
-                    l.conn.close(CLOSE_NORMAL, b"a sibling link to the same peer timed out");
-                }
-            }
-            links.is_empty()
-        }
-        None => false,
-    };
-    let shut_down = matches!(&closed, Some(Closed::ByPeer { code, .. }) if *code == u64::from(CLOSE_SHUTDOWN));
-    if !last {
-        debug!(%peer, link = link_id, reason = ?closed, "one of two links to the peer closed");
-    } else if shut_down {
-        info!(%peer, "gateway link down: the peer gateway shut down");
-    } else {
-        info!(%peer, reason = %inventory::closed_text(closed.as_ref()), "gateway link down");
-    }
-    if last {
-        inner.metrics.link_down(&peer);
-        st.peers.remove(&peer);
-        drop(st);
-        // A gateway that says it is going away takes its nodes with it, membership or not.
-        if shut_down && inner.cfg.fabric.membership {
-            inner.forget_gateway(&peer);
-        }
-        // With membership the registry is membership's: a link closing (idle, say) says
-        // nothing about the peer's nodes.
-        if !inner.cfg.fabric.membership {
-            inner.forget_gateway(&peer);
-            // And the gateways reached through it.
-            let via: Vec<String> =
-                inner.live().peers.iter().filter(|p| p.via.as_deref() == Some(&peer)).map(|p| p.name.clone()).collect();
-            inner.forget_remote(|_, r| via.contains(&r.gateway));
-        }
-        inner.relayed_nodes_changed(&peer);
-    }
-}
-
-async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
-    let mut msgs = MsgReader::new(rx);
-    match msgs.next("control").await {
-        Ok(Msg::Control) => {}
-        Ok(Msg::Lane { relay, lane }) => {
-            // A lane of a relayed connection: its packets join that relay's merger.
-            // Only the peer whose relay it is may add lanes to it.
-            let (rx, pending) = msgs.into_parts();
-            let Some(merger) = lock(&inner.mergers).get(&relay).filter(|m| *m.peer == *peer).cloned() else {
-                // Or a lane of a connection this gateway forwards.
-                if let Err(e) = forward_lane(&inner, (relay, lane), &peer, rx, &pending).await {
-                    debug!(%peer, "forwarded lane of relay {relay:#x} ended: {e}");
-                }
-                return;
-            };
-            if let Err(e) = relay::feed_lane_stream(lane, rx, &pending, merger).await {
-                debug!(%peer, "lane of relay {relay:#x} ended: {e}");
-            }
-            return;
-        }
-        _ => return,
-    }
-    loop {
-        // Control streams are long-lived: wait as long as it takes.
-        let m = loop {
-            match msgs.next("control").await {
-                Err(relay::RelayError::Timeout(_)) => continue,
-                other => break other,
-            }
-        };
-        match m {
-            Ok(Msg::Nodes(nodes)) => {
-                inner.replace_remote(&peer, nodes);
-                inner.relayed_nodes_changed(&peer);
-            }
-            Ok(Msg::NodeUp(n)) => {
-                inner.admit_remote(&peer, n);
-                inner.relayed_nodes_changed(&peer);
-            }
-            Ok(Msg::NodeDown(name)) => {
-                inner.forget_remote(|n, r| n == name && r.gateway == peer);
-                inner.relayed_nodes_changed(&peer);
-            }
-            Ok(Msg::RelayedNodes { gateway, nodes }) => inner.relayed_nodes(&peer, gateway, nodes),
-            Ok(other) => warn!(%peer, "unexpected control message {other:?}"),
-            Err(e) => {
-                debug!(%peer, "control stream ended: {e}");
-                return;
-            }
         }
     }
 }

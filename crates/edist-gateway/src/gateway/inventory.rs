@@ -1,7 +1,8 @@
 //! What `edist status` shows of the fabric besides the registry: the links and why each is
 //! open, the gateways membership knows and their state, the role each peer has here.
 
-use super::{Inner, Peer, State};
+use super::links::{LinkTable, Peer};
+use super::Inner;
 use crate::fabric::link::Closed;
 use crate::fabric::membership::MemberState;
 use serde::{Deserialize, Serialize};
@@ -105,7 +106,7 @@ pub(super) fn prune_duplicates_later(inner: &std::sync::Arc<Inner>, peer: &str) 
     tokio::spawn(async move {
         tokio::time::sleep(DUPLICATE_GRACE).await;
         let Some(inner) = weak.upgrade() else { return };
-        let st = inner.lock();
+        let st = inner.links();
         let Some(links) = st.peers.get(&peer) else { return };
         if !links.iter().any(|l| l.why == LinkReason::Accepted) {
             return;
@@ -127,7 +128,7 @@ pub(super) fn preferred<'a>(me: &str, peer: &str, links: &'a [Peer]) -> Option<&
 }
 
 /// The links in the state, by peer then link number.
-pub(super) fn links(st: &State) -> Vec<LinkStatus> {
+pub(super) fn links(st: &LinkTable) -> Vec<LinkStatus> {
     let now = tokio::time::Instant::now();
     let mut out: Vec<LinkStatus> = st
         .peers
@@ -168,7 +169,7 @@ impl Inner {
     pub(super) fn member_statuses(&self) -> Vec<MemberStatus> {
         let known = super::lock(&self.gossip_traffic.members).clone();
         let mut latest: std::collections::BTreeMap<String, (u64, MemberStatus)> = Default::default();
-        let st = self.lock();
+        let st = self.links();
         for (id, state) in known {
             let entry = MemberStatus {
                 name: id.name.clone(),

@@ -15,7 +15,7 @@
 //! Everything else (addresses, transport, membership, buffers, cookie) needs a restart; a
 //! reload says which of those changed ([`ReloadReport::needs_restart`]).
 
-use super::{dial_loop, lock, Gateway, GatewayError, Inner};
+use super::{lock, Gateway, GatewayError, Inner};
 use crate::config::{Config, PeerConfig};
 use crate::fabric::close::CLOSE_REVOKED;
 use crate::fabric::identity::TlsIdentity;
@@ -219,33 +219,6 @@ impl Inner {
         Ok(report)
     }
 
-    /// Makes the dial loops match `[[peers]]`: one per peer with an `addr`. Returns the peers
-    /// now dialled anew and those no longer dialled.
-    pub(super) fn sync_dialers(self: &Arc<Self>) -> (Vec<String>, Vec<String>) {
-        let Some(t) = self.transport.get() else { return Default::default() };
-        let wanted: BTreeMap<String, std::net::SocketAddr> =
-            self.live().peers.iter().filter_map(|p| Some((p.name.clone(), p.addr?))).collect();
-        let mut dialers = lock(&self.dialers);
-        let mut stopped = vec![];
-        dialers.retain(|name, (addr, task)| {
-            let keep = wanted.get(name) == Some(addr);
-            if !keep {
-                task.abort();
-                stopped.push(name.clone());
-            }
-            keep
-        });
-        let mut started = vec![];
-        for (name, addr) in wanted {
-            if !dialers.contains_key(&name) {
-                let task = tokio::spawn(dial_loop(self.clone(), t.clone(), name.clone(), addr)).abort_handle();
-                dialers.insert(name.clone(), (addr, task));
-                started.push(name);
-            }
-        }
-        (started, stopped)
-    }
-
     /// Applies revocations and narrowed grants to the peers already known.
     fn recheck_peers(&self, report: &mut ReloadReport) {
         if let Some(hub) = self.hub.get() {
@@ -257,7 +230,7 @@ impl Inner {
         for (peer, cert) in known {
             if live.is_revoked(&peer, &cert.serial) {
                 let links: Vec<_> =
-                    self.lock().peers.get(&peer).into_iter().flatten().map(|l| l.conn.clone()).collect();
+                    self.links().peers.get(&peer).into_iter().flatten().map(|l| l.conn.clone()).collect();
                 for l in &links {
                     l.close(CLOSE_REVOKED, b"certificate revoked");
                 }

@@ -67,7 +67,7 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
 
-        let links: Vec<_> = inner.lock().peers.values().flatten().map(|p| p.conn.clone()).collect();
+        let links: Vec<_> = inner.links().peers.values().flatten().map(|p| p.conn.clone()).collect();
         for l in &links {
             l.close(CLOSE_SHUTDOWN, b"the gateway is shutting down");
         }
@@ -104,9 +104,7 @@ impl Inner {
         for t in lock(&self.intake).drain(..) {
             t.abort();
         }
-        for (_, (_, t)) in lock(&self.dialers).drain() {
-            t.abort();
-        }
+        self.links.stop_dialers();
     }
 
     /// Packets queued in the gateway now, both directions, all peers.
