@@ -38,7 +38,8 @@ mod registry;
 mod reload;
 mod shutdown;
 
-pub use inventory::{LinkReason, LinkStatus, MemberStatus, PeerRole, CLOSE_DUPLICATE};
+pub use inventory::{LinkReason, LinkStatus, MemberStatus, PeerRole};
+pub use links::CLOSE_DUPLICATE;
 use links::{accept_loop, link_to, reap_idle_links, seed_loop, LinkHold, LinkTable, Links, SEED_INTERVAL};
 use registry::{Outbound, Registry, Resolved};
 use reload::Live;

@@ -1,7 +1,7 @@
 //! What `edist status` shows of the fabric besides the registry: the links and why each is
 //! open, the gateways membership knows and their state, the role each peer has here.
 
-use super::links::{LinkTable, Peer};
+use super::links::LinkTable;
 use super::Inner;
 use crate::fabric::link::Closed;
 use crate::fabric::membership::MemberState;
@@ -84,47 +84,6 @@ pub struct PeerRole {
     /// `config` (its `[[peers]]` entry), `certificate` (its certificate's grant) or `default`
     /// (`[policy] default_role`).
     pub from: String,
-}
-
-/// Application close code of a link closed because another link to the same peer is up (both
-/// gateways dialled each other).
-pub const CLOSE_DUPLICATE: u32 = 0x101;
-
-/// How long two links to a peer may both stay up before one closes: long enough for both
-/// gateways to see both (and for relays just opened on either to settle on the other).
-const DUPLICATE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Both gateways dial each other (each has the other in `[[peers]]`, or seeds, or traffic on
-/// both sides at once), so a peer often gets two links. Both ends apply one rule, so they
-/// agree without talking: the link the gateway with the smaller name dialled stays; the other
-/// gateway closes the links it dialled itself, once they carry no relayed connection.
-pub(super) fn prune_duplicates_later(inner: &std::sync::Arc<Inner>, peer: &str) {
-    if inner.cfg.name.as_str() < peer {
-        return;
-    }
-    let (weak, peer) = (std::sync::Arc::downgrade(inner), peer.to_string());
-    tokio::spawn(async move {
-        tokio::time::sleep(DUPLICATE_GRACE).await;
-        let Some(inner) = weak.upgrade() else { return };
-        let st = inner.links();
-        let Some(links) = st.peers.get(&peer) else { return };
-        if !links.iter().any(|l| l.why == LinkReason::Accepted) {
-            return;
-        }
-        for l in links.iter().filter(|l| l.why != LinkReason::Accepted) {
-            if l.usage.relays.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                tracing::debug!(%peer, link = l.link_id, "closing our link: the peer's own link to us stays");
-                l.conn.close(CLOSE_DUPLICATE, b"duplicate link: yours stays");
-            }
-        }
-    });
-}
-
-/// The link new relayed connections to `peer` take: of two, the one that stays (see
-/// [`prune_duplicates_later`]), so that none starts on a link about to close; else the newest.
-pub(super) fn preferred<'a>(me: &str, peer: &str, links: &'a [Peer]) -> Option<&'a Peer> {
-    let stays_dialled_by_me = me < peer;
-    links.iter().rev().find(|l| (l.why != LinkReason::Accepted) == stays_dialled_by_me).or_else(|| links.last())
 }
 
 /// The links in the state, by peer then link number.

@@ -109,10 +109,51 @@ impl Drop for LinkHold {
 pub(super) struct LinkTable {
     /// Links to each peer gateway, oldest first. Normally one; when both gateways dial at
     /// once there are two for a moment: new relays take the one that stays, and the other
-    /// closes once it carries nothing (`inventory::prune_duplicates_later`).
+    /// closes once it carries nothing ([`prune_duplicates_later`]).
     pub(super) peers: HashMap<String, Vec<Peer>>,
     /// Fabric addresses of the gateways membership holds alive.
     pub(super) members: HashMap<String, std::net::SocketAddr>,
+}
+
+/// Application close code of a link closed because another link to the same peer is up (both
+/// gateways dialled each other).
+pub const CLOSE_DUPLICATE: u32 = 0x101;
+
+/// How long two links to a peer may both stay up before one closes: long enough for both
+/// gateways to see both (and for relays just opened on either to settle on the other).
+const DUPLICATE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Both gateways dial each other (each has the other in `[[peers]]`, or seeds, or traffic on
+/// both sides at once), so a peer often gets two links. Both ends apply one rule, so they
+/// agree without talking: the link the gateway with the smaller name dialled stays; the other
+/// gateway closes the links it dialled itself, once they carry no relayed connection.
+pub(super) fn prune_duplicates_later(inner: &Arc<Inner>, peer: &str) {
+    if inner.cfg.name.as_str() < peer {
+        return;
+    }
+    let (weak, peer) = (Arc::downgrade(inner), peer.to_string());
+    tokio::spawn(async move {
+        tokio::time::sleep(DUPLICATE_GRACE).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let st = inner.links();
+        let Some(links) = st.peers.get(&peer) else { return };
+        if !links.iter().any(|l| l.why == LinkReason::Accepted) {
+            return;
+        }
+        for l in links.iter().filter(|l| l.why != LinkReason::Accepted) {
+            if l.usage.relays.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                tracing::debug!(%peer, link = l.link_id, "closing our link: the peer's own link to us stays");
+                l.conn.close(CLOSE_DUPLICATE, b"duplicate link: yours stays");
+            }
+        }
+    });
+}
+
+/// The link new relayed connections to `peer` take: of two, the one that stays (see
+/// [`prune_duplicates_later`]), so that none starts on a link about to close; else the newest.
+pub(super) fn preferred<'a>(me: &str, peer: &str, links: &'a [Peer]) -> Option<&'a Peer> {
+    let stays_dialled_by_me = me < peer;
+    links.iter().rev().find(|l| (l.why != LinkReason::Accepted) == stays_dialled_by_me).or_else(|| links.last())
 }
 
 /// The link to `gateway` (or to the gateway it is reached through, `via`), held for a
@@ -126,7 +167,7 @@ pub(super) async fn link_to(
     let hop = via.unwrap_or_else(|| gateway.to_string());
     let newest = |inner: &Inner| {
         let st = inner.links();
-        let link = st.peers.get(&hop).and_then(|l| inventory::preferred(&inner.cfg.name, &hop, l));
+        let link = st.peers.get(&hop).and_then(|l| preferred(&inner.cfg.name, &hop, l));
         link.map(|p| (p.conn.clone(), hop.clone(), p.usage.hold()))
     };
     if let Some(l) = newest(inner) {
@@ -326,7 +367,7 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
         inner.metrics.link_up(&peer);
     } else {
         debug!(%peer, link = link_id, why = why.as_str(), "another link to the same peer (both dialled)");
-        inventory::prune_duplicates_later(&inner, &peer);
+        prune_duplicates_later(&inner, &peer);
     }
     let _ = ctl_tx.send(Msg::Control);
     let _ = ctl_tx.send(Msg::Nodes(inner.local_list()));
