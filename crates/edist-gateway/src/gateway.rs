@@ -4,13 +4,12 @@
 use crate::config::Config;
 use crate::fabric::close::CLOSE_NORMAL;
 use crate::fabric::discovery::{self, Discovery};
-use crate::fabric::envelope::{Opener, Sealer};
+use crate::fabric::envelope::Sealer;
 use crate::fabric::gossip::{self, Command, Event};
-use crate::fabric::identity::{crypto_provider, TlsIdentity};
+use crate::fabric::identity::TlsIdentity;
+use crate::fabric::join::{JoinError, Joining};
 use crate::fabric::link::{self, Link, RecvStream, SendStream, Transport};
-use crate::fabric::membership::{MemberId, Membership};
 use crate::fabric::options::QuicOptions;
-use crate::fabric::tls::membership_verifier;
 use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
 use crate::local::plug::Plug;
 use crate::lookup::{self, Answer, Plan};
@@ -40,7 +39,7 @@ mod shutdown;
 
 pub use inventory::{LinkReason, LinkStatus, MemberStatus, PeerRole};
 pub use links::CLOSE_DUPLICATE;
-use links::{accept_loop, link_to, reap_idle_links, seed_loop, LinkHold, LinkTable, Links, SEED_INTERVAL};
+use links::{accept_loop, link_to, reap_idle_links, seed_loop, LinkHold, LinkTable, Links};
 use registry::{Outbound, Registry, Resolved};
 use reload::Live;
 pub use reload::{ReloadReport, ReloadStatus};
@@ -1286,51 +1285,24 @@ async fn forward_lane(
     Ok(())
 }
 
-/// The membership port of a gateway whose fabric listens on `fabric`.
-fn gossip_addr(fabric: std::net::SocketAddr) -> std::net::SocketAddr {
-    std::net::SocketAddr::new(fabric.ip(), fabric.port().wrapping_add(1))
-}
-
-/// Starts membership: its socket, the announcements to seeds and peers, the idle-link reaper.
+/// Starts membership (see [`crate::fabric::join`]) and the idle-link reaper.
 async fn start_membership(
     inner: &Arc<Inner>,
     id: &TlsIdentity,
     fabric: std::net::SocketAddr,
 ) -> Result<Vec<AbortHandle>, GatewayError> {
     let cfg = &inner.cfg;
-    let bind = gossip_addr(fabric);
-    let sock = tokio::net::UdpSocket::bind(bind).await.map_err(|e| GatewayError::Bind {
-        what: "membership",
-        addr: bind,
-        source: e,
-    })?;
     let (st, dns) = discovery::from_config(&cfg.fabric.seeds);
     let peers = discovery::StaticSeeds(cfg.peers.iter().filter_map(|p| p.addr).collect());
     let sources: Vec<Box<dyn Discovery>> = vec![Box::new(st), Box::new(dns), Box::new(peers)];
-    let ip = match (cfg.fabric.advertise, fabric.ip()) {
-        (Some(ip), _) => ip,
-        (None, ip) if !ip.is_unspecified() => ip,
-        (None, _) => route_to_first_seed(&sources).await.ok_or_else(|| {
-            GatewayError::Fabric("membership: set [fabric] advertise (no address to reach this gateway at)".into())
-        })?,
-    };
-    let bump = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64);
-    let me = MemberId {
-        name: cfg.name.clone(),
-        gossip: gossip_addr(std::net::SocketAddr::new(ip, fabric.port())),
-        fabric: std::net::SocketAddr::new(ip, fabric.port()),
-        bump: bump.unwrap_or_default(),
-    };
-    let provider = crypto_provider();
-    let fabric_err = |e: &dyn std::fmt::Display| GatewayError::Fabric(format!("membership: {e}"));
-    let sealer = Sealer::new(&provider, &id.chain, &id.key).map_err(|e| fabric_err(&e))?;
-    let _ = inner.sealer.set(sealer.clone());
     // The fabric's verifier: a reloaded ca.pem applies to membership datagrams too.
-    let verifier = match inner.creds.get() {
-        Some(c) => c.client_verifier(),
-        None => membership_verifier(id).map_err(|e| fabric_err(&e))?,
-    };
-    let opener = Opener::new(verifier, provider);
+    let verifier = inner.creds.get().map(|c| c.client_verifier());
+    let joining =
+        Joining::bind(&cfg.name, fabric, cfg.fabric.advertise, sources, id, verifier).await.map_err(|e| match e {
+            JoinError::Bind { addr, source } => GatewayError::Bind { what: "membership", addr, source },
+            JoinError::Failed(why) => GatewayError::Fabric(format!("membership: {why}")),
+        })?;
+    let _ = inner.sealer.set(joining.sealer().clone());
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(Command::Nodes(inner.local_list()));
     let _ = inner.gossip.set(tx.clone());
@@ -1340,42 +1312,13 @@ async fn start_membership(
             i.membership_event(e)
         }
     };
-    info!(member = %me.name, gossip = %me.gossip, "membership started");
-    let membership = Membership::new(me, 32);
-    Ok(vec![
-        tokio::spawn(gossip::run(sock, membership, sealer, opener, rx, inner.gossip_traffic.clone(), on_event))
-            .abort_handle(),
-        tokio::spawn(announce_loop(inner.clone(), tx, sources)).abort_handle(),
-        tokio::spawn(reap_idle_links(inner.clone())).abort_handle(),
-    ])
-}
-
-/// The local address of the route to the first seed that resolves.
-async fn route_to_first_seed(sources: &[Box<dyn Discovery>]) -> Option<std::net::IpAddr> {
-    for source in sources {
-        for addr in source.discover().await {
-            let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-            if sock.connect(addr).is_ok() {
-                return sock.local_addr().ok().map(|a| a.ip());
-            }
-        }
-    }
-    None
-}
-
-/// Asks the seeds to let us join while membership knows no other gateway (SWIM's own periodic
-/// announcements take over from there).
-async fn announce_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<Command>, sources: Vec<Box<dyn Discovery>>) {
-    loop {
-        if inner.links().members.is_empty() {
-            for source in &sources {
-                for addr in source.discover().await {
-                    let _ = tx.send(Command::Announce(gossip_addr(addr)));
-                }
-            }
-        }
-        tokio::time::sleep(SEED_INTERVAL).await;
-    }
+    let lonely = {
+        let inner = inner.clone();
+        move || inner.links().members.is_empty()
+    };
+    let mut tasks = joining.run((tx, rx), inner.gossip_traffic.clone(), on_event, lonely);
+    tasks.push(tokio::spawn(reap_idle_links(inner.clone())).abort_handle());
+    Ok(tasks)
 }
 
 // The relay's errors as the handshake metrics count them: here, where the two meet, so that

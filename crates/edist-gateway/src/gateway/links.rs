@@ -298,7 +298,7 @@ pub(super) async fn seed_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, 
 }
 
 /// How often seeds are looked up and dialled again.
-pub(super) const SEED_INTERVAL: Duration = Duration::from_secs(2);
+const SEED_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Closes links that have carried no relayed connection for `[fabric] link_idle_ms`.
 pub(super) async fn reap_idle_links(inner: Arc<Inner>) {
