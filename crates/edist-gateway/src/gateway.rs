@@ -2,21 +2,19 @@
 //! links to other gateways, and the relays between them.
 
 use crate::config::Config;
-use crate::fabric::close::CLOSE_NORMAL;
 use crate::fabric::discovery::{self, Discovery};
 use crate::fabric::envelope::Sealer;
-use crate::fabric::gossip::{self, Command, Event};
+use crate::fabric::gossip::{self, Command};
 use crate::fabric::identity::TlsIdentity;
 use crate::fabric::join::{JoinError, Joining};
-use crate::fabric::link::{self, Link, RecvStream, SendStream, Transport};
+use crate::fabric::link::{Link, RecvStream, SendStream, Transport};
 use crate::fabric::options::QuicOptions;
-use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
-use crate::local::plug::Plug;
-use crate::lookup::{self, Answer, Plan};
+use crate::local::control::{self, LocalDirectory};
+use crate::lookup;
 use crate::metrics::{self, Metrics, MetricsSnapshot};
 use crate::policy;
 use crate::relay::{self, MsgReader, RELAY_MASK};
-use crate::wire::{Msg, NodeInfo};
+use crate::wire::Msg;
 use edist_proto::dist::handshake::Status;
 use edist_proto::dist::DFlags;
 use std::collections::HashMap;
@@ -28,19 +26,23 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-use tracing::{debug, info, warn};
+use tracing::info;
 
+mod announce;
 mod devices;
 mod inventory;
 mod links;
+mod local;
 mod registry;
 mod reload;
+mod roles;
 mod shutdown;
 
 pub use inventory::{LinkReason, LinkStatus, MemberStatus, PeerRole};
 pub use links::CLOSE_DUPLICATE;
 use links::{accept_loop, link_to, reap_idle_links, seed_loop, LinkHold, LinkTable, Links};
-use registry::{Outbound, Registry, Resolved};
+use local::{dynamic_name, Directory, OutboundGuard};
+use registry::Registry;
 use reload::Live;
 pub use reload::{ReloadReport, ReloadStatus};
 pub use shutdown::{ShutdownReport, CLOSE_SHUTDOWN};
@@ -414,104 +416,6 @@ impl Inner {
         }
     }
 
-    /// What each peer gateway under a restricted role uses of it, by peer name.
-    fn policy_reports(&self) -> Vec<policy::PeerReport> {
-        let peers: Vec<(String, policy::SharedPeer)> =
-            lock(&self.peer_budgets).iter().map(|(p, s)| (p.clone(), s.clone())).collect();
-        let mut out: Vec<policy::PeerReport> = peers
-            .into_iter()
-            .map(|(peer, state)| {
-                let (name, role) = self.role_of(&peer);
-                let usage = state.lock().unwrap_or_else(|e| e.into_inner()).usage();
-                policy::PeerReport::new(peer, name, &role, usage)
-            })
-            .collect();
-        out.sort_by(|a, b| a.peer.cmp(&b.peer));
-        out
-    }
-
-    /// The role of peer gateway `peer`, and its name: its config entry's, else its
-    /// certificate's, else `policy.default_role`.
-    fn role_of(&self, peer: &str) -> (String, Arc<policy::Role>) {
-        if peer.contains('@') {
-            // A device (a node name; no gateway name has an '@'): for reports.
-            return (self.cfg.devices.role.clone(), self.device_role(None));
-        }
-        let live = self.live();
-        let name = self.peer_role(peer).unwrap_or_else(|| live.default_role.clone());
-        // Validated with the config; an unknown name cannot get here, but fail closed anyway.
-        let role = live.roles.get(&name).cloned().unwrap_or_else(|| Arc::new(policy::Role::device()));
-        (name, role)
-    }
-
-    /// The ingress policy for a relayed connection between local node `local` and `remote`,
-    /// a node of `peer`'s; `None` when its role lets every packet through untouched.
-    fn inbound_policy(
-        self: &Arc<Self>,
-        peer: &str,
-        (local, remote): (&str, &str),
-    ) -> Option<Arc<relay::InboundPolicy>> {
-        let (_, role) = self.role_of(peer);
-        if role.is_open() {
-            return None;
-        }
-        let shared = lock(&self.peer_budgets).entry(peer.to_string()).or_default().clone();
-        let weak = Arc::downgrade(self);
-        let peer_name = peer.to_string();
-        Some(Arc::new(relay::InboundPolicy {
-            session: policy::Session::new(role, shared, local, remote),
-            on_refuse: Box::new(move |r| {
-                if let Some(inner) = weak.upgrade() {
-                    inner.refuse_by_policy(&peer_name, r);
-                }
-            }),
-        }))
-    }
-
-    /// Logs (the first of each target at once, then once per burst) and counts a refusal of
-    /// the policy, or in audit mode what it would have refused.
-    fn refuse_by_policy(&self, peer: &str, r: &policy::Refusal) {
-        let reason = r.reason.as_str();
-        let filed = self.refusals.record(peer, reason, &r.target, &r.detail, r.audit);
-        match r.audit {
-            true => self.metrics.audited(&filed, reason),
-            false => self.metrics.refused(&filed, reason),
-        }
-    }
-
-    /// Registers a node a peer announced, if the peer may claim that name: it matches the peer's
-    /// grant, and no local node or node of another gateway has it.
-    fn admit_remote(&self, peer: &str, n: NodeInfo) {
-        let admitted = self.registry().admit_remote(peer, &n);
-        let why = match admitted {
-            Ok(()) => return lock(&self.waiters).settle(&n.name, Answer::Known),
-            Err(registry::NotAdmitted::OutsideGrant) => "outside its node-name grant",
-            Err(registry::NotAdmitted::Taken) => "a node of another gateway",
-        };
-        let reason = admitted.err().map(registry::NotAdmitted::reason).unwrap_or_default();
-        self.refuse(peer, reason, &format!("announcement of {} ({why})", n.name));
-    }
-
-    /// Logs (once per burst) and counts a refusal.
-    fn refuse(&self, peer: &str, reason: &str, what: &str) {
-        let filed = self.refusals.record(peer, reason, "", what, false);
-        self.metrics.refused(&filed, reason);
-    }
-
-    /// The role of a peer gateway: its config entry's, else its certificate's.
-    fn peer_role(&self, peer: &str) -> Option<String> {
-        let configured = self.peer_config(peer).and_then(|p| p.role);
-        configured.or_else(|| self.registry().grant(peer).and_then(|g| g.role.clone()))
-    }
-
-    /// What a peer gateway may claim: its certificate's grant, with the config's `nodes` over it.
-    fn effective_grant(&self, peer: &str, mut grant: crate::pki::Grant) -> crate::pki::Grant {
-        if let Some(nodes) = self.peer_config(peer).and_then(|p| p.nodes) {
-            grant.nodes = nodes;
-        }
-        grant
-    }
-
     /// The Prometheus exposition: the counters plus gauges of the current state.
     fn render_metrics(&self) -> String {
         let st = self.status();
@@ -550,386 +454,6 @@ fn per_peer_scalars(st: &StatusReport) -> Vec<(&'static str, &'static str, u64)>
         ("edist_impersonated_nodes", "Loopback listeners impersonating remote nodes", n(st.impersonated.len())),
         ("edist_relays_open", "Relayed connections open", st.relays_open),
     ]
-}
-
-impl Inner {
-    fn local_list(&self) -> Vec<NodeInfo> {
-        self.registry().local_list()
-    }
-
-    /// Tells linked peers (and membership) that a local node came or went.
-    fn broadcast(&self, m: Msg) {
-        for p in self.links().peers.values().flatten() {
-            let _ = p.control.send(m.clone());
-        }
-        if let Some(g) = self.gossip.get() {
-            let _ = g.send(Command::Nodes(self.local_list()));
-        }
-    }
-
-    /// Replaces what `peer` says its nodes are, keeping the listeners of nodes still there.
-    fn replace_remote(&self, peer: &str, nodes: Vec<NodeInfo>) {
-        let names: std::collections::HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        self.forget_remote(|n, r| r.gateway == peer && !names.contains(n));
-        for n in nodes {
-            self.admit_remote(peer, n);
-        }
-        // After the nodes: a lookup that sees the list in finds them registered.
-        self.registry().mark_listed(peer);
-    }
-
-    /// What membership says.
-    fn membership_event(&self, e: Event) {
-        match e {
-            Event::Up(m) => {
-                info!(peer = %m.name, addr = %m.fabric, "member up");
-                self.links().members.insert(m.name, m.fabric);
-            }
-            Event::Down(m) => {
-                info!(peer = %m.name, "member down");
-                let mut st = self.links();
-                st.members.remove(&m.name);
-                for l in st.peers.get(&m.name).into_iter().flatten() {
-                    l.conn.close(CLOSE_NORMAL, b"membership says you are gone");
-                }
-                drop(st);
-                self.forget_gateway(&m.name);
-            }
-            Event::Nodes { gateway, nodes, grant } => {
-                if self.is_revoked(&gateway, &grant.serial) {
-                    self.refuse(&gateway, "revoked", &format!("membership: certificate {} is revoked", grant.serial));
-                    return;
-                }
-                self.registry().certify(&gateway, &grant, false);
-                let grant = self.effective_grant(&gateway, (*grant).clone());
-                self.registry().grant_unless_known(&gateway, grant);
-                self.replace_remote(&gateway, nodes);
-            }
-            Event::Node { gateway, node, grant } => {
-                let name = node.name.clone();
-                if self.is_revoked(&gateway, &grant.serial) {
-                    self.refuse(&gateway, "revoked", &format!("membership: certificate {} is revoked", grant.serial));
-                } else {
-                    debug!(node = %name, %gateway, "lookup: the owner answered");
-                    let grant = self.effective_grant(&gateway, (*grant).clone());
-                    self.registry().grant_unless_known(&gateway, grant);
-                    // Admitted as an announcement would be (grant, name taken): that settles
-                    // the lookup; refused, the node is unknown here.
-                    self.admit_remote(&gateway, node);
-                }
-                let admitted = self.registry().owner_of(&name) == Some(gateway.as_str());
-                if !admitted {
-                    // What the owner says is now: unknown to whoever asked before.
-                    lock(&self.waiters).settle(&name, Answer::Unknown { since: std::time::Instant::now() });
-                }
-            }
-            Event::Unknown { name, since } => {
-                debug!(node = %name, "lookup: no member has it");
-                lock(&self.waiters).settle(&name, Answer::Unknown { since });
-            }
-            Event::Refused { from, why } => self.refuse(&from.ip().to_string(), "membership", &why),
-        }
-    }
-
-    /// `[[peers]]` entry of `name`, as last (re)loaded.
-    fn peer_config(&self, name: &str) -> Option<crate::config::PeerConfig> {
-        self.live().peers.iter().find(|p| p.name == name).cloned()
-    }
-
-    /// Whether this gateway relays for `gateway`: `[fabric] relay` is on and `gateway` is a
-    /// peer that dials in and cannot be dialled (no `addr`).
-    fn relays_for(&self, gateway: &str) -> bool {
-        self.cfg.fabric.relay && self.peer_config(gateway).is_some_and(|p| p.addr.is_none())
-    }
-
-    /// For a peer that just linked: the node lists of the gateways this one relays for, and,
-    /// if it relays for that peer, of every other gateway.
-    fn relayed_lists(&self, to: &str) -> Vec<Msg> {
-        let gateways: Vec<String> = self.links().peers.keys().cloned().collect();
-        let gateways = gateways.into_iter().filter(|g| g != to && (self.relays_for(g) || self.relays_for(to)));
-        let reg = self.registry();
-        gateways.map(|g| Msg::RelayedNodes { nodes: reg.nodes_of(&g), gateway: g }).collect()
-    }
-
-    /// `gateway`'s nodes changed: if this gateway relays for it, tell the other peers; tell the
-    /// peers it relays for in any case.
-    fn relayed_nodes_changed(&self, gateway: &str) {
-        if !self.cfg.fabric.relay {
-            return;
-        }
-        let everyone = self.relays_for(gateway);
-        let nodes = self.registry().nodes_of(gateway);
-        let st = self.links();
-        let m = Msg::RelayedNodes { gateway: gateway.to_string(), nodes };
-        let told = |name: &String| *name != gateway && (everyone || self.relays_for(name));
-        for p in st.peers.iter().filter(|(name, _)| told(name)).flat_map(|(_, links)| links) {
-            let _ = p.control.send(m.clone());
-        }
-    }
-
-    /// A relay's list of the nodes of a gateway it relays for: taken only if our config says we
-    /// reach that gateway through this relay; the names must fit that gateway's `nodes` (from
-    /// our config), else the relay's own grant.
-    fn relayed_nodes(&self, relay: &str, gateway: String, nodes: Vec<NodeInfo>) {
-        if self.peer_config(&gateway).and_then(|p| p.via).as_deref() != Some(relay) {
-            self.refuse(relay, "name_claim", &format!("nodes of {gateway}, which it does not relay for here"));
-            return;
-        }
-        let relay_grant = self.registry().grant(relay).cloned().unwrap_or_default();
-        let grant = self.effective_grant(&gateway, relay_grant);
-        self.registry().set_grant(&gateway, grant);
-        self.replace_remote(&gateway, nodes);
-    }
-
-    fn is_revoked(&self, peer: &str, serial: &str) -> bool {
-        self.live().is_revoked(peer, serial)
-    }
-
-    /// Forgets remote nodes and closes their impersonators.
-    fn forget_remote(&self, pred: impl Fn(&str, &registry::RemoteNode) -> bool) {
-        let closed = self.registry().forget_remote(pred);
-        for task in closed {
-            task.abort();
-        }
-    }
-
-    /// Forgets `gateway`'s nodes and closes their impersonators.
-    fn forget_gateway(&self, gateway: &str) {
-        let closed = self.registry().forget_gateway(gateway);
-        for task in closed {
-            task.abort();
-        }
-    }
-}
-
-/// Lookups from the control port (see [`crate::lookup`]).
-impl Inner {
-    /// The loopback port of `full_name` from what the gateway knows now: a local node's own, or
-    /// that of a listener impersonating a remote node (opened here if need be).
-    fn resolve_now(self: &Arc<Self>, full_name: &str) -> Option<u16> {
-        let mut reg = self.registry();
-        match reg.resolve(full_name, self.cfg.local.max_listeners) {
-            Resolved::Device => {
-                drop(reg);
-                return self.device_port(full_name);
-            }
-            // None for a node that only connects out: nobody can dial it, as with OTP.
-            Resolved::Local(port) => return port,
-            Resolved::Impersonated(port) => return Some(port),
-            Resolved::Unknown => return None,
-            Resolved::Impersonate => {}
-        }
-        // Open a loopback listener impersonating this node (std, so this stays synchronous).
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
-        listener.set_nonblocking(true).ok()?;
-        let port = listener.local_addr().ok()?.port();
-        let listener = TcpListener::from_std(listener).ok()?;
-        let task = tokio::spawn(impersonate(Arc::downgrade(self), listener, full_name.to_string())).abort_handle();
-        reg.add_impersonator(full_name, port, task);
-        debug!(node = %full_name, port, "impersonating");
-        Some(port)
-    }
-
-    /// Whether `full_name` is a node the gateway knows, local or remote (dialable or not).
-    fn knows(&self, full_name: &str) -> bool {
-        self.registry().knows(full_name)
-    }
-
-    /// [`Inner::resolve_now`], or, for a name not known yet, what the fabric says within
-    /// `[local] lookup_wait_ms` (see [`crate::lookup`]): the owner's answer, "nobody has it"
-    /// from every member, or the node list of a peer whose link comes up.
-    async fn lookup(self: &Arc<Self>, full_name: &str) -> Option<u16> {
-        if let Some(port) = self.resolve_now(full_name) {
-            return Some(port);
-        }
-        let plan = lookup::plan(self.lookup_situation());
-        // Known without a port (a local node that does not listen, no listener left to
-        // impersonate with): the fabric has nothing to add.
-        if plan == Plan::Unknown || self.knows(full_name) {
-            return None;
-        }
-        let t0 = tokio::time::Instant::now();
-        let asked = t0.into_std();
-        let deadline = t0 + Duration::from_millis(self.cfg.local.lookup_wait_ms);
-        let likely = if plan == Plan::AskMembers { self.likely_owners(full_name) } else { Vec::new() };
-        debug!(node = %full_name, ?plan, ?likely, "lookup: not known here, asking the fabric");
-        let mut wait = Waiting { inner: self, name: full_name, answer: None };
-        let found = loop {
-            if wait.answer.is_none() {
-                // Joins the lookup in flight, or starts one (again, after one settled).
-                let Some(joined) = lock(&self.waiters).join(full_name) else {
-                    warn!(node = %full_name, "lookup: too many lookups waiting for the fabric; answering unknown");
-                    break None;
-                };
-                wait.answer = Some(joined.answer);
-            }
-            let answer = wait.answer.as_mut().map(|a| *a.borrow_and_update());
-            if let Some(port) = self.resolve_now(full_name) {
-                break Some(port);
-            }
-            if self.knows(full_name) {
-                break None;
-            }
-            let now = tokio::time::Instant::now();
-            let given_up = match plan {
-                Plan::AskMembers => answer.is_some_and(|a| a.unknown_to(asked)),
-                Plan::AwaitLists => lookup::plan(self.lookup_situation()) != Plan::AwaitLists,
-                Plan::Unknown => true,
-            };
-            if given_up || now >= deadline {
-                break None;
-            }
-            if plan == Plan::AskMembers {
-                if let Some(g) = self.gossip.get() {
-                    let _ = g.send(Command::Lookup { name: full_name.to_string(), likely: likely.clone(), asked });
-                }
-            }
-            let next = deadline.min(now + lookup::POLL);
-            if let Some(a) = wait.answer.as_mut() {
-                if let Ok(Err(_)) = tokio::time::timeout_at(next, a.changed()).await {
-                    // Settled, and its value seen: join (or start) the next one.
-                    wait.leave();
-                }
-            }
-        };
-        let ms = t0.elapsed().as_millis();
-        match found {
-            Some(port) => info!(node = %full_name, port, ms, "lookup: found through the fabric"),
-            None => debug!(node = %full_name, ms, "lookup: unknown"),
-        }
-        found
-    }
-
-    /// What a lookup of an unknown name can hope for, now.
-    fn lookup_situation(&self) -> lookup::Situation {
-        let reg = self.registry();
-        let cfg = &self.cfg;
-        // A peer's list comes over its own link, or through the gateway it is reached `via`.
-        let peers_missing = cfg.peers.iter().any(|p| !reg.is_listed(&p.name));
-        let seeds_missing = !cfg.fabric.seeds.is_empty() && reg.none_listed();
-        lookup::Situation {
-            fabric: self.transport.get().is_some(),
-            membership: cfg.fabric.membership && self.gossip.get().is_some(),
-            may_wait: cfg.local.lookup_wait_ms > 0,
-            uptime: self.started.elapsed(),
-            lists_missing: peers_missing || seeds_missing,
-        }
-    }
-
-    /// The gateways likely to own `name`, to ask first.
-    fn likely_owners(&self, name: &str) -> Vec<String> {
-        lookup::likely_owners(name, self.registry().owners())
-    }
-}
-
-/// The control server's view of the gateway.
-struct Directory(Weak<Inner>);
-
-struct LocalGuard {
-    inner: Weak<Inner>,
-    name: String,
-}
-
-impl Drop for LocalGuard {
-    fn drop(&mut self) {
-        let Some(inner) = self.inner.upgrade() else { return };
-        if inner.registry().unregister_local(&self.name) {
-            info!(node = %self.name, "local node gone");
-            inner.broadcast(Msg::NodeDown(self.name.clone()));
-        }
-    }
-}
-
-impl LocalDirectory for Directory {
-    fn register(&self, name: &str, port: u16, plug: Plug) -> Result<Registration, RegisterError> {
-        let inner = self.0.upgrade().ok_or(RegisterError::Unavailable)?;
-        let creation = registry::fresh_creation(rand::random());
-        let name = inner.registry().register_local(name, port, creation, plug)?;
-        info!(node = %name, port, "local node registered");
-        inner.broadcast(Msg::NodeUp(NodeInfo { name: name.clone(), creation }));
-        Ok(Registration::new(creation, Box::new(LocalGuard { inner: self.0.clone(), name })))
-    }
-
-    fn resolve(&self, full_name: &str) -> Option<u16> {
-        self.0.upgrade()?.resolve_now(full_name)
-    }
-
-    fn lookup<'a>(&'a self, full_name: &'a str) -> link::BoxFuture<'a, Option<u16>> {
-        Box::pin(async move { self.0.upgrade()?.lookup(full_name).await })
-    }
-
-    fn status_json(&self) -> String {
-        self.0.upgrade().and_then(|i| serde_json::to_string(&i.status()).ok()).unwrap_or_else(|| "{}".into())
-    }
-
-    fn names(&self) -> Vec<(String, u16)> {
-        let Some(inner) = self.0.upgrade() else { return vec![] };
-        let names = inner.registry().alive_names();
-        names
-    }
-}
-
-/// A lookup's place among the [`lookup::Waiters`], given up when the lookup ends, however it ends
-/// (the control connection may go away mid-wait).
-struct Waiting<'a> {
-    inner: &'a Inner,
-    name: &'a str,
-    answer: Option<tokio::sync::watch::Receiver<Answer>>,
-}
-
-impl Waiting<'_> {
-    fn leave(&mut self) {
-        if self.answer.take().is_some() {
-            lock(&self.inner.waiters).leave(self.name);
-        }
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.leave();
-    }
-}
-
-/// A local node that does not listen (`-dist_listen false`, a dynamic name) is known, and
-/// announced to the fabric, while it has relayed connections: the far gateway accepts a
-/// connection only from a node its gateway announced. Dropping the last guard forgets it.
-struct OutboundGuard {
-    inner: Arc<Inner>,
-    name: String,
-}
-
-impl OutboundGuard {
-    /// Admits `name` dialling out. `Ok(None)`: a registered node, nothing to hold. Refused when
-    /// the name is a remote node's.
-    /// `dynamic`: the name was given here ([`dynamic_name`]).
-    fn admit(inner: &Arc<Inner>, name: &str, creation: u32, dynamic: bool) -> Result<Option<OutboundGuard>, String> {
-        let held = inner.registry().hold_outbound(name, creation, dynamic)?;
-        match held {
-            Outbound::Registered => return Ok(None),
-            Outbound::Held => {}
-            Outbound::New => {
-                info!(node = %name, "local node connects out without listening");
-                inner.broadcast(Msg::NodeUp(NodeInfo { name: name.to_string(), creation }));
-            }
-        }
-        Ok(Some(OutboundGuard { inner: inner.clone(), name: name.to_string() }))
-    }
-}
-
-impl Drop for OutboundGuard {
-    fn drop(&mut self) {
-        let last = self.inner.registry().release_outbound(&self.name);
-        if last {
-            info!(node = %self.name, "local node without a listener has no relayed connection left");
-            self.inner.broadcast(Msg::NodeDown(self.name.clone()));
-        }
-    }
-}
-
-/// A name for a node that asked for one (see [`Registry::dynamic_name`]).
-fn dynamic_name(inner: &Inner, host: &str) -> (String, u32) {
-    inner.registry().dynamic_name(host, rand::random::<u64>)
 }
 
 /// Accepts local nodes' connections to a remote node `target`.
@@ -1340,77 +864,6 @@ impl metrics::HandshakeOutcome for relay::RelayError {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn nodes_that_do_not_listen_are_held_while_connected_and_names_keep_their_host() {
-        let mut cfg = Config { host: "gwhost".into(), ..Config::default() };
-        cfg.local.control = "127.0.0.1:0".parse().unwrap();
-        cfg.fabric.certs = std::env::temp_dir().join(format!("edist-no-certs-{}", std::process::id()));
-        let gw = Gateway::start(cfg).await.unwrap();
-        let dir = Directory(Arc::downgrade(&gw.inner));
-        // Full names keep their host part; an alive part alone gets the gateway's.
-        let long = dir.register("b@10.0.0.2", 1000, Plug::new().0).unwrap();
-        let short = dir.register("c", 1001, Plug::new().0).unwrap();
-        assert_eq!(dir.resolve("b@10.0.0.2"), Some(1000));
-        assert_eq!(dir.resolve("c@gwhost"), Some(1001));
-        assert!(matches!(dir.register("b@10.0.0.2", 1, Plug::new().0), Err(RegisterError::Duplicate)));
-        // A node that does not listen: listed while it has connections, never resolvable.
-        let g1 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7, false).unwrap();
-        let g2 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7, false).unwrap();
-        assert!(g1.is_some() && g2.is_some());
-        assert!(
-            OutboundGuard::admit(&gw.inner, "b@10.0.0.2", 5, false).unwrap().is_none(),
-            "registered: nothing to hold"
-        );
-        let st = gw.status();
-        assert_eq!(st.outbound_only, vec!["n@elsewhere".to_string()]);
-        assert_eq!(st.local_nodes, vec![("b@10.0.0.2".to_string(), 1000), ("c@gwhost".to_string(), 1001)]);
-        assert_eq!(dir.resolve("n@elsewhere"), None);
-        assert!(matches!(dir.register("n@elsewhere", 1, Plug::new().0), Err(RegisterError::Duplicate)));
-        let mut names = dir.names();
-        names.sort();
-        assert_eq!(names, vec![("b".to_string(), 1000), ("c".to_string(), 1001)]);
-        drop(g1);
-        assert_eq!(gw.status().outbound_only.len(), 1);
-        drop(g2);
-        assert!(gw.status().outbound_only.is_empty());
-        // A remote node's name is not for a local node to take.
-        let far = crate::pki::Grant { nodes: vec!["*".into()], ..Default::default() };
-        gw.inner.registry().set_grant("gw-far", far);
-        gw.inner.registry().admit_remote("gw-far", &NodeInfo { name: "r@far".into(), creation: 4 }).unwrap();
-        assert!(OutboundGuard::admit(&gw.inner, "r@far", 5, false).is_err());
-        // Dynamic names: at the node's host, never one in use.
-        let (name, creation) = dynamic_name(&gw.inner, "hosta");
-        assert!(name.ends_with("@hosta") && creation >= 4, "{name}");
-        // A dynamic name whose node is gone is given again first, with its next creation, as
-        // OTP's net_kernel does; a name given to a node that is still there never.
-        let g = OutboundGuard::admit(&gw.inner, &name, creation, true).unwrap();
-        let (other, _) = dynamic_name(&gw.inner, "hosta");
-        assert_ne!(other, name, "in use");
-        drop(g);
-        assert_eq!(dynamic_name(&gw.inner, "hosta"), (name.clone(), registry::next_creation(creation)));
-        assert_ne!(dynamic_name(&gw.inner, "hosta").0, name, "given once");
-        assert_eq!(dynamic_name(&gw.inner, "hostb").0.split_once('@').map(|x| x.1), Some("hostb"));
-        drop((long, short));
-        assert!(gw.status().local_nodes.is_empty());
-        gw.shutdown();
-    }
-
-    #[tokio::test]
-    async fn without_a_fabric_a_name_not_known_is_unknown_at_once() {
-        let mut cfg = Config { host: "gwhost".into(), ..Config::default() };
-        cfg.local.control = "127.0.0.1:0".parse().unwrap();
-        cfg.fabric.certs = std::env::temp_dir().join(format!("edist-no-certs-{}", std::process::id()));
-        let gw = Gateway::start(cfg).await.unwrap();
-        let dir = Directory(Arc::downgrade(&gw.inner));
-        let _c = dir.register("c", 1001, Plug::new().0).unwrap();
-        assert_eq!(dir.lookup("c@gwhost").await, Some(1001));
-        let t = std::time::Instant::now();
-        assert_eq!(dir.lookup("zz@nowhere").await, None);
-        assert!(t.elapsed() < Duration::from_millis(100), "{:?}", t.elapsed());
-        assert!(lock(&gw.inner.waiters).is_empty());
-        gw.shutdown();
-    }
 
     #[test]
     fn relay_errors_count_as_their_handshake_outcome() {

@@ -2,7 +2,8 @@
 //! local node of this gateway, registered while its control connection lasts, whose traffic is
 //! held to its role as a peer gateway's nodes' is.
 
-use super::{lock, Inner, LocalGuard};
+use super::local::LocalGuard;
+use super::{lock, Inner};
 use crate::device::splice::PolicyHook;
 use crate::device::{Hub, HubConfig, HubHost};
 use crate::fabric::credentials::Credentials;
