@@ -1,5 +1,7 @@
-//! The gateway: local registrations, the registry of remote nodes, impersonation listeners,
-//! links to other gateways, and the relays between them.
+//! The gateway: [`Gateway`] and `Inner`, which composes its parts (`gateway/`: the node
+//! `registry`, the `links` to other gateways, the `local` side, `announce`ments, `roles`), and
+//! the relayed connections between them (`relay_from_local`, `relay_to_local`, `carry`,
+//! `forward`).
 
 use crate::config::Config;
 use crate::fabric::discovery::{self, Discovery};
