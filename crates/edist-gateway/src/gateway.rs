@@ -321,7 +321,7 @@ impl Gateway {
     pub fn link_stats(&self) -> LinkStats {
         let st = self.inner.links();
         let mut s = LinkStats::default();
-        for p in st.peers.values().flatten() {
+        for (_, p) in st.all() {
             let (tx, rx) = p.conn.wire_bytes();
             s.links += 1;
             s.udp_tx_bytes += tx;
@@ -390,8 +390,7 @@ impl Inner {
             (reg.local_ports(), reg.outbound_only(), reg.remote_nodes(), reg.impersonated())
         };
         let st = self.links();
-        let mut peers: Vec<_> = st.peers.keys().cloned().collect();
-        peers.sort();
+        let peers = st.linked();
         let links = inventory::links(&st);
         drop(st);
         let (bytes_in, bytes_out) = self.metrics.totals();
@@ -840,7 +839,7 @@ async fn start_membership(
     };
     let lonely = {
         let inner = inner.clone();
-        move || inner.links().members.is_empty()
+        move || inner.links().no_members()
     };
     let mut tasks = joining.run((tx, rx), inner.gossip_traffic.clone(), on_event, lonely);
     tasks.push(tokio::spawn(reap_idle_links(inner.clone())).abort_handle());

@@ -35,9 +35,7 @@ impl Inner {
 
     /// Tells linked peers (and membership) that a local node came or went.
     pub(super) fn broadcast(&self, m: Msg) {
-        for p in self.links().peers.values().flatten() {
-            let _ = p.control.send(m.clone());
-        }
+        self.links().tell(&m, |_| true);
         if let Some(g) = self.gossip.get() {
             let _ = g.send(Command::Nodes(self.local_list()));
         }
@@ -59,13 +57,13 @@ impl Inner {
         match e {
             Event::Up(m) => {
                 info!(peer = %m.name, addr = %m.fabric, "member up");
-                self.links().members.insert(m.name, m.fabric);
+                self.links().member_up(m.name, m.fabric);
             }
             Event::Down(m) => {
                 info!(peer = %m.name, "member down");
                 let mut st = self.links();
-                st.members.remove(&m.name);
-                for l in st.peers.get(&m.name).into_iter().flatten() {
+                st.member_down(&m.name);
+                for l in st.of(&m.name) {
                     l.conn.close(CLOSE_NORMAL, b"membership says you are gone");
                 }
                 drop(st);
@@ -110,7 +108,7 @@ impl Inner {
     /// For a peer that just linked: the node lists of the gateways this one relays for, and,
     /// if it relays for that peer, of every other gateway.
     pub(super) fn relayed_lists(&self, to: &str) -> Vec<Msg> {
-        let gateways: Vec<String> = self.links().peers.keys().cloned().collect();
+        let gateways = self.links().linked();
         let gateways = gateways.into_iter().filter(|g| g != to && (self.relays_for(g) || self.relays_for(to)));
         let reg = self.registry();
         gateways.map(|g| Msg::RelayedNodes { nodes: reg.nodes_of(&g), gateway: g }).collect()
@@ -138,12 +136,8 @@ impl Inner {
         }
         let everyone = self.relays_for(gateway);
         let nodes = self.registry().nodes_of(gateway);
-        let st = self.links();
         let m = Msg::RelayedNodes { gateway: gateway.to_string(), nodes };
-        let told = |name: &String| *name != gateway && (everyone || self.relays_for(name));
-        for p in st.peers.iter().filter(|(name, _)| told(name)).flat_map(|(_, links)| links) {
-            let _ = p.control.send(m.clone());
-        }
+        self.links().tell(&m, |name| name != gateway && (everyone || self.relays_for(name)));
     }
 
     /// Forgets remote nodes and closes their impersonators.

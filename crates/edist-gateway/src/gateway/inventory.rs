@@ -90,11 +90,9 @@ pub struct PeerRole {
 pub(super) fn links(st: &LinkTable) -> Vec<LinkStatus> {
     let now = tokio::time::Instant::now();
     let mut out: Vec<LinkStatus> = st
-        .peers
-        .iter()
-        .flat_map(|(peer, links)| links.iter().map(move |l| (peer, l)))
+        .all()
         .map(|(peer, l)| LinkStatus {
-            peer: peer.clone(),
+            peer: peer.to_string(),
             id: l.link_id,
             why: l.why,
             remote: l.conn.remote_address().to_string(),
@@ -134,7 +132,7 @@ impl Inner {
                 name: id.name.clone(),
                 fabric: id.fabric.to_string(),
                 state,
-                linked: st.peers.contains_key(&id.name),
+                linked: st.is_linked(&id.name),
             };
             match latest.get(&id.name) {
                 Some((bump, _)) if *bump > id.bump => {}

@@ -110,9 +110,60 @@ pub(super) struct LinkTable {
     /// Links to each peer gateway, oldest first. Normally one; when both gateways dial at
     /// once there are two for a moment: new relays take the one that stays, and the other
     /// closes once it carries nothing ([`prune_duplicates_later`]).
-    pub(super) peers: HashMap<String, Vec<Peer>>,
+    peers: HashMap<String, Vec<Peer>>,
     /// Fabric addresses of the gateways membership holds alive.
-    pub(super) members: HashMap<String, std::net::SocketAddr>,
+    members: HashMap<String, std::net::SocketAddr>,
+}
+
+impl LinkTable {
+    /// Every link, with its peer's name.
+    pub(super) fn all(&self) -> impl Iterator<Item = (&str, &Peer)> {
+        self.peers.iter().flat_map(|(peer, links)| links.iter().map(move |l| (peer.as_str(), l)))
+    }
+
+    /// The links to `peer` (none, one, or two for a while).
+    pub(super) fn of(&self, peer: &str) -> &[Peer] {
+        self.peers.get(peer).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Whether `peer` has a link up.
+    pub(super) fn is_linked(&self, peer: &str) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// The peers with a link up, by name.
+    pub(super) fn linked(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.peers.keys().cloned().collect();
+        out.sort();
+        out
+    }
+
+    /// Every link's connection (to close them all).
+    pub(super) fn conns(&self) -> Vec<Arc<dyn Link>> {
+        self.all().map(|(_, l)| l.conn.clone()).collect()
+    }
+
+    /// Sends `m` on the control stream of every link to a peer `to` picks.
+    pub(super) fn tell(&self, m: &Msg, to: impl Fn(&str) -> bool) {
+        for (_, l) in self.all().filter(|(peer, _)| to(peer)) {
+            let _ = l.control.send(m.clone());
+        }
+    }
+
+    /// Membership holds `name` alive, at fabric address `addr`.
+    pub(super) fn member_up(&mut self, name: String, addr: std::net::SocketAddr) {
+        self.members.insert(name, addr);
+    }
+
+    /// Membership says `name` is gone.
+    pub(super) fn member_down(&mut self, name: &str) {
+        self.members.remove(name);
+    }
+
+    /// Whether membership knows no other gateway.
+    pub(super) fn no_members(&self) -> bool {
+        self.members.is_empty()
+    }
 }
 
 /// Application close code of a link closed because another link to the same peer is up (both

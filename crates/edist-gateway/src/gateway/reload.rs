@@ -229,8 +229,7 @@ impl Inner {
         let known = self.registry().certified();
         for (peer, cert) in known {
             if live.is_revoked(&peer, &cert.serial) {
-                let links: Vec<_> =
-                    self.links().peers.get(&peer).into_iter().flatten().map(|l| l.conn.clone()).collect();
+                let links: Vec<_> = self.links().of(&peer).iter().map(|l| l.conn.clone()).collect();
                 for l in &links {
                     l.close(CLOSE_REVOKED, b"certificate revoked");
                 }

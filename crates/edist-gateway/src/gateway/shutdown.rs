@@ -67,7 +67,7 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
 
-        let links: Vec<_> = inner.links().peers.values().flatten().map(|p| p.conn.clone()).collect();
+        let links = inner.links().conns();
         for l in &links {
             l.close(CLOSE_SHUTDOWN, b"the gateway is shutting down");
         }
