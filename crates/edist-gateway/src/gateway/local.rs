@@ -246,7 +246,7 @@ impl Drop for OutboundGuard {
     }
 }
 
-/// A name for a node that asked for one (see [`Registry::dynamic_name`]).
+/// A name for a node that asked for one (see [`registry::Registry::dynamic_name`]).
 pub(super) fn dynamic_name(inner: &Inner, host: &str) -> (String, u32) {
     inner.registry().dynamic_name(host, rand::random::<u64>)
 }
