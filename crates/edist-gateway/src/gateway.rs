@@ -1,23 +1,22 @@
-//! The gateway: local registrations, the registry of remote nodes, impersonation listeners,
-//! links to other gateways, and the relays between them.
+//! The gateway: [`Gateway`] and `Inner`, which composes its parts (`gateway/`: the node
+//! `registry`, the `links` to other gateways, the `local` side, `announce`ments, `roles`), and
+//! the relayed connections between them (`relay_from_local`, `relay_to_local`, `carry`,
+//! `forward`).
 
 use crate::config::Config;
-use crate::fabric::close::{CLOSE_IDLE, CLOSE_NORMAL, CLOSE_REVOKED};
 use crate::fabric::discovery::{self, Discovery};
-use crate::fabric::envelope::{Opener, Sealer};
-use crate::fabric::gossip::{self, Command, Event};
-use crate::fabric::identity::{crypto_provider, TlsIdentity};
-use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, SendStream, Transport};
-use crate::fabric::membership::{MemberId, Membership};
+use crate::fabric::envelope::Sealer;
+use crate::fabric::gossip::{self, Command};
+use crate::fabric::identity::TlsIdentity;
+use crate::fabric::join::{JoinError, Joining};
+use crate::fabric::link::{Link, RecvStream, SendStream, Transport};
 use crate::fabric::options::QuicOptions;
-use crate::fabric::tls::membership_verifier;
-use crate::local::control::{self, LocalDirectory, RegisterError, Registration};
-use crate::local::plug::Plug;
-use crate::lookup::{self, Answer, Plan};
+use crate::local::control::{self, LocalDirectory};
+use crate::lookup;
 use crate::metrics::{self, Metrics, MetricsSnapshot};
 use crate::policy;
 use crate::relay::{self, MsgReader};
-use crate::wire::{Msg, NodeInfo};
+use crate::wire::Msg;
 use edist_proto::dist::DFlags;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,14 +27,23 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-use tracing::{debug, info, warn};
+use tracing::info;
 
+mod announce;
 mod devices;
 mod inventory;
+mod links;
+mod local;
+mod registry;
 mod reload;
+mod roles;
 mod shutdown;
 
-pub use inventory::{LinkReason, LinkStatus, MemberStatus, PeerRole, CLOSE_DUPLICATE};
+pub use inventory::{LinkReason, LinkStatus, MemberStatus, PeerRole};
+pub use links::CLOSE_DUPLICATE;
+use links::{accept_loop, link_to, reap_idle_links, seed_loop, LinkHold, LinkTable, Links};
+use local::{dynamic_name, Directory, OutboundGuard};
+use registry::Registry;
 use reload::Live;
 pub use reload::{ReloadReport, ReloadStatus};
 pub use shutdown::{ShutdownReport, CLOSE_SHUTDOWN};
@@ -57,110 +65,15 @@ pub enum GatewayError {
     Config(#[from] crate::config::ConfigError),
 }
 
-struct LocalNode {
-    /// Where it accepts distribution connections; `None` for a node that only connects out
-    /// (`-dist_listen false`, a dynamic name): it never registered, and is known while it has
-    /// relayed connections (see [`OutboundGuard`]).
-    port: Option<u16>,
-    creation: u32,
-    /// Relayed connections a node without `port` has open.
-    outbound: usize,
-    /// A dynamic name given here ([`dynamic_name`]): back to the pool when the node is gone.
-    dynamic: bool,
-    /// The line to its plug, on its registration.
-    plug: Option<Plug>,
-    /// A device connected through the hub (`[devices]`): known while its control connection
-    /// lasts; `port` is opened when someone first dials it (see [`Inner::local_port`]).
-    device: bool,
-}
-
-struct RemoteNode {
-    creation: u32,
-    gateway: String,
-}
-
-struct Peer {
-    link_id: u64,
-    conn: Arc<dyn Link>,
-    control: mpsc::UnboundedSender<Msg>,
-    usage: Arc<LinkUsage>,
-    /// Why it was opened, when, and the serial of the certificate the peer presented (for
-    /// `edist status`).
-    why: LinkReason,
-    since: tokio::time::Instant,
-    serial: String,
-}
-
-/// How busy a link is: relayed connections on it, and since when it has had none.
-#[derive(Debug)]
-struct LinkUsage {
-    relays: AtomicU64,
-    idle_since: Mutex<tokio::time::Instant>,
-}
-
-impl LinkUsage {
-    fn new() -> Arc<LinkUsage> {
-        Arc::new(LinkUsage { relays: AtomicU64::new(0), idle_since: Mutex::new(tokio::time::Instant::now()) })
-    }
-
-    /// Counts a relayed connection on the link until the guard drops.
-    fn hold(self: &Arc<Self>) -> LinkHold {
-        self.relays.fetch_add(1, Ordering::Relaxed);
-        LinkHold(self.clone())
-    }
-
-    /// How long the link has carried nothing (zero while it carries something).
-    fn idle_for(&self) -> Duration {
-        match self.relays.load(Ordering::Relaxed) {
-            0 => lock(&self.idle_since).elapsed(),
-            _ => Duration::ZERO,
-        }
-    }
-}
-
-/// A relayed connection's hold on its link (see [`LinkUsage::hold`]).
-struct LinkHold(Arc<LinkUsage>);
-
-impl Drop for LinkHold {
-    fn drop(&mut self) {
-        let mut since = lock(&self.0.idle_since);
-        if self.0.relays.fetch_sub(1, Ordering::Relaxed) == 1 {
-            *since = tokio::time::Instant::now();
-        }
-    }
-}
-
-struct Impersonator {
-    port: u16,
-    task: AbortHandle,
-}
-
-#[derive(Default)]
-struct State {
-    local: HashMap<String, LocalNode>,
-    remote: HashMap<String, RemoteNode>,
-    /// Links to each peer gateway, oldest first. Normally one; when both gateways dial at
-    /// once there are two for a moment: new relays take the one that stays, and the other
-    /// closes once it carries nothing (`inventory::prune_duplicates_later`).
-    peers: HashMap<String, Vec<Peer>>,
-    impersonators: HashMap<String, Impersonator>,
-    /// Fabric addresses of the gateways membership holds alive.
-    members: HashMap<String, std::net::SocketAddr>,
-    /// Gateways whose node list has come (over a link, membership or a relay) since the start:
-    /// until each peer's has, a lookup of an unknown name may wait for it (see `lookup`).
-    listed: std::collections::HashSet<String>,
-    /// Dynamic names whose nodes are gone, by host, with their next creation: given again
-    /// first, as OTP's `net_kernel` does (a node that reconnects gets its name back).
-    dyn_pool: HashMap<String, Vec<(String, u32)>>,
-}
-
 pub(crate) struct Inner {
     cfg: Config,
     /// The local nodes' cookie; `None` only without a fabric, where nothing is relayed.
     cookie: Option<String>,
-    state: Mutex<State>,
+    /// Links to peer gateways, dial loops, members' addresses.
+    links: Links,
+    /// Local and remote nodes, impersonators, peers' grants.
+    registry: Mutex<Registry<AbortHandle>>,
     metrics: Metrics,
-    next_link: AtomicU64,
     relays: AtomicU64,
     /// Mergers of the relayed connections through this gateway, by relay id (for lanes).
     mergers: Mutex<HashMap<u64, relay::Merger>>,
@@ -171,10 +84,6 @@ pub(crate) struct Inner {
     /// The fabric's TLS material (reloadable), and membership's signer.
     creds: std::sync::OnceLock<Arc<crate::fabric::credentials::Credentials>>,
     sealer: std::sync::OnceLock<Sealer>,
-    /// What linked or member gateways' certificates grant, before the config's overrides.
-    cert_grants: Mutex<HashMap<String, crate::pki::Grant>>,
-    /// Dial loops of `[[peers]]` with an address, by peer.
-    dialers: Mutex<HashMap<String, (std::net::SocketAddr, AbortHandle)>>,
     /// Tasks that take new work (local control, fabric accepts, seeds): stopped first on shutdown.
     intake: Mutex<Vec<AbortHandle>>,
     /// Set once a shutdown began: no new relayed connection is accepted.
@@ -183,16 +92,12 @@ pub(crate) struct Inner {
     last_reload: Mutex<Option<ReloadStatus>>,
     /// What each peer gateway has used of its role's shared limits (atoms, rates).
     peer_budgets: Mutex<HashMap<String, policy::SharedPeer>>,
-    /// What each linked peer gateway's certificate (and config) grants it.
-    grants: Mutex<HashMap<String, crate::pki::Grant>>,
     /// Refused traffic.
     refusals: crate::refusal_log::RefusalLog,
     /// The fabric's transport (for links opened on demand).
     transport: std::sync::OnceLock<Arc<dyn Transport>>,
     /// Membership, when `[fabric] membership` is on.
     gossip: std::sync::OnceLock<mpsc::UnboundedSender<Command>>,
-    /// One dial at a time per peer gateway.
-    dialling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Bytes through the membership socket.
     gossip_traffic: Arc<gossip::Traffic>,
     /// Relayed connections this gateway forwards (`[fabric] relay`), by relay id.
@@ -294,26 +199,22 @@ impl Gateway {
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
             cookie,
-            state: Mutex::new(State::default()),
+            links: Links::default(),
+            registry: Mutex::new(Registry::new(&cfg.host)),
             metrics: Metrics::default(),
-            next_link: AtomicU64::new(1),
             relays: AtomicU64::new(0),
             mergers: Mutex::new(HashMap::new()),
             buffer: relay::Budget::new(cfg.fabric.gateway_buffer),
             live: Mutex::new(Arc::new(Live::new(&cfg)?)),
             creds: Default::default(),
             sealer: Default::default(),
-            cert_grants: Default::default(),
-            dialers: Default::default(),
             intake: Default::default(),
             closing: Default::default(),
             last_reload: Default::default(),
             peer_budgets: Mutex::new(HashMap::new()),
-            grants: Mutex::new(HashMap::new()),
             refusals: Default::default(),
             transport: Default::default(),
             gossip: Default::default(),
-            dialling: Default::default(),
             gossip_traffic: Default::default(),
             forwards: Default::default(),
             // One per control connection at most (the control port serves 256 at a time).
@@ -417,9 +318,9 @@ impl Gateway {
     /// The links to peer gateways and what they have cost on the wire (UDP bytes, QUIC's own
     /// keep-alives, acks and handshakes included), and what membership has.
     pub fn link_stats(&self) -> LinkStats {
-        let st = self.inner.lock();
+        let st = self.inner.links();
         let mut s = LinkStats::default();
-        for p in st.peers.values().flatten() {
+        for (_, p) in st.all() {
             let (tx, rx) = p.conn.wire_bytes();
             s.links += 1;
             s.udp_tx_bytes += tx;
@@ -439,9 +340,9 @@ impl Gateway {
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
-        let mut st = self.inner.lock();
-        for (_, imp) in st.impersonators.drain() {
-            imp.task.abort();
+        let impersonators = self.inner.registry().take_impersonators();
+        for task in impersonators {
+            task.abort();
         }
     }
 }
@@ -451,8 +352,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+    /// The links' table. Never held together with the registry.
+    fn links(&self) -> MutexGuard<'_, LinkTable> {
+        lock(&self.links.table)
+    }
+
+    /// The registry. Never held together with the links' table.
+    fn registry(&self) -> MutexGuard<'_, Registry<AbortHandle>> {
+        lock(&self.registry)
     }
 
     /// The local nodes' `net_ticktime` as configured (a node's plug may report another).
@@ -476,23 +383,13 @@ impl Inner {
     }
 
     fn status(&self) -> StatusReport {
-        let st = self.lock();
-        // A device nobody dialled yet has no port: shown with 0.
-        let mut local_nodes: Vec<_> = st
-            .local
-            .iter()
-            .filter_map(|(n, l)| Some((n.clone(), if l.device { l.port.unwrap_or(0) } else { l.port? })))
-            .collect();
-        let mut outbound_only: Vec<_> =
-            st.local.iter().filter(|(_, l)| l.port.is_none() && !l.device).map(|(n, _)| n.clone()).collect();
-        let mut remote_nodes: Vec<_> = st.remote.iter().map(|(n, r)| (n.clone(), r.gateway.clone())).collect();
-        let mut peers: Vec<_> = st.peers.keys().cloned().collect();
-        let mut impersonated: Vec<_> = st.impersonators.iter().map(|(n, i)| (n.clone(), i.port)).collect();
-        local_nodes.sort();
-        outbound_only.sort();
-        remote_nodes.sort();
-        peers.sort();
-        impersonated.sort();
+        let (local_nodes, outbound_only, remote_nodes, impersonated) = {
+            let reg = self.registry();
+            // A device nobody dialled yet has no port: shown with 0.
+            (reg.local_ports(), reg.outbound_only(), reg.remote_nodes(), reg.impersonated())
+        };
+        let st = self.links();
+        let peers = st.linked();
         let links = inventory::links(&st);
         drop(st);
         let (bytes_in, bytes_out) = self.metrics.totals();
@@ -517,111 +414,6 @@ impl Inner {
             reload: lock(&self.last_reload).clone(),
             devices: self.hub.get().map(|h| h.devices()).unwrap_or_default(),
         }
-    }
-
-    /// What each peer gateway under a restricted role uses of it, by peer name.
-    fn policy_reports(&self) -> Vec<policy::PeerReport> {
-        let peers: Vec<(String, policy::SharedPeer)> =
-            lock(&self.peer_budgets).iter().map(|(p, s)| (p.clone(), s.clone())).collect();
-        let mut out: Vec<policy::PeerReport> = peers
-            .into_iter()
-            .map(|(peer, state)| {
-                let (name, role) = self.role_of(&peer);
-                let usage = state.lock().unwrap_or_else(|e| e.into_inner()).usage();
-                policy::PeerReport::new(peer, name, &role, usage)
-            })
-            .collect();
-        out.sort_by(|a, b| a.peer.cmp(&b.peer));
-        out
-    }
-
-    /// The role of peer gateway `peer`, and its name: its config entry's, else its
-    /// certificate's, else `policy.default_role`.
-    fn role_of(&self, peer: &str) -> (String, Arc<policy::Role>) {
-        if peer.contains('@') {
-            // A device (a node name; no gateway name has an '@'): for reports.
-            return (self.cfg.devices.role.clone(), self.device_role(None));
-        }
-        let live = self.live();
-        let name = self.peer_role(peer).unwrap_or_else(|| live.default_role.clone());
-        // Validated with the config; an unknown name cannot get here, but fail closed anyway.
-        let role = live.roles.get(&name).cloned().unwrap_or_else(|| Arc::new(policy::Role::device()));
-        (name, role)
-    }
-
-    /// The ingress policy for a relayed connection between local node `local` and `remote`,
-    /// a node of `peer`'s; `None` when its role lets every packet through untouched.
-    fn inbound_policy(
-        self: &Arc<Self>,
-        peer: &str,
-        (local, remote): (&str, &str),
-    ) -> Option<Arc<relay::InboundPolicy>> {
-        let (_, role) = self.role_of(peer);
-        if role.is_open() {
-            return None;
-        }
-        let shared = lock(&self.peer_budgets).entry(peer.to_string()).or_default().clone();
-        let weak = Arc::downgrade(self);
-        let peer_name = peer.to_string();
-        Some(Arc::new(relay::InboundPolicy {
-            session: policy::Session::new(role, shared, local, remote),
-            on_refuse: Box::new(move |r| {
-                if let Some(inner) = weak.upgrade() {
-                    inner.refuse_by_policy(&peer_name, r);
-                }
-            }),
-        }))
-    }
-
-    /// Logs (the first of each target at once, then once per burst) and counts a refusal of
-    /// the policy, or in audit mode what it would have refused.
-    fn refuse_by_policy(&self, peer: &str, r: &policy::Refusal) {
-        let reason = r.reason.as_str();
-        let filed = self.refusals.record(peer, reason, &r.target, &r.detail, r.audit);
-        match r.audit {
-            true => self.metrics.audited(&filed, reason),
-            false => self.metrics.refused(&filed, reason),
-        }
-    }
-
-    /// Registers a node a peer announced, if the peer may claim that name: it matches the peer's
-    /// grant, and no local node or node of another gateway has it.
-    fn admit_remote(&self, peer: &str, n: NodeInfo) {
-        let allowed = lock(&self.grants).get(peer).is_some_and(|g| g.allows(&n.name));
-        if !allowed {
-            self.refuse(peer, "name_claim", &format!("announcement of {} (outside its node-name grant)", n.name));
-            return;
-        }
-        let mut st = self.lock();
-        let taken = st.local.contains_key(&n.name) || st.remote.get(&n.name).is_some_and(|r| r.gateway != peer);
-        if taken {
-            drop(st);
-            self.refuse(peer, "name_taken", &format!("announcement of {} (a node of another gateway)", n.name));
-            return;
-        }
-        st.remote.insert(n.name.clone(), RemoteNode { creation: n.creation, gateway: peer.to_string() });
-        drop(st);
-        lock(&self.waiters).settle(&n.name, Answer::Known);
-    }
-
-    /// Logs (once per burst) and counts a refusal.
-    fn refuse(&self, peer: &str, reason: &str, what: &str) {
-        let filed = self.refusals.record(peer, reason, "", what, false);
-        self.metrics.refused(&filed, reason);
-    }
-
-    /// The role of a peer gateway: its config entry's, else its certificate's.
-    fn peer_role(&self, peer: &str) -> Option<String> {
-        let configured = self.peer_config(peer).and_then(|p| p.role);
-        configured.or_else(|| lock(&self.grants).get(peer).and_then(|g| g.role.clone()))
-    }
-
-    /// What a peer gateway may claim: its certificate's grant, with the config's `nodes` over it.
-    fn effective_grant(&self, peer: &str, mut grant: crate::pki::Grant) -> crate::pki::Grant {
-        if let Some(nodes) = self.peer_config(peer).and_then(|p| p.nodes) {
-            grant.nodes = nodes;
-        }
-        grant
     }
 
     /// The Prometheus exposition: the counters plus gauges of the current state.
@@ -664,470 +456,6 @@ fn per_peer_scalars(st: &StatusReport) -> Vec<(&'static str, &'static str, u64)>
     ]
 }
 
-impl Inner {
-    fn local_list(&self) -> Vec<NodeInfo> {
-        self.lock().local.iter().map(|(n, l)| NodeInfo { name: n.clone(), creation: l.creation }).collect()
-    }
-
-    /// Tells linked peers (and membership) that a local node came or went.
-    fn broadcast(&self, m: Msg) {
-        for p in self.lock().peers.values().flatten() {
-            let _ = p.control.send(m.clone());
-        }
-        if let Some(g) = self.gossip.get() {
-            let _ = g.send(Command::Nodes(self.local_list()));
-        }
-    }
-
-    /// Replaces what `peer` says its nodes are, keeping the listeners of nodes still there.
-    fn replace_remote(&self, peer: &str, nodes: Vec<NodeInfo>) {
-        let names: std::collections::HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        self.forget_remote(|n, r| r.gateway == peer && !names.contains(n));
-        for n in nodes {
-            self.admit_remote(peer, n);
-        }
-        // After the nodes: a lookup that sees the list in finds them registered.
-        self.lock().listed.insert(peer.to_string());
-    }
-
-    /// What membership says.
-    fn membership_event(&self, e: Event) {
-        match e {
-            Event::Up(m) => {
-                info!(peer = %m.name, addr = %m.fabric, "member up");
-                self.lock().members.insert(m.name, m.fabric);
-            }
-            Event::Down(m) => {
-                info!(peer = %m.name, "member down");
-                let mut st = self.lock();
-                st.members.remove(&m.name);
-                for l in st.peers.get(&m.name).into_iter().flatten() {
-                    l.conn.close(CLOSE_NORMAL, b"membership says you are gone");
-                }
-                drop(st);
-                self.forget_remote(|_, r| r.gateway == m.name);
-            }
-            Event::Nodes { gateway, nodes, grant } => {
-                if self.is_revoked(&gateway, &grant.serial) {
-                    self.refuse(&gateway, "revoked", &format!("membership: certificate {} is revoked", grant.serial));
-                    return;
-                }
-                lock(&self.cert_grants).entry(gateway.clone()).or_insert_with(|| (*grant).clone());
-                let grant = self.effective_grant(&gateway, (*grant).clone());
-                lock(&self.grants).entry(gateway.clone()).or_insert(grant);
-                self.replace_remote(&gateway, nodes);
-            }
-            Event::Node { gateway, node, grant } => {
-                let name = node.name.clone();
-                if self.is_revoked(&gateway, &grant.serial) {
-                    self.refuse(&gateway, "revoked", &format!("membership: certificate {} is revoked", grant.serial));
-                } else {
-                    debug!(node = %name, %gateway, "lookup: the owner answered");
-                    let grant = self.effective_grant(&gateway, (*grant).clone());
-                    lock(&self.grants).entry(gateway.clone()).or_insert(grant);
-                    // Admitted as an announcement would be (grant, name taken): that settles
-                    // the lookup; refused, the node is unknown here.
-                    self.admit_remote(&gateway, node);
-                }
-                let admitted = self.lock().remote.get(&name).is_some_and(|r| r.gateway == gateway);
-                if !admitted {
-                    // What the owner says is now: unknown to whoever asked before.
-                    lock(&self.waiters).settle(&name, Answer::Unknown { since: std::time::Instant::now() });
-                }
-            }
-            Event::Unknown { name, since } => {
-                debug!(node = %name, "lookup: no member has it");
-                lock(&self.waiters).settle(&name, Answer::Unknown { since });
-            }
-            Event::Refused { from, why } => self.refuse(&from.ip().to_string(), "membership", &why),
-        }
-    }
-
-    /// `[[peers]]` entry of `name`, as last (re)loaded.
-    fn peer_config(&self, name: &str) -> Option<crate::config::PeerConfig> {
-        self.live().peers.iter().find(|p| p.name == name).cloned()
-    }
-
-    /// Whether this gateway relays for `gateway`: `[fabric] relay` is on and `gateway` is a
-    /// peer that dials in and cannot be dialled (no `addr`).
-    fn relays_for(&self, gateway: &str) -> bool {
-        self.cfg.fabric.relay && self.peer_config(gateway).is_some_and(|p| p.addr.is_none())
-    }
-
-    /// For a peer that just linked: the node lists of the gateways this one relays for, and,
-    /// if it relays for that peer, of every other gateway.
-    fn relayed_lists(&self, to: &str) -> Vec<Msg> {
-        let st = self.lock();
-        let mut lists: HashMap<&str, Vec<NodeInfo>> = HashMap::new();
-        for gw in st.peers.keys().filter(|g| *g != to && (self.relays_for(g) || self.relays_for(to))) {
-            lists.entry(gw.as_str()).or_default();
-        }
-        for (name, r) in &st.remote {
-            if let Some(l) = lists.get_mut(r.gateway.as_str()) {
-                l.push(NodeInfo { name: name.clone(), creation: r.creation });
-            }
-        }
-        lists.into_iter().map(|(g, nodes)| Msg::RelayedNodes { gateway: g.to_string(), nodes }).collect()
-    }
-
-    /// `gateway`'s nodes changed: if this gateway relays for it, tell the other peers; tell the
-    /// peers it relays for in any case.
-    fn relayed_nodes_changed(&self, gateway: &str) {
-        if !self.cfg.fabric.relay {
-            return;
-        }
-        let everyone = self.relays_for(gateway);
-        let st = self.lock();
-        let nodes: Vec<NodeInfo> = st
-            .remote
-            .iter()
-            .filter(|(_, r)| r.gateway == gateway)
-            .map(|(n, r)| NodeInfo { name: n.clone(), creation: r.creation })
-            .collect();
-        let m = Msg::RelayedNodes { gateway: gateway.to_string(), nodes };
-        let told = |name: &String| *name != gateway && (everyone || self.relays_for(name));
-        for p in st.peers.iter().filter(|(name, _)| told(name)).flat_map(|(_, links)| links) {
-            let _ = p.control.send(m.clone());
-        }
-    }
-
-    /// A relay's list of the nodes of a gateway it relays for: taken only if our config says we
-    /// reach that gateway through this relay; the names must fit that gateway's `nodes` (from
-    /// our config), else the relay's own grant.
-    fn relayed_nodes(&self, relay: &str, gateway: String, nodes: Vec<NodeInfo>) {
-        if self.peer_config(&gateway).and_then(|p| p.via).as_deref() != Some(relay) {
-            self.refuse(relay, "name_claim", &format!("nodes of {gateway}, which it does not relay for here"));
-            return;
-        }
-        let relay_grant = lock(&self.grants).get(relay).cloned().unwrap_or_default();
-        let grant = self.effective_grant(&gateway, relay_grant);
-        lock(&self.grants).insert(gateway.clone(), grant);
-        self.replace_remote(&gateway, nodes);
-    }
-
-    fn is_revoked(&self, peer: &str, serial: &str) -> bool {
-        self.live().is_revoked(peer, serial)
-    }
-
-    /// Forgets remote nodes and closes their impersonators.
-    fn forget_remote(&self, pred: impl Fn(&str, &RemoteNode) -> bool) {
-        let mut st = self.lock();
-        let gone: Vec<String> = st.remote.iter().filter(|(n, r)| pred(n, r)).map(|(n, _)| n.clone()).collect();
-        for n in gone {
-            st.remote.remove(&n);
-            if let Some(imp) = st.impersonators.remove(&n) {
-                imp.task.abort();
-            }
-        }
-    }
-}
-
-/// Lookups from the control port (see [`crate::lookup`]).
-impl Inner {
-    /// The loopback port of `full_name` from what the gateway knows now: a local node's own, or
-    /// that of a listener impersonating a remote node (opened here if need be).
-    fn resolve_now(self: &Arc<Self>, full_name: &str) -> Option<u16> {
-        let mut st = self.lock();
-        if let Some(l) = st.local.get(full_name) {
-            if l.device && l.port.is_none() {
-                drop(st);
-                return self.device_port(full_name);
-            }
-            // None for a node that only connects out: nobody can dial it, as with OTP.
-            return l.port;
-        }
-        if let Some(i) = st.impersonators.get(full_name) {
-            return Some(i.port);
-        }
-        if !st.remote.contains_key(full_name) || st.impersonators.len() >= self.cfg.local.max_listeners {
-            return None;
-        }
-        // Open a loopback listener impersonating this node (std, so this stays synchronous).
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
-        listener.set_nonblocking(true).ok()?;
-        let port = listener.local_addr().ok()?.port();
-        let listener = TcpListener::from_std(listener).ok()?;
-        let task = tokio::spawn(impersonate(Arc::downgrade(self), listener, full_name.to_string())).abort_handle();
-        st.impersonators.insert(full_name.to_string(), Impersonator { port, task });
-        debug!(node = %full_name, port, "impersonating");
-        Some(port)
-    }
-
-    /// Whether `full_name` is a node the gateway knows, local or remote (dialable or not).
-    fn knows(&self, full_name: &str) -> bool {
-        let st = self.lock();
-        st.local.contains_key(full_name) || st.remote.contains_key(full_name)
-    }
-
-    /// [`Inner::resolve_now`], or, for a name not known yet, what the fabric says within
-    /// `[local] lookup_wait_ms` (see [`crate::lookup`]): the owner's answer, "nobody has it"
-    /// from every member, or the node list of a peer whose link comes up.
-    async fn lookup(self: &Arc<Self>, full_name: &str) -> Option<u16> {
-        if let Some(port) = self.resolve_now(full_name) {
-            return Some(port);
-        }
-        let plan = lookup::plan(self.lookup_situation());
-        // Known without a port (a local node that does not listen, no listener left to
-        // impersonate with): the fabric has nothing to add.
-        if plan == Plan::Unknown || self.knows(full_name) {
-            return None;
-        }
-        let t0 = tokio::time::Instant::now();
-        let asked = t0.into_std();
-        let deadline = t0 + Duration::from_millis(self.cfg.local.lookup_wait_ms);
-        let likely = if plan == Plan::AskMembers { self.likely_owners(full_name) } else { Vec::new() };
-        debug!(node = %full_name, ?plan, ?likely, "lookup: not known here, asking the fabric");
-        let mut wait = Waiting { inner: self, name: full_name, answer: None };
-        let found = loop {
-            if wait.answer.is_none() {
-                // Joins the lookup in flight, or starts one (again, after one settled).
-                let Some(joined) = lock(&self.waiters).join(full_name) else {
-                    warn!(node = %full_name, "lookup: too many lookups waiting for the fabric; answering unknown");
-                    break None;
-                };
-                wait.answer = Some(joined.answer);
-            }
-            let answer = wait.answer.as_mut().map(|a| *a.borrow_and_update());
-            if let Some(port) = self.resolve_now(full_name) {
-                break Some(port);
-            }
-            if self.knows(full_name) {
-                break None;
-            }
-            let now = tokio::time::Instant::now();
-            let given_up = match plan {
-                Plan::AskMembers => answer.is_some_and(|a| a.unknown_to(asked)),
-                Plan::AwaitLists => lookup::plan(self.lookup_situation()) != Plan::AwaitLists,
-                Plan::Unknown => true,
-            };
-            if given_up || now >= deadline {
-                break None;
-            }
-            if plan == Plan::AskMembers {
-                if let Some(g) = self.gossip.get() {
-                    let _ = g.send(Command::Lookup { name: full_name.to_string(), likely: likely.clone(), asked });
-                }
-            }
-            let next = deadline.min(now + lookup::POLL);
-            if let Some(a) = wait.answer.as_mut() {
-                if let Ok(Err(_)) = tokio::time::timeout_at(next, a.changed()).await {
-                    // Settled, and its value seen: join (or start) the next one.
-                    wait.leave();
-                }
-            }
-        };
-        let ms = t0.elapsed().as_millis();
-        match found {
-            Some(port) => info!(node = %full_name, port, ms, "lookup: found through the fabric"),
-            None => debug!(node = %full_name, ms, "lookup: unknown"),
-        }
-        found
-    }
-
-    /// What a lookup of an unknown name can hope for, now.
-    fn lookup_situation(&self) -> lookup::Situation {
-        let st = self.lock();
-        let cfg = &self.cfg;
-        // A peer's list comes over its own link, or through the gateway it is reached `via`.
-        let peers_missing = cfg.peers.iter().any(|p| !st.listed.contains(&p.name));
-        let seeds_missing = !cfg.fabric.seeds.is_empty() && st.listed.is_empty();
-        lookup::Situation {
-            fabric: self.transport.get().is_some(),
-            membership: cfg.fabric.membership && self.gossip.get().is_some(),
-            may_wait: cfg.local.lookup_wait_ms > 0,
-            uptime: self.started.elapsed(),
-            lists_missing: peers_missing || seeds_missing,
-        }
-    }
-
-    /// The gateways likely to own `name`, to ask first.
-    fn likely_owners(&self, name: &str) -> Vec<String> {
-        let st = self.lock();
-        lookup::likely_owners(name, st.remote.iter().map(|(n, r)| (n.as_str(), r.gateway.as_str())))
-    }
-}
-
-/// The control server's view of the gateway.
-struct Directory(Weak<Inner>);
-
-struct LocalGuard {
-    inner: Weak<Inner>,
-    name: String,
-}
-
-impl Drop for LocalGuard {
-    fn drop(&mut self) {
-        let Some(inner) = self.inner.upgrade() else { return };
-        if inner.lock().local.remove(&self.name).is_some() {
-            info!(node = %self.name, "local node gone");
-            inner.broadcast(Msg::NodeDown(self.name.clone()));
-        }
-    }
-}
-
-impl LocalDirectory for Directory {
-    fn register(&self, name: &str, port: u16, plug: Plug) -> Result<Registration, RegisterError> {
-        let inner = self.0.upgrade().ok_or(RegisterError::Unavailable)?;
-        let name = control::full_node_name(name, &inner.cfg.host)?;
-        let creation = rand::random::<u32>().max(4);
-        {
-            let mut st = inner.lock();
-            if st.local.contains_key(&name) || st.remote.contains_key(&name) {
-                return Err(RegisterError::Duplicate);
-            }
-            st.local.insert(
-                name.clone(),
-                LocalNode { port: Some(port), creation, outbound: 0, dynamic: false, plug: Some(plug), device: false },
-            );
-        }
-        info!(node = %name, port, "local node registered");
-        inner.broadcast(Msg::NodeUp(NodeInfo { name: name.clone(), creation }));
-        Ok(Registration::new(creation, Box::new(LocalGuard { inner: self.0.clone(), name })))
-    }
-
-    fn resolve(&self, full_name: &str) -> Option<u16> {
-        self.0.upgrade()?.resolve_now(full_name)
-    }
-
-    fn lookup<'a>(&'a self, full_name: &'a str) -> link::BoxFuture<'a, Option<u16>> {
-        Box::pin(async move { self.0.upgrade()?.lookup(full_name).await })
-    }
-
-    fn status_json(&self) -> String {
-        self.0.upgrade().and_then(|i| serde_json::to_string(&i.status()).ok()).unwrap_or_else(|| "{}".into())
-    }
-
-    fn names(&self) -> Vec<(String, u16)> {
-        let Some(inner) = self.0.upgrade() else { return vec![] };
-        let st = inner.lock();
-        st.local
-            .iter()
-            .filter_map(|(n, l)| Some((n.split('@').next().unwrap_or_default().to_string(), l.port?)))
-            .collect()
-    }
-}
-
-/// A lookup's place among the [`lookup::Waiters`], given up when the lookup ends, however it ends
-/// (the control connection may go away mid-wait).
-struct Waiting<'a> {
-    inner: &'a Inner,
-    name: &'a str,
-    answer: Option<tokio::sync::watch::Receiver<Answer>>,
-}
-
-impl Waiting<'_> {
-    fn leave(&mut self) {
-        if self.answer.take().is_some() {
-            lock(&self.inner.waiters).leave(self.name);
-        }
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.leave();
-    }
-}
-
-/// A local node that does not listen (`-dist_listen false`, a dynamic name) is known, and
-/// announced to the fabric, while it has relayed connections: the far gateway accepts a
-/// connection only from a node its gateway announced. Dropping the last guard forgets it.
-struct OutboundGuard {
-    inner: Arc<Inner>,
-    name: String,
-}
-
-impl OutboundGuard {
-    /// Admits `name` dialling out. `Ok(None)`: a registered node, nothing to hold. Refused when
-    /// the name is a remote node's.
-    /// `dynamic`: the name was given here ([`dynamic_name`]).
-    fn admit(inner: &Arc<Inner>, name: &str, creation: u32, dynamic: bool) -> Result<Option<OutboundGuard>, String> {
-        control::full_node_name(name, &inner.cfg.host).map_err(|e| e.to_string())?;
-        let mut st = inner.lock();
-        if let Some(r) = st.remote.get(name) {
-            return Err(format!("{name} is a node behind {}", r.gateway));
-        }
-        match st.local.get_mut(name) {
-            Some(l) if l.port.is_some() || l.device => return Ok(None),
-            Some(l) => l.outbound += 1,
-            None => {
-                st.local.insert(
-                    name.to_string(),
-                    LocalNode { port: None, creation, outbound: 1, dynamic, plug: None, device: false },
-                );
-                drop(st);
-                info!(node = %name, "local node connects out without listening");
-                inner.broadcast(Msg::NodeUp(NodeInfo { name: name.to_string(), creation }));
-            }
-        }
-        Ok(Some(OutboundGuard { inner: inner.clone(), name: name.to_string() }))
-    }
-}
-
-impl Drop for OutboundGuard {
-    fn drop(&mut self) {
-        let mut st = self.inner.lock();
-        let last = match st.local.get_mut(&self.name) {
-            Some(l) if l.port.is_none() => {
-                l.outbound = l.outbound.saturating_sub(1);
-                l.outbound == 0
-            }
-            _ => false,
-        };
-        if last {
-            if let Some(LocalNode { dynamic: true, creation, .. }) = st.local.remove(&self.name) {
-                if let Some((_, host)) = self.name.split_once('@') {
-                    let free = (self.name.clone(), next_creation(creation));
-                    st.dyn_pool.entry(host.to_string()).or_default().push(free);
-                }
-            }
-            drop(st);
-            info!(node = %self.name, "local node without a listener has no relayed connection left");
-            self.inner.broadcast(Msg::NodeDown(self.name.clone()));
-        }
-    }
-}
-
-/// A name for a node that asked for one (a dynamic name, `-sname undefined`: `NAME_ME` in its
-/// handshake, `host` in place of its name), as OTP's `net_kernel` makes them: the last one
-/// freed at that host, with its next creation (a node that disconnected and connects again
-/// gets its name back, erl_distribution_SUITE `dyn_node_name`), else a random base-36 number
-/// at the node's host, with a fresh creation.
-fn dynamic_name(inner: &Inner, host: &str) -> (String, u32) {
-    let mut st = inner.lock();
-    while let Some(free) = st.dyn_pool.get_mut(host).and_then(|p| p.pop()) {
-        if !st.local.contains_key(&free.0) && !st.remote.contains_key(&free.0) {
-            return free;
-        }
-    }
-    loop {
-        let name = format!("{}@{host}", base36(rand::random::<u64>()));
-        if !st.local.contains_key(&name) && !st.remote.contains_key(&name) {
-            return (name, rand::random::<u32>().max(4));
-        }
-    }
-}
-
-/// The creation after `c`, as OTP's `net_kernel:next_creation/1`: 0 to 3 are never used.
-fn next_creation(c: u32) -> u32 {
-    c.checked_add(1).filter(|&n| n >= 4).unwrap_or(4)
-}
-
-/// `n` in base 36, upper case, as `integer_to_list(N, 36)`.
-fn base36(mut n: u64) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
-}
-
 /// Accepts local nodes' connections to a remote node `target`.
 async fn impersonate(inner: Weak<Inner>, listener: TcpListener, target: String) {
     loop {
@@ -1154,8 +482,8 @@ async fn impersonate(inner: Weak<Inner>, listener: TcpListener, target: String) 
 async fn relay_from_local(inner: &Arc<Inner>, mut sock: TcpStream, target: &str) -> Result<(), relay::RelayError> {
     let _ = sock.set_nodelay(true);
     let (creation, gateway) = {
-        let st = inner.lock();
-        let r = st.remote.get(target).ok_or_else(|| relay::RelayError::Refused(format!("{target} is unknown")))?;
+        let reg = inner.registry();
+        let r = reg.remote(target).ok_or_else(|| relay::RelayError::Refused(format!("{target} is unknown")))?;
         (r.creation, r.gateway.clone())
     };
     let Some(cookie) = inner.cookie.as_deref() else {
@@ -1225,43 +553,6 @@ async fn open_relay_stream(
     Err(relay::RelayError::Refused(format!("link to {gateway}: {}", error.map(|e| e.to_string()).unwrap_or_default())))
 }
 
-/// The link to `gateway` (or to the gateway it is reached through, `via`), held for a
-/// relayed connection, and the gateway at its other end; with membership, one is dialled if
-/// there is none.
-async fn link_to(inner: &Arc<Inner>, gateway: &str) -> Result<(Arc<dyn Link>, String, LinkHold), relay::RelayError> {
-    let via = inner.peer_config(gateway).and_then(|p| p.via.clone());
-    let hop = via.unwrap_or_else(|| gateway.to_string());
-    let newest = |inner: &Inner| {
-        let st = inner.lock();
-        let link = st.peers.get(&hop).and_then(|l| inventory::preferred(&inner.cfg.name, &hop, l));
-        link.map(|p| (p.conn.clone(), hop.clone(), p.usage.hold()))
-    };
-    if let Some(l) = newest(inner) {
-        return Ok(l);
-    }
-    let no_link = || relay::RelayError::Refused(format!("no link to {gateway}"));
-    let (Some(t), true) = (inner.transport.get(), inner.cfg.fabric.membership) else { return Err(no_link()) };
-    let gate = lock(&inner.dialling).entry(gateway.to_string()).or_default().clone();
-    let _dialling = gate.lock().await;
-    if let Some(l) = newest(inner) {
-        return Ok(l);
-    }
-    let addr = inner.lock().members.get(gateway).copied().ok_or_else(no_link)?;
-    let link = t.dial(addr, Some(gateway)).await.map_err(|e| {
-        inner.metrics.link_handshake(gateway, false);
-        relay::RelayError::Refused(format!("dialling {gateway} at {addr}: {e}"))
-    })?;
-    tokio::spawn(run_link(inner.clone(), link, LinkReason::Traffic));
-    // run_link files the link before its first await point.
-    for _ in 0..100 {
-        if let Some(l) = newest(inner) {
-            return Ok(l);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Err(no_link())
-}
-
 /// The data phase of a relay, on either gateway (see [`relay::pump`]).
 #[allow(clippy::too_many_arguments)]
 async fn carry(
@@ -1279,7 +570,8 @@ async fn carry(
     let mut lanes = inner.lanes(peer_gateway);
     lanes.link = Some(conn.clone());
     // The local node's plug, where it has one: its ticktime, and holds on its senders.
-    if let Some(plug) = inner.lock().local.get(node).and_then(|l| l.plug.clone()) {
+    let plug = inner.registry().local(node).and_then(|l| l.plug.clone());
+    if let Some(plug) = plug {
         lanes.net_ticktime = relay::Ticktime::reported_into(inner.configured_ticktime(), plug.ticktime_ms());
         lanes.plug = Some(plug);
     }
@@ -1372,7 +664,7 @@ struct OpenReq {
 async fn announced_by(inner: &Inner, from: &str, gateway: &str) -> bool {
     let deadline = tokio::time::Instant::now() + ANNOUNCEMENT_WAIT;
     loop {
-        let known = inner.lock().remote.get(from).map(|r| r.gateway == gateway);
+        let known = inner.registry().owner_of(from).map(|g| g == gateway);
         match known {
             Some(known) => return known,
             None if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -1392,7 +684,7 @@ async fn relay_to_local(
     let OpenReq { relay: relay_id, from, to, flags, creation, origin } = open;
     let port = inner.local_port(&to);
     if port.is_none() && origin.is_none() && inner.cfg.fabric.relay {
-        let target = inner.lock().remote.get(&to).map(|r| r.gateway.clone());
+        let target = inner.registry().owner_of(&to).map(str::to_string);
         // Between a gateway we relay for and any other.
         if let Some(target) = target.filter(|g| inner.relays_for(g) || inner.relays_for(&peer_gateway)) {
             let open = Msg::Open { relay: relay_id, from, to, flags, creation };
@@ -1407,7 +699,7 @@ async fn relay_to_local(
             || inner.peer_config(o).and_then(|p| p.via).as_deref() == Some(peer_gateway.as_str())
     });
     let allowed = match &origin {
-        Some(_) => vouched && !inner.lock().local.contains_key(&from),
+        Some(_) => vouched && inner.registry().local(&from).is_none(),
         None => announced_by(&inner, &from, &peer_gateway).await,
     };
     let Some(port) = port.filter(|_| allowed) else {
@@ -1510,126 +802,24 @@ async fn forward_lane(
     Ok(())
 }
 
-async fn accept_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>) {
-    while let Some((from, handshake)) = transport.accept().await {
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            match handshake.await {
-                Ok(link) => run_link(inner, link, LinkReason::Accepted).await,
-                // TLS refusals (no or foreign certificate, expired), silent or lying peers: the
-                // peer is not known yet, so it is counted under its address.
-                Err(e) => {
-                    inner.metrics.link_handshake("", false);
-                    inner.refuse(&from.ip().to_string(), "handshake", &format!("fabric connection: {e}"))
-                }
-            }
-        });
-    }
-}
-
-async fn dial_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, peer: String, addr: std::net::SocketAddr) {
-    loop {
-        if !inner.lock().peers.contains_key(&peer) {
-            match transport.dial(addr, Some(&peer)).await {
-                Ok(link) => run_link(inner.clone(), link, LinkReason::Configured).await,
-                Err(e) => {
-                    inner.metrics.link_handshake(&peer, false);
-                    debug!(%peer, %addr, "dial failed: {e}")
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Dials the addresses the seed sources give, again every few seconds, unless a link to that
-/// address is up; whoever answers (with a certificate of the cluster CA) becomes a peer.
-async fn seed_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, sources: Vec<Box<dyn Discovery>>) {
-    // Who answered at each address (ourselves included). A link the seed dialled in to us
-    // shows its source address, which over TCP is not its listening one, so the name is what
-    // tells whether that gateway is linked already.
-    let mut who = HashMap::<std::net::SocketAddr, String>::new();
-    let me = inner.cfg.name.as_str();
-    loop {
-        for source in &sources {
-            for addr in source.discover().await {
-                let linked = {
-                    let st = inner.lock();
-                    let named = who.get(&addr).is_some_and(|n| n == me || st.peers.contains_key(n));
-                    named || st.peers.values().flatten().any(|p| p.conn.remote_address() == addr)
-                };
-                if linked {
-                    continue;
-                }
-                match transport.dial(addr, None).await {
-                    Ok(link) if link.peer_name == me => {
-                        link.link.close(CLOSE_NORMAL, b"that is me");
-                        who.insert(addr, link.peer_name);
-                    }
-                    Ok(link) => {
-                        debug!(peer = %link.peer_name, %addr, "seed answered");
-                        who.insert(addr, link.peer_name.clone());
-                        tokio::spawn(run_link(inner.clone(), link, LinkReason::Seed));
-                    }
-                    Err(e) => {
-                        inner.metrics.link_handshake("", false);
-                        debug!(%addr, "seed dial failed: {e}")
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(SEED_INTERVAL).await;
-    }
-}
-
-/// How often seeds are looked up and dialled again.
-const SEED_INTERVAL: Duration = Duration::from_secs(2);
-
-/// The membership port of a gateway whose fabric listens on `fabric`.
-fn gossip_addr(fabric: std::net::SocketAddr) -> std::net::SocketAddr {
-    std::net::SocketAddr::new(fabric.ip(), fabric.port().wrapping_add(1))
-}
-
-/// Starts membership: its socket, the announcements to seeds and peers, the idle-link reaper.
+/// Starts membership (see [`crate::fabric::join`]) and the idle-link reaper.
 async fn start_membership(
     inner: &Arc<Inner>,
     id: &TlsIdentity,
     fabric: std::net::SocketAddr,
 ) -> Result<Vec<AbortHandle>, GatewayError> {
     let cfg = &inner.cfg;
-    let bind = gossip_addr(fabric);
-    let sock = tokio::net::UdpSocket::bind(bind).await.map_err(|e| GatewayError::Bind {
-        what: "membership",
-        addr: bind,
-        source: e,
-    })?;
     let (st, dns) = discovery::from_config(&cfg.fabric.seeds);
     let peers = discovery::StaticSeeds(cfg.peers.iter().filter_map(|p| p.addr).collect());
     let sources: Vec<Box<dyn Discovery>> = vec![Box::new(st), Box::new(dns), Box::new(peers)];
-    let ip = match (cfg.fabric.advertise, fabric.ip()) {
-        (Some(ip), _) => ip,
-        (None, ip) if !ip.is_unspecified() => ip,
-        (None, _) => route_to_first_seed(&sources).await.ok_or_else(|| {
-            GatewayError::Fabric("membership: set [fabric] advertise (no address to reach this gateway at)".into())
-        })?,
-    };
-    let bump = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64);
-    let me = MemberId {
-        name: cfg.name.clone(),
-        gossip: gossip_addr(std::net::SocketAddr::new(ip, fabric.port())),
-        fabric: std::net::SocketAddr::new(ip, fabric.port()),
-        bump: bump.unwrap_or_default(),
-    };
-    let provider = crypto_provider();
-    let fabric_err = |e: &dyn std::fmt::Display| GatewayError::Fabric(format!("membership: {e}"));
-    let sealer = Sealer::new(&provider, &id.chain, &id.key).map_err(|e| fabric_err(&e))?;
-    let _ = inner.sealer.set(sealer.clone());
     // The fabric's verifier: a reloaded ca.pem applies to membership datagrams too.
-    let verifier = match inner.creds.get() {
-        Some(c) => c.client_verifier(),
-        None => membership_verifier(id).map_err(|e| fabric_err(&e))?,
-    };
-    let opener = Opener::new(verifier, provider);
+    let verifier = inner.creds.get().map(|c| c.client_verifier());
+    let joining =
+        Joining::bind(&cfg.name, fabric, cfg.fabric.advertise, sources, id, verifier).await.map_err(|e| match e {
+            JoinError::Bind { addr, source } => GatewayError::Bind { what: "membership", addr, source },
+            JoinError::Failed(why) => GatewayError::Fabric(format!("membership: {why}")),
+        })?;
+    let _ = inner.sealer.set(joining.sealer().clone());
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(Command::Nodes(inner.local_list()));
     let _ = inner.gossip.set(tx.clone());
@@ -1639,57 +829,13 @@ async fn start_membership(
             i.membership_event(e)
         }
     };
-    info!(member = %me.name, gossip = %me.gossip, "membership started");
-    let membership = Membership::new(me, 32);
-    Ok(vec![
-        tokio::spawn(gossip::run(sock, membership, sealer, opener, rx, inner.gossip_traffic.clone(), on_event))
-            .abort_handle(),
-        tokio::spawn(announce_loop(inner.clone(), tx, sources)).abort_handle(),
-        tokio::spawn(reap_idle_links(inner.clone())).abort_handle(),
-    ])
-}
-
-/// The local address of the route to the first seed that resolves.
-async fn route_to_first_seed(sources: &[Box<dyn Discovery>]) -> Option<std::net::IpAddr> {
-    for source in sources {
-        for addr in source.discover().await {
-            let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-            if sock.connect(addr).is_ok() {
-                return sock.local_addr().ok().map(|a| a.ip());
-            }
-        }
-    }
-    None
-}
-
-/// Asks the seeds to let us join while membership knows no other gateway (SWIM's own periodic
-/// announcements take over from there).
-async fn announce_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<Command>, sources: Vec<Box<dyn Discovery>>) {
-    loop {
-        if inner.lock().members.is_empty() {
-            for source in &sources {
-                for addr in source.discover().await {
-                    let _ = tx.send(Command::Announce(gossip_addr(addr)));
-                }
-            }
-        }
-        tokio::time::sleep(SEED_INTERVAL).await;
-    }
-}
-
-/// Closes links that have carried no relayed connection for `[fabric] link_idle_ms`.
-async fn reap_idle_links(inner: Arc<Inner>) {
-    let idle = Duration::from_millis(inner.cfg.fabric.link_idle_ms);
-    let mut every = tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)));
-    loop {
-        every.tick().await;
-        for p in inner.lock().peers.values().flatten() {
-            if p.usage.idle_for() >= idle {
-                debug!(link = p.link_id, "closing an idle link");
-                p.conn.close(CLOSE_IDLE, b"idle");
-            }
-        }
-    }
+    let lonely = {
+        let inner = inner.clone();
+        move || inner.links().no_members()
+    };
+    let mut tasks = joining.run((tx, rx), inner.gossip_traffic.clone(), on_event, lonely);
+    tasks.push(tokio::spawn(reap_idle_links(inner.clone())).abort_handle());
+    Ok(tasks)
 }
 
 // The relay's errors as the handshake metrics count them: here, where the two meet, so that
@@ -1707,296 +853,10 @@ impl metrics::HandshakeOutcome for relay::RelayError {
     }
 }
 
-/// Serves one link to another gateway until it closes. (Boxed: links open links, through
-/// `link_to`, and a recursive future needs a name.)
-fn run_link(inner: Arc<Inner>, link: Linked, why: LinkReason) -> link::BoxFuture<'static, ()> {
-    Box::pin(serve_link(inner, link, why))
-}
-
-async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
-    let peer = link.peer_name.clone();
-    let conn = link.link.clone();
-    if peer == inner.cfg.name {
-        // A seed that is our own address, seen from the accepting side.
-        conn.close(CLOSE_NORMAL, b"that is me");
-        return;
-    }
-    if inner.is_revoked(&peer, &link.grant.serial) {
-        conn.close(CLOSE_REVOKED, b"certificate revoked");
-        inner.refuse(&peer, "revoked", &format!("link: certificate {} is revoked", link.grant.serial));
-        return;
-    }
-    let grant = inner.effective_grant(&peer, link.grant.clone());
-    lock(&inner.cert_grants).insert(peer.clone(), link.grant.clone());
-    lock(&inner.grants).insert(peer.clone(), grant);
-    let link_id = inner.next_link.fetch_add(1, Ordering::Relaxed);
-    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Msg>();
-    let usage = LinkUsage::new();
-    let first = {
-        let mut st = inner.lock();
-        let links = st.peers.entry(peer.clone()).or_default();
-        let since = tokio::time::Instant::now();
-        let serial = link.grant.serial.clone();
-        links.push(Peer {
-            link_id,
-            conn: conn.clone(),
-            control: ctl_tx.clone(),
-            usage: usage.clone(),
-            why,
-            since,
-            serial,
-        });
-        links.len() == 1
-    };
-    inner.metrics.link_handshake(&peer, true);
-    // Both gateways dial each other, so a peer may have two links for a while: the peer is up
-    // once (log, `edist_link_events_total`), at its first link.
-    if first {
-        info!(%peer, link = link_id, why = why.as_str(), remote = %conn.remote_address(), "gateway link up");
-        inner.metrics.link_up(&peer);
-    } else {
-        debug!(%peer, link = link_id, why = why.as_str(), "another link to the same peer (both dialled)");
-        inventory::prune_duplicates_later(&inner, &peer);
-    }
-    let _ = ctl_tx.send(Msg::Control);
-    let _ = ctl_tx.send(Msg::Nodes(inner.local_list()));
-    for m in inner.relayed_lists(&peer) {
-        let _ = ctl_tx.send(m);
-    }
-    // Our announcements go out on our own control stream.
-    let writer_conn = conn.clone();
-    let writer = tokio::spawn(async move {
-        let Ok(mut s) = writer_conn.open_uni().await else { return };
-        while let Some(m) = ctl_rx.recv().await {
-            if s.write_all(&m.encode()).await.is_err() {
-                return;
-            }
-        }
-    });
-    let uni = {
-        let (inner, peer, conn) = (inner.clone(), peer.clone(), conn.clone());
-        tokio::spawn(async move {
-            while let Ok(rx) = conn.accept_uni().await {
-                let (inner, peer) = (inner.clone(), peer.clone());
-                tokio::spawn(read_control(inner, peer, rx));
-            }
-        })
-    };
-    while let Ok((mut tx, rx)) = conn.accept_bi().await {
-        if inner.closing.load(Ordering::Relaxed) {
-            let _ = tx.write_all(&Msg::Refused("the gateway is shutting down".into()).encode()).await;
-            continue;
-        }
-        let (inner, peer, conn) = (inner.clone(), peer.clone(), conn.clone());
-        let hold = usage.hold();
-        tokio::spawn(async move {
-            let _hold = hold;
-            let mut msgs = MsgReader::new(rx);
-            let mut first = msgs.next("open").await;
-            let mut origin = None;
-            if let Ok(Msg::Forwarded { origin: o }) = first {
-                origin = Some(o);
-                first = msgs.next("open").await;
-            }
-            match first {
-                Ok(Msg::Open { relay, from, to, flags, creation }) => {
-                    inner.relays.fetch_add(1, Ordering::Relaxed);
-                    let open = OpenReq { relay, from, to: to.clone(), flags, creation, origin };
-                    if let Err(e) = relay_to_local(inner.clone(), conn, peer, tx, msgs, open).await {
-                        info!(%to, "relay ended: {e}");
-                    }
-                    inner.relays.fetch_sub(1, Ordering::Relaxed);
-                }
-                Ok(other) => warn!(%peer, "unexpected first frame {other:?}"),
-                Err(e) => debug!(%peer, "relay stream: {e}"),
-            }
-        });
-    }
-    writer.abort();
-    uni.abort();
-    let closed = conn.closed();
-    let mut st = inner.lock();
-    // A link that died of silence says the peer (or the path to it) is gone: its sibling links
-    // (both gateways dial, so there may be two) are as dead, only not noticed yet. Closing them
-    // now keeps new relays off them and lets the peer's nodes go down at once.
-    let peer_gone = matches!(conn.closed(), Some(Closed::Lost(_)));
-    let last = match st.peers.get_mut(&peer) {
-        Some(links) => {
-            links.retain(|l| l.link_id != link_id);
-            if peer_gone {
-                for l in links.iter() {
-                    l.conn.close(CLOSE_NORMAL, b"a sibling link to the same peer timed out");
-                }
-            }
-            links.is_empty()
-        }
-        None => false,
-    };
-    let shut_down = matches!(&closed, Some(Closed::ByPeer { code, .. }) if *code == u64::from(CLOSE_SHUTDOWN));
-    if !last {
-        debug!(%peer, link = link_id, reason = ?closed, "one of two links to the peer closed");
-    } else if shut_down {
-        info!(%peer, "gateway link down: the peer gateway shut down");
-    } else {
-        info!(%peer, reason = %inventory::closed_text(closed.as_ref()), "gateway link down");
-    }
-    if last {
-        inner.metrics.link_down(&peer);
-        st.peers.remove(&peer);
-        drop(st);
-        // A gateway that says it is going away takes its nodes with it, membership or not.
-        if shut_down && inner.cfg.fabric.membership {
-            inner.forget_remote(|_, r| r.gateway == peer);
-        }
-        // With membership the registry is membership's: a link closing (idle, say) says
-        // nothing about the peer's nodes.
-        if !inner.cfg.fabric.membership {
-            inner.forget_remote(|_, r| r.gateway == peer);
-            // And the gateways reached through it.
-            let via: Vec<String> =
-                inner.live().peers.iter().filter(|p| p.via.as_deref() == Some(&peer)).map(|p| p.name.clone()).collect();
-            inner.forget_remote(|_, r| via.contains(&r.gateway));
-        }
-        inner.relayed_nodes_changed(&peer);
-    }
-}
-
-async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
-    let mut msgs = MsgReader::new(rx);
-    match msgs.next("control").await {
-        Ok(Msg::Control) => {}
-        Ok(Msg::Lane { relay, lane }) => {
-            // A lane of a relayed connection: its packets join that relay's merger.
-            // Only the peer whose relay it is may add lanes to it.
-            let (rx, pending) = msgs.into_parts();
-            let Some(merger) = lock(&inner.mergers).get(&relay).filter(|m| *m.peer == *peer).cloned() else {
-                // Or a lane of a connection this gateway forwards.
-                if let Err(e) = forward_lane(&inner, (relay, lane), &peer, rx, &pending).await {
-                    debug!(%peer, "forwarded lane of relay {relay:#x} ended: {e}");
-                }
-                return;
-            };
-            if let Err(e) = relay::feed_lane_stream(lane, rx, &pending, merger).await {
-                debug!(%peer, "lane of relay {relay:#x} ended: {e}");
-            }
-            return;
-        }
-        _ => return,
-    }
-    loop {
-        // Control streams are long-lived: wait as long as it takes.
-        let m = loop {
-            match msgs.next("control").await {
-                Err(relay::RelayError::Timeout(_)) => continue,
-                other => break other,
-            }
-        };
-        match m {
-            Ok(Msg::Nodes(nodes)) => {
-                inner.replace_remote(&peer, nodes);
-                inner.relayed_nodes_changed(&peer);
-            }
-            Ok(Msg::NodeUp(n)) => {
-                inner.admit_remote(&peer, n);
-                inner.relayed_nodes_changed(&peer);
-            }
-            Ok(Msg::NodeDown(name)) => {
-                inner.forget_remote(|n, r| n == name && r.gateway == peer);
-                inner.relayed_nodes_changed(&peer);
-            }
-            Ok(Msg::RelayedNodes { gateway, nodes }) => inner.relayed_nodes(&peer, gateway, nodes),
-            Ok(other) => warn!(%peer, "unexpected control message {other:?}"),
-            Err(e) => {
-                debug!(%peer, "control stream ended: {e}");
-                return;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base36_is_erlangs_integer_to_list_36() {
-        // integer_to_list(N, 36) in Erlang.
-        assert_eq!(base36(0), "0");
-        assert_eq!(base36(35), "Z");
-        assert_eq!(base36(36), "10");
-        assert_eq!(base36(u64::MAX), "3W5E11264SGSF");
-    }
-
-    #[tokio::test]
-    async fn nodes_that_do_not_listen_are_held_while_connected_and_names_keep_their_host() {
-        let mut cfg = Config { host: "gwhost".into(), ..Config::default() };
-        cfg.local.control = "127.0.0.1:0".parse().unwrap();
-        cfg.fabric.certs = std::env::temp_dir().join(format!("edist-no-certs-{}", std::process::id()));
-        let gw = Gateway::start(cfg).await.unwrap();
-        let dir = Directory(Arc::downgrade(&gw.inner));
-        // Full names keep their host part; an alive part alone gets the gateway's.
-        let long = dir.register("b@10.0.0.2", 1000, Plug::new().0).unwrap();
-        let short = dir.register("c", 1001, Plug::new().0).unwrap();
-        assert_eq!(dir.resolve("b@10.0.0.2"), Some(1000));
-        assert_eq!(dir.resolve("c@gwhost"), Some(1001));
-        assert!(matches!(dir.register("b@10.0.0.2", 1, Plug::new().0), Err(RegisterError::Duplicate)));
-        // A node that does not listen: listed while it has connections, never resolvable.
-        let g1 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7, false).unwrap();
-        let g2 = OutboundGuard::admit(&gw.inner, "n@elsewhere", 7, false).unwrap();
-        assert!(g1.is_some() && g2.is_some());
-        assert!(
-            OutboundGuard::admit(&gw.inner, "b@10.0.0.2", 5, false).unwrap().is_none(),
-            "registered: nothing to hold"
-        );
-        let st = gw.status();
-        assert_eq!(st.outbound_only, vec!["n@elsewhere".to_string()]);
-        assert_eq!(st.local_nodes, vec![("b@10.0.0.2".to_string(), 1000), ("c@gwhost".to_string(), 1001)]);
-        assert_eq!(dir.resolve("n@elsewhere"), None);
-        assert!(matches!(dir.register("n@elsewhere", 1, Plug::new().0), Err(RegisterError::Duplicate)));
-        let mut names = dir.names();
-        names.sort();
-        assert_eq!(names, vec![("b".to_string(), 1000), ("c".to_string(), 1001)]);
-        drop(g1);
-        assert_eq!(gw.status().outbound_only.len(), 1);
-        drop(g2);
-        assert!(gw.status().outbound_only.is_empty());
-        // A remote node's name is not for a local node to take.
-        gw.inner.lock().remote.insert("r@far".into(), RemoteNode { creation: 4, gateway: "gw-far".into() });
-        assert!(OutboundGuard::admit(&gw.inner, "r@far", 5, false).is_err());
-        // Dynamic names: at the node's host, never one in use.
-        let (name, creation) = dynamic_name(&gw.inner, "hosta");
-        assert!(name.ends_with("@hosta") && creation >= 4, "{name}");
-        // A dynamic name whose node is gone is given again first, with its next creation, as
-        // OTP's net_kernel does; a name given to a node that is still there never.
-        let g = OutboundGuard::admit(&gw.inner, &name, creation, true).unwrap();
-        let (other, _) = dynamic_name(&gw.inner, "hosta");
-        assert_ne!(other, name, "in use");
-        drop(g);
-        assert_eq!(dynamic_name(&gw.inner, "hosta"), (name.clone(), next_creation(creation)));
-        assert_ne!(dynamic_name(&gw.inner, "hosta").0, name, "given once");
-        assert_eq!(dynamic_name(&gw.inner, "hostb").0.split_once('@').map(|x| x.1), Some("hostb"));
-        assert_eq!((next_creation(4), next_creation(u32::MAX)), (5, 4));
-        drop((long, short));
-        assert!(gw.status().local_nodes.is_empty());
-        gw.shutdown();
-    }
-
-    #[tokio::test]
-    async fn without_a_fabric_a_name_not_known_is_unknown_at_once() {
-        let mut cfg = Config { host: "gwhost".into(), ..Config::default() };
-        cfg.local.control = "127.0.0.1:0".parse().unwrap();
-        cfg.fabric.certs = std::env::temp_dir().join(format!("edist-no-certs-{}", std::process::id()));
-        let gw = Gateway::start(cfg).await.unwrap();
-        let dir = Directory(Arc::downgrade(&gw.inner));
-        let _c = dir.register("c", 1001, Plug::new().0).unwrap();
-        assert_eq!(dir.lookup("c@gwhost").await, Some(1001));
-        let t = std::time::Instant::now();
-        assert_eq!(dir.lookup("zz@nowhere").await, None);
-        assert!(t.elapsed() < Duration::from_millis(100), "{:?}", t.elapsed());
-        assert!(lock(&gw.inner.waiters).is_empty());
-        gw.shutdown();
-    }
 
     #[test]
     fn relay_errors_count_as_their_handshake_outcome() {

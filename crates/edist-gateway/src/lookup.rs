@@ -20,7 +20,7 @@
 //! of one name share one question ([`Waiters`]), and a "nobody has it" counts only for callers
 //! that asked before the question did ([`Answer::Unknown`]).
 //!
-//! The decisions are sans IO; the waiting itself is in `gateway.rs` (`Inner::lookup`).
+//! The decisions are sans IO; the waiting itself is in `gateway/local.rs` (`Inner::lookup`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};

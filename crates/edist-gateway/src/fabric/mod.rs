@@ -18,6 +18,7 @@ pub mod error;
 pub mod gossip;
 pub mod hello;
 pub mod identity;
+pub mod join;
 pub mod link;
 pub mod membership;
 pub mod options;

@@ -2,7 +2,8 @@
 //! local node of this gateway, registered while its control connection lasts, whose traffic is
 //! held to its role as a peer gateway's nodes' is.
 
-use super::{lock, Inner, LocalGuard, LocalNode};
+use super::local::LocalGuard;
+use super::{lock, Inner};
 use crate::device::splice::PolicyHook;
 use crate::device::{Hub, HubConfig, HubHost};
 use crate::fabric::credentials::Credentials;
@@ -23,15 +24,9 @@ struct HubLink(Weak<Inner>);
 impl HubHost for HubLink {
     fn register(&self, name: &str, creation: u32) -> Result<Box<dyn Send + Sync>, String> {
         let inner = self.0.upgrade().ok_or("the gateway is stopping")?;
-        {
-            let mut st = inner.lock();
-            if st.local.contains_key(name) || st.remote.contains_key(name) {
-                return Err(format!("{name} is a node of this host or of another gateway already"));
-            }
-            st.local.insert(
-                name.to_string(),
-                LocalNode { port: None, creation, outbound: 0, dynamic: false, plug: None, device: true },
-            );
+        let registered = inner.registry().register_device(name, creation);
+        if registered.is_err() {
+            return Err(format!("{name} is a node of this host or of another gateway already"));
         }
         info!(node = %name, "device node registered");
         inner.broadcast(Msg::NodeUp(NodeInfo { name: name.to_string(), creation }));
@@ -89,7 +84,7 @@ impl Inner {
     /// The loopback port of local node `name`; for a device, its listener is opened on the
     /// first call (an idle device that nobody dials costs no socket here).
     pub(super) fn local_port(&self, name: &str) -> Option<u16> {
-        let l = self.lock().local.get(name).map(|l| (l.port, l.device));
+        let l = self.registry().local(name).map(|l| (l.port, l.device));
         match l? {
             (None, true) => self.device_port(name),
             (port, _) => port,
@@ -99,9 +94,7 @@ impl Inner {
     /// Opens (or finds) the loopback listener through which device `name` is dialled.
     pub(super) fn device_port(&self, name: &str) -> Option<u16> {
         let port = self.hub.get()?.listen_for(name)?;
-        if let Some(l) = self.lock().local.get_mut(name).filter(|l| l.device) {
-            l.port = Some(port);
-        }
+        self.registry().set_device_port(name, port);
         Some(port)
     }
 

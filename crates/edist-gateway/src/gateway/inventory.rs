@@ -1,7 +1,8 @@
 //! What `edist status` shows of the fabric besides the registry: the links and why each is
 //! open, the gateways membership knows and their state, the role each peer has here.
 
-use super::{Inner, Peer, State};
+use super::links::LinkTable;
+use super::Inner;
 use crate::fabric::link::Closed;
 use crate::fabric::membership::MemberState;
 use serde::{Deserialize, Serialize};
@@ -85,56 +86,13 @@ pub struct PeerRole {
     pub from: String,
 }
 
-/// Application close code of a link closed because another link to the same peer is up (both
-/// gateways dialled each other).
-pub const CLOSE_DUPLICATE: u32 = 0x101;
-
-/// How long two links to a peer may both stay up before one closes: long enough for both
-/// gateways to see both (and for relays just opened on either to settle on the other).
-const DUPLICATE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Both gateways dial each other (each has the other in `[[peers]]`, or seeds, or traffic on
-/// both sides at once), so a peer often gets two links. Both ends apply one rule, so they
-/// agree without talking: the link the gateway with the smaller name dialled stays; the other
-/// gateway closes the links it dialled itself, once they carry no relayed connection.
-pub(super) fn prune_duplicates_later(inner: &std::sync::Arc<Inner>, peer: &str) {
-    if inner.cfg.name.as_str() < peer {
-        return;
-    }
-    let (weak, peer) = (std::sync::Arc::downgrade(inner), peer.to_string());
-    tokio::spawn(async move {
-        tokio::time::sleep(DUPLICATE_GRACE).await;
-        let Some(inner) = weak.upgrade() else { return };
-        let st = inner.lock();
-        let Some(links) = st.peers.get(&peer) else { return };
-        if !links.iter().any(|l| l.why == LinkReason::Accepted) {
-            return;
-        }
-        for l in links.iter().filter(|l| l.why != LinkReason::Accepted) {
-            if l.usage.relays.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                tracing::debug!(%peer, link = l.link_id, "closing our link: the peer's own link to us stays");
-                l.conn.close(CLOSE_DUPLICATE, b"duplicate link: yours stays");
-            }
-        }
-    });
-}
-
-/// The link new relayed connections to `peer` take: of two, the one that stays (see
-/// [`prune_duplicates_later`]), so that none starts on a link about to close; else the newest.
-pub(super) fn preferred<'a>(me: &str, peer: &str, links: &'a [Peer]) -> Option<&'a Peer> {
-    let stays_dialled_by_me = me < peer;
-    links.iter().rev().find(|l| (l.why != LinkReason::Accepted) == stays_dialled_by_me).or_else(|| links.last())
-}
-
 /// The links in the state, by peer then link number.
-pub(super) fn links(st: &State) -> Vec<LinkStatus> {
+pub(super) fn links(st: &LinkTable) -> Vec<LinkStatus> {
     let now = tokio::time::Instant::now();
     let mut out: Vec<LinkStatus> = st
-        .peers
-        .iter()
-        .flat_map(|(peer, links)| links.iter().map(move |l| (peer, l)))
+        .all()
         .map(|(peer, l)| LinkStatus {
-            peer: peer.clone(),
+            peer: peer.to_string(),
             id: l.link_id,
             why: l.why,
             remote: l.conn.remote_address().to_string(),
@@ -168,13 +126,13 @@ impl Inner {
     pub(super) fn member_statuses(&self) -> Vec<MemberStatus> {
         let known = super::lock(&self.gossip_traffic.members).clone();
         let mut latest: std::collections::BTreeMap<String, (u64, MemberStatus)> = Default::default();
-        let st = self.lock();
+        let st = self.links();
         for (id, state) in known {
             let entry = MemberStatus {
                 name: id.name.clone(),
                 fabric: id.fabric.to_string(),
                 state,
-                linked: st.peers.contains_key(&id.name),
+                linked: st.is_linked(&id.name),
             };
             match latest.get(&id.name) {
                 Some((bump, _)) if *bump > id.bump => {}
@@ -196,7 +154,7 @@ impl Inner {
             .into_iter()
             .map(|peer| {
                 let configured = live.peers.iter().find(|p| p.name == peer).and_then(|p| p.role.clone());
-                let certified = super::lock(&self.grants).get(&peer).and_then(|g| g.role.clone());
+                let certified = self.registry().grant(&peer).and_then(|g| g.role.clone());
                 let (role, from) = match (configured, certified) {
                     (Some(r), _) => (r, "config"),
                     (None, Some(r)) => (r, "certificate"),

@@ -15,7 +15,7 @@
 //! Everything else (addresses, transport, membership, buffers, cookie) needs a restart; a
 //! reload says which of those changed ([`ReloadReport::needs_restart`]).
 
-use super::{dial_loop, lock, Gateway, GatewayError, Inner};
+use super::{lock, Gateway, GatewayError, Inner};
 use crate::config::{Config, PeerConfig};
 use crate::fabric::close::CLOSE_REVOKED;
 use crate::fabric::identity::TlsIdentity;
@@ -219,33 +219,6 @@ impl Inner {
         Ok(report)
     }
 
-    /// Makes the dial loops match `[[peers]]`: one per peer with an `addr`. Returns the peers
-    /// now dialled anew and those no longer dialled.
-    pub(super) fn sync_dialers(self: &Arc<Self>) -> (Vec<String>, Vec<String>) {
-        let Some(t) = self.transport.get() else { return Default::default() };
-        let wanted: BTreeMap<String, std::net::SocketAddr> =
-            self.live().peers.iter().filter_map(|p| Some((p.name.clone(), p.addr?))).collect();
-        let mut dialers = lock(&self.dialers);
-        let mut stopped = vec![];
-        dialers.retain(|name, (addr, task)| {
-            let keep = wanted.get(name) == Some(addr);
-            if !keep {
-                task.abort();
-                stopped.push(name.clone());
-            }
-            keep
-        });
-        let mut started = vec![];
-        for (name, addr) in wanted {
-            if !dialers.contains_key(&name) {
-                let task = tokio::spawn(dial_loop(self.clone(), t.clone(), name.clone(), addr)).abort_handle();
-                dialers.insert(name.clone(), (addr, task));
-                started.push(name);
-            }
-        }
-        (started, stopped)
-    }
-
     /// Applies revocations and narrowed grants to the peers already known.
     fn recheck_peers(&self, report: &mut ReloadReport) {
         if let Some(hub) = self.hub.get() {
@@ -253,31 +226,23 @@ impl Inner {
             report.revoked.extend(hub.close_revoked());
         }
         let live = self.live();
-        let known: Vec<(String, crate::pki::Grant)> =
-            lock(&self.cert_grants).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let known = self.registry().certified();
         for (peer, cert) in known {
             if live.is_revoked(&peer, &cert.serial) {
-                let links: Vec<_> =
-                    self.lock().peers.get(&peer).into_iter().flatten().map(|l| l.conn.clone()).collect();
+                let links: Vec<_> = self.links().of(&peer).iter().map(|l| l.conn.clone()).collect();
                 for l in &links {
                     l.close(CLOSE_REVOKED, b"certificate revoked");
                 }
-                lock(&self.cert_grants).remove(&peer);
-                lock(&self.grants).remove(&peer);
-                self.forget_remote(|_, r| r.gateway == peer);
+                self.registry().forget_grants(&peer);
+                self.forget_gateway(&peer);
                 self.refuse(&peer, "revoked", &format!("reload: certificate {} is revoked", cert.serial));
                 report.revoked.push(peer);
                 continue;
             }
             let grant = self.effective_grant(&peer, cert);
-            let outside: Vec<String> = self
-                .lock()
-                .remote
-                .iter()
-                .filter(|(n, r)| r.gateway == peer && !grant.allows(n))
-                .map(|(n, _)| n.clone())
-                .collect();
-            lock(&self.grants).insert(peer.clone(), grant);
+            let outside: Vec<String> =
+                self.registry().nodes_of(&peer).into_iter().map(|n| n.name).filter(|n| !grant.allows(n)).collect();
+            self.registry().set_grant(&peer, grant);
             if !outside.is_empty() {
                 self.forget_remote(|n, r| r.gateway == peer && outside.iter().any(|o| o == n));
                 report.forgotten.extend(outside);

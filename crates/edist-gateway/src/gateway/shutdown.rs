@@ -51,8 +51,9 @@ impl Gateway {
         inner.closing.store(true, Ordering::Relaxed);
         inner.stop_intake();
         // Nobody dials this gateway's impersonators from now on.
-        for (_, imp) in inner.lock().impersonators.drain() {
-            imp.task.abort();
+        let impersonators = inner.registry().take_impersonators();
+        for task in impersonators {
+            task.abort();
         }
 
         let deadline = start + drain;
@@ -66,7 +67,7 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
 
-        let links: Vec<_> = inner.lock().peers.values().flatten().map(|p| p.conn.clone()).collect();
+        let links = inner.links().conns();
         for l in &links {
             l.close(CLOSE_SHUTDOWN, b"the gateway is shutting down");
         }
@@ -103,9 +104,7 @@ impl Inner {
         for t in lock(&self.intake).drain(..) {
             t.abort();
         }
-        for (_, (_, t)) in lock(&self.dialers).drain() {
-            t.abort();
-        }
+        self.links.stop_dialers();
     }
 
     /// Packets queued in the gateway now, both directions, all peers.
