@@ -5,6 +5,9 @@
 //! [`COMPRESSED`]: the body is that packet lz4-compressed. [`CONTROL`]: the body is a
 //! [`LaneCtl`] between the two gateways, never seen by a node. Packets are far below 1 GiB,
 //! so the two top bits are free.
+// Under the protocol core's lints: this code reads what hostile peers send.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use bytes::BytesMut;
 use edist_proto::codec::{CodecError, Reader, Split, U32Frames};

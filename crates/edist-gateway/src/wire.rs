@@ -4,6 +4,9 @@
 //! [fields]`: a [`Msg::Control`] stream carries node announcements for the life of the link; an
 //! [`Msg::Open`] stream carries one relayed distribution connection — a few handshake frames,
 //! then, after [`Msg::Connected`], the raw distribution bytes of both nodes.
+// Under the protocol core's lints: this code reads what hostile peers send.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use bytes::BytesMut;
 use edist_proto::codec::{self, CodecError, FrameError, Reader, Split, U32Frames};

@@ -12,6 +12,7 @@ use super::proto::{HubMsg, Preface, Role, DEVICE_BEAT};
 use super::splice::{PolicyHook, Splice};
 use crate::fabric::link::BoxFuture;
 use bytes::{Buf, BytesMut};
+use edist_proto::codec::Reader;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -378,7 +379,9 @@ impl Hub {
         if plen > CONTROL_BUF - 18 {
             return Err(refused("device_preface", format!("{plen} bytes before the hub's welcome")));
         }
-        pend[..plen].copy_from_slice(&first);
+        if let Some(p) = pend.get_mut(..plen) {
+            p.copy_from_slice(&first);
+        }
         drop(first);
         // A device that connects again replaces its old connection (gone quiet behind a NAT,
         // say): the old one closes and its node goes down first.
@@ -439,7 +442,7 @@ impl Hub {
                         }
                         tls.flush().await?;
                     }
-                    n = tls.read(&mut pend[plen..]) => {
+                    n = tls.read(pend.get_mut(plen..).unwrap_or_default()) => {
                         match n? {
                             0 => return Ok("closed"),
                             n => plen += n,
@@ -525,17 +528,13 @@ const CONTROL_FRAME: usize = 16;
 /// Takes the next whole frame off `pend[..plen]`: `Some(true)` a heartbeat, `Some(false)`
 /// anything else, `None` none whole yet.
 fn next_frame(pend: &mut [u8; CONTROL_BUF], plen: &mut usize) -> Result<Option<bool>, Refused> {
-    if *plen < 2 {
-        return Ok(None);
-    }
-    let len = usize::from(u16::from_be_bytes([pend[0], pend[1]]));
+    let mut r = Reader::new(pend.get(..*plen).unwrap_or_default());
+    let Ok(len) = r.u16().map(usize::from) else { return Ok(None) };
     if len > CONTROL_FRAME {
         return Err(refused("device_preface", format!("a frame of {len} bytes")));
     }
-    if *plen < 2 + len {
-        return Ok(None);
-    }
-    let beat = pend[2..2 + len] == [DEVICE_BEAT];
+    let Ok(body) = r.bytes(len) else { return Ok(None) };
+    let beat = body == [DEVICE_BEAT];
     pend.copy_within(2 + len..*plen, 0);
     *plen -= 2 + len;
     Ok(Some(beat))
@@ -554,8 +553,8 @@ async fn read_frame<R: AsyncRead + Unpin>(
     max: usize,
 ) -> Result<Option<BytesMut>, Refused> {
     loop {
-        if buf.len() >= 2 {
-            let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+        if let Some(&len) = buf.first_chunk::<2>() {
+            let len = usize::from(u16::from_be_bytes(len));
             if len > max {
                 return Err(refused("device_preface", format!("a frame of {len} bytes")));
             }

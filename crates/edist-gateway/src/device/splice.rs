@@ -92,7 +92,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if !self.fill(2).await? {
             return Ok(None);
         }
-        let len = usize::from(u16::from_be_bytes([self.buf[0], self.buf[1]]));
+        let Some(&len) = self.buf.first_chunk::<2>() else { return Ok(None) };
+        let len = usize::from(u16::from_be_bytes(len));
         if len > max {
             return Err(ProtoError::TooLong(len).into());
         }
@@ -108,7 +109,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if !self.fill(4).await? {
             return Ok(None);
         }
-        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        let Some(&len) = self.buf.first_chunk::<4>() else { return Ok(None) };
+        let len = u32::from_be_bytes(len) as usize;
         if len > max {
             return Err(SpliceError::TooLarge { len, max });
         }
