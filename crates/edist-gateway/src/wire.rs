@@ -85,6 +85,47 @@ pub enum WireError {
     UnknownTag(u8),
     #[error("malformed {0} message")]
     Malformed(&'static str),
+    #[error("message tag {tag} does not belong on {on:?}")]
+    WrongStream { tag: u8, on: On },
+}
+
+/// Where on which stream a message is read: each place admits its own kinds only
+/// ([`Msg::decode_on`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// The first frame of a unidirectional stream: [`Msg::Control`] or [`Msg::Lane`].
+    UniFirst,
+    /// The first frame of a bidirectional stream: [`Msg::Open`], or [`Msg::Forwarded`] (an
+    /// `Open` follows).
+    BiFirst,
+    /// A control stream after its [`Msg::Control`]: node lists and node changes.
+    Control,
+    /// A relay stream after its `Open`, either way: the relayed handshake and its outcome.
+    Relay,
+}
+
+impl On {
+    /// Whether a message with this tag may come here.
+    fn admits(self, t: u8) -> bool {
+        match self {
+            On::UniFirst => matches!(t, tag::CONTROL | tag::LANE),
+            On::BiFirst => matches!(t, tag::OPEN | tag::FORWARDED),
+            On::Control => matches!(t, tag::NODES | tag::NODE_UP | tag::NODE_DOWN | tag::RELAYED_NODES),
+            On::Relay => matches!(
+                t,
+                tag::STATUS
+                    | tag::CHALLENGE
+                    | tag::CHALLENGE_OF
+                    | tag::REPLY
+                    | tag::ACK
+                    | tag::BAD_COOKIE
+                    | tag::ALIVE_ANSWER
+                    | tag::PROCEED
+                    | tag::CONNECTED
+                    | tag::REFUSED
+            ),
+        }
+    }
 }
 
 mod tag {
@@ -210,8 +251,19 @@ impl Msg {
         b
     }
 
-    /// Takes one message off the front of `buf`, or `None` if it is not complete yet.
+    /// Takes one message off the front of `buf`, or `None` if it is not complete yet; a
+    /// message that does not belong `on` this part of its stream is an error (and taken off).
+    pub fn decode_on(buf: &mut BytesMut, on: On) -> Result<Option<Msg>, WireError> {
+        Self::decode_checked(buf, Some(on))
+    }
+
+    /// Takes one message of any kind off the front of `buf`, or `None` if it is not complete
+    /// yet.
     pub fn decode(buf: &mut BytesMut) -> Result<Option<Msg>, WireError> {
+        Self::decode_checked(buf, None)
+    }
+
+    fn decode_checked(buf: &mut BytesMut, on: Option<On>) -> Result<Option<Msg>, WireError> {
         let frame = match FRAMES.split(buf) {
             Ok(Split::Frame(f)) => f,
             Ok(Split::Need(_)) => return Ok(None),
@@ -220,6 +272,9 @@ impl Msg {
         };
         let mut r = Reader::new(frame.body());
         let t = r.u8().what("frame")?;
+        if let Some(on) = on.filter(|on| !on.admits(t)) {
+            return Err(WireError::WrongStream { tag: t, on });
+        }
         let msg = match t {
             tag::CONTROL => Msg::Control,
             tag::NODES => Msg::Nodes(nodes(&mut r)?),
@@ -293,6 +348,66 @@ fn nodes(r: &mut Reader<'_>) -> Result<Vec<NodeInfo>, WireError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_part_of_a_stream_admits_its_own_messages_only() {
+        let info = || NodeInfo { name: "a@h".into(), creation: 1 };
+        let kinds = [
+            (On::UniFirst, vec![Msg::Control, Msg::Lane { relay: 1, lane: 2 }]),
+            (
+                On::BiFirst,
+                vec![
+                    Msg::Open { relay: 1, from: "a@h".into(), to: "b@g".into(), flags: 0, creation: 1 },
+                    Msg::Forwarded { origin: "gw".into() },
+                ],
+            ),
+            (
+                On::Control,
+                vec![
+                    Msg::Nodes(vec![info()]),
+                    Msg::NodeUp(info()),
+                    Msg::NodeDown("a@h".into()),
+                    Msg::RelayedNodes { gateway: "gw".into(), nodes: vec![] },
+                ],
+            ),
+            (
+                On::Relay,
+                vec![
+                    Msg::Status("ok".into()),
+                    Msg::Challenge { flags: 1, creation: 2 },
+                    Msg::ChallengeOf { flags: 1, creation: 2, challenge: 3 },
+                    Msg::Reply { challenge: 1, digest: [0; 16] },
+                    Msg::Ack([0; 16]),
+                    Msg::BadCookie,
+                    Msg::AliveAnswer(false),
+                    Msg::Proceed,
+                    Msg::Connected,
+                    Msg::Refused("no".into()),
+                ],
+            ),
+        ];
+        for (on, msgs) in &kinds {
+            for (other, _) in &kinds {
+                for m in msgs {
+                    let bytes = m.encode();
+                    let mut buf = BytesMut::from(&bytes[..]);
+                    let got = Msg::decode_on(&mut buf, *other);
+                    if on == other {
+                        assert_eq!(got, Ok(Some(m.clone())));
+                    } else {
+                        assert_eq!(
+                            got,
+                            Err(WireError::WrongStream { tag: bytes[4], on: *other }),
+                            "{m:?} on {other:?}"
+                        );
+                    }
+                    assert!(buf.is_empty());
+                    // Incomplete is incomplete wherever it is.
+                    assert_eq!(Msg::decode_on(&mut BytesMut::from(&bytes[..4]), *other), Ok(None));
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_message_round_trips_and_garbage_is_an_error() {
