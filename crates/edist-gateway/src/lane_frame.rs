@@ -5,8 +5,12 @@
 //! [`COMPRESSED`]: the body is that packet lz4-compressed. [`CONTROL`]: the body is a
 //! [`LaneCtl`] between the two gateways, never seen by a node. Packets are far below 1 GiB,
 //! so the two top bits are free.
+// Under the protocol core's lints: this code reads what hostile peers send.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use bytes::BytesMut;
+use edist_proto::codec::{CodecError, Reader, Split, U32Frames};
 
 /// Marks an lz4-compressed packet. The receiver always understands it; only the sender's
 /// config decides to compress.
@@ -72,19 +76,16 @@ impl LaneCtl {
     }
 
     fn decode(body: &[u8]) -> Result<LaneCtl, FrameError> {
-        let [kind, lane, rest @ ..] = body else { return Err(FrameError::Control) };
-        let word = |r: Option<&[u8]>| {
-            r.and_then(|w| <[u8; 8]>::try_from(w).ok()).map(u64::from_be_bytes).ok_or(FrameError::Control)
-        };
-        if rest.len() != 16 {
-            return Err(FrameError::Control);
-        }
-        let (count, bytes) = (word(rest.get(..8))?, word(rest.get(8..))?);
-        match *kind {
-            AFTER => Ok(LaneCtl::After { lane: *lane, count }),
-            DELIVERED => Ok(LaneCtl::Delivered { lane: *lane, count, bytes }),
+        let mut r = Reader::new(body);
+        let word = |r: Result<u64, CodecError>| r.map_err(|_| FrameError::Control);
+        let (kind, lane) = (r.u8().map_err(|_| FrameError::Control)?, r.u8().map_err(|_| FrameError::Control)?);
+        let (count, bytes) = (word(r.u64())?, word(r.u64())?);
+        r.expect_end().map_err(|_| FrameError::Control)?;
+        match kind {
+            AFTER => Ok(LaneCtl::After { lane, count }),
+            DELIVERED => Ok(LaneCtl::Delivered { lane, count, bytes }),
             SILENT => Ok(LaneCtl::Silent),
-            ALIVE => Ok(LaneCtl::Alive { ticktime_ms: count, ticks: *lane & 1 == 1 }),
+            ALIVE => Ok(LaneCtl::Alive { ticktime_ms: count, ticks: lane & 1 == 1 }),
             TICK => Ok(LaneCtl::Tick),
             _ => Err(FrameError::Control),
         }
@@ -134,27 +135,24 @@ pub enum Decoded {
 /// Takes the next frame off `buf`. Flags are honoured only on streams from a gateway
 /// (`fabric`); a node's stream carries plain packets.
 pub fn decode(buf: &mut BytesMut, fabric: bool) -> Result<Decoded, FrameError> {
-    let Some(hdr) = buf.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()) else {
-        return Ok(Decoded::Need(4 - buf.len()));
+    let frames = if fabric { FROM_GATEWAY } else { FROM_NODE };
+    let frame = match frames.split(buf) {
+        Ok(Split::Frame(f)) => f,
+        Ok(Split::Need(n)) => return Ok(Decoded::Need(n)),
+        Err(_) => return Err(FrameError::TooLarge),
     };
-    let raw = u32::from_be_bytes(hdr);
-    let flags = if fabric { raw & (COMPRESSED | CONTROL) } else { 0 };
-    let len = (raw & !flags) as usize;
-    if len > MAX_PACKET {
-        return Err(FrameError::TooLarge);
-    }
-    if buf.len() < 4 + len {
-        return Ok(Decoded::Need(4 + len - buf.len()));
-    }
-    let frame = buf.split_to(4 + len);
-    let body = frame.get(4..).unwrap_or_default();
-    Ok(Decoded::Frame(match flags {
-        0 => Frame::Packet(frame.to_vec()),
-        COMPRESSED => Frame::Packet(decompress(body)?),
-        CONTROL => Frame::Ctl(LaneCtl::decode(body)?),
+    Ok(Decoded::Frame(match frame.flags {
+        0 => Frame::Packet(frame.into_frame().to_vec()),
+        COMPRESSED => Frame::Packet(decompress(frame.body())?),
+        CONTROL => Frame::Ctl(LaneCtl::decode(frame.body())?),
         _ => return Err(FrameError::Control),
     }))
 }
+
+/// A node's stream: plain packets.
+const FROM_NODE: U32Frames = U32Frames::new(MAX_PACKET);
+/// A gateway's stream: the two top bits are flags.
+const FROM_GATEWAY: U32Frames = U32Frames::new(MAX_PACKET).with_flags(COMPRESSED | CONTROL);
 
 /// The frame of one packet (length prefix included): compressed when that pays.
 pub fn maybe_compress(packet: Vec<u8>, above: Option<usize>) -> Vec<u8> {
@@ -176,11 +174,8 @@ pub fn maybe_compress(packet: Vec<u8>, above: Option<usize>) -> Vec<u8> {
 
 /// Inflates a compressed frame's body into a plain packet, refusing sizes over the limit.
 fn decompress(body: &[u8]) -> Result<Vec<u8>, FrameError> {
-    let size = body
-        .get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_le_bytes)
-        .ok_or(FrameError::ShortCompressed)?;
+    // lz4_flex's size prefix is little-endian.
+    let size = Reader::new(body).array().map(u32::from_le_bytes).map_err(|_| FrameError::ShortCompressed)?;
     if size as usize > MAX_PACKET {
         return Err(FrameError::Bomb);
     }

@@ -15,6 +15,7 @@
 //! [`MAX_EXTRA_LEN`] bytes and a request frame at most [`MAX_REQUEST_LEN`] bytes. Decoders never
 //! size an allocation from an untrusted length beyond these limits and never panic.
 
+use crate::codec::Reader;
 use thiserror::Error;
 
 /// Request tag of ALIVE2_REQ (`'x'`).
@@ -137,49 +138,6 @@ fn check_extra(extra: &[u8]) -> Result<(), EpmdError> {
     }
 }
 
-/// A bounded cursor; every read returns `None` when the input is too short.
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Cursor { buf, pos: 0 }
-    }
-
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let out = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        Some(out)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).and_then(|b| b.first().copied())
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        let b = self.take(2)?;
-        Some(u16::from_be_bytes(b.try_into().ok()?))
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        let b = self.take(4)?;
-        Some(u32::from_be_bytes(b.try_into().ok()?))
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        let out = self.buf.get(self.pos..).unwrap_or_default();
-        self.pos = self.buf.len();
-        out
-    }
-
-    fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-}
-
 /// ALIVE2_REQ: register a node name and its distribution port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alive2Req {
@@ -277,8 +235,8 @@ impl Request {
     /// needed; `Ok(Some((request, consumed)))` gives the request and the bytes it took, length
     /// prefix included.
     pub fn decode(buf: &[u8]) -> Result<Option<(Request, usize)>, EpmdError> {
-        let mut c = Cursor::new(buf);
-        let Some(len) = c.u16() else { return Ok(None) };
+        let mut c = Reader::new(buf);
+        let Some(len) = c.u16().ok() else { return Ok(None) };
         let len = usize::from(len);
         if len == 0 {
             return Err(EpmdError::EmptyRequest);
@@ -286,7 +244,7 @@ impl Request {
         if len > MAX_REQUEST_LEN {
             return Err(EpmdError::RequestTooLarge { len, max: MAX_REQUEST_LEN });
         }
-        let Some(body) = c.take(len) else {
+        let Some(body) = c.bytes(len).ok() else {
             return Ok(None);
         };
         Ok(Some((Self::decode_body(body)?, len + 2)))
@@ -294,44 +252,47 @@ impl Request {
 
     /// Decodes a request without its length prefix (the whole frame).
     pub fn decode_body(body: &[u8]) -> Result<Request, EpmdError> {
-        let mut c = Cursor::new(body);
-        let tag = c.u8().ok_or(EpmdError::EmptyRequest)?;
+        let mut c = Reader::new(body);
+        let tag = c.u8().ok().ok_or(EpmdError::EmptyRequest)?;
         let req = match tag {
             ALIVE2_REQ => {
                 const WHAT: &str = "ALIVE2_REQ";
                 let short = EpmdError::Malformed { what: WHAT, reason: "shorter than its fields" };
-                let port = c.u16().ok_or_else(|| short.clone())?;
-                let node_type = c.u8().ok_or_else(|| short.clone())?;
-                let protocol = c.u8().ok_or_else(|| short.clone())?;
-                let high = c.u16().ok_or_else(|| short.clone())?;
-                let low = c.u16().ok_or_else(|| short.clone())?;
-                let nlen = usize::from(c.u16().ok_or_else(|| short.clone())?);
+                let port = c.u16().ok().ok_or_else(|| short.clone())?;
+                let node_type = c.u8().ok().ok_or_else(|| short.clone())?;
+                let protocol = c.u8().ok().ok_or_else(|| short.clone())?;
+                let high = c.u16().ok().ok_or_else(|| short.clone())?;
+                let low = c.u16().ok().ok_or_else(|| short.clone())?;
+                let nlen = usize::from(c.u16().ok().ok_or_else(|| short.clone())?);
                 if nlen > MAX_NAME_LEN {
                     return Err(EpmdError::InvalidName("longer than 255 characters"));
                 }
-                let name =
-                    c.take(nlen).ok_or(EpmdError::Malformed { what: WHAT, reason: "name length beyond the end" })?;
+                let name = c
+                    .bytes(nlen)
+                    .ok()
+                    .ok_or(EpmdError::Malformed { what: WHAT, reason: "name length beyond the end" })?;
                 let name = name_from_bytes(name)?;
-                let elen = usize::from(c.u16().ok_or_else(|| short.clone())?);
+                let elen = usize::from(c.u16().ok().ok_or_else(|| short.clone())?);
                 if elen > MAX_EXTRA_LEN {
                     return Err(EpmdError::ExtraTooLong(elen));
                 }
                 let extra = c
-                    .take(elen)
+                    .bytes(elen)
+                    .ok()
                     .ok_or(EpmdError::Malformed { what: WHAT, reason: "extra length beyond the end" })?
                     .to_vec();
                 no_trailing(&c, WHAT)?;
                 Request::Alive2(Alive2Req { port, node_type, protocol, high, low, name, extra })
             }
             PORT_PLEASE2_REQ => {
-                let mut name = c.rest();
+                let mut name = c.take_rest();
                 // epmd accepts (and R3-era nodes send) one NUL terminator.
                 if let Some((0, head)) = name.split_last() {
                     name = head;
                 }
                 Request::PortPlease2 { name: name_from_bytes(name)? }
             }
-            STOP_REQ => Request::Stop { name: name_from_bytes(c.rest())? },
+            STOP_REQ => Request::Stop { name: name_from_bytes(c.take_rest())? },
             NAMES_REQ | DUMP_REQ | KILL_REQ => {
                 let (req, what) = match tag {
                     NAMES_REQ => (Request::Names, "NAMES_REQ"),
@@ -368,7 +329,7 @@ fn put_u16_len(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn no_trailing(c: &Cursor<'_>, what: &'static str) -> Result<(), EpmdError> {
+fn no_trailing(c: &Reader<'_>, what: &'static str) -> Result<(), EpmdError> {
     match c.remaining() {
         0 => Ok(()),
         count => Err(EpmdError::TrailingBytes { what, count }),
@@ -406,20 +367,20 @@ impl Alive2Resp {
 
     /// Client side: decodes either form from the start of `buf`; `Ok(None)` = need more bytes.
     pub fn decode(buf: &[u8]) -> Result<Option<(Alive2Resp, usize)>, EpmdError> {
-        let mut c = Cursor::new(buf);
-        let Some(tag) = c.u8() else { return Ok(None) };
-        let Some(result) = c.u8() else {
+        let mut c = Reader::new(buf);
+        let Some(tag) = c.u8().ok() else { return Ok(None) };
+        let Some(result) = c.u8().ok() else {
             return match tag {
                 ALIVE2_X_RESP | ALIVE2_RESP => Ok(None),
                 got => Err(EpmdError::UnexpectedTag { what: "ALIVE2 response", got }),
             };
         };
         let creation = match tag {
-            ALIVE2_X_RESP => c.u32(),
-            ALIVE2_RESP => c.u16().map(u32::from),
+            ALIVE2_X_RESP => c.u32().ok(),
+            ALIVE2_RESP => c.u16().ok().map(u32::from),
             got => return Err(EpmdError::UnexpectedTag { what: "ALIVE2 response", got }),
         };
-        Ok(creation.map(|creation| (Alive2Resp { result, creation }, c.pos)))
+        Ok(creation.map(|creation| (Alive2Resp { result, creation }, c.position())))
     }
 }
 
@@ -453,19 +414,19 @@ impl Port2Resp {
 
     /// Client side: decodes from the start of `buf`; `Ok(None)` = need more bytes.
     pub fn decode(buf: &[u8]) -> Result<Option<(Port2Resp, usize)>, EpmdError> {
-        let mut c = Cursor::new(buf);
-        let Some(tag) = c.u8() else { return Ok(None) };
+        let mut c = Reader::new(buf);
+        let Some(tag) = c.u8().ok() else { return Ok(None) };
         if tag != PORT2_RESP {
             return Err(EpmdError::UnexpectedTag { what: "PORT2_RESP", got: tag });
         }
-        let Some(result) = c.u8() else {
+        let Some(result) = c.u8().ok() else {
             return Ok(None);
         };
         if result != 0 {
-            return Ok(Some((Port2Resp::Err(result), c.pos)));
+            return Ok(Some((Port2Resp::Err(result), c.position())));
         }
         let (Some(port), Some(node_type), Some(protocol), Some(high), Some(low), Some(nlen)) =
-            (c.u16(), c.u8(), c.u8(), c.u16(), c.u16(), c.u16())
+            (c.u16().ok(), c.u8().ok(), c.u8().ok(), c.u16().ok(), c.u16().ok(), c.u16().ok())
         else {
             return Ok(None);
         };
@@ -473,20 +434,20 @@ impl Port2Resp {
         if nlen > MAX_NAME_LEN {
             return Err(EpmdError::InvalidName("longer than 255 characters"));
         }
-        let Some(name) = c.take(nlen) else {
+        let Some(name) = c.bytes(nlen).ok() else {
             return Ok(None);
         };
         let name = name_from_bytes(name)?;
-        let Some(elen) = c.u16() else { return Ok(None) };
+        let Some(elen) = c.u16().ok() else { return Ok(None) };
         let elen = usize::from(elen);
         if elen > MAX_EXTRA_LEN {
             return Err(EpmdError::ExtraTooLong(elen));
         }
-        let Some(extra) = c.take(elen) else {
+        let Some(extra) = c.bytes(elen).ok() else {
             return Ok(None);
         };
         let info = NodeInfo { port, node_type, protocol, high, low, name, extra: extra.to_vec() };
-        Ok(Some((Port2Resp::Ok(info), c.pos)))
+        Ok(Some((Port2Resp::Ok(info), c.position())))
     }
 }
 
@@ -519,9 +480,9 @@ impl NamesResp {
     /// Client side: decodes the whole response, i.e. every byte received until epmd closed the
     /// connection.
     pub fn decode_complete(buf: &[u8]) -> Result<NamesResp, EpmdError> {
-        let mut c = Cursor::new(buf);
-        let epmd_port = c.u32().ok_or(EpmdError::Truncated("NAMES response"))?;
-        let mut text = c.rest();
+        let mut c = Reader::new(buf);
+        let epmd_port = c.u32().ok().ok_or(EpmdError::Truncated("NAMES response"))?;
+        let mut text = c.take_rest();
         let mut entries = Vec::new();
         let mut line_no = 0;
         while !text.is_empty() {

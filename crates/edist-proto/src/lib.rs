@@ -10,6 +10,8 @@
 //! * [`dist`]: the distribution protocol — flags, the version-6 handshake for both roles, u16/u32
 //!   framing, dist headers and fragments, and every control message as a typed value.
 //! * [`epmd`]: the EPMD wire protocol, client and server side.
+//! * [`codec`]: the bounded reader and the u32-length frame splitter every parser of peer bytes
+//!   (here and in the gateway) is built on.
 //!
 //! Section numbers in comments (`§6.3`) refer to `shared/docs/erlang-distribution-reference.md`.
 #![forbid(unsafe_code)]
@@ -17,6 +19,7 @@
 // Tests may panic: that is how they fail.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+pub mod codec;
 pub mod dist;
 pub mod epmd;
 pub mod etf;

@@ -12,6 +12,7 @@ use super::proto::{HubMsg, Preface, Role, DEVICE_BEAT};
 use super::splice::{PolicyHook, Splice};
 use crate::fabric::link::BoxFuture;
 use bytes::{Buf, BytesMut};
+use edist_proto::codec::Reader;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -123,16 +124,57 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type Tls = tokio_rustls::server::TlsStream<TcpStream>;
 
+/// Why the hub refused a device connection: the `reason` label of the refusal metrics and
+/// log ([`DeviceRefusal::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRefusal {
+    /// The certificate is not a device's.
+    Cert,
+    /// The device's certificate is revoked.
+    Revoked,
+    /// No preface, a malformed one, or a frame over the limit on the control connection.
+    Preface,
+    /// The device used a name its certificate does not grant.
+    Name,
+    /// The device dialled without a control connection, or itself.
+    Unknown,
+    /// Over the hub's limit of devices.
+    Limit,
+    /// The device's distribution handshake broke the rules ([`super::proto::HandshakeWatch`]).
+    Handshake,
+}
+
+impl DeviceRefusal {
+    /// The label, as in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceRefusal::Cert => "device_cert",
+            DeviceRefusal::Revoked => "revoked",
+            DeviceRefusal::Preface => "device_preface",
+            DeviceRefusal::Name => "device_name",
+            DeviceRefusal::Unknown => "device_unknown",
+            DeviceRefusal::Limit => "device_limit",
+            DeviceRefusal::Handshake => "device_handshake",
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a device connection was refused or ended.
 #[derive(Debug, thiserror::Error)]
 enum Refused {
     #[error("{reason}: {what}")]
-    Policy { reason: &'static str, what: String },
+    Policy { reason: DeviceRefusal, what: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-fn refused(reason: &'static str, what: impl Into<String>) -> Refused {
+fn refused(reason: DeviceRefusal, what: impl Into<String>) -> Refused {
     Refused::Policy { reason, what: what.into() }
 }
 
@@ -225,7 +267,7 @@ impl Hub {
     fn ended(&self, from: SocketAddr, e: Refused) {
         match e {
             Refused::Policy { reason, what } => {
-                self.host.refuse(&from.ip().to_string(), reason, &what);
+                self.host.refuse(&from.ip().to_string(), reason.as_str(), &what);
                 info!(%from, "device connection refused: {reason}: {what}");
             }
             Refused::Io(e) => debug!(%from, "device connection ended: {e}"),
@@ -261,23 +303,27 @@ impl Hub {
             let grant = cert.map(|c| crate::pki::certificate_grant(&c)).unwrap_or_default();
             let Some(device) = grant.device.clone().filter(|d| !d.is_empty()) else {
                 return Err(refused(
-                    "device_cert",
+                    DeviceRefusal::Cert,
                     "a certificate that is not a device's (edist certs issue --device)",
                 ));
             };
             if self.host.is_revoked(&device, &grant.serial) {
-                return Err(refused("revoked", format!("device {device}: certificate {} is revoked", grant.serial)));
+                return Err(refused(
+                    DeviceRefusal::Revoked,
+                    format!("device {device}: certificate {} is revoked", grant.serial),
+                ));
             }
             let mut buf = BytesMut::new();
-            let body = read_frame(&mut tls, &mut buf, 1024).await?.ok_or_else(|| refused("device_preface", "none"))?;
-            let preface = Preface::parse(&body).map_err(|e| refused("device_preface", e.to_string()))?;
+            let body =
+                read_frame(&mut tls, &mut buf, 1024).await?.ok_or_else(|| refused(DeviceRefusal::Preface, "none"))?;
+            let preface = Preface::parse(&body).map_err(|e| refused(DeviceRefusal::Preface, e.to_string()))?;
             Ok((tls, buf, device, grant, preface))
         };
         let (tls, buf, device, grant, preface) = tokio::time::timeout(PREFACE_TIMEOUT, Box::pin(start))
             .await
-            .map_err(|_| refused("device_preface", format!("none from {from} within {PREFACE_TIMEOUT:?}")))??;
-        let refuse_here = |reason: &'static str, what: String| {
-            self.host.refuse(&device, reason, &what);
+            .map_err(|_| refused(DeviceRefusal::Preface, format!("none from {from} within {PREFACE_TIMEOUT:?}")))??;
+        let refuse_here = |reason: DeviceRefusal, what: String| {
+            self.host.refuse(&device, reason.as_str(), &what);
             info!(%device, %from, "device connection refused: {reason}: {what}");
             Ok(())
         };
@@ -288,7 +334,7 @@ impl Hub {
                     let mut tls = tls;
                     let _ = tls.write_all(&HubMsg::Refused(why.clone()).frame()).await;
                     let _ = tls.flush().await;
-                    return refuse_here("device_name", why);
+                    return refuse_here(DeviceRefusal::Name, why);
                 }
                 // A task of its own, as small as it can be (the connection's task, sized for the
                 // largest of these branches, ends here): idle devices are many.
@@ -304,12 +350,12 @@ impl Hub {
             Preface::Dial { target } => {
                 let Some(cancel) = lock(&self.devices).get(&device).map(|d| d.cancel.child_token()) else {
                     return refuse_here(
-                        "device_unknown",
+                        DeviceRefusal::Unknown,
                         format!("{device} dialled {target} without a control connection"),
                     );
                 };
                 if target == device {
-                    return refuse_here("device_unknown", format!("{device} dialled itself"));
+                    return refuse_here(DeviceRefusal::Unknown, format!("{device} dialled itself"));
                 }
                 let Some(port) = self.host.lookup(&target).await else {
                     debug!(%device, %target, "device dialled an unknown node");
@@ -325,7 +371,7 @@ impl Hub {
                     return Ok(());
                 };
                 if p.device != device {
-                    return refuse_here("device_name", format!("{device} answered a connection to {}", p.device));
+                    return refuse_here(DeviceRefusal::Name, format!("{device} answered a connection to {}", p.device));
                 }
                 let Some(cancel) = lock(&self.devices).get(&device).map(|d| d.cancel.child_token()) else {
                     return Ok(());
@@ -352,7 +398,7 @@ impl Hub {
         if let Err(e) = splice.run(tls, buf, sock).await {
             match e {
                 super::splice::SpliceError::Handshake(e) => {
-                    self.host.refuse(&device, "device_handshake", &e.to_string());
+                    self.host.refuse(&device, DeviceRefusal::Handshake.as_str(), &e.to_string());
                     info!(%device, "device connection refused: {e}");
                 }
                 e => info!(%device, "device connection ended: {e}"),
@@ -376,9 +422,11 @@ impl Hub {
         let mut pend = [0u8; CONTROL_BUF];
         let mut plen = first.len();
         if plen > CONTROL_BUF - 18 {
-            return Err(refused("device_preface", format!("{plen} bytes before the hub's welcome")));
+            return Err(refused(DeviceRefusal::Preface, format!("{plen} bytes before the hub's welcome")));
         }
-        pend[..plen].copy_from_slice(&first);
+        if let Some(p) = pend.get_mut(..plen) {
+            p.copy_from_slice(&first);
+        }
         drop(first);
         // A device that connects again replaces its old connection (gone quiet behind a NAT,
         // say): the old one closes and its node goes down first.
@@ -392,14 +440,14 @@ impl Hub {
             let why = format!("{} devices connected already ([devices] max_devices)", self.cfg.max_devices);
             let _ = tls.write_all(&HubMsg::Refused(why.clone()).frame()).await;
             let _ = tls.flush().await;
-            return Err(refused("device_limit", why));
+            return Err(refused(DeviceRefusal::Limit, why));
         }
         let registered = match self.host.register(&device, creation) {
             Ok(g) => g,
             Err(why) => {
                 let _ = tls.write_all(&HubMsg::Refused(why.clone()).frame()).await;
                 let _ = tls.flush().await;
-                return Err(refused("device_name", why));
+                return Err(refused(DeviceRefusal::Name, why));
             }
         };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -439,7 +487,7 @@ impl Hub {
                         }
                         tls.flush().await?;
                     }
-                    n = tls.read(&mut pend[plen..]) => {
+                    n = tls.read(pend.get_mut(plen..).unwrap_or_default()) => {
                         match n? {
                             0 => return Ok("closed"),
                             n => plen += n,
@@ -525,17 +573,13 @@ const CONTROL_FRAME: usize = 16;
 /// Takes the next whole frame off `pend[..plen]`: `Some(true)` a heartbeat, `Some(false)`
 /// anything else, `None` none whole yet.
 fn next_frame(pend: &mut [u8; CONTROL_BUF], plen: &mut usize) -> Result<Option<bool>, Refused> {
-    if *plen < 2 {
-        return Ok(None);
-    }
-    let len = usize::from(u16::from_be_bytes([pend[0], pend[1]]));
+    let mut r = Reader::new(pend.get(..*plen).unwrap_or_default());
+    let Ok(len) = r.u16().map(usize::from) else { return Ok(None) };
     if len > CONTROL_FRAME {
-        return Err(refused("device_preface", format!("a frame of {len} bytes")));
+        return Err(refused(DeviceRefusal::Preface, format!("a frame of {len} bytes")));
     }
-    if *plen < 2 + len {
-        return Ok(None);
-    }
-    let beat = pend[2..2 + len] == [DEVICE_BEAT];
+    let Ok(body) = r.bytes(len) else { return Ok(None) };
+    let beat = body == [DEVICE_BEAT];
     pend.copy_within(2 + len..*plen, 0);
     *plen -= 2 + len;
     Ok(Some(beat))
@@ -554,10 +598,10 @@ async fn read_frame<R: AsyncRead + Unpin>(
     max: usize,
 ) -> Result<Option<BytesMut>, Refused> {
     loop {
-        if buf.len() >= 2 {
-            let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+        if let Some(&len) = buf.first_chunk::<2>() {
+            let len = usize::from(u16::from_be_bytes(len));
             if len > max {
-                return Err(refused("device_preface", format!("a frame of {len} bytes")));
+                return Err(refused(DeviceRefusal::Preface, format!("a frame of {len} bytes")));
             }
             if buf.len() >= 2 + len {
                 buf.advance(2);
@@ -574,6 +618,26 @@ async fn read_frame<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_labels_are_the_metrics_labels() {
+        use DeviceRefusal::*;
+        let labels: Vec<&str> =
+            [Cert, Revoked, Preface, Name, Unknown, Limit, Handshake].map(DeviceRefusal::as_str).into();
+        assert_eq!(
+            labels,
+            [
+                "device_cert",
+                "revoked",
+                "device_preface",
+                "device_name",
+                "device_unknown",
+                "device_limit",
+                "device_handshake"
+            ]
+        );
+        assert_eq!(refused(Preface, "none").to_string(), "device_preface: none");
+    }
 
     #[test]
     fn control_frames_are_taken_whole_and_bounded() {

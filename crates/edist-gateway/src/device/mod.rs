@@ -7,6 +7,9 @@
 //!
 //! [`proto`] is the sans-IO part (the frames, the handshake watcher), [`splice`] one
 //! distribution connection of a device, [`hub`] the listener and the control connections.
+// Under the protocol core's lints: this code reads what hostile peers send.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod hub;
 pub mod proto;

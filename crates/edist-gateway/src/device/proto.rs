@@ -17,6 +17,7 @@
 //! ([`HandshakeWatch`]), and after it the packets (u32 length) of standard distribution.
 
 use crate::relay::{hidden_mask, RELAY_MASK};
+use edist_proto::codec::Reader;
 use edist_proto::dist::DFlags;
 
 /// The first bytes of every preface.
@@ -63,18 +64,17 @@ fn node_name(b: &[u8]) -> Result<String, ProtoError> {
 impl Preface {
     /// Reads the body of a connection's first frame.
     pub fn parse(body: &[u8]) -> Result<Preface, ProtoError> {
-        let rest = body.strip_prefix(MAGIC.as_slice()).ok_or(ProtoError::NotAPreface)?;
-        let (&kind, rest) = rest.split_first().ok_or(ProtoError::Truncated("preface"))?;
-        match kind {
+        let mut r = Reader::new(body);
+        if r.array::<4>().ok().as_ref() != Some(MAGIC) {
+            return Err(ProtoError::NotAPreface);
+        }
+        match r.u8().map_err(|_| ProtoError::Truncated("preface"))? {
             1 => {
-                let (c, name) = rest.split_first_chunk::<4>().ok_or(ProtoError::Truncated("control preface"))?;
-                Ok(Preface::Control { creation: u32::from_be_bytes(*c), name: node_name(name)? })
+                let creation = r.u32().map_err(|_| ProtoError::Truncated("control preface"))?;
+                Ok(Preface::Control { creation, name: node_name(r.rest())? })
             }
-            2 => Ok(Preface::Dial { target: node_name(rest)? }),
-            3 => {
-                let id = rest.first_chunk::<8>().ok_or(ProtoError::Truncated("answer preface"))?;
-                Ok(Preface::Answer { id: u64::from_be_bytes(*id) })
-            }
+            2 => Ok(Preface::Dial { target: node_name(r.rest())? }),
+            3 => Ok(Preface::Answer { id: r.u64().map_err(|_| ProtoError::Truncated("answer preface"))? }),
             k => Err(ProtoError::UnknownKind(k)),
         }
     }
@@ -134,17 +134,19 @@ impl HubMsg {
             HubMsg::Beat => b.push(3),
         }
         let len = u16::try_from(b.len() - 2).unwrap_or(u16::MAX).to_be_bytes();
-        b[..2].copy_from_slice(&len);
+        if let Some(prefix) = b.get_mut(..2) {
+            prefix.copy_from_slice(&len);
+        }
         b
     }
 
     /// Reads a frame body (the simulated device's side).
     pub fn parse(body: &[u8]) -> Option<HubMsg> {
-        let (&tag, rest) = body.split_first()?;
-        Some(match tag {
-            0 => HubMsg::Refused(String::from_utf8_lossy(rest).into_owned()),
-            1 => HubMsg::Welcome { idle_timeout_ms: u32::from_be_bytes(*rest.first_chunk::<4>()?) },
-            2 => HubMsg::Incoming { id: u64::from_be_bytes(*rest.first_chunk::<8>()?) },
+        let mut r = Reader::new(body);
+        Some(match r.u8().ok()? {
+            0 => HubMsg::Refused(String::from_utf8_lossy(r.rest()).into_owned()),
+            1 => HubMsg::Welcome { idle_timeout_ms: r.u32().ok()? },
+            2 => HubMsg::Incoming { id: r.u64().ok()? },
             3 => HubMsg::Beat,
             _ => return None,
         })
@@ -222,18 +224,21 @@ impl HandshakeWatch {
                     Role::Initiator => 13,
                     Role::Acceptor => 17,
                 };
-                let flags = body.get(1..9).and_then(|f| f.try_into().ok()).map(u64::from_be_bytes);
-                let len = body.get(name_at..name_at + 2).and_then(|l| l.try_into().ok()).map(u16::from_be_bytes);
-                let (Some(flags), Some(len)) = (flags, len) else { return Err(ProtoError::Truncated("N message")) };
-                let name = body.get(name_at + 2..name_at + 2 + usize::from(len)).ok_or(ProtoError::BadName)?;
-                let name = node_name(name)?;
+                let mut r = Reader::new(body);
+                r.seek(1);
+                let flags = r.u64().map_err(|_| ProtoError::Truncated("N message"))?;
+                r.seek(name_at);
+                let len = r.u16().map_err(|_| ProtoError::Truncated("N message"))?;
+                let name = node_name(r.bytes(usize::from(len)).map_err(|_| ProtoError::BadName)?)?;
                 if let Some(granted) = &self.must_be {
                     if *granted != name {
                         return Err(ProtoError::NameMismatch { got: name, granted: granted.clone() });
                     }
                 }
                 let flags = DFlags(flags & self.mask);
-                body[1..9].copy_from_slice(&flags.0.to_be_bytes());
+                if let Some(f) = body.get_mut(1..9) {
+                    f.copy_from_slice(&flags.0.to_be_bytes());
+                }
                 self.name = Some(name);
             }
             // A status (`sok`, `salive`, ...) from the acceptor, `strue`/`sfalse` from the

@@ -11,6 +11,7 @@ use super::proto::{HandshakeWatch, ProtoError, Role};
 use crate::policy::{Role as PolicyRole, Session, SharedPeer};
 use crate::relay::OnRefuse;
 use bytes::{Buf, BytesMut};
+use edist_proto::codec::{FrameError, Split, U32Frames};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -92,7 +93,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if !self.fill(2).await? {
             return Ok(None);
         }
-        let len = usize::from(u16::from_be_bytes([self.buf[0], self.buf[1]]));
+        let Some(&len) = self.buf.first_chunk::<2>() else { return Ok(None) };
+        let len = usize::from(u16::from_be_bytes(len));
         if len > max {
             return Err(ProtoError::TooLong(len).into());
         }
@@ -105,17 +107,21 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// The next u32-framed packet, prefix included, or `None` at end of stream.
     async fn packet(&mut self, max: usize) -> Result<Option<Vec<u8>>, SpliceError> {
-        if !self.fill(4).await? {
-            return Ok(None);
+        let frames = U32Frames::new(max);
+        loop {
+            match frames.split(&mut self.buf) {
+                Ok(Split::Frame(f)) => return Ok(Some(f.into_frame().to_vec())),
+                Ok(Split::Need(n)) => {
+                    if !self.fill(self.buf.len() + n).await? {
+                        return Ok(None);
+                    }
+                }
+                Err(FrameError::TooLarge { len, max }) => {
+                    return Err(SpliceError::TooLarge { len: usize::try_from(len).unwrap_or(usize::MAX), max })
+                }
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e).into()),
+            }
         }
-        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if len > max {
-            return Err(SpliceError::TooLarge { len, max });
-        }
-        if !self.fill(4 + len).await? {
-            return Ok(None);
-        }
-        Ok(Some(self.buf.split_to(4 + len).to_vec()))
     }
 }
 

@@ -8,6 +8,7 @@
 //! Layout: `"EDG1" | u64 millis since the epoch | u16 len, certificate (DER) | u16 len,
 //! payload | u16 signature scheme | signature` — the signature covers everything before it.
 
+use edist_proto::codec::{CodecError, Reader};
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::{Signer, SigningKey};
@@ -162,18 +163,22 @@ impl Opener {
         if datagram.len() > MAX_DATAGRAM {
             return Err(EnvelopeError::Malformed);
         }
-        let rest = datagram.strip_prefix(MAGIC.as_slice()).ok_or(EnvelopeError::Magic)?;
-        let (stamp, rest) = rest.split_first_chunk::<8>().ok_or(EnvelopeError::Malformed)?;
-        let (cert, rest) = take_bytes(rest)?;
-        let (payload, rest) = take_bytes(rest)?;
-        let (scheme, sig) = rest.split_first_chunk::<2>().ok_or(EnvelopeError::Malformed)?;
-        let signed = datagram.get(..datagram.len() - rest.len()).ok_or(EnvelopeError::Malformed)?;
-        let skew = i128::from(u64::from_be_bytes(*stamp)) - i128::from(now_ms);
+        let mut r = Reader::new(datagram);
+        if r.array::<4>().ok().as_ref() != Some(MAGIC) {
+            return Err(EnvelopeError::Magic);
+        }
+        let stamp = r.u64()?;
+        let cert = r.bytes_u16(MAX_DATAGRAM)?;
+        let payload = r.bytes_u16(MAX_DATAGRAM)?;
+        let signed = datagram.get(..r.position()).ok_or(EnvelopeError::Malformed)?;
+        let scheme = r.u16()?;
+        let sig = r.take_rest();
+        let skew = i128::from(stamp) - i128::from(now_ms);
         if skew.unsigned_abs() > MAX_SKEW.as_millis() {
             return Err(EnvelopeError::Skew(skew));
         }
         let (sender, grant) = self.certificate(cert, now_ms)?;
-        let scheme = SignatureScheme::from(u16::from_be_bytes(*scheme));
+        let scheme = SignatureScheme::from(scheme);
         if !SCHEMES.contains(&scheme) {
             return Err(EnvelopeError::Signature);
         }
@@ -219,13 +224,10 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), EnvelopeError> {
     Ok(())
 }
 
-fn take_bytes(b: &[u8]) -> Result<(&[u8], &[u8]), EnvelopeError> {
-    let (n, rest) = b.split_first_chunk::<2>().ok_or(EnvelopeError::Malformed)?;
-    let n = usize::from(u16::from_be_bytes(*n));
-    if rest.len() < n {
-        return Err(EnvelopeError::Malformed);
+impl From<CodecError> for EnvelopeError {
+    fn from(_: CodecError) -> Self {
+        EnvelopeError::Malformed
     }
-    Ok(rest.split_at(n))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //! sans-IO ([`Hello::encode`], [`Hello::decode`]); each transport moves the bytes
 //! ([`super::quic`], [`super::tcp`]).
 
+use edist_proto::codec::{CodecError, Reader};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -96,17 +97,15 @@ impl Hello {
         if body.len() > MAX_HELLO_BODY {
             return Err(HelloError::TooLong(body.len()));
         }
-        let mut r = Reader(body);
+        let mut r = Reader::new(body);
         let kind = match r.u8()? {
             1 => HelloKind::Hello,
             2 => HelloKind::HelloAck,
             k => return Err(HelloError::UnknownKind(k)),
         };
         let version = r.u16()?;
-        let name = r.field()?;
-        if !r.0.is_empty() {
-            return Err(HelloError::Trailing(r.0.len()));
-        }
+        let name = r.bytes_u16(usize::from(u16::MAX))?;
+        r.expect_end()?;
         let name = std::str::from_utf8(name).map_err(|_| HelloError::NotUtf8)?;
         if name.is_empty() {
             return Err(HelloError::EmptyName);
@@ -115,28 +114,14 @@ impl Hello {
     }
 }
 
-/// A bounded reader over a borrowed slice.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], HelloError> {
-        if self.0.len() < n {
-            return Err(HelloError::Truncated);
+impl From<CodecError> for HelloError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Trailing(n) => HelloError::Trailing(n),
+            CodecError::NotUtf8 { .. } => HelloError::NotUtf8,
+            CodecError::TooLong { len, .. } => HelloError::TooLong(len),
+            _ => HelloError::Truncated,
         }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, HelloError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, HelloError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn field(&mut self) -> Result<&'a [u8], HelloError> {
-        let n = self.u16()?;
-        self.take(n.into())
     }
 }
 

@@ -17,6 +17,7 @@
 //! [`Membership::tick`] every second, and carries out the [`Output`]s.
 
 use crate::wire::NodeInfo;
+use edist_proto::codec::Reader;
 use foca::{BroadcastHandler, Codec, Config, Foca, Identity, Invalidates, OwnedNotification, Timer};
 use rand_foca::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -258,10 +259,12 @@ impl Membership {
             kind::SWIM => {
                 // Every SWIM datagram carries its sender's node-list version: whoever exchanges
                 // probes with a gateway learns of a change it missed in the gossip.
-                let (v, body) = body.split_first_chunk::<8>().ok_or(MembershipError::Malformed("swim"))?;
+                let mut r = Reader::new(body);
+                let v = r.u64().map_err(|_| MembershipError::Malformed("swim"))?;
+                let body = r.rest();
                 if self.members.contains_key(sender) {
                     let r = self.remotes.entry(sender.to_string()).or_default();
-                    r.heard = r.heard.max(u64::from_be_bytes(*v));
+                    r.heard = r.heard.max(v);
                 }
                 lock(&self.codec).sender = Some(sender.to_string());
                 let r = self.foca.handle_data(body, &mut self.rt).map_err(|e| MembershipError::Swim(e.to_string()));
@@ -281,13 +284,13 @@ impl Membership {
                 Ok(())
             }
             kind::HAVE => {
-                let bad = || MembershipError::Malformed("have");
-                let (question, rest) = body.split_first_chunk::<4>().ok_or_else(bad)?;
-                let (v, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
-                let (name, rest) = take_str(rest).ok_or_else(bad)?;
-                let (creation, _) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
-                let node = NodeInfo { name, creation: u32::from_be_bytes(*creation) };
-                self.receive_have(sender, u32::from_be_bytes(*question), u64::from_be_bytes(*v), node);
+                let bad = |_| MembershipError::Malformed("have");
+                let mut r = Reader::new(body);
+                let question = r.u32().map_err(bad)?;
+                let v = r.u64().map_err(bad)?;
+                let name = r.str_u8().map_err(bad)?.to_owned();
+                let node = NodeInfo { name, creation: r.u32().map_err(bad)? };
+                self.receive_have(sender, question, v, node);
                 Ok(())
             }
             kind::NOT_HERE => {
@@ -515,22 +518,19 @@ impl Membership {
 
     fn receive_nodes(&mut self, sender: &str, body: &[u8], now: Instant) -> Result<(), MembershipError> {
         let bad = MembershipError::Malformed("nodes");
-        let (version, rest) = body.split_first_chunk::<8>().ok_or(MembershipError::Malformed("nodes"))?;
-        let (part, rest) = rest.split_first_chunk::<2>().ok_or(MembershipError::Malformed("nodes"))?;
-        let (parts, mut rest) = rest.split_first_chunk::<2>().ok_or(MembershipError::Malformed("nodes"))?;
+        let nodes_err = |_| MembershipError::Malformed("nodes");
+        let mut rd = Reader::new(body);
         let (version, part, parts) =
-            (u64::from_be_bytes(*version), u16::from_be_bytes(*part), u16::from_be_bytes(*parts));
+            (rd.u64().map_err(nodes_err)?, rd.u16().map_err(nodes_err)?, rd.u16().map_err(nodes_err)?);
         if parts == 0 || parts > MAX_PARTS || part >= parts {
             return Err(bad);
         }
-        let (count, r) = rest.split_first_chunk::<2>().ok_or(MembershipError::Malformed("nodes"))?;
-        rest = r;
+        let count = rd.u16().map_err(nodes_err)?;
         let mut nodes = Vec::new();
-        for _ in 0..u16::from_be_bytes(*count) {
-            let (name, r) = take_str(rest).ok_or(MembershipError::Malformed("node name"))?;
-            let (creation, r) = r.split_first_chunk::<4>().ok_or(MembershipError::Malformed("node creation"))?;
-            nodes.push(NodeInfo { name, creation: u32::from_be_bytes(*creation) });
-            rest = r;
+        for _ in 0..count {
+            let name = rd.str_u8().map_err(|_| MembershipError::Malformed("node name"))?.to_owned();
+            let creation = rd.u32().map_err(|_| MembershipError::Malformed("node creation"))?;
+            nodes.push(NodeInfo { name, creation });
         }
         if !self.members.contains_key(sender) {
             return Ok(()); // not (or no longer) a member: its nodes are not wanted
@@ -624,9 +624,9 @@ fn who_message(k: u8, question: u32, name: &str) -> Vec<u8> {
 
 /// The body of a `WHO` or `NOT_HERE` datagram.
 fn question_and_name(body: &[u8]) -> Option<(u32, String)> {
-    let (question, rest) = body.split_first_chunk::<4>()?;
-    let (name, _) = take_str(rest)?;
-    Some((u32::from_be_bytes(*question), name))
+    let mut r = Reader::new(body);
+    let question = r.u32().ok()?;
+    Some((question, r.str_u8().ok()?.to_owned()))
 }
 
 fn finish_part(cur: &mut Vec<u8>, count: &mut u16) -> Vec<u8> {
@@ -647,12 +647,6 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(b.get(..n).unwrap_or_default());
 }
 
-fn take_str(b: &[u8]) -> Option<(String, &[u8])> {
-    let (&n, rest) = b.split_first()?;
-    let (s, rest) = rest.split_at_checked(usize::from(n))?;
-    Some((String::from_utf8(s.to_vec()).ok()?, rest))
-}
-
 /// A gateway's node list is at `version` (gossiped; says nothing about the nodes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Digest {
@@ -670,9 +664,10 @@ impl Digest {
 
     /// The digest at the start of `data` and its length.
     fn decode(data: &[u8]) -> Option<(Digest, usize)> {
-        let (origin, rest) = take_str(data)?;
-        let (v, rest) = rest.split_first_chunk::<8>()?;
-        Some((Digest { origin, version: u64::from_be_bytes(*v) }, data.len() - rest.len()))
+        let mut r = Reader::new(data);
+        let origin = r.str_u8().ok()?.to_owned();
+        let version = r.u64().ok()?;
+        Some((Digest { origin, version }, r.position()))
     }
 }
 

@@ -9,6 +9,9 @@
 //! moved by [`gossip`].
 //!
 //! Imports go one way: the core never imports a transport, transports import only the core.
+// Under the protocol core's lints: this code reads what hostile peers send.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod close;
 pub mod credentials;

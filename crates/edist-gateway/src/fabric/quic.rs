@@ -274,7 +274,7 @@ fn refuse(conn: &quinn::Connection, e: FabricError) -> FabricError {
     let code = VarInt::from_u32(refusal_code(&e));
     tracing::debug!(remote = %conn.remote_address(), error = %e, "refusing gateway link");
     let reason = e.to_string();
-    conn.close(code, &reason.as_bytes()[..reason.len().min(200)]);
+    conn.close(code, reason.as_bytes().get(..200).unwrap_or(reason.as_bytes()));
     e
 }
 

@@ -221,7 +221,7 @@ fn finish(
         }
         Err(e) => {
             let reason = e.to_string();
-            link.close(refusal_code(&e), &reason.as_bytes()[..reason.len().min(200)]);
+            link.close(refusal_code(&e), reason.as_bytes().get(..200).unwrap_or(reason.as_bytes()));
             Err(e)
         }
     }
@@ -451,7 +451,7 @@ impl Driver {
                 b.extend_from_slice(&code.to_be_bytes());
                 let n = reason.len().min(u16::MAX as usize);
                 b.extend_from_slice(&(n as u16).to_be_bytes());
-                b.extend_from_slice(&reason[..n]);
+                b.extend_from_slice(reason.get(..n).unwrap_or_default());
                 // The write completes only while the connection is polled.
                 let mut write = Box::pin(async move { s.write_all(&b).await.and(s.flush().await) });
                 std::future::poll_fn(|cx| {

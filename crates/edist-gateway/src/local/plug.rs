@@ -12,6 +12,7 @@
 //!
 //! Decoding is sans IO ([`Reports`]); [`Plug`] is the handle the relays use.
 
+use edist_proto::codec::{Peeked, U32Frames};
 use edist_proto::etf::{self, Limits, Pid, Term};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use tokio::sync::mpsc;
 
 /// Largest frame a plug may send.
 const MAX_FRAME: usize = 4096;
+/// The plug's `{packet, 4}` frames.
+const FRAMES: U32Frames = U32Frames::new(MAX_FRAME);
 
 /// What a plug reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,12 +50,15 @@ impl Reports {
             return out;
         }
         self.buf.extend_from_slice(bytes);
-        while let Some(len) = self.buf.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()).map(u32::from_be_bytes) {
-            let len = len as usize;
-            if len > MAX_FRAME {
-                self.turn_off();
-                break;
-            }
+        loop {
+            let len = match FRAMES.peek(&self.buf) {
+                Ok(Peeked::Frame { len, .. }) => len,
+                Ok(Peeked::Need(_)) => break,
+                Err(_) => {
+                    self.turn_off();
+                    break;
+                }
+            };
             let Some(frame) = self.buf.get(4..4 + len) else { break };
             match (self.hello, parse(frame)) {
                 (false, Some(r @ Report::Hello { .. })) | (true, Some(r @ Report::Ticktime(_))) => {

@@ -1,7 +1,7 @@
 //! u32 length framing of a connected channel (reference §5): `[u32 len][payload]`, len 0 = tick.
 
-use bytes::{Buf, Bytes, BytesMut};
-use thiserror::Error;
+use crate::codec::{Split, U32Frames};
+use bytes::{Bytes, BytesMut};
 
 /// A frame of a connected channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,19 +12,13 @@ pub enum Frame {
     Data(Bytes),
 }
 
-/// Framing errors.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum FrameError {
-    #[error("frame of {len} bytes exceeds the limit of {max}")]
-    TooLarge { len: u64, max: usize },
-}
+pub use crate::codec::FrameError;
 
 /// Splits a byte stream into frames, refusing any frame larger than `max_frame` as soon as its
 /// length prefix is seen (before anything is buffered for it).
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
-    max_frame: usize,
+    frames: U32Frames,
 }
 
 /// The tick frame's bytes.
@@ -33,28 +27,22 @@ pub const TICK: [u8; 4] = [0; 4];
 impl FrameDecoder {
     /// A decoder accepting frames up to `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
-        FrameDecoder { max_frame }
+        FrameDecoder { frames: U32Frames::new(max_frame) }
     }
 
     /// Takes the next complete frame from `buf`, or `None` if more bytes are needed.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        let Some(hdr) = buf.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()) else {
-            return Ok(None);
-        };
-        let len = u32::from_be_bytes(hdr) as usize;
-        if len > self.max_frame {
-            return Err(FrameError::TooLarge { len: len as u64, max: self.max_frame });
+        match self.frames.split(buf)? {
+            Split::Need(n) => {
+                if buf.len() >= 4 {
+                    // Grow with the bytes that actually arrive, not with the claimed length.
+                    buf.reserve(n.min(1 << 20));
+                }
+                Ok(None)
+            }
+            Split::Frame(f) if f.body().is_empty() => Ok(Some(Frame::Tick)),
+            Split::Frame(f) => Ok(Some(Frame::Data(f.into_body().freeze()))),
         }
-        if buf.len() < 4 + len {
-            // Grow with the bytes that actually arrive, not with the claimed length.
-            buf.reserve((4 + len - buf.len()).min(1 << 20));
-            return Ok(None);
-        }
-        buf.advance(4);
-        if len == 0 {
-            return Ok(Some(Frame::Tick));
-        }
-        Ok(Some(Frame::Data(buf.split_to(len).freeze())))
     }
 }
 

@@ -8,6 +8,7 @@
 //! reads a clock or draws random numbers: challenges come in through the configs.
 
 use super::flags::DFlags;
+use crate::codec::{CodecError, Reader};
 use md5::{Digest, Md5};
 use thiserror::Error;
 
@@ -81,9 +82,11 @@ impl Status {
             b"alive" => Status::Alive,
             _ => {
                 let rest = body.strip_prefix(b"named:").ok_or(HandshakeError::Malformed("unknown status"))?;
-                let mut r = Cursor(rest);
+                let mut r = Reader::new(rest);
                 let n = r.u16()?;
-                let name = r.utf8(usize::from(n))?;
+                let name = std::str::from_utf8(r.bytes(usize::from(n))?)
+                    .map_err(|_| HandshakeError::Malformed("name not UTF-8"))?
+                    .to_owned();
                 let creation = r.u32()?;
                 Status::Named { name, creation }
             }
@@ -159,40 +162,18 @@ fn push_frame(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     }
 }
 
-/// A bounded reader over one handshake message.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], HandshakeError> {
-        if self.0.len() < n {
-            return Err(HandshakeError::Malformed("message too short"));
+impl From<CodecError> for HandshakeError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::NotUtf8 { .. } => HandshakeError::Malformed("name not UTF-8"),
+            _ => HandshakeError::Malformed("message too short"),
         }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
     }
-    fn u16(&mut self) -> Result<u16, HandshakeError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b.first().copied().unwrap_or(0), b.get(1).copied().unwrap_or(0)]))
-    }
-    fn u32(&mut self) -> Result<u32, HandshakeError> {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(self.take(4)?);
-        Ok(u32::from_be_bytes(a))
-    }
-    fn u64(&mut self) -> Result<u64, HandshakeError> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn str(&mut self, n: usize) -> Result<String, HandshakeError> {
-        let b = self.take(n)?;
-        // OTP writes its own name as latin1 (`atom_to_binary(Node, latin1)`).
-        Ok(b.iter().map(|c| char::from(*c)).collect())
-    }
-    fn utf8(&mut self, n: usize) -> Result<String, HandshakeError> {
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| HandshakeError::Malformed("name not UTF-8"))
-    }
+}
+
+/// `n` bytes of a name OTP wrote as latin1 (`atom_to_binary(Node, latin1)`).
+fn latin1_field(c: &mut Reader<'_>, n: usize) -> Result<String, HandshakeError> {
+    Ok(c.bytes(n)?.iter().map(|c| char::from(*c)).collect())
 }
 
 /// A node name as OTP writes its own in `send_name` and the challenge: latin1, one byte a
@@ -389,12 +370,12 @@ impl Initiator {
                 Ok(Some(InitiatorEvent::Status(st)))
             }
             (IState::AwaitChallenge, b'N') => {
-                let mut c = Cursor(body);
+                let mut c = Reader::new(body);
                 let flags = DFlags(c.u64()?);
                 self.peer_challenge = c.u32()?;
                 self.peer_creation = c.u32()?;
                 let n = c.u16()?;
-                let name = c.str(usize::from(n))?;
+                let name = latin1_field(&mut c, usize::from(n))?;
                 if name != self.cfg.peer {
                     return Err(HandshakeError::WrongPeer { expected: self.cfg.peer.clone(), got: name });
                 }
@@ -651,11 +632,11 @@ impl Acceptor {
         let (tag, body) = split_tag(&frame)?;
         match (self.state, tag) {
             (AState::AwaitName, b'N') => {
-                let mut c = Cursor(body);
+                let mut c = Reader::new(body);
                 let flags = DFlags(c.u64()?);
                 let creation = c.u32()?;
                 let n = c.u16()?;
-                let name = c.str(usize::from(n))?;
+                let name = latin1_field(&mut c, usize::from(n))?;
                 let name_ok = if flags.has(DFlags::NAME_ME) {
                     !name.is_empty() && !name.contains('@')
                 } else {
@@ -699,10 +680,10 @@ impl Acceptor {
                 if body.len() != 20 {
                     return Err(HandshakeError::Malformed("challenge reply must be 21 bytes"));
                 }
-                let mut c = Cursor(body);
+                let mut c = Reader::new(body);
                 self.peer_challenge = c.u32()?;
-                if !ct_eq(&digest(self.cfg.challenge, &self.cfg.cookie), c.0) {
-                    match (&mut self.foreign, <[u8; 16]>::try_from(c.0)) {
+                if !ct_eq(&digest(self.cfg.challenge, &self.cfg.cookie), c.rest()) {
+                    match (&mut self.foreign, <[u8; 16]>::try_from(c.rest())) {
                         (Some(slot), Ok(d)) => *slot = Some(d),
                         _ => {
                             self.state = AState::Over;

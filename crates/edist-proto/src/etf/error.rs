@@ -44,3 +44,15 @@ pub enum DecodeError {
     #[error("{0} trailing bytes after the term")]
     TrailingBytes(usize),
 }
+
+impl From<crate::codec::CodecError> for DecodeError {
+    fn from(e: crate::codec::CodecError) -> Self {
+        use crate::codec::CodecError;
+        match e {
+            CodecError::Truncated { offset, needed } => DecodeError::Truncated { offset, needed },
+            CodecError::TooLong { offset, len, .. } => DecodeError::LengthTooLarge { claimed: len as u64, offset },
+            CodecError::NotUtf8 { offset } => DecodeError::BadAtom(offset),
+            CodecError::Trailing(n) => DecodeError::TrailingBytes(n),
+        }
+    }
+}

@@ -1,92 +1,82 @@
-//! A bounded cursor over untrusted bytes, and the term tokenizer built on it.
+//! The term tokenizer, on the codec kit's bounded cursor over untrusted bytes.
 //!
 //! Every read checks the remaining length first; every length field that announces a number of
 //! elements is checked against the bytes left (each element needs at least one byte), so no
 //! caller ever sizes an allocation from an untrusted number.
 
 use super::{tag, DecodeError};
+use crate::codec;
 use std::borrow::Cow;
 
-/// A bounded cursor over a byte slice.
+/// A bounded cursor over a byte slice ([`crate::codec::Reader`]) that reads terms.
 #[derive(Debug, Clone)]
 pub struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    c: codec::Reader<'a>,
 }
 
 impl<'a> Reader<'a> {
     /// A reader at the start of `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader { c: codec::Reader::new(buf) }
     }
 
     /// Bytes consumed so far.
     pub fn position(&self) -> usize {
-        self.pos
+        self.c.position()
     }
 
     /// Bytes left.
     pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.c.remaining()
     }
 
     /// The unread bytes.
     pub fn rest(&self) -> &'a [u8] {
-        self.buf.get(self.pos..).unwrap_or_default()
+        self.c.rest()
     }
 
     /// Takes the next `n` bytes.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
-        match end.and_then(|end| self.buf.get(self.pos..end).map(|s| (s, end))) {
-            Some((s, end)) => {
-                self.pos = end;
-                Ok(s)
-            }
-            None => Err(DecodeError::Truncated { offset: self.pos, needed: n - self.remaining() }),
-        }
+        Ok(self.c.bytes(n)?)
     }
 
     /// Takes `N` bytes as an array.
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let s = self.take(N)?;
-        let mut a = [0u8; N];
-        a.copy_from_slice(s);
-        Ok(a)
+        Ok(self.c.array()?)
     }
 
     pub fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.array::<1>()?[0])
+        Ok(self.c.u8()?)
     }
     pub fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_be_bytes(self.array()?))
+        Ok(self.c.u16()?)
     }
     pub fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(self.array()?))
+        Ok(self.c.u32()?)
     }
     pub fn i32(&mut self) -> Result<i32, DecodeError> {
-        Ok(i32::from_be_bytes(self.array()?))
+        Ok(self.c.i32()?)
     }
     pub fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.array()?))
+        Ok(self.c.u64()?)
     }
 
     /// Peeks at the next byte.
     pub fn peek(&self) -> Option<u8> {
-        self.buf.get(self.pos).copied()
+        self.c.peek()
     }
 
     /// Checks that `count` elements of at least `min_size` bytes each can still follow.
     pub fn check_count(&self, count: u64, min_size: u64) -> Result<(), DecodeError> {
         match count.checked_mul(min_size) {
             Some(n) if n <= self.remaining() as u64 => Ok(()),
-            _ => Err(DecodeError::LengthTooLarge { claimed: count, offset: self.pos }),
+            _ => Err(DecodeError::LengthTooLarge { claimed: count, offset: self.c.position() }),
         }
     }
 
     /// Reads one token: a scalar term, or the header of a compound term whose elements follow.
     pub fn token(&mut self) -> Result<Token<'a>, DecodeError> {
-        let at = self.pos;
+        let at = self.c.position();
         let t = self.u8()?;
         Ok(match t {
             tag::SMALL_INTEGER => Token::Int(i64::from(self.u8()?)),
@@ -117,11 +107,11 @@ impl<'a> Reader<'a> {
                 Token::Float(f)
             }
             tag::ATOM_UTF8 | tag::SMALL_ATOM_UTF8 | tag::ATOM | tag::SMALL_ATOM | tag::ATOM_CACHE_REF => {
-                self.pos = at;
+                self.c.seek(at);
                 Token::Atom(self.atom()?)
             }
             tag::NEW_PID | tag::PID => {
-                self.pos = at;
+                self.c.seek(at);
                 let (node, id, serial, creation) = self.pid()?;
                 Token::Pid { node, id, serial, creation }
             }
@@ -216,16 +206,10 @@ impl<'a> Reader<'a> {
             }
             tag::COMPRESSED => {
                 let size = self.u32()?;
-                Token::Compressed { size, data: self.rest_take() }
+                Token::Compressed { size, data: self.c.take_rest() }
             }
             other => return Err(DecodeError::UnknownTag { tag: other, offset: at }),
         })
-    }
-
-    fn rest_take(&mut self) -> &'a [u8] {
-        let r = self.rest();
-        self.pos = self.buf.len();
-        r
     }
 
     /// Checks that `n` elements of `per` terms each (one byte at least per term) can follow.
@@ -236,7 +220,7 @@ impl<'a> Reader<'a> {
 
     /// An INTEGER_EXT or SMALL_INTEGER_EXT (the only encodings fun fields use).
     fn small_int(&mut self) -> Result<i64, DecodeError> {
-        let at = self.pos;
+        let at = self.c.position();
         match self.u8()? {
             tag::SMALL_INTEGER => Ok(i64::from(self.u8()?)),
             tag::INTEGER => Ok(i64::from(self.i32()?)),
@@ -245,7 +229,7 @@ impl<'a> Reader<'a> {
     }
 
     fn pid(&mut self) -> Result<(AtomText<'a>, u32, u32, u32), DecodeError> {
-        let at = self.pos;
+        let at = self.c.position();
         let t = self.u8()?;
         if t != tag::NEW_PID && t != tag::PID {
             return Err(DecodeError::Malformed { what: "pid", offset: at });
@@ -259,7 +243,7 @@ impl<'a> Reader<'a> {
 
     /// Reads an atom in any of its encodings (or an atom-cache reference).
     pub fn atom(&mut self) -> Result<AtomText<'a>, DecodeError> {
-        let at = self.pos;
+        let at = self.c.position();
         let t = self.u8()?;
         let (len, latin1) = match t {
             tag::ATOM_UTF8 => (usize::from(self.u16()?), false),
