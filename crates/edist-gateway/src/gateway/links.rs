@@ -5,11 +5,13 @@
 //! and their lanes).
 
 use super::inventory;
-use super::{forward_lane, lock, relay_to_local, Inner, LinkReason, OpenReq, CLOSE_SHUTDOWN};
+use super::{lock, Inner, LinkReason, CLOSE_SHUTDOWN};
 use crate::fabric::close::{CLOSE_IDLE, CLOSE_NORMAL, CLOSE_REVOKED};
 use crate::fabric::discovery::Discovery;
 use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, Transport};
 use crate::relay::{self, MsgReader};
+use crate::session::open::{relay_to_local, OpenReq};
+use crate::session::relay::forward_lane;
 use crate::wire::Msg;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,7 +95,7 @@ impl LinkUsage {
 }
 
 /// A relayed connection's hold on its link (see [`LinkUsage::hold`]).
-pub(super) struct LinkHold(Arc<LinkUsage>);
+pub(crate) struct LinkHold(Arc<LinkUsage>);
 
 impl Drop for LinkHold {
     fn drop(&mut self) {
@@ -210,7 +212,7 @@ pub(super) fn preferred<'a>(me: &str, peer: &str, links: &'a [Peer]) -> Option<&
 /// The link to `gateway` (or to the gateway it is reached through, `via`), held for a
 /// relayed connection, and the gateway at its other end; with membership, one is dialled if
 /// there is none.
-pub(super) async fn link_to(
+pub(crate) async fn link_to(
     inner: &Arc<Inner>,
     gateway: &str,
 ) -> Result<(Arc<dyn Link>, String, LinkHold), relay::RelayError> {

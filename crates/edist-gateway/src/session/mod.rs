@@ -3,3 +3,5 @@
 //! relayed handshake on both legs; `relay.rs` is the async shell that moves its bytes, and
 //! carries the connection once it is up.
 pub mod handshake;
+pub mod open;
+pub mod relay;
