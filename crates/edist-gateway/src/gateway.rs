@@ -14,8 +14,8 @@ use crate::local::control::{self, LocalDirectory};
 use crate::lookup;
 use crate::metrics::{self, Metrics, MetricsSnapshot};
 use crate::policy;
-use crate::relay;
 use crate::session::relay::Forwarded;
+use crate::session::{budget, sync};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -75,9 +75,9 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     pub(crate) relays: AtomicU64,
     /// Mergers of the relayed connections through this gateway, by relay id (for lanes).
-    pub(crate) mergers: Mutex<HashMap<u64, relay::Merger>>,
+    pub(crate) mergers: Mutex<HashMap<u64, sync::Merger>>,
     /// Bytes all relays together may hold towards the fabric.
-    pub(crate) buffer: relay::Budget,
+    pub(crate) buffer: budget::Budget,
     /// What a reload may change: peers, revocations, roles.
     live: Mutex<Arc<Live>>,
     /// The fabric's TLS material (reloadable), and membership's signer.
@@ -203,7 +203,7 @@ impl Gateway {
             metrics: Metrics::default(),
             relays: AtomicU64::new(0),
             mergers: Mutex::new(HashMap::new()),
-            buffer: relay::Budget::new(cfg.fabric.gateway_buffer),
+            buffer: budget::Budget::new(cfg.fabric.gateway_buffer),
             live: Mutex::new(Arc::new(Live::new(&cfg)?)),
             creds: Default::default(),
             sealer: Default::default(),

@@ -158,8 +158,8 @@ impl PeerStats {
     }
 }
 
-/// What a failed relayed handshake counts as. The error says (the relay's, in `gateway.rs`),
-/// so that the metrics need not import the relay, which reports into them.
+/// What a failed relayed handshake counts as. The error says (a session's, in
+/// `session/shell.rs`), so that the metrics need not import the session, which reports into them.
 pub trait HandshakeOutcome {
     /// A short fixed label: `refused`, `timeout`, `bad_cookie`, `bad_handshake` or `error`.
     fn outcome(&self) -> &'static str;

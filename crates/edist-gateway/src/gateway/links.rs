@@ -9,9 +9,10 @@ use super::{lock, Inner, LinkReason, CLOSE_SHUTDOWN};
 use crate::fabric::close::{CLOSE_IDLE, CLOSE_NORMAL, CLOSE_REVOKED};
 use crate::fabric::discovery::Discovery;
 use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, Transport};
-use crate::relay::{self, MsgReader};
 use crate::session::open::{relay_to_local, OpenReq};
 use crate::session::relay::forward_lane;
+use crate::session::shell::MsgReader;
+use crate::session::{pump, shell};
 use crate::wire::Msg;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -215,7 +216,7 @@ pub(super) fn preferred<'a>(me: &str, peer: &str, links: &'a [Peer]) -> Option<&
 pub(crate) async fn link_to(
     inner: &Arc<Inner>,
     gateway: &str,
-) -> Result<(Arc<dyn Link>, String, LinkHold), relay::RelayError> {
+) -> Result<(Arc<dyn Link>, String, LinkHold), shell::RelayError> {
     let via = inner.peer_config(gateway).and_then(|p| p.via.clone());
     let hop = via.unwrap_or_else(|| gateway.to_string());
     let newest = |inner: &Inner| {
@@ -226,7 +227,7 @@ pub(crate) async fn link_to(
     if let Some(l) = newest(inner) {
         return Ok(l);
     }
-    let no_link = || relay::RelayError::Refused(format!("no link to {gateway}"));
+    let no_link = || shell::RelayError::Refused(format!("no link to {gateway}"));
     let (Some(t), true) = (inner.transport.get(), inner.cfg.fabric.membership) else { return Err(no_link()) };
     let gate = lock(&inner.links.dialling).entry(gateway.to_string()).or_default().clone();
     let _dialling = gate.lock().await;
@@ -236,7 +237,7 @@ pub(crate) async fn link_to(
     let addr = inner.links().members.get(gateway).copied().ok_or_else(no_link)?;
     let link = t.dial(addr, Some(gateway)).await.map_err(|e| {
         inner.metrics.link_handshake(gateway, false);
-        relay::RelayError::Refused(format!("dialling {gateway} at {addr}: {e}"))
+        shell::RelayError::Refused(format!("dialling {gateway} at {addr}: {e}"))
     })?;
     tokio::spawn(run_link(inner.clone(), link, LinkReason::Traffic));
     // run_link files the link before its first await point.
@@ -540,7 +541,7 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
                 }
                 return;
             };
-            if let Err(e) = relay::feed_lane_stream(lane, rx, &pending, merger).await {
+            if let Err(e) = pump::feed_lane_stream(lane, rx, &pending, merger).await {
                 debug!(%peer, "lane of relay {relay:#x} ended: {e}");
             }
             return;
@@ -551,7 +552,7 @@ async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
         // Control streams are long-lived: wait as long as it takes.
         let m = loop {
             match msgs.next("control").await {
-                Err(relay::RelayError::Timeout(_)) => continue,
+                Err(shell::RelayError::Timeout(_)) => continue,
                 other => break other,
             }
         };

@@ -5,7 +5,7 @@
 
 use super::{lock, Inner};
 use crate::policy;
-use crate::relay;
+use crate::session::sync;
 use std::sync::Arc;
 
 impl Inner {
@@ -45,7 +45,7 @@ impl Inner {
         self: &Arc<Self>,
         peer: &str,
         (local, remote): (&str, &str),
-    ) -> Option<Arc<relay::InboundPolicy>> {
+    ) -> Option<Arc<sync::InboundPolicy>> {
         let (_, role) = self.role_of(peer);
         if role.is_open() {
             return None;
@@ -53,7 +53,7 @@ impl Inner {
         let shared = lock(&self.peer_budgets).entry(peer.to_string()).or_default().clone();
         let weak = Arc::downgrade(self);
         let peer_name = peer.to_string();
-        Some(Arc::new(relay::InboundPolicy {
+        Some(Arc::new(sync::InboundPolicy {
             session: policy::Session::new(role, shared, local, remote),
             on_refuse: Box::new(move |r| {
                 if let Some(inner) = weak.upgrade() {

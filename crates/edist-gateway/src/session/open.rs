@@ -4,7 +4,8 @@
 //! data phase ([`super::pump`]) with the session's [`MergerGuard`] and [`lane_opener`].
 use crate::fabric::link::{Link, RecvStream, SendStream};
 use crate::gateway::{dynamic_name, link_to, lock, Inner, LinkHold, OutboundGuard};
-use crate::relay::{self, MsgReader};
+use crate::session::shell::MsgReader;
+use crate::session::{pump, shell, sync, ticks};
 use crate::wire::Msg;
 use edist_proto::dist::DFlags;
 use std::sync::atomic::Ordering;
@@ -17,14 +18,14 @@ use tracing::info;
 
 impl Inner {
     /// Lane settings of relays towards `peer`.
-    pub(crate) fn lanes(&self, peer: &str) -> relay::LaneConfig {
+    pub(crate) fn lanes(&self, peer: &str) -> pump::LaneConfig {
         let compress = self.live().peers.iter().any(|p| p.name == peer && p.compress);
-        relay::LaneConfig {
+        pump::LaneConfig {
             lanes: self.cfg.fabric.lanes,
             relay_buffer: self.cfg.fabric.relay_buffer,
             gateway_buffer: self.buffer.clone(),
             socket_buffer: Some(self.cfg.local.socket_buffer),
-            net_ticktime: relay::Ticktime::new(self.configured_ticktime()),
+            net_ticktime: ticks::Ticktime::new(self.configured_ticktime()),
             plug: None,
             link: None,
             compress_above: compress.then_some(self.cfg.fabric.compress_threshold),
@@ -59,18 +60,18 @@ pub(crate) async fn relay_from_local(
     inner: &Arc<Inner>,
     mut sock: TcpStream,
     target: &str,
-) -> Result<(), relay::RelayError> {
+) -> Result<(), shell::RelayError> {
     let _ = sock.set_nodelay(true);
     let (creation, gateway) = {
         let reg = inner.registry();
-        let r = reg.remote(target).ok_or_else(|| relay::RelayError::Refused(format!("{target} is unknown")))?;
+        let r = reg.remote(target).ok_or_else(|| shell::RelayError::Refused(format!("{target} is unknown")))?;
         (r.creation, r.gateway.clone())
     };
     let Some(cookie) = inner.cookie.as_deref() else {
-        return Err(relay::RelayError::Refused("no cookie to check local nodes with".into()));
+        return Err(shell::RelayError::Refused("no cookie to check local nodes with".into()));
     };
-    let mut leg = relay::near_leg(target, creation, cookie);
-    let dial = relay::read_local_name(&mut sock, &mut leg).await?;
+    let mut leg = shell::near_leg(target, creation, cookie);
+    let dial = shell::read_local_name(&mut sock, &mut leg).await?;
     // A node with a dynamic name (NAME_ME) sent only its host: name it here, as the node it
     // dialled would, and dial the far node under that name.
     let named = dial.flags.has(DFlags::NAME_ME).then(|| dynamic_name(inner, &dial.from));
@@ -86,7 +87,7 @@ pub(crate) async fn relay_from_local(
             inner.metrics.refused("local", "name_taken");
             leg.refuse()?;
             sock.write_all(&leg.take_node_output()).await?;
-            return Err(relay::RelayError::Refused(format!("{from} may not dial out: {why}")));
+            return Err(shell::RelayError::Refused(format!("{from} may not dial out: {why}")));
         }
     };
     let (conn, link_peer, _hold, (mut tx, rx)) = open_relay_stream(inner, &gateway).await?;
@@ -97,8 +98,8 @@ pub(crate) async fn relay_from_local(
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
     let (merger, rxs) = MergerGuard::register(inner, relay_id, (&gateway, &link_peer), (&from, target));
     let mut msgs = MsgReader::new(rx);
-    let done = relay::finish_local_leg(&mut sock, &mut leg, &mut msgs, &mut tx).await;
-    if let Err(relay::RelayError::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest)) = &done {
+    let done = shell::finish_local_leg(&mut sock, &mut leg, &mut msgs, &mut tx).await;
+    if let Err(shell::RelayError::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest)) = &done {
         // What the dialled node would log (dist_util), and why it happens behind a gateway;
         // once per burst, since any local process can try.
         inner.refuse(
@@ -120,7 +121,7 @@ pub(crate) async fn relay_from_local(
 pub(crate) async fn open_relay_stream(
     inner: &Arc<Inner>,
     gateway: &str,
-) -> Result<(Arc<dyn Link>, String, LinkHold, (SendStream, RecvStream)), relay::RelayError> {
+) -> Result<(Arc<dyn Link>, String, LinkHold, (SendStream, RecvStream)), shell::RelayError> {
     let mut error = None;
     // Twice: the link may close under us (the far side found it idle), then a fresh one.
     for _ in 0..2 {
@@ -130,10 +131,10 @@ pub(crate) async fn open_relay_stream(
             Err(e) => error = Some(e),
         }
     }
-    Err(relay::RelayError::Refused(format!("link to {gateway}: {}", error.map(|e| e.to_string()).unwrap_or_default())))
+    Err(shell::RelayError::Refused(format!("link to {gateway}: {}", error.map(|e| e.to_string()).unwrap_or_default())))
 }
 
-/// The data phase of a relay, on either gateway (see [`relay::pump`]).
+/// The data phase of a relay, on either gateway (see [`pump::pump`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn carry(
     inner: &Arc<Inner>,
@@ -141,21 +142,21 @@ pub(crate) async fn carry(
     msgs: MsgReader<RecvStream>,
     tx: SendStream,
     leftover: &[u8],
-    (merger, rxs): (MergerGuard, relay::MergerRx),
+    (merger, rxs): (MergerGuard, sync::MergerRx),
     conn: Arc<dyn Link>,
     relay_id: u64,
     (node, peer_gateway): (&str, &str),
-) -> Result<(), relay::RelayError> {
+) -> Result<(), shell::RelayError> {
     let (rx, buf) = msgs.into_parts();
     let mut lanes = inner.lanes(peer_gateway);
     lanes.link = Some(conn.clone());
     // The local node's plug, where it has one: its ticktime, and holds on its senders.
     let plug = inner.registry().local(node).and_then(|l| l.plug.clone());
     if let Some(plug) = plug {
-        lanes.net_ticktime = relay::Ticktime::reported_into(inner.configured_ticktime(), plug.ticktime_ms());
+        lanes.net_ticktime = ticks::Ticktime::reported_into(inner.configured_ticktime(), plug.ticktime_ms());
         lanes.plug = Some(plug);
     }
-    relay::pump(
+    pump::pump(
         sock,
         rx,
         tx,
@@ -171,7 +172,7 @@ pub(crate) async fn carry(
 }
 
 /// Opens lane streams of relay `relay_id` on `conn`.
-pub(crate) fn lane_opener(conn: Arc<dyn Link>, relay_id: u64) -> relay::LaneOpener {
+pub(crate) fn lane_opener(conn: Arc<dyn Link>, relay_id: u64) -> pump::LaneOpener {
     Box::new(move |lane| {
         let conn = conn.clone();
         Box::pin(async move {
@@ -186,7 +187,7 @@ pub(crate) fn lane_opener(conn: Arc<dyn Link>, relay_id: u64) -> relay::LaneOpen
 pub(crate) struct MergerGuard {
     inner: Arc<Inner>,
     id: u64,
-    tx: relay::Merger,
+    tx: sync::Merger,
 }
 
 impl MergerGuard {
@@ -198,10 +199,10 @@ impl MergerGuard {
         id: u64,
         (origin, link_peer): (&str, &str),
         nodes: (&str, &str),
-    ) -> (MergerGuard, relay::MergerRx) {
+    ) -> (MergerGuard, sync::MergerRx) {
         let (to_node, rx) = mpsc::channel(64);
         let (replies, replies_rx) = mpsc::unbounded_channel();
-        let tx = relay::Merger {
+        let tx = sync::Merger {
             to_node,
             replies,
             peer: link_peer.into(),
@@ -212,7 +213,7 @@ impl MergerGuard {
         (MergerGuard { inner: inner.clone(), id, tx }, (rx, replies_rx))
     }
 
-    pub(crate) fn tx(&self) -> relay::Merger {
+    pub(crate) fn tx(&self) -> sync::Merger {
         self.tx.clone()
     }
 }
@@ -260,7 +261,7 @@ pub(crate) async fn relay_to_local(
     mut tx: SendStream,
     mut msgs: MsgReader<RecvStream>,
     open: OpenReq,
-) -> Result<(), relay::RelayError> {
+) -> Result<(), shell::RelayError> {
     let OpenReq { relay: relay_id, from, to, flags, creation, origin } = open;
     let port = inner.local_port(&to);
     if port.is_none() && origin.is_none() && inner.cfg.fabric.relay {
@@ -286,50 +287,19 @@ pub(crate) async fn relay_to_local(
         let _ =
             tx.write_all(&Msg::Refused(format!("{to} is not here or {from} is not {peer_gateway}'s")).encode()).await;
         inner.metrics.refused(&peer_gateway, "unknown_node");
-        return Err(relay::RelayError::Refused(format!("{from} -> {to}")));
+        return Err(shell::RelayError::Refused(format!("{from} -> {to}")));
     };
     let origin = origin.unwrap_or_else(|| peer_gateway.clone());
     let Some(cookie) = inner.cookie.as_deref() else {
         let _ = tx.write_all(&Msg::Refused("no cookie for the local nodes".into()).encode()).await;
-        return Err(relay::RelayError::Refused(format!("{from} -> {to}: no cookie for the local nodes")));
+        return Err(shell::RelayError::Refused(format!("{from} -> {to}: no cookie for the local nodes")));
     };
     let (merger, rxs) = MergerGuard::register(&inner, relay_id, (&origin, &peer_gateway), (&to, &from));
     // A role that hides the peer's nodes: the handshake makes this a hidden connection both ways.
     let hide = inner.role_of(&origin).1.hidden;
     let dialled =
-        relay::dial_local_target(port, &from, &to, DFlags(flags), creation, cookie, &mut msgs, &mut tx, hide).await;
+        shell::dial_local_target(port, &from, &to, DFlags(flags), creation, cookie, &mut msgs, &mut tx, hide).await;
     let (sock, leftover) = inner.metrics.handshake(&origin, false, dialled)?;
     info!(%from, %to, via = ?(origin != peer_gateway).then_some(&peer_gateway), "relayed connection up");
     carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, (&to, &origin)).await
-}
-
-// The relay's errors as the handshake metrics count them: here, where the two meet, so that
-// the metrics do not import the relay (which reports into them).
-impl crate::metrics::HandshakeOutcome for relay::RelayError {
-    fn outcome(&self) -> &'static str {
-        use relay::RelayError as E;
-        match self {
-            E::Refused(_) => "refused",
-            E::Timeout(_) => "timeout",
-            E::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest) => "bad_cookie",
-            E::Handshake(_) => "bad_handshake",
-            _ => "error",
-        }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relay_errors_count_as_their_handshake_outcome() {
-        use crate::metrics::HandshakeOutcome;
-        use edist_proto::dist::handshake::HandshakeError;
-        assert_eq!(relay::RelayError::Timeout("x").outcome(), "timeout");
-        assert_eq!(relay::RelayError::Refused("x".into()).outcome(), "refused");
-        assert_eq!(relay::RelayError::Handshake(HandshakeError::BadDigest).outcome(), "bad_cookie");
-        assert_eq!(relay::RelayError::StreamClosed.outcome(), "error");
-    }
 }

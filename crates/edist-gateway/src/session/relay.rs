@@ -4,7 +4,8 @@
 use super::open::{announced_by, open_relay_stream};
 use crate::fabric::link::{Link, RecvStream, SendStream};
 use crate::gateway::{lock, Inner};
-use crate::relay::{self, MsgReader};
+use crate::session::shell;
+use crate::session::shell::MsgReader;
 use crate::wire::Msg;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -21,9 +22,9 @@ pub(crate) async fn forward(
     msgs: MsgReader<RecvStream>,
     open: Msg,
     target: &str,
-) -> Result<(), relay::RelayError> {
+) -> Result<(), shell::RelayError> {
     let Msg::Open { relay: relay_id, ref from, .. } = open else { return Ok(()) };
-    let refuse = |why: String| relay::RelayError::Refused(why);
+    let refuse = |why: String| shell::RelayError::Refused(why);
     if !announced_by(inner, from, peer).await {
         let _ = tx.write_all(&Msg::Refused(format!("{from} is not {peer}'s")).encode()).await;
         inner.metrics.refused(peer, "unknown_node");
