@@ -73,7 +73,7 @@ pub(crate) struct Inner {
     /// Local and remote nodes, impersonators, peers' grants.
     registry: Mutex<Registry<AbortHandle>>,
     pub(crate) metrics: Metrics,
-    pub(crate) relays: AtomicU64,
+    pub(crate) sessions: AtomicU64,
     /// Mergers of the relayed connections through this gateway, by relay id (for lanes).
     pub(crate) mergers: Mutex<HashMap<u64, sync::Merger>>,
     /// Bytes all relays together may hold towards the fabric.
@@ -201,7 +201,7 @@ impl Gateway {
             links: Links::default(),
             registry: Mutex::new(Registry::new(&cfg.host)),
             metrics: Metrics::default(),
-            relays: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
             mergers: Mutex::new(HashMap::new()),
             buffer: budget::Budget::new(cfg.fabric.gateway_buffer),
             live: Mutex::new(Arc::new(Live::new(&cfg)?)),
@@ -386,7 +386,7 @@ impl Inner {
             remote_nodes,
             peers,
             impersonated,
-            relays_open: self.relays.load(Ordering::Relaxed),
+            relays_open: self.sessions.load(Ordering::Relaxed),
             bytes_in,
             bytes_out,
             metrics: self.metrics.snapshot(),

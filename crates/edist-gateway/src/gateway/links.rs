@@ -9,10 +9,9 @@ use super::{lock, Inner, LinkReason, CLOSE_SHUTDOWN};
 use crate::fabric::close::{CLOSE_IDLE, CLOSE_NORMAL, CLOSE_REVOKED};
 use crate::fabric::discovery::Discovery;
 use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, Transport};
-use crate::session::open::{relay_to_local, OpenReq};
-use crate::session::relay::forward_lane;
+use crate::session::open::{join_lane, session_to_local, OpenReq};
+use crate::session::shell;
 use crate::session::shell::MsgReader;
-use crate::session::{pump, shell};
 use crate::wire::Msg;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,24 +70,24 @@ pub(super) struct Peer {
 /// How busy a link is: relayed connections on it, and since when it has had none.
 #[derive(Debug)]
 pub(super) struct LinkUsage {
-    pub(super) relays: AtomicU64,
+    pub(super) sessions: AtomicU64,
     idle_since: Mutex<tokio::time::Instant>,
 }
 
 impl LinkUsage {
     fn new() -> Arc<LinkUsage> {
-        Arc::new(LinkUsage { relays: AtomicU64::new(0), idle_since: Mutex::new(tokio::time::Instant::now()) })
+        Arc::new(LinkUsage { sessions: AtomicU64::new(0), idle_since: Mutex::new(tokio::time::Instant::now()) })
     }
 
     /// Counts a relayed connection on the link until the guard drops.
     pub(super) fn hold(self: &Arc<Self>) -> LinkHold {
-        self.relays.fetch_add(1, Ordering::Relaxed);
+        self.sessions.fetch_add(1, Ordering::Relaxed);
         LinkHold(self.clone())
     }
 
     /// How long the link has carried nothing (zero while it carries something).
     pub(super) fn idle_for(&self) -> Duration {
-        match self.relays.load(Ordering::Relaxed) {
+        match self.sessions.load(Ordering::Relaxed) {
             0 => lock(&self.idle_since).elapsed(),
             _ => Duration::ZERO,
         }
@@ -101,7 +100,7 @@ pub(crate) struct LinkHold(Arc<LinkUsage>);
 impl Drop for LinkHold {
     fn drop(&mut self) {
         let mut since = lock(&self.0.idle_since);
-        if self.0.relays.fetch_sub(1, Ordering::Relaxed) == 1 {
+        if self.0.sessions.fetch_sub(1, Ordering::Relaxed) == 1 {
             *since = tokio::time::Instant::now();
         }
     }
@@ -195,7 +194,7 @@ pub(super) fn prune_duplicates_later(inner: &Arc<Inner>, peer: &str) {
             return;
         }
         for l in links.iter().filter(|l| l.why != LinkReason::Accepted) {
-            if l.usage.relays.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            if l.usage.sessions.load(std::sync::atomic::Ordering::Relaxed) == 0 {
                 tracing::debug!(%peer, link = l.link_id, "closing our link: the peer's own link to us stays");
                 l.conn.close(CLOSE_DUPLICATE, b"duplicate link: yours stays");
             }
@@ -216,7 +215,7 @@ pub(super) fn preferred<'a>(me: &str, peer: &str, links: &'a [Peer]) -> Option<&
 pub(crate) async fn link_to(
     inner: &Arc<Inner>,
     gateway: &str,
-) -> Result<(Arc<dyn Link>, String, LinkHold), shell::RelayError> {
+) -> Result<(Arc<dyn Link>, String, LinkHold), shell::SessionError> {
     let via = inner.peer_config(gateway).and_then(|p| p.via.clone());
     let hop = via.unwrap_or_else(|| gateway.to_string());
     let newest = |inner: &Inner| {
@@ -227,7 +226,7 @@ pub(crate) async fn link_to(
     if let Some(l) = newest(inner) {
         return Ok(l);
     }
-    let no_link = || shell::RelayError::Refused(format!("no link to {gateway}"));
+    let no_link = || shell::SessionError::Refused(format!("no link to {gateway}"));
     let (Some(t), true) = (inner.transport.get(), inner.cfg.fabric.membership) else { return Err(no_link()) };
     let gate = lock(&inner.links.dialling).entry(gateway.to_string()).or_default().clone();
     let _dialling = gate.lock().await;
@@ -237,7 +236,7 @@ pub(crate) async fn link_to(
     let addr = inner.links().members.get(gateway).copied().ok_or_else(no_link)?;
     let link = t.dial(addr, Some(gateway)).await.map_err(|e| {
         inner.metrics.link_handshake(gateway, false);
-        shell::RelayError::Refused(format!("dialling {gateway} at {addr}: {e}"))
+        shell::SessionError::Refused(format!("dialling {gateway} at {addr}: {e}"))
     })?;
     tokio::spawn(run_link(inner.clone(), link, LinkReason::Traffic));
     // run_link files the link before its first await point.
@@ -443,7 +442,7 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
         tokio::spawn(async move {
             while let Ok(rx) = conn.accept_uni().await {
                 let (inner, peer) = (inner.clone(), peer.clone());
-                tokio::spawn(read_control(inner, peer, rx));
+                tokio::spawn(serve_incoming_stream(inner, peer, rx));
             }
         })
     };
@@ -465,12 +464,12 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
             }
             match first {
                 Ok(Msg::Open { relay, from, to, flags, creation }) => {
-                    inner.relays.fetch_add(1, Ordering::Relaxed);
+                    inner.sessions.fetch_add(1, Ordering::Relaxed);
                     let open = OpenReq { relay, from, to: to.clone(), flags, creation, origin };
-                    if let Err(e) = relay_to_local(inner.clone(), conn, peer, tx, msgs, open).await {
+                    if let Err(e) = session_to_local(inner.clone(), conn, peer, tx, msgs, open).await {
                         info!(%to, "relay ended: {e}");
                     }
-                    inner.relays.fetch_sub(1, Ordering::Relaxed);
+                    inner.sessions.fetch_sub(1, Ordering::Relaxed);
                 }
                 Ok(other) => warn!(%peer, "unexpected first frame {other:?}"),
                 Err(e) => debug!(%peer, "relay stream: {e}"),
@@ -526,50 +525,41 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
     }
 }
 
-async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
+/// Serves a stream the peer opened one way: a control stream (its announcements) or a bulk lane
+/// of a session (see [`join_lane`]).
+async fn serve_incoming_stream(inner: Arc<Inner>, peer: String, rx: RecvStream) {
     let mut msgs = MsgReader::new(rx);
     match msgs.next("control").await {
-        Ok(Msg::Control) => {}
-        Ok(Msg::Lane { relay, lane }) => {
-            // A lane of a relayed connection: its packets join that relay's merger.
-            // Only the peer whose relay it is may add lanes to it.
-            let (rx, pending) = msgs.into_parts();
-            let Some(merger) = lock(&inner.mergers).get(&relay).filter(|m| *m.peer == *peer).cloned() else {
-                // Or a lane of a connection this gateway forwards.
-                if let Err(e) = forward_lane(&inner, (relay, lane), &peer, rx, &pending).await {
-                    debug!(%peer, "forwarded lane of relay {relay:#x} ended: {e}");
-                }
-                return;
-            };
-            if let Err(e) = pump::feed_lane_stream(lane, rx, &pending, merger).await {
-                debug!(%peer, "lane of relay {relay:#x} ended: {e}");
-            }
-            return;
-        }
-        _ => return,
+        Ok(Msg::Control) => read_announcements(&inner, &peer, msgs).await,
+        Ok(Msg::Lane { relay, lane }) => join_lane(&inner, &peer, (relay, lane), msgs).await,
+        _ => {}
     }
+}
+
+/// Reads a peer's control stream: its node lists, and the nodes coming and going.
+async fn read_announcements(inner: &Arc<Inner>, peer: &str, mut msgs: MsgReader<RecvStream>) {
     loop {
         // Control streams are long-lived: wait as long as it takes.
         let m = loop {
             match msgs.next("control").await {
-                Err(shell::RelayError::Timeout(_)) => continue,
+                Err(shell::SessionError::Timeout(_)) => continue,
                 other => break other,
             }
         };
         match m {
             Ok(Msg::Nodes(nodes)) => {
-                inner.replace_remote(&peer, nodes);
-                inner.relayed_nodes_changed(&peer);
+                inner.replace_remote(peer, nodes);
+                inner.relayed_nodes_changed(peer);
             }
             Ok(Msg::NodeUp(n)) => {
-                inner.admit_remote(&peer, n);
-                inner.relayed_nodes_changed(&peer);
+                inner.admit_remote(peer, n);
+                inner.relayed_nodes_changed(peer);
             }
             Ok(Msg::NodeDown(name)) => {
                 inner.forget_remote(|n, r| n == name && r.gateway == peer);
-                inner.relayed_nodes_changed(&peer);
+                inner.relayed_nodes_changed(peer);
             }
-            Ok(Msg::RelayedNodes { gateway, nodes }) => inner.relayed_nodes(&peer, gateway, nodes),
+            Ok(Msg::RelayedNodes { gateway, nodes }) => inner.relayed_nodes(peer, gateway, nodes),
             Ok(other) => warn!(%peer, "unexpected control message {other:?}"),
             Err(e) => {
                 debug!(%peer, "control stream ended: {e}");

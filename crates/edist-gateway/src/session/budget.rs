@@ -30,5 +30,5 @@ impl Budget {
     }
 }
 
-/// What a queued packet holds of the relay's and the gateway's budgets.
+/// What a queued packet holds of the session's and the gateway's budgets.
 pub(super) type Held = (OwnedSemaphorePermit, OwnedSemaphorePermit);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Bytes of one sender waiting in a relay's lanes.
+/// Bytes of one sender waiting in a session's lanes.
 pub(super) type SenderBytes = Arc<AtomicUsize>;
 
 /// How long a sender's queued bytes may take to drain before the plug holds it back: what edist
@@ -18,18 +18,18 @@ const SHARE_MIN: usize = 128 << 10;
 const SHARE_MAX: usize = 8 << 20;
 /// A packet this large may start a fragmented message: its sender's pid is noted.
 pub(super) const LARGE_PACKET: usize = 16 << 10;
-/// Senders whose queued bytes are tracked per relay (beyond, the idle ones are forgotten).
+/// Senders whose queued bytes are tracked per session (beyond, the idle ones are forgotten).
 const MAX_TRACKED: usize = 4096;
 
-/// Per-sender bytes waiting in one relay's lanes, and the senders held back (sans IO but for
+/// Per-sender bytes waiting in one session's lanes, and the senders held back (sans IO but for
 /// the counters the lane writers decrement).
 ///
 /// A sender whose bytes pass its share is held by the node's plug (suspended, so only it stops:
-/// the relay keeps reading the node's socket and everyone else's messages flow). Held senders
-/// go again oldest first, once their own bytes fell to half the share and the relay's queue (all
+/// the session keeps reading the node's socket and everyone else's messages flow). Held senders
+/// go again oldest first, once their own bytes fell to half the share and the session's queue (all
 /// senders') is within it: a released sender sends on for a while before a new hold reaches it
 /// (a hold is asynchronous), so releasing everyone at once would queue that much times their
-/// number. Releasing everything is the owner's job when the relay ends.
+/// number. Releasing everything is the owner's job when the session ends.
 #[derive(Debug, Default)]
 pub(super) struct Holds {
     senders: std::collections::HashMap<u64, SenderBytes>,
@@ -77,7 +77,7 @@ impl Holds {
     }
 
     /// Held senders to release now: oldest first, those whose bytes fell to half of `share`,
-    /// while the relay's queue, counting half a share for each one released, stays within it.
+    /// while the session's queue, counting half a share for each one released, stays within it.
     pub(super) fn drained(&mut self, share: usize) -> Vec<edist_proto::etf::Pid> {
         let queued = |k: &u64| self.senders.get(k).map_or(0, |c| c.load(Ordering::Relaxed));
         let mut total: usize = self.senders.keys().map(queued).sum();
@@ -106,7 +106,7 @@ impl Holds {
     }
 }
 
-/// A relay's [`Holds`] and the plug that applies them. Whatever is still held when the relay
+/// A session's [`Holds`] and the plug that applies them. Whatever is still held when the session
 /// ends is released, however it ends (the pump's halves are dropped when another part ends).
 pub(super) struct HeldSenders {
     pub(super) holds: Holds,
@@ -145,7 +145,7 @@ impl Drop for HeldSenders {
     }
 }
 
-/// Bytes per second the lanes of a relay write, smoothed: how fast a sender's share drains.
+/// Bytes per second the lanes of a session write, smoothed: how fast a sender's share drains.
 #[derive(Debug, Default)]
 pub(super) struct Rate {
     pub(super) written: AtomicUsize,
@@ -213,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn held_senders_go_again_oldest_first_while_the_relay_queue_has_room() {
+    fn held_senders_go_again_oldest_first_while_the_session_queue_has_room() {
         let mut h = Holds::default();
         let (a, b, c) = (h.counter(1), h.counter(2), h.counter(3));
         for (k, ctr) in [(1, &a), (2, &b), (3, &c)] {

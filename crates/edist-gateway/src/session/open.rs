@@ -1,7 +1,8 @@
 //! Setting up a relayed connection, on both gateways: a local node dials a listener that
-//! impersonates a remote node ([`impersonate`], [`relay_from_local`]), or a peer gateway opens a
-//! stream for one of its nodes to a local node ([`relay_to_local`]); then [`carry`] runs the
+//! impersonates a remote node ([`impersonate`], [`session_from_local`]), or a peer gateway opens a
+//! stream for one of its nodes to a local node ([`session_to_local`]); then [`carry`] runs the
 //! data phase ([`super::pump`]) with the session's [`MergerGuard`] and [`lane_opener`].
+use super::relay::forward_lane;
 use crate::fabric::link::{Link, RecvStream, SendStream};
 use crate::gateway::{dynamic_name, link_to, lock, Inner, LinkHold, OutboundGuard};
 use crate::session::shell::MsgReader;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{debug, info};
 
 impl Inner {
     /// Lane settings of relays towards `peer`.
@@ -47,28 +48,28 @@ pub(crate) async fn impersonate(inner: Weak<Inner>, listener: TcpListener, targe
         let Some(inner) = inner.upgrade() else { return };
         let target = target.clone();
         tokio::spawn(async move {
-            inner.relays.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = relay_from_local(&inner, sock, &target).await {
+            inner.sessions.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = session_from_local(&inner, sock, &target).await {
                 info!(%target, "relay ended: {e}");
             }
-            inner.relays.fetch_sub(1, Ordering::Relaxed);
+            inner.sessions.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-pub(crate) async fn relay_from_local(
+pub(crate) async fn session_from_local(
     inner: &Arc<Inner>,
     mut sock: TcpStream,
     target: &str,
-) -> Result<(), shell::RelayError> {
+) -> Result<(), shell::SessionError> {
     let _ = sock.set_nodelay(true);
     let (creation, gateway) = {
         let reg = inner.registry();
-        let r = reg.remote(target).ok_or_else(|| shell::RelayError::Refused(format!("{target} is unknown")))?;
+        let r = reg.remote(target).ok_or_else(|| shell::SessionError::Refused(format!("{target} is unknown")))?;
         (r.creation, r.gateway.clone())
     };
     let Some(cookie) = inner.cookie.as_deref() else {
-        return Err(shell::RelayError::Refused("no cookie to check local nodes with".into()));
+        return Err(shell::SessionError::Refused("no cookie to check local nodes with".into()));
     };
     let mut leg = shell::near_leg(target, creation, cookie);
     let dial = shell::read_local_name(&mut sock, &mut leg).await?;
@@ -87,19 +88,19 @@ pub(crate) async fn relay_from_local(
             inner.metrics.refused("local", "name_taken");
             leg.refuse()?;
             sock.write_all(&leg.take_node_output()).await?;
-            return Err(shell::RelayError::Refused(format!("{from} may not dial out: {why}")));
+            return Err(shell::SessionError::Refused(format!("{from} may not dial out: {why}")));
         }
     };
-    let (conn, link_peer, _hold, (mut tx, rx)) = open_relay_stream(inner, &gateway).await?;
-    let relay_id: u64 = rand::random();
+    let (conn, link_peer, _hold, (mut tx, rx)) = open_session_stream(inner, &gateway).await?;
+    let session_id: u64 = rand::random();
     // A role that hides the far node: it sees ours as hidden, and ours it (NearLeg::open).
     let hide = inner.role_of(&gateway).1.hidden;
-    let open = leg.open(relay_id, named, hide)?;
+    let open = leg.open(session_id, named, hide)?;
     AsyncWriteExt::write_all(&mut tx, &open.encode()).await?;
-    let (merger, rxs) = MergerGuard::register(inner, relay_id, (&gateway, &link_peer), (&from, target));
+    let (merger, rxs) = MergerGuard::register(inner, session_id, (&gateway, &link_peer), (&from, target));
     let mut msgs = MsgReader::new(rx);
     let done = shell::finish_local_leg(&mut sock, &mut leg, &mut msgs, &mut tx).await;
-    if let Err(shell::RelayError::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest)) = &done {
+    if let Err(shell::SessionError::Handshake(edist_proto::dist::handshake::HandshakeError::BadDigest)) = &done {
         // What the dialled node would log (dist_util), and why it happens behind a gateway;
         // once per burst, since any local process can try.
         inner.refuse(
@@ -114,14 +115,14 @@ pub(crate) async fn relay_from_local(
     }
     let leftover = inner.metrics.handshake(&gateway, true, done)?;
     info!(%from, to = %target, "relayed connection up");
-    carry(inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, (&from, &gateway)).await
+    carry(inner, sock, msgs, tx, &leftover, (merger, rxs), conn, session_id, (&from, &gateway)).await
 }
 
 /// A new stream for a relayed connection to `gateway`'s nodes, on its link (opened if need be).
-pub(crate) async fn open_relay_stream(
+pub(crate) async fn open_session_stream(
     inner: &Arc<Inner>,
     gateway: &str,
-) -> Result<(Arc<dyn Link>, String, LinkHold, (SendStream, RecvStream)), shell::RelayError> {
+) -> Result<(Arc<dyn Link>, String, LinkHold, (SendStream, RecvStream)), shell::SessionError> {
     let mut error = None;
     // Twice: the link may close under us (the far side found it idle), then a fresh one.
     for _ in 0..2 {
@@ -131,10 +132,13 @@ pub(crate) async fn open_relay_stream(
             Err(e) => error = Some(e),
         }
     }
-    Err(shell::RelayError::Refused(format!("link to {gateway}: {}", error.map(|e| e.to_string()).unwrap_or_default())))
+    Err(shell::SessionError::Refused(format!(
+        "link to {gateway}: {}",
+        error.map(|e| e.to_string()).unwrap_or_default()
+    )))
 }
 
-/// The data phase of a relay, on either gateway (see [`pump::pump`]).
+/// The data phase of a session, on either gateway (see [`pump::pump`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn carry(
     inner: &Arc<Inner>,
@@ -144,9 +148,9 @@ pub(crate) async fn carry(
     leftover: &[u8],
     (merger, rxs): (MergerGuard, sync::MergerRx),
     conn: Arc<dyn Link>,
-    relay_id: u64,
+    session_id: u64,
     (node, peer_gateway): (&str, &str),
-) -> Result<(), shell::RelayError> {
+) -> Result<(), shell::SessionError> {
     let (rx, buf) = msgs.into_parts();
     let mut lanes = inner.lanes(peer_gateway);
     lanes.link = Some(conn.clone());
@@ -164,26 +168,26 @@ pub(crate) async fn carry(
         &buf,
         merger.tx(),
         rxs,
-        lane_opener(conn, relay_id),
+        lane_opener(conn, session_id),
         lanes,
         inner.metrics.relay(peer_gateway),
     )
     .await
 }
 
-/// Opens lane streams of relay `relay_id` on `conn`.
-pub(crate) fn lane_opener(conn: Arc<dyn Link>, relay_id: u64) -> pump::LaneOpener {
+/// Opens lane streams of relay `session_id` on `conn`.
+pub(crate) fn lane_opener(conn: Arc<dyn Link>, session_id: u64) -> pump::LaneOpener {
     Box::new(move |lane| {
         let conn = conn.clone();
         Box::pin(async move {
             let mut s = conn.open_uni().await?;
-            s.write_all(&Msg::Lane { relay: relay_id, lane }.encode()).await?;
+            s.write_all(&Msg::Lane { relay: session_id, lane }.encode()).await?;
             Ok(s)
         })
     })
 }
 
-/// A relay's merger, registered for incoming lanes while the relay lives.
+/// A session's merger, registered for incoming lanes while the session lives.
 pub(crate) struct MergerGuard {
     inner: Arc<Inner>,
     id: u64,
@@ -254,26 +258,26 @@ pub(crate) async fn announced_by(inner: &Inner, from: &str, gateway: &str) -> bo
     }
 }
 
-pub(crate) async fn relay_to_local(
+pub(crate) async fn session_to_local(
     inner: Arc<Inner>,
     conn: Arc<dyn Link>,
     peer_gateway: String,
     mut tx: SendStream,
     mut msgs: MsgReader<RecvStream>,
     open: OpenReq,
-) -> Result<(), shell::RelayError> {
-    let OpenReq { relay: relay_id, from, to, flags, creation, origin } = open;
+) -> Result<(), shell::SessionError> {
+    let OpenReq { relay: session_id, from, to, flags, creation, origin } = open;
     let port = inner.local_port(&to);
     if port.is_none() && origin.is_none() && inner.cfg.fabric.relay {
         let target = inner.registry().owner_of(&to).map(str::to_string);
         // Between a gateway we relay for and any other.
         if let Some(target) = target.filter(|g| inner.relays_for(g) || inner.relays_for(&peer_gateway)) {
-            let open = Msg::Open { relay: relay_id, from, to, flags, creation };
+            let open = Msg::Open { relay: session_id, from, to, flags, creation };
             return super::relay::forward(&inner, conn, &peer_gateway, tx, msgs, open, &target).await;
         }
     }
     // The dialler must be a node its own gateway announced (no claiming others' names), or,
-    // forwarded by a relay, one that relay vouches for: it relays for us, or our config says
+    // forwarded by a session, one that relay vouches for: it relays for us, or our config says
     // we reach the dialler's gateway through it.
     let vouched = origin.as_deref().is_some_and(|o| {
         inner.peer_config(&peer_gateway).is_some_and(|p| p.relay)
@@ -287,19 +291,35 @@ pub(crate) async fn relay_to_local(
         let _ =
             tx.write_all(&Msg::Refused(format!("{to} is not here or {from} is not {peer_gateway}'s")).encode()).await;
         inner.metrics.refused(&peer_gateway, "unknown_node");
-        return Err(shell::RelayError::Refused(format!("{from} -> {to}")));
+        return Err(shell::SessionError::Refused(format!("{from} -> {to}")));
     };
     let origin = origin.unwrap_or_else(|| peer_gateway.clone());
     let Some(cookie) = inner.cookie.as_deref() else {
         let _ = tx.write_all(&Msg::Refused("no cookie for the local nodes".into()).encode()).await;
-        return Err(shell::RelayError::Refused(format!("{from} -> {to}: no cookie for the local nodes")));
+        return Err(shell::SessionError::Refused(format!("{from} -> {to}: no cookie for the local nodes")));
     };
-    let (merger, rxs) = MergerGuard::register(&inner, relay_id, (&origin, &peer_gateway), (&to, &from));
+    let (merger, rxs) = MergerGuard::register(&inner, session_id, (&origin, &peer_gateway), (&to, &from));
     // A role that hides the peer's nodes: the handshake makes this a hidden connection both ways.
     let hide = inner.role_of(&origin).1.hidden;
     let dialled =
         shell::dial_local_target(port, &from, &to, DFlags(flags), creation, cookie, &mut msgs, &mut tx, hide).await;
     let (sock, leftover) = inner.metrics.handshake(&origin, false, dialled)?;
     info!(%from, %to, via = ?(origin != peer_gateway).then_some(&peer_gateway), "relayed connection up");
-    carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, relay_id, (&to, &origin)).await
+    carry(&inner, sock, msgs, tx, &leftover, (merger, rxs), conn, session_id, (&to, &origin)).await
+}
+
+/// Joins a bulk lane the peer opened (its `Lane` frame read) to its session: its packets join
+/// that session's merger. Only the peer whose session it is may add lanes to it; a lane of a
+/// session this gateway forwards goes on to the other link ([`forward_lane`]).
+pub(crate) async fn join_lane(inner: &Arc<Inner>, peer: &str, (relay, lane): (u64, u8), msgs: MsgReader<RecvStream>) {
+    let (rx, pending) = msgs.into_parts();
+    let Some(merger) = lock(&inner.mergers).get(&relay).filter(|m| *m.peer == *peer).cloned() else {
+        if let Err(e) = forward_lane(inner, (relay, lane), peer, rx, &pending).await {
+            debug!(%peer, "forwarded lane of relay {relay:#x} ended: {e}");
+        }
+        return;
+    };
+    if let Err(e) = pump::feed_lane_stream(lane, rx, &pending, merger).await {
+        debug!(%peer, "lane of relay {relay:#x} ended: {e}");
+    }
 }

@@ -5,7 +5,7 @@
 
 use super::budget::{Budget, Held};
 use super::hold::{HeldSenders, Holds, Rate, SenderBytes, LARGE_PACKET};
-use super::shell::RelayError;
+use super::shell::SessionError;
 use super::sync::{Flow, LaneFlow, LaneSync, Merger, MergerRx, MAX_LANES};
 use super::ticks::Ticktime;
 use crate::config;
@@ -22,17 +22,17 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-/// How a relay spreads traffic over lanes, and how much it may hold.
+/// How a session spreads traffic over lanes, and how much it may hold.
 #[derive(Debug, Clone)]
 pub struct LaneConfig {
-    /// Bulk lanes per relayed connection and direction besides the ordered lane (the relay
+    /// Bulk lanes per relayed connection and direction besides the ordered lane (the session
     /// stream): a large message takes the one with the fewest bytes queued (see [`Router`]).
     pub lanes: u64,
-    /// Bytes this relay may hold on their way to the peer gateway, all lanes together: the
+    /// Bytes this session may hold on their way to the peer gateway, all lanes together: the
     /// relay keeps reading from its node (so a small message can overtake a queued large one)
     /// until this is used up, then stops (backpressure).
     pub relay_buffer: usize,
-    /// The same bound for all relays of the gateway together (shared).
+    /// The same bound for all sessions of the gateway together (shared).
     pub gateway_buffer: Budget,
     /// Compress (lz4) packets larger than this towards the peer gateway; `None`: never.
     pub compress_above: Option<usize>,
@@ -133,10 +133,10 @@ impl<R: AsyncRead + Unpin> Frames<R> {
     }
 }
 
-/// Carries a connected relay until either side ends, then ends both (fact 9).
+/// Carries a connected session until either side ends, then ends both (fact 9).
 ///
 /// Towards the fabric, a [`Router`] puts each packet on a lane (the ordering rule): lane 0, the
-/// relay stream itself, carries small messages in the node's order; lanes 1..=`lanes` are
+/// session stream itself, carries small messages in the node's order; lanes 1..=`lanes` are
 /// unidirectional streams opened on first use for large messages. From the fabric, packets of
 /// all lanes (lane 0 here, the others through `merger_rx`, fed by [`feed_lane`]) are written to
 /// the local node whole, interleaved at packet boundaries, barriers respected.
@@ -152,7 +152,7 @@ pub async fn pump<R, W>(
     open_lane: LaneOpener,
     lanes_cfg: LaneConfig,
     metrics: crate::metrics::RelayMetrics,
-) -> Result<(), RelayError>
+) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -168,7 +168,7 @@ where
     // What the node sends the peer, shown to the policy (the peer's capabilities, free atoms).
     let mut egress = merger.policy.as_ref().map(|p| p.session.egress());
     // Lane 0 in: its packets join the merger like any other lane's.
-    // Lane 0 ending (the far side closed the relay stream, or the link died) ends the relay.
+    // Lane 0 ending (the far side closed the session stream, or the link died) ends the session.
     let mut lane0_in = tokio::spawn(feed_lane(0, Frames::new(rx, pending_to_sock, true), merger));
     let ticktime = lanes_cfg.net_ticktime.clone();
     // Whatever reaches the node keeps its connection alive. The far node's ticks come relayed
@@ -246,7 +246,7 @@ where
                         if silent || tt != told {
                             (silent, told) = (false, tt);
                             let alive = LaneCtl::Alive { ticktime_ms: tt, ticks: true };
-                            if lane0.is_none_or(|l| l.send(control(alive)).is_err()) {
+                            if lane0.is_none_or(|l| l.send(lane_ctl(alive)).is_err()) {
                                 break;
                             }
                         }
@@ -254,7 +254,7 @@ where
                         if p == TICK {
                             if sync.peer_ticks() && ticked.is_none_or(|t| heard >= t + TICK_RELAY_GAP) {
                                 ticked = Some(heard);
-                                if lane0.is_none_or(|l| l.send(control(LaneCtl::Tick)).is_err()) {
+                                if lane0.is_none_or(|l| l.send(lane_ctl(LaneCtl::Tick)).is_err()) {
                                     break;
                                 }
                             }
@@ -294,7 +294,7 @@ where
                 // The node missed its ticks: the far node stops getting them too.
                 _ = tokio::time::sleep_until(heard + ticktime.silent_after(sync.peer_ticktime())), if !silent => {
                     silent = true;
-                    if lanes.first().and_then(|l| l.as_ref()).is_none_or(|l| l.send(control(LaneCtl::Silent)).is_err()) {
+                    if lanes.first().and_then(|l| l.as_ref()).is_none_or(|l| l.send(lane_ctl(LaneCtl::Silent)).is_err()) {
                         break;
                     }
                     continue;
@@ -362,7 +362,7 @@ where
                 held.hold(&pid);
             }
             let Some(ltx) = slot.as_ref() else { break };
-            let barriers = route.after.iter().map(|(l, c)| control(LaneCtl::After { lane: *l as u8, count: *c }));
+            let barriers = route.after.iter().map(|(l, c)| lane_ctl(LaneCtl::After { lane: *l as u8, count: *c }));
             if barriers.chain([(arrived, p, Some(((r, g), charged)))]).any(|f| ltx.send(f).is_err()) {
                 break;
             }
@@ -407,7 +407,7 @@ where
         }
     };
     if far_closed {
-        // The far side ended the relay stream after all it sent (its bulk lanes reported
+        // The far side ended the session stream after all it sent (its bulk lanes reported
         // delivered first): what is queued for the node reaches it before the connection ends.
         let _ = timeout(CLOSE_DRAIN, async {
             while let Ok((_, p)) = merger_rx.try_recv() {
@@ -424,7 +424,7 @@ where
     Ok(r?)
 }
 
-/// How long a relay whose one side closed may take to deliver what that side sent before.
+/// How long a session whose one side closed may take to deliver what that side sent before.
 const CLOSE_DRAIN: Duration = Duration::from_secs(5);
 
 /// Awaits `f`, logging at debug level if it takes longer than a second (a lane stuck at a
@@ -448,7 +448,7 @@ async fn report_deliveries(sync: Arc<LaneSync>, lane0: LaneTx) -> std::io::Resul
     loop {
         sync.report.notified().await;
         for (lane, count, bytes) in sync.take_reports() {
-            if lane0.send(control(LaneCtl::Delivered { lane, count, bytes })).is_err() {
+            if lane0.send(lane_ctl(LaneCtl::Delivered { lane, count, bytes })).is_err() {
                 return Ok(());
             }
         }
@@ -456,7 +456,7 @@ async fn report_deliveries(sync: Arc<LaneSync>, lane0: LaneTx) -> std::io::Resul
 }
 
 /// A control frame, queued for a lane.
-pub(super) fn control(c: LaneCtl) -> Queued {
+fn lane_ctl(c: LaneCtl) -> Queued {
     (std::time::Instant::now(), c.encode(), None)
 }
 
@@ -496,7 +496,7 @@ where
     w.shutdown().await
 }
 
-/// Feeds the frames of incoming lane `lane` to the relay's merger: packets through the policy,
+/// Feeds the frames of incoming lane `lane` to the session's merger: packets through the policy,
 /// in order, each after the barriers in front of it.
 async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger: Merger) -> std::io::Result<()> {
     let mut ingress = merger.policy.as_ref().map(|p| p.session.ingress());
@@ -565,7 +565,7 @@ async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger
 }
 
 /// Feeds incoming lane stream `lane` (after its `Lane` frame; `pending` are bytes already read
-/// past it) to the relay's merger.
+/// past it) to the session's merger.
 pub async fn feed_lane_stream(
     lane: u8,
     rx: crate::fabric::link::RecvStream,

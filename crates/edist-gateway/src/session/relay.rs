@@ -1,7 +1,7 @@
 //! The relay role (`[fabric] relay`): a gateway that passes others' relayed connections on
 //! between two peer gateways that have no link of their own (behind NAT, say). The stream and
 //! lanes of such a connection are spliced, byte for byte, to new ones on the other link.
-use super::open::{announced_by, open_relay_stream};
+use super::open::{announced_by, open_session_stream};
 use crate::fabric::link::{Link, RecvStream, SendStream};
 use crate::gateway::{lock, Inner};
 use crate::session::shell;
@@ -22,18 +22,18 @@ pub(crate) async fn forward(
     msgs: MsgReader<RecvStream>,
     open: Msg,
     target: &str,
-) -> Result<(), shell::RelayError> {
-    let Msg::Open { relay: relay_id, ref from, .. } = open else { return Ok(()) };
-    let refuse = |why: String| shell::RelayError::Refused(why);
+) -> Result<(), shell::SessionError> {
+    let Msg::Open { relay: session_id, ref from, .. } = open else { return Ok(()) };
+    let refuse = |why: String| shell::SessionError::Refused(why);
     if !announced_by(inner, from, peer).await {
         let _ = tx.write_all(&Msg::Refused(format!("{from} is not {peer}'s")).encode()).await;
         inner.metrics.refused(peer, "unknown_node");
         return Err(refuse(format!("forwarding {from}: not {peer}'s")));
     }
-    let (out, _, _hold, (mut out_tx, mut out_rx)) = open_relay_stream(inner, target).await?;
+    let (out, _, _hold, (mut out_tx, mut out_rx)) = open_session_stream(inner, target).await?;
     out_tx.write_all(&Msg::Forwarded { origin: peer.to_string() }.encode()).await?;
     out_tx.write_all(&open.encode()).await?;
-    let _entry = ForwardGuard::register(inner, relay_id, (peer, conn), (target, out));
+    let _entry = ForwardGuard::register(inner, session_id, (peer, conn), (target, out));
     let (mut rx, pending) = msgs.into_parts();
     out_tx.write_all(&pending).await?;
     info!(%from, via = %inner.cfg.name, %target, "forwarding a relayed connection");

@@ -24,7 +24,7 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(7);
 /// Why a relayed connection ended before or while carrying traffic.
 #[derive(Debug, Error)]
 #[non_exhaustive]
-pub enum RelayError {
+pub enum SessionError {
     #[error("handshake: {0}")]
     Handshake(#[from] HandshakeError),
     #[error("io: {0}")]
@@ -43,18 +43,18 @@ pub enum RelayError {
     Refused(String),
 }
 
-impl From<LegError> for RelayError {
+impl From<LegError> for SessionError {
     fn from(e: LegError) -> Self {
         match e {
-            LegError::Handshake(e) => RelayError::Handshake(e),
-            LegError::Unexpected(m) => RelayError::Unexpected(m),
-            LegError::Refused(r) => RelayError::Refused(r.to_string()),
-            LegError::NodeClosed => RelayError::LocalClosed,
+            LegError::Handshake(e) => SessionError::Handshake(e),
+            LegError::Unexpected(m) => SessionError::Unexpected(m),
+            LegError::Refused(r) => SessionError::Refused(r.to_string()),
+            LegError::NodeClosed => SessionError::LocalClosed,
         }
     }
 }
 
-/// Reads messages from a relay stream, keeping what follows the last one (raw bytes).
+/// Reads messages from a session stream, keeping what follows the last one (raw bytes).
 pub struct MsgReader<R> {
     r: R,
     buf: BytesMut,
@@ -67,16 +67,16 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
     }
 
     /// The next message, within [`STEP_TIMEOUT`].
-    pub async fn next(&mut self, what: &'static str) -> Result<Msg, RelayError> {
+    pub async fn next(&mut self, what: &'static str) -> Result<Msg, SessionError> {
         loop {
             if let Some(m) = Msg::decode(&mut self.buf)? {
                 return Ok(m);
             }
             let n = timeout(STEP_TIMEOUT, self.r.read_buf(&mut self.buf))
                 .await
-                .map_err(|_| RelayError::Timeout(what))??;
+                .map_err(|_| SessionError::Timeout(what))??;
             if n == 0 {
-                return Err(RelayError::StreamClosed);
+                return Err(SessionError::StreamClosed);
             }
         }
     }
@@ -87,10 +87,10 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
     }
 }
 
-async fn read_sock(sock: &mut TcpStream, buf: &mut [u8], what: &'static str) -> Result<usize, RelayError> {
+async fn read_sock(sock: &mut TcpStream, buf: &mut [u8], what: &'static str) -> Result<usize, SessionError> {
     match timeout(STEP_TIMEOUT, sock.read(buf)).await {
-        Err(_) => Err(RelayError::Timeout(what)),
-        Ok(Ok(0)) => Err(RelayError::LocalClosed),
+        Err(_) => Err(SessionError::Timeout(what)),
+        Ok(Ok(0)) => Err(SessionError::LocalClosed),
         Ok(r) => Ok(r?),
     }
 }
@@ -104,16 +104,16 @@ pub fn near_leg(target: &str, creation: u32, cookie: &str) -> NearLeg {
 /// The initiator's side, step 1: reads the local node's `send_name` on a connection to the
 /// listener impersonating the node it dialled; the caller then opens the far leg
 /// ([`NearLeg::open`]) or refuses ([`NearLeg::refuse`]).
-pub async fn read_local_name(sock: &mut TcpStream, leg: &mut NearLeg) -> Result<LocalDial, RelayError> {
+pub async fn read_local_name(sock: &mut TcpStream, leg: &mut NearLeg) -> Result<LocalDial, SessionError> {
     let mut buf = [0u8; 1024];
     while let Need::Node(what) = leg.need() {
         let n = read_sock(sock, &mut buf, what).await?;
         leg.node_bytes(buf.get(..n).unwrap_or_default())?;
     }
-    leg.dial().cloned().ok_or(RelayError::Handshake(HandshakeError::OutOfOrder("no name")))
+    leg.dial().cloned().ok_or(SessionError::Handshake(HandshakeError::OutOfOrder("no name")))
 }
 
-/// The initiator's side, steps 2–4, once the relay stream is open and the leg's `Open` was
+/// The initiator's side, steps 2–4, once the session stream is open and the leg's `Open` was
 /// sent: mirror the far node's status and challenge to the local node, check its digest, let
 /// the far side finish, then ack ([`NearLeg`]). Returns bytes the local node sent after its
 /// reply.
@@ -122,7 +122,7 @@ pub async fn finish_local_leg<R, W>(
     leg: &mut NearLeg,
     msgs: &mut MsgReader<R>,
     tx: &mut W,
-) -> Result<Vec<u8>, RelayError>
+) -> Result<Vec<u8>, SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -132,7 +132,7 @@ where
 }
 
 /// The far side: dial the real local node `to` as `from` and mirror the handshake over the
-/// relay stream ([`FarLeg`]). Returns the connected socket and bytes the node sent after its
+/// session stream ([`FarLeg`]). Returns the connected socket and bytes the node sent after its
 /// ack. `hide`: `from` is presented to `to` as a hidden node, and `to` to `from` (its role
 /// says so).
 #[allow(clippy::too_many_arguments)]
@@ -146,14 +146,14 @@ pub async fn dial_local_target<R, W>(
     msgs: &mut MsgReader<R>,
     tx: &mut W,
     hide: bool,
-) -> Result<(TcpStream, Vec<u8>), RelayError>
+) -> Result<(TcpStream, Vec<u8>), SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut sock = timeout(STEP_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
         .await
-        .map_err(|_| RelayError::Timeout("connect"))??;
+        .map_err(|_| SessionError::Timeout("connect"))??;
     let _ = sock.set_nodelay(true);
     let mut leg = FarLeg::new(from, to, flags, creation, cookie.as_bytes(), rand::random(), hide);
     run_leg(&mut sock, &mut leg, msgs, tx).await?;
@@ -167,7 +167,7 @@ async fn run_leg<L, R, W>(
     leg: &mut L,
     msgs: &mut MsgReader<R>,
     tx: &mut W,
-) -> Result<(), RelayError>
+) -> Result<(), SessionError>
 where
     L: Leg,
     R: AsyncRead + Unpin,
@@ -179,7 +179,7 @@ where
         let step = match leg.need() {
             Need::Node(what) => match read_sock(sock, &mut buf, what).await {
                 Ok(n) => leg.node_bytes(buf.get(..n).unwrap_or_default()),
-                Err(e @ (RelayError::LocalClosed | RelayError::Io(_))) => match leg.node_closed() {
+                Err(e @ (SessionError::LocalClosed | SessionError::Io(_))) => match leg.node_closed() {
                     LegError::NodeClosed => {
                         send_queued(sock, leg, tx).await?;
                         return Err(e);
@@ -205,7 +205,7 @@ async fn send_queued<L: Leg, W: AsyncWrite + Unpin>(
     sock: &mut TcpStream,
     leg: &mut L,
     tx: &mut W,
-) -> Result<(), RelayError> {
+) -> Result<(), SessionError> {
     let out = leg.take_node_output();
     if !out.is_empty() {
         sock.write_all(&out).await?;
@@ -218,9 +218,9 @@ async fn send_queued<L: Leg, W: AsyncWrite + Unpin>(
 
 // A session's errors as the handshake metrics count them: here, so that the metrics do not
 // import the session (which reports into them).
-impl crate::metrics::HandshakeOutcome for RelayError {
+impl crate::metrics::HandshakeOutcome for SessionError {
     fn outcome(&self) -> &'static str {
-        use RelayError as E;
+        use SessionError as E;
         match self {
             E::Refused(_) => "refused",
             E::Timeout(_) => "timeout",
@@ -319,7 +319,7 @@ mod tests {
     /// The near gateway (cookie `x`) between node a (cookie `ca`) and a scripted far gateway
     /// whose node uses `cb`; `e2e`: the far gateway relays cookies end to end. Returns what the
     /// near gateway and the node got, and the messages the far gateway received.
-    async fn near(ca: &'static [u8], cb: &'static [u8], e2e: bool) -> (Result<(), RelayError>, bool, Vec<Msg>) {
+    async fn near(ca: &'static [u8], cb: &'static [u8], e2e: bool) -> (Result<(), SessionError>, bool, Vec<Msg>) {
         let (l, port) = loopback().await;
         let node =
             tokio::spawn(async move { node_dials(TcpStream::connect(("127.0.0.1", port)).await.unwrap(), ca).await });
@@ -369,11 +369,11 @@ mod tests {
         assert_eq!(got, vec![Msg::Reply { challenge: 77, digest: digest(555, b"c") }]);
         // A cookie the far node does not use for a: refused there, reported as a bad cookie.
         let (r, ok, _) = near(b"c", b"d", true).await;
-        assert!(matches!(r, Err(RelayError::Handshake(HandshakeError::BadDigest))), "{r:?}");
+        assert!(matches!(r, Err(SessionError::Handshake(HandshakeError::BadDigest))), "{r:?}");
         assert!(!ok);
         // The gateway's cookie, but the far node uses another for a: refused there too.
         let (r, ok, _) = near(b"x", b"d", true).await;
-        assert!(matches!(r, Err(RelayError::Handshake(HandshakeError::BadDigest))), "{r:?}");
+        assert!(matches!(r, Err(SessionError::Handshake(HandshakeError::BadDigest))), "{r:?}");
         assert!(!ok);
         // An older far gateway (`Challenge`): only the gateway's cookie, and nothing of another
         // cookie leaves the host.
@@ -381,7 +381,7 @@ mod tests {
         assert!(r.is_ok() && ok, "{r:?}");
         assert_eq!(got, vec![Msg::Proceed]);
         let (r, ok, got) = near(b"c", b"c", false).await;
-        assert!(matches!(r, Err(RelayError::Handshake(HandshakeError::BadDigest))), "{r:?}");
+        assert!(matches!(r, Err(SessionError::Handshake(HandshakeError::BadDigest))), "{r:?}");
         assert!(!ok && got.is_empty(), "{got:?}");
     }
 
@@ -444,12 +444,12 @@ mod tests {
     }
 
     #[test]
-    fn relay_errors_count_as_their_handshake_outcome() {
+    fn session_errors_count_as_their_handshake_outcome() {
         use crate::metrics::HandshakeOutcome;
         use edist_proto::dist::handshake::HandshakeError;
-        assert_eq!(RelayError::Timeout("x").outcome(), "timeout");
-        assert_eq!(RelayError::Refused("x".into()).outcome(), "refused");
-        assert_eq!(RelayError::Handshake(HandshakeError::BadDigest).outcome(), "bad_cookie");
-        assert_eq!(RelayError::StreamClosed.outcome(), "error");
+        assert_eq!(SessionError::Timeout("x").outcome(), "timeout");
+        assert_eq!(SessionError::Refused("x".into()).outcome(), "refused");
+        assert_eq!(SessionError::Handshake(HandshakeError::BadDigest).outcome(), "bad_cookie");
+        assert_eq!(SessionError::StreamClosed.outcome(), "error");
     }
 }

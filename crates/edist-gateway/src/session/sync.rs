@@ -17,7 +17,7 @@ pub struct Merger {
     pub to_node: mpsc::Sender<Stamped>,
     /// Replies the policy makes for the peer (a refused rpc's error), sent on lane 0.
     pub replies: mpsc::UnboundedSender<Vec<u8>>,
-    /// The peer gateway whose relay this is (a lane from another peer is refused).
+    /// The peer gateway whose session this is (a lane from another peer is refused).
     pub peer: Arc<str>,
     /// The ingress policy towards the local node; `None`: packets pass untouched.
     pub policy: Option<Arc<InboundPolicy>>,
@@ -28,13 +28,13 @@ pub struct Merger {
 /// A packet and the time it arrived at the gateway (for the time-in-gateway histogram).
 pub type Stamped = (std::time::Instant, Vec<u8>);
 
-/// The receiving ends of a relay's [`Merger`]: packets for the local node, replies for the peer.
+/// The receiving ends of a session's [`Merger`]: packets for the local node, replies for the peer.
 pub type MergerRx = (mpsc::Receiver<Stamped>, mpsc::UnboundedReceiver<Vec<u8>>);
 
 /// Called with each refusal (or, in audit mode, each would-be refusal).
 pub type OnRefuse = Box<dyn Fn(&Refusal) + Send + Sync>;
 
-/// What a relay needs to inspect packets under its peer's role.
+/// What a session needs to inspect packets under its peer's role.
 pub struct InboundPolicy {
     /// The connection under the peer gateway's role (role, the peer's shared state, the nodes).
     pub session: Arc<Session>,
@@ -45,7 +45,7 @@ pub struct InboundPolicy {
 /// Lanes of one relayed connection and direction, at most (lane indices are one byte).
 pub(super) const MAX_LANES: usize = 256;
 
-/// The lanes' progress, shared by a relay's pump and its incoming lanes: how much each
+/// The lanes' progress, shared by a session's pump and its incoming lanes: how much each
 /// incoming lane delivered to the node (lanes wait on each other's counts at barriers, and the
 /// peer hears of it), and how much of our outgoing lanes the peer reports delivered.
 #[derive(Debug, Default)]
@@ -74,7 +74,7 @@ struct SyncState {
     report_due: bool,
     /// What the peer reported of our outgoing lanes (taken by the pump).
     peer_delivered: Vec<Delivery>,
-    /// The relay ended: nobody waits any more.
+    /// The session ended: nobody waits any more.
     closed: bool,
     /// The far node missed its ticks ([`LaneCtl::Silent`]): no ticks towards ours.
     peer_silent: bool,
@@ -116,7 +116,7 @@ impl LaneSync {
         self.progress.notify_waiters();
     }
 
-    /// Waits until incoming lane `lane` delivered `count` frames; false once the relay ended.
+    /// Waits until incoming lane `lane` delivered `count` frames; false once the session ended.
     pub(super) async fn after(&self, lane: u8, count: u64) -> bool {
         loop {
             let notified = self.progress.notified();
@@ -214,7 +214,7 @@ impl LaneSync {
         Some(self.state().peer_ticktime_ms).filter(|&ms| ms > 0).map(Duration::from_millis)
     }
 
-    /// The relay ended: lanes waiting at a barrier give up.
+    /// The session ended: lanes waiting at a barrier give up.
     pub fn close(&self) {
         self.state().closed = true;
         self.progress.notify_waiters();
