@@ -74,9 +74,9 @@ pub(crate) struct Inner {
     registry: Mutex<Registry<AbortHandle>>,
     pub(crate) metrics: Metrics,
     pub(crate) sessions: AtomicU64,
-    /// Mergers of the relayed connections through this gateway, by relay id (for lanes).
+    /// Mergers of the sessions through this gateway, by session id (for lanes).
     pub(crate) mergers: Mutex<HashMap<u64, sync::Merger>>,
-    /// Bytes all relays together may hold towards the fabric.
+    /// Bytes all sessions together may hold towards the fabric.
     pub(crate) buffer: budget::Budget,
     /// What a reload may change: peers, revocations, roles.
     live: Mutex<Arc<Live>>,
@@ -99,7 +99,7 @@ pub(crate) struct Inner {
     gossip: std::sync::OnceLock<mpsc::UnboundedSender<Command>>,
     /// Bytes through the membership socket.
     gossip_traffic: Arc<gossip::Traffic>,
-    /// Relayed connections this gateway forwards (`[fabric] relay`), by relay id.
+    /// Sessions this gateway forwards (`[fabric] relay`), by session id.
     pub(crate) forwards: Mutex<HashMap<u64, Forwarded>>,
     /// Lookups of names not known yet, waiting for the fabric (see [`Inner::lookup`]).
     waiters: Mutex<lookup::Waiters>,

@@ -110,7 +110,7 @@ impl Drop for LinkHold {
 #[derive(Default)]
 pub(super) struct LinkTable {
     /// Links to each peer gateway, oldest first. Normally one; when both gateways dial at
-    /// once there are two for a moment: new relays take the one that stays, and the other
+    /// once there are two for a moment: new sessions take the one that stays, and the other
     /// closes once it carries nothing ([`prune_duplicates_later`]).
     peers: HashMap<String, Vec<Peer>>,
     /// Fabric addresses of the gateways membership holds alive.
@@ -173,7 +173,7 @@ impl LinkTable {
 pub const CLOSE_DUPLICATE: u32 = 0x101;
 
 /// How long two links to a peer may both stay up before one closes: long enough for both
-/// gateways to see both (and for relays just opened on either to settle on the other).
+/// gateways to see both (and for sessions just opened on either to settle on the other).
 const DUPLICATE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Both gateways dial each other (each has the other in `[[peers]]`, or seeds, or traffic on
@@ -482,7 +482,7 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
     let mut st = inner.links();
     // A link that died of silence says the peer (or the path to it) is gone: its sibling links
     // (both gateways dial, so there may be two) are as dead, only not noticed yet. Closing them
-    // now keeps new relays off them and lets the peer's nodes go down at once.
+    // now keeps new sessions off them and lets the peer's nodes go down at once.
     let peer_gone = matches!(conn.closed(), Some(Closed::Lost(_)));
     let last = match st.peers.get_mut(&peer) {
         Some(links) => {

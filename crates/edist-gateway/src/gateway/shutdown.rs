@@ -7,7 +7,7 @@
 //! 2. let the relayed connections drain: wait, at most the drain bound, until nothing is
 //!    queued in the gateway in either direction;
 //! 3. close every link with [`CLOSE_SHUTDOWN`], which peers take as an orderly goodbye (their
-//!    relays to this gateway's nodes end at once, their nodes see `nodedown` in milliseconds
+//!    sessions with this gateway's nodes end at once, their nodes see `nodedown` in milliseconds
 //!    instead of after the idle timeout), and wait until the close notices are out;
 //! 4. end what is left; the loopback connections close, so local nodes see `nodedown` for the
 //!    remote nodes.

@@ -1,7 +1,7 @@
 //! Setting up a relayed connection, on both gateways: a local node dials a listener that
-//! impersonates a remote node ([`impersonate`], [`session_from_local`]), or a peer gateway opens a
-//! stream for one of its nodes to a local node ([`session_to_local`]); then [`carry`] runs the
-//! data phase ([`super::pump`]) with the session's [`MergerGuard`] and [`lane_opener`].
+//! impersonates a remote node (`impersonate`, `session_from_local`), or a peer gateway opens a
+//! stream for one of its nodes to a local node (`session_to_local`); then `carry` runs the
+//! data phase ([`super::pump`]) with the session's `MergerGuard` and `lane_opener`.
 use super::relay::forward_lane;
 use crate::fabric::link::{Link, RecvStream, SendStream};
 use crate::gateway::{dynamic_name, link_to, lock, Inner, LinkHold, OutboundGuard};
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 impl Inner {
-    /// Lane settings of relays towards `peer`.
+    /// Lane settings of sessions towards `peer`.
     pub(crate) fn lanes(&self, peer: &str) -> pump::LaneConfig {
         let compress = self.live().peers.iter().any(|p| p.name == peer && p.compress);
         pump::LaneConfig {
@@ -170,12 +170,12 @@ pub(crate) async fn carry(
         rxs,
         lane_opener(conn, session_id),
         lanes,
-        inner.metrics.relay(peer_gateway),
+        inner.metrics.session(peer_gateway),
     )
     .await
 }
 
-/// Opens lane streams of relay `session_id` on `conn`.
+/// Opens lane streams of session `session_id` on `conn`.
 pub(crate) fn lane_opener(conn: Arc<dyn Link>, session_id: u64) -> pump::LaneOpener {
     Box::new(move |lane| {
         let conn = conn.clone();
@@ -277,7 +277,7 @@ pub(crate) async fn session_to_local(
         }
     }
     // The dialler must be a node its own gateway announced (no claiming others' names), or,
-    // forwarded by a session, one that relay vouches for: it relays for us, or our config says
+    // forwarded by a relay, one that relay vouches for: it relays for us, or our config says
     // we reach the dialler's gateway through it.
     let vouched = origin.as_deref().is_some_and(|o| {
         inner.peer_config(&peer_gateway).is_some_and(|p| p.relay)

@@ -1,7 +1,7 @@
 //! The data phase of a session: [`pump`] carries a connected session until either side ends.
-//! Packets from the node go out on lanes ([`write_lane`]), packets from the fabric come in on
-//! lanes ([`feed_lane`], [`feed_lane_stream`]) and are merged back into the node's socket; ticks
-//! cross as [`LaneCtl::Tick`]. [`Frames`] splits a stream into frames.
+//! Packets from the node go out on lanes (`write_lane`), packets from the fabric come in on
+//! lanes (`feed_lane`, [`feed_lane_stream`]) and are merged back into the node's socket; ticks
+//! cross as [`LaneCtl::Tick`]. `Frames` splits a stream into frames.
 
 use super::budget::{Budget, Held};
 use super::hold::{HeldSenders, Holds, Rate, SenderBytes, LARGE_PACKET};
@@ -138,7 +138,7 @@ impl<R: AsyncRead + Unpin> Frames<R> {
 /// Towards the fabric, a [`Router`] puts each packet on a lane (the ordering rule): lane 0, the
 /// session stream itself, carries small messages in the node's order; lanes 1..=`lanes` are
 /// unidirectional streams opened on first use for large messages. From the fabric, packets of
-/// all lanes (lane 0 here, the others through `merger_rx`, fed by [`feed_lane`]) are written to
+/// all lanes (lane 0 here, the others through `merger_rx`, fed by `feed_lane`) are written to
 /// the local node whole, interleaved at packet boundaries, barriers respected.
 #[allow(clippy::too_many_arguments)]
 pub async fn pump<R, W>(
@@ -151,7 +151,7 @@ pub async fn pump<R, W>(
     (mut merger_rx, mut replies_rx): MergerRx,
     open_lane: LaneOpener,
     lanes_cfg: LaneConfig,
-    metrics: crate::metrics::RelayMetrics,
+    metrics: crate::metrics::SessionMetrics,
 ) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin + Send + 'static,

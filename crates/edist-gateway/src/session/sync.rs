@@ -1,6 +1,6 @@
 //! Between the lanes of one session: the [`Merger`] the incoming lanes deliver into (through the
 //! ingress policy), their progress ([`LaneSync`]: barriers, delivery reports, the far node's
-//! ticks) and the outgoing bulk lanes' flow control ([`LaneFlow`]).
+//! ticks) and the outgoing bulk lanes' flow control (`LaneFlow`).
 
 use crate::fabric::link::Link;
 use crate::policy::{Refusal, Session};
