@@ -17,5 +17,4 @@ pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod refusal_log;
-pub mod relay;
 pub mod session;

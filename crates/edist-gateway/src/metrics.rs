@@ -3,9 +3,9 @@
 //! `edist status` ([`Metrics::snapshot`]) and served to Prometheus by [`http`] when
 //! `[metrics] listen` is set.
 //!
-//! Hot paths hold an [`Arc`] to their peer's (and lane's) atomics, taken once per relay
-//! ([`Metrics::relay`]); the maps behind a mutex are touched only when a relay, link or refusal
-//! starts.
+//! Hot paths hold an [`Arc`] to their peer's (and lane's) atomics, taken once per session
+//! ([`Metrics::session`]); the maps behind a mutex are touched only when a session, link or
+//! refusal starts.
 
 mod exposition;
 pub mod http;
@@ -158,8 +158,8 @@ impl PeerStats {
     }
 }
 
-/// What a failed relayed handshake counts as. The error says (the relay's, in `gateway.rs`),
-/// so that the metrics need not import the relay, which reports into them.
+/// What a failed relayed handshake counts as. The error says (a session's, in
+/// `session/shell.rs`), so that the metrics need not import the session, which reports into them.
 pub trait HandshakeOutcome {
     /// A short fixed label: `refused`, `timeout`, `bad_cookie`, `bad_handshake` or `error`.
     fn outcome(&self) -> &'static str;
@@ -237,14 +237,14 @@ impl Metrics {
     }
 
     /// The handle a relayed connection through `peer` counts its traffic with.
-    pub fn relay(&self, peer: &str) -> RelayMetrics {
+    pub fn session(&self, peer: &str) -> SessionMetrics {
         let peer = self.peer(peer);
         let inbound = InMetrics {
             traffic: peer.inbound.clone(),
             latency: self.latency_in.clone(),
             depth: DepthSlot { target: Some(peer.inbound.clone()), mine: 0 },
         };
-        RelayMetrics { out: OutMetrics { peer, lanes: vec![], latency: self.latency_out.clone() }, inbound }
+        SessionMetrics { out: OutMetrics { peer, lanes: vec![], latency: self.latency_out.clone() }, inbound }
     }
 
     /// Bytes of all peers: (received, sent).
@@ -355,15 +355,15 @@ impl Drop for DepthSlot {
     }
 }
 
-/// One relayed connection's handle on its peer's counters; [`RelayMetrics::split`] gives
+/// One relayed connection's handle on its peer's counters; [`SessionMetrics::split`] gives
 /// the two directions to the two halves of the relay.
 #[derive(Debug)]
-pub struct RelayMetrics {
+pub struct SessionMetrics {
     out: OutMetrics,
     inbound: InMetrics,
 }
 
-impl RelayMetrics {
+impl SessionMetrics {
     /// (towards the peer, from the peer).
     pub fn split(self) -> (OutMetrics, InMetrics) {
         (self.out, self.inbound)
@@ -450,7 +450,7 @@ mod tests {
     #[test]
     fn packets_are_classified_and_queues_withdrawn() {
         let m = Metrics::default();
-        let (mut o, mut r) = m.relay("gw-b").split();
+        let (mut o, mut r) = m.session("gw-b").split();
         let mut l2 = o.lane(2);
         let t = Instant::now();
         for p in [packet(&[131, 68, 0, 1]), packet(&[131, 69, 0, 1, 2]), packet(&[131, 70, 0])] {
@@ -465,7 +465,7 @@ mod tests {
         assert_eq!(p.lanes[2], TrafficCounts { bytes: 24, messages: 2, fragments: 2, queued: 1 });
         assert_eq!(p.inbound, TrafficCounts { bytes: 10, messages: 1, fragments: 0, queued: 4 });
         // A second relay adds its own queue; ending relays withdraw theirs.
-        let (_o2, mut r2) = m.relay("gw-b").split();
+        let (_o2, mut r2) = m.session("gw-b").split();
         r2.received(&packet(&[131, 68]), t, 2);
         assert_eq!(m.snapshot().traffic[0].inbound.queued, 6);
         drop((r, l2, o));

@@ -47,7 +47,7 @@ pub enum Msg {
     Challenge { flags: u64, creation: u32 },
     /// The target node's challenge, with the challenge itself: sent in place of `Challenge`
     /// when the `Open` said the dialling gateway relays cookies end to end
-    /// (`relay::E2E_COOKIES`). That gateway puts the same challenge to its node, so that the
+    /// (`session::handshake::E2E_COOKIES`). That gateway puts the same challenge to its node, so that the
     /// node's digest is one the target can check.
     ChallengeOf { flags: u64, creation: u32, challenge: u32 },
     /// In place of `Proceed`, after a `ChallengeOf`: the initiator's digest is not one of its

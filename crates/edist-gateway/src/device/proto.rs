@@ -16,7 +16,7 @@
 //! The distribution handshake itself then passes through the hub unchanged but for the flags
 //! ([`HandshakeWatch`]), and after it the packets (u32 length) of standard distribution.
 
-use crate::relay::{hidden_mask, RELAY_MASK};
+use crate::session::handshake::{hidden_mask, RELAY_MASK};
 use edist_proto::codec::Reader;
 use edist_proto::dist::DFlags;
 

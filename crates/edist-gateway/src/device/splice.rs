@@ -9,7 +9,7 @@
 
 use super::proto::{HandshakeWatch, ProtoError, Role};
 use crate::policy::{Role as PolicyRole, Session, SharedPeer};
-use crate::relay::OnRefuse;
+use crate::session::sync::OnRefuse;
 use bytes::{Buf, BytesMut};
 use edist_proto::codec::{FrameError, Split, U32Frames};
 use std::sync::Arc;

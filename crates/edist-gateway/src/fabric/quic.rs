@@ -57,8 +57,8 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(opts.initial_streams.min(opts.max_bidi_streams).max(1).into())
         .max_concurrent_uni_streams(opts.initial_streams.min(opts.max_uni_streams).max(1).into())
-        // Bulk lanes keep about a congestion window each in QUIC's send buffer (relay.rs, lane
-        // flow): the rest of this is headroom, so that a small message on the ordered lane never
+        // Bulk lanes keep about a congestion window each in QUIC's send buffer (session/sync.rs,
+        // `LaneFlow`): the rest of this is headroom, so that a small message on the ordered lane never
         // waits for buffer space behind bulk data (it then goes first: stream priority).
         .send_window(SEND_WINDOW);
     match opts.congestion {

@@ -83,7 +83,7 @@ impl HubHost for HubLink {
 impl Inner {
     /// The loopback port of local node `name`; for a device, its listener is opened on the
     /// first call (an idle device that nobody dials costs no socket here).
-    pub(super) fn local_port(&self, name: &str) -> Option<u16> {
+    pub(crate) fn local_port(&self, name: &str) -> Option<u16> {
         let l = self.registry().local(name).map(|l| (l.port, l.device));
         match l? {
             (None, true) => self.device_port(name),

@@ -97,7 +97,7 @@ pub(super) fn links(st: &LinkTable) -> Vec<LinkStatus> {
             why: l.why,
             remote: l.conn.remote_address().to_string(),
             serial: l.serial.clone(),
-            relays: l.usage.relays.load(std::sync::atomic::Ordering::Relaxed),
+            relays: l.usage.sessions.load(std::sync::atomic::Ordering::Relaxed),
             idle_ms: millis(l.usage.idle_for()),
             up_ms: millis(now.duration_since(l.since)),
             path: l.conn.path(),

@@ -5,11 +5,13 @@
 //! and their lanes).
 
 use super::inventory;
-use super::{forward_lane, lock, relay_to_local, Inner, LinkReason, OpenReq, CLOSE_SHUTDOWN};
+use super::{lock, Inner, LinkReason, CLOSE_SHUTDOWN};
 use crate::fabric::close::{CLOSE_IDLE, CLOSE_NORMAL, CLOSE_REVOKED};
 use crate::fabric::discovery::Discovery;
 use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, Transport};
-use crate::relay::{self, MsgReader};
+use crate::session::open::{join_lane, session_to_local, OpenReq};
+use crate::session::shell;
+use crate::session::shell::MsgReader;
 use crate::wire::Msg;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,24 +70,24 @@ pub(super) struct Peer {
 /// How busy a link is: relayed connections on it, and since when it has had none.
 #[derive(Debug)]
 pub(super) struct LinkUsage {
-    pub(super) relays: AtomicU64,
+    pub(super) sessions: AtomicU64,
     idle_since: Mutex<tokio::time::Instant>,
 }
 
 impl LinkUsage {
     fn new() -> Arc<LinkUsage> {
-        Arc::new(LinkUsage { relays: AtomicU64::new(0), idle_since: Mutex::new(tokio::time::Instant::now()) })
+        Arc::new(LinkUsage { sessions: AtomicU64::new(0), idle_since: Mutex::new(tokio::time::Instant::now()) })
     }
 
     /// Counts a relayed connection on the link until the guard drops.
     pub(super) fn hold(self: &Arc<Self>) -> LinkHold {
-        self.relays.fetch_add(1, Ordering::Relaxed);
+        self.sessions.fetch_add(1, Ordering::Relaxed);
         LinkHold(self.clone())
     }
 
     /// How long the link has carried nothing (zero while it carries something).
     pub(super) fn idle_for(&self) -> Duration {
-        match self.relays.load(Ordering::Relaxed) {
+        match self.sessions.load(Ordering::Relaxed) {
             0 => lock(&self.idle_since).elapsed(),
             _ => Duration::ZERO,
         }
@@ -93,12 +95,12 @@ impl LinkUsage {
 }
 
 /// A relayed connection's hold on its link (see [`LinkUsage::hold`]).
-pub(super) struct LinkHold(Arc<LinkUsage>);
+pub(crate) struct LinkHold(Arc<LinkUsage>);
 
 impl Drop for LinkHold {
     fn drop(&mut self) {
         let mut since = lock(&self.0.idle_since);
-        if self.0.relays.fetch_sub(1, Ordering::Relaxed) == 1 {
+        if self.0.sessions.fetch_sub(1, Ordering::Relaxed) == 1 {
             *since = tokio::time::Instant::now();
         }
     }
@@ -108,7 +110,7 @@ impl Drop for LinkHold {
 #[derive(Default)]
 pub(super) struct LinkTable {
     /// Links to each peer gateway, oldest first. Normally one; when both gateways dial at
-    /// once there are two for a moment: new relays take the one that stays, and the other
+    /// once there are two for a moment: new sessions take the one that stays, and the other
     /// closes once it carries nothing ([`prune_duplicates_later`]).
     peers: HashMap<String, Vec<Peer>>,
     /// Fabric addresses of the gateways membership holds alive.
@@ -171,7 +173,7 @@ impl LinkTable {
 pub const CLOSE_DUPLICATE: u32 = 0x101;
 
 /// How long two links to a peer may both stay up before one closes: long enough for both
-/// gateways to see both (and for relays just opened on either to settle on the other).
+/// gateways to see both (and for sessions just opened on either to settle on the other).
 const DUPLICATE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Both gateways dial each other (each has the other in `[[peers]]`, or seeds, or traffic on
@@ -192,7 +194,7 @@ pub(super) fn prune_duplicates_later(inner: &Arc<Inner>, peer: &str) {
             return;
         }
         for l in links.iter().filter(|l| l.why != LinkReason::Accepted) {
-            if l.usage.relays.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            if l.usage.sessions.load(std::sync::atomic::Ordering::Relaxed) == 0 {
                 tracing::debug!(%peer, link = l.link_id, "closing our link: the peer's own link to us stays");
                 l.conn.close(CLOSE_DUPLICATE, b"duplicate link: yours stays");
             }
@@ -210,10 +212,10 @@ pub(super) fn preferred<'a>(me: &str, peer: &str, links: &'a [Peer]) -> Option<&
 /// The link to `gateway` (or to the gateway it is reached through, `via`), held for a
 /// relayed connection, and the gateway at its other end; with membership, one is dialled if
 /// there is none.
-pub(super) async fn link_to(
+pub(crate) async fn link_to(
     inner: &Arc<Inner>,
     gateway: &str,
-) -> Result<(Arc<dyn Link>, String, LinkHold), relay::RelayError> {
+) -> Result<(Arc<dyn Link>, String, LinkHold), shell::SessionError> {
     let via = inner.peer_config(gateway).and_then(|p| p.via.clone());
     let hop = via.unwrap_or_else(|| gateway.to_string());
     let newest = |inner: &Inner| {
@@ -224,7 +226,7 @@ pub(super) async fn link_to(
     if let Some(l) = newest(inner) {
         return Ok(l);
     }
-    let no_link = || relay::RelayError::Refused(format!("no link to {gateway}"));
+    let no_link = || shell::SessionError::Refused(format!("no link to {gateway}"));
     let (Some(t), true) = (inner.transport.get(), inner.cfg.fabric.membership) else { return Err(no_link()) };
     let gate = lock(&inner.links.dialling).entry(gateway.to_string()).or_default().clone();
     let _dialling = gate.lock().await;
@@ -234,7 +236,7 @@ pub(super) async fn link_to(
     let addr = inner.links().members.get(gateway).copied().ok_or_else(no_link)?;
     let link = t.dial(addr, Some(gateway)).await.map_err(|e| {
         inner.metrics.link_handshake(gateway, false);
-        relay::RelayError::Refused(format!("dialling {gateway} at {addr}: {e}"))
+        shell::SessionError::Refused(format!("dialling {gateway} at {addr}: {e}"))
     })?;
     tokio::spawn(run_link(inner.clone(), link, LinkReason::Traffic));
     // run_link files the link before its first await point.
@@ -440,7 +442,7 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
         tokio::spawn(async move {
             while let Ok(rx) = conn.accept_uni().await {
                 let (inner, peer) = (inner.clone(), peer.clone());
-                tokio::spawn(read_control(inner, peer, rx));
+                tokio::spawn(serve_incoming_stream(inner, peer, rx));
             }
         })
     };
@@ -462,12 +464,12 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
             }
             match first {
                 Ok(Msg::Open { relay, from, to, flags, creation }) => {
-                    inner.relays.fetch_add(1, Ordering::Relaxed);
+                    inner.sessions.fetch_add(1, Ordering::Relaxed);
                     let open = OpenReq { relay, from, to: to.clone(), flags, creation, origin };
-                    if let Err(e) = relay_to_local(inner.clone(), conn, peer, tx, msgs, open).await {
+                    if let Err(e) = session_to_local(inner.clone(), conn, peer, tx, msgs, open).await {
                         info!(%to, "relay ended: {e}");
                     }
-                    inner.relays.fetch_sub(1, Ordering::Relaxed);
+                    inner.sessions.fetch_sub(1, Ordering::Relaxed);
                 }
                 Ok(other) => warn!(%peer, "unexpected first frame {other:?}"),
                 Err(e) => debug!(%peer, "relay stream: {e}"),
@@ -480,7 +482,7 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
     let mut st = inner.links();
     // A link that died of silence says the peer (or the path to it) is gone: its sibling links
     // (both gateways dial, so there may be two) are as dead, only not noticed yet. Closing them
-    // now keeps new relays off them and lets the peer's nodes go down at once.
+    // now keeps new sessions off them and lets the peer's nodes go down at once.
     let peer_gone = matches!(conn.closed(), Some(Closed::Lost(_)));
     let last = match st.peers.get_mut(&peer) {
         Some(links) => {
@@ -523,50 +525,41 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
     }
 }
 
-async fn read_control(inner: Arc<Inner>, peer: String, rx: RecvStream) {
+/// Serves a stream the peer opened one way: a control stream (its announcements) or a bulk lane
+/// of a session (see [`join_lane`]).
+async fn serve_incoming_stream(inner: Arc<Inner>, peer: String, rx: RecvStream) {
     let mut msgs = MsgReader::new(rx);
     match msgs.next("control").await {
-        Ok(Msg::Control) => {}
-        Ok(Msg::Lane { relay, lane }) => {
-            // A lane of a relayed connection: its packets join that relay's merger.
-            // Only the peer whose relay it is may add lanes to it.
-            let (rx, pending) = msgs.into_parts();
-            let Some(merger) = lock(&inner.mergers).get(&relay).filter(|m| *m.peer == *peer).cloned() else {
-                // Or a lane of a connection this gateway forwards.
-                if let Err(e) = forward_lane(&inner, (relay, lane), &peer, rx, &pending).await {
-                    debug!(%peer, "forwarded lane of relay {relay:#x} ended: {e}");
-                }
-                return;
-            };
-            if let Err(e) = relay::feed_lane_stream(lane, rx, &pending, merger).await {
-                debug!(%peer, "lane of relay {relay:#x} ended: {e}");
-            }
-            return;
-        }
-        _ => return,
+        Ok(Msg::Control) => read_announcements(&inner, &peer, msgs).await,
+        Ok(Msg::Lane { relay, lane }) => join_lane(&inner, &peer, (relay, lane), msgs).await,
+        _ => {}
     }
+}
+
+/// Reads a peer's control stream: its node lists, and the nodes coming and going.
+async fn read_announcements(inner: &Arc<Inner>, peer: &str, mut msgs: MsgReader<RecvStream>) {
     loop {
         // Control streams are long-lived: wait as long as it takes.
         let m = loop {
             match msgs.next("control").await {
-                Err(relay::RelayError::Timeout(_)) => continue,
+                Err(shell::SessionError::Timeout(_)) => continue,
                 other => break other,
             }
         };
         match m {
             Ok(Msg::Nodes(nodes)) => {
-                inner.replace_remote(&peer, nodes);
-                inner.relayed_nodes_changed(&peer);
+                inner.replace_remote(peer, nodes);
+                inner.relayed_nodes_changed(peer);
             }
             Ok(Msg::NodeUp(n)) => {
-                inner.admit_remote(&peer, n);
-                inner.relayed_nodes_changed(&peer);
+                inner.admit_remote(peer, n);
+                inner.relayed_nodes_changed(peer);
             }
             Ok(Msg::NodeDown(name)) => {
                 inner.forget_remote(|n, r| n == name && r.gateway == peer);
-                inner.relayed_nodes_changed(&peer);
+                inner.relayed_nodes_changed(peer);
             }
-            Ok(Msg::RelayedNodes { gateway, nodes }) => inner.relayed_nodes(&peer, gateway, nodes),
+            Ok(Msg::RelayedNodes { gateway, nodes }) => inner.relayed_nodes(peer, gateway, nodes),
             Ok(other) => warn!(%peer, "unexpected control message {other:?}"),
             Err(e) => {
                 debug!(%peer, "control stream ended: {e}");

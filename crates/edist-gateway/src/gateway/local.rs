@@ -5,12 +5,13 @@
 //! impersonate remote nodes.
 
 use super::registry::{self, Outbound, Resolved};
-use super::{impersonate, lock, Inner};
+use super::{lock, Inner};
 use crate::fabric::gossip::Command;
 use crate::fabric::link;
 use crate::local::control::{LocalDirectory, RegisterError, Registration};
 use crate::local::plug::Plug;
 use crate::lookup::{self, Answer, Plan};
+use crate::session::open::impersonate;
 use crate::wire::{Msg, NodeInfo};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -208,7 +209,7 @@ impl Drop for Waiting<'_> {
 /// A local node that does not listen (`-dist_listen false`, a dynamic name) is known, and
 /// announced to the fabric, while it has relayed connections: the far gateway accepts a
 /// connection only from a node its gateway announced. Dropping the last guard forgets it.
-pub(super) struct OutboundGuard {
+pub(crate) struct OutboundGuard {
     inner: Arc<Inner>,
     name: String,
 }
@@ -217,7 +218,7 @@ impl OutboundGuard {
     /// Admits `name` dialling out. `Ok(None)`: a registered node, nothing to hold. Refused when
     /// the name is a remote node's.
     /// `dynamic`: the name was given here ([`dynamic_name`]).
-    pub(super) fn admit(
+    pub(crate) fn admit(
         inner: &Arc<Inner>,
         name: &str,
         creation: u32,
@@ -247,7 +248,7 @@ impl Drop for OutboundGuard {
 }
 
 /// A name for a node that asked for one (see [`registry::Registry::dynamic_name`]).
-pub(super) fn dynamic_name(inner: &Inner, host: &str) -> (String, u32) {
+pub(crate) fn dynamic_name(inner: &Inner, host: &str) -> (String, u32) {
     inner.registry().dynamic_name(host, rand::random::<u64>)
 }
 

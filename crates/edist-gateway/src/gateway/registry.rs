@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 /// A node of this host.
 #[derive(Debug)]
-pub(super) struct LocalNode {
+pub(crate) struct LocalNode {
     /// Where it accepts distribution connections; `None` for a node that only connects out
     /// (`-dist_listen false`, a dynamic name): it never registered, and is known while it has
     /// relayed connections (see [`Registry::hold_outbound`]).
@@ -26,7 +26,7 @@ pub(super) struct LocalNode {
     /// is gone.
     dynamic: bool,
     /// The line to its plug, on its registration.
-    pub(super) plug: Option<Plug>,
+    pub(crate) plug: Option<Plug>,
     /// A device connected through the hub (`[devices]`): known while its control connection
     /// lasts; `port` is opened when someone first dials it.
     pub(super) device: bool,
@@ -34,10 +34,10 @@ pub(super) struct LocalNode {
 
 /// A node of another host, as its gateway announced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct RemoteNode {
-    pub(super) creation: u32,
+pub(crate) struct RemoteNode {
+    pub(crate) creation: u32,
     /// The peer gateway that owns it.
-    pub(super) gateway: String,
+    pub(crate) gateway: String,
 }
 
 /// Why a name cannot be taken: a node has it already.
@@ -98,7 +98,7 @@ pub(super) enum Resolved {
 /// The node tables. `L` is what keeps a listener impersonating a remote node open (a task's
 /// handle in the gateway): the registry hands it back when the node is gone, to be closed.
 #[derive(Debug)]
-pub(super) struct Registry<L> {
+pub(crate) struct Registry<L> {
     /// The host of names registered without one.
     host: String,
     local: HashMap<String, LocalNode>,
@@ -229,7 +229,7 @@ impl<L> Registry<L> {
     /// again gets its name back, erl_distribution_SUITE `dyn_node_name`), else a random
     /// base-36 number at the node's host, with a fresh creation. `random` gives the numbers.
     /// The name is not taken until the node is held ([`Registry::hold_outbound`]).
-    pub(super) fn dynamic_name(&mut self, host: &str, mut random: impl FnMut() -> u64) -> (String, u32) {
+    pub(crate) fn dynamic_name(&mut self, host: &str, mut random: impl FnMut() -> u64) -> (String, u32) {
         while let Some(free) = self.dyn_pool.get_mut(host).and_then(|p| p.pop()) {
             if self.taken(&free.0).is_none() {
                 return free;
@@ -244,7 +244,7 @@ impl<L> Registry<L> {
     }
 
     /// Local node `name`.
-    pub(super) fn local(&self, name: &str) -> Option<&LocalNode> {
+    pub(crate) fn local(&self, name: &str) -> Option<&LocalNode> {
         self.local.get(name)
     }
 
@@ -335,12 +335,12 @@ impl<L> Registry<L> {
     }
 
     /// Remote node `name`.
-    pub(super) fn remote(&self, name: &str) -> Option<&RemoteNode> {
+    pub(crate) fn remote(&self, name: &str) -> Option<&RemoteNode> {
         self.remote.get(name)
     }
 
     /// The gateway that owns remote node `name`.
-    pub(super) fn owner_of(&self, name: &str) -> Option<&str> {
+    pub(crate) fn owner_of(&self, name: &str) -> Option<&str> {
         self.remote.get(name).map(|r| r.gateway.as_str())
     }
 
@@ -484,7 +484,7 @@ mod tests {
     use super::*;
 
     /// A registry whose impersonating listeners are named by a number.
-    fn registry() -> Registry<u32> {
+    pub(crate) fn registry() -> Registry<u32> {
         Registry::new("gwhost")
     }
 

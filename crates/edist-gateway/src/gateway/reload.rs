@@ -29,7 +29,7 @@ use tracing::{info, warn};
 /// The part of the configuration a reload replaces.
 #[derive(Debug)]
 pub(crate) struct Live {
-    pub(super) peers: Vec<PeerConfig>,
+    pub(crate) peers: Vec<PeerConfig>,
     pub(super) revoked: Vec<String>,
     pub(super) default_role: String,
     pub(super) roles: BTreeMap<String, Arc<policy::Role>>,
@@ -167,7 +167,7 @@ impl Inner {
     }
 
     /// The reloadable part of the configuration, as last loaded.
-    pub(super) fn live(&self) -> Arc<Live> {
+    pub(crate) fn live(&self) -> Arc<Live> {
         lock(&self.live).clone()
     }
 

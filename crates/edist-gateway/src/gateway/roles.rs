@@ -5,7 +5,7 @@
 
 use super::{lock, Inner};
 use crate::policy;
-use crate::relay;
+use crate::session::sync;
 use std::sync::Arc;
 
 impl Inner {
@@ -27,7 +27,7 @@ impl Inner {
 
     /// The role of peer gateway `peer`, and its name: its config entry's, else its
     /// certificate's, else `policy.default_role`.
-    pub(super) fn role_of(&self, peer: &str) -> (String, Arc<policy::Role>) {
+    pub(crate) fn role_of(&self, peer: &str) -> (String, Arc<policy::Role>) {
         if peer.contains('@') {
             // A device (a node name; no gateway name has an '@'): for reports.
             return (self.cfg.devices.role.clone(), self.device_role(None));
@@ -41,11 +41,11 @@ impl Inner {
 
     /// The ingress policy for a relayed connection between local node `local` and `remote`,
     /// a node of `peer`'s; `None` when its role lets every packet through untouched.
-    pub(super) fn inbound_policy(
+    pub(crate) fn inbound_policy(
         self: &Arc<Self>,
         peer: &str,
         (local, remote): (&str, &str),
-    ) -> Option<Arc<relay::InboundPolicy>> {
+    ) -> Option<Arc<sync::InboundPolicy>> {
         let (_, role) = self.role_of(peer);
         if role.is_open() {
             return None;
@@ -53,7 +53,7 @@ impl Inner {
         let shared = lock(&self.peer_budgets).entry(peer.to_string()).or_default().clone();
         let weak = Arc::downgrade(self);
         let peer_name = peer.to_string();
-        Some(Arc::new(relay::InboundPolicy {
+        Some(Arc::new(sync::InboundPolicy {
             session: policy::Session::new(role, shared, local, remote),
             on_refuse: Box::new(move |r| {
                 if let Some(inner) = weak.upgrade() {
@@ -64,7 +64,7 @@ impl Inner {
     }
 
     /// Logs (once per burst) and counts a refusal.
-    pub(super) fn refuse(&self, peer: &str, reason: &str, what: &str) {
+    pub(crate) fn refuse(&self, peer: &str, reason: &str, what: &str) {
         let filed = self.refusals.record(peer, reason, "", what, false);
         self.metrics.refused(&filed, reason);
     }
@@ -95,13 +95,13 @@ impl Inner {
     }
 
     /// `[[peers]]` entry of `name`, as last (re)loaded.
-    pub(super) fn peer_config(&self, name: &str) -> Option<crate::config::PeerConfig> {
+    pub(crate) fn peer_config(&self, name: &str) -> Option<crate::config::PeerConfig> {
         self.live().peers.iter().find(|p| p.name == name).cloned()
     }
 
     /// Whether this gateway relays for `gateway`: `[fabric] relay` is on and `gateway` is a
     /// peer that dials in and cannot be dialled (no `addr`).
-    pub(super) fn relays_for(&self, gateway: &str) -> bool {
+    pub(crate) fn relays_for(&self, gateway: &str) -> bool {
         self.cfg.fabric.relay && self.peer_config(gateway).is_some_and(|p| p.addr.is_none())
     }
 

@@ -7,7 +7,7 @@
 //! 2. let the relayed connections drain: wait, at most the drain bound, until nothing is
 //!    queued in the gateway in either direction;
 //! 3. close every link with [`CLOSE_SHUTDOWN`], which peers take as an orderly goodbye (their
-//!    relays to this gateway's nodes end at once, their nodes see `nodedown` in milliseconds
+//!    sessions with this gateway's nodes end at once, their nodes see `nodedown` in milliseconds
 //!    instead of after the idle timeout), and wait until the close notices are out;
 //! 4. end what is left; the loopback connections close, so local nodes see `nodedown` for the
 //!    remote nodes.
@@ -46,7 +46,7 @@ impl Gateway {
     pub async fn shutdown_gracefully(&self, drain: Duration) -> ShutdownReport {
         let start = Instant::now();
         let inner = &self.inner;
-        let relays_at_start = inner.relays.load(Ordering::Relaxed);
+        let relays_at_start = inner.sessions.load(Ordering::Relaxed);
         info!(relays = relays_at_start, drain_ms = drain.as_millis() as u64, "shutting down");
         inner.closing.store(true, Ordering::Relaxed);
         inner.stop_intake();
@@ -76,14 +76,14 @@ impl Gateway {
             let _ = tokio::time::timeout(CLOSE_NOTICE_WAIT, t.wait_closed()).await;
         }
         let ends = Instant::now() + RELAYS_END_WAIT;
-        while inner.relays.load(Ordering::Relaxed) > 0 && Instant::now() < ends {
+        while inner.sessions.load(Ordering::Relaxed) > 0 && Instant::now() < ends {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.shutdown();
         let report = ShutdownReport {
             drained,
             links_closed: links.len(),
-            relays_left: inner.relays.load(Ordering::Relaxed),
+            relays_left: inner.sessions.load(Ordering::Relaxed),
             took: start.elapsed(),
         };
         info!(

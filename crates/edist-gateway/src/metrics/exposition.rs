@@ -182,7 +182,7 @@ mod tests {
         let m = Metrics::default();
         m.refused("gw-\"x\"", "policy");
         m.link_up("gw-b");
-        let (mut o, mut r) = m.relay("gw-b").split();
+        let (mut o, mut r) = m.session("gw-b").split();
         o.sent(1, crate::metrics::Kind::Message, 6);
         o.lane(1).written(Instant::now() - Duration::from_millis(2), 0);
         r.received(&[0, 0, 0, 2, 131, 68], Instant::now(), 0);

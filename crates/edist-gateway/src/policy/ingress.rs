@@ -927,7 +927,7 @@ mod tests {
     use edist_proto::etf::{Pid, Ref};
 
     /// The flags of a relayed connection between two OTP 25 nodes (fragments, no atom cache).
-    const FLAGS: DFlags = DFlags(0xD07DF7FBD & crate::relay::RELAY_MASK);
+    const FLAGS: DFlags = DFlags(0xD07DF7FBD & crate::session::handshake::RELAY_MASK);
     const SRV: &str = "srv@h";
     const DEV: &str = "dev@h";
 

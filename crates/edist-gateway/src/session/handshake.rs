@@ -29,7 +29,7 @@
 //! the peer gateway (`peer_msg`), and gives bytes for the node (`take_node_output`), messages
 //! for the peer (`poll_peer`) and, once over, what was agreed (`connected`) or a typed
 //! [`LegError`]. [`Need`] says what it waits for. No socket, clock or random number here: the
-//! shell (`relay.rs`) reads, writes, times each step out and draws the challenges. After every
+//! shell ([`super::shell`]) reads, writes, times each step out and draws the challenges. After every
 //! call the shell sends what the machine queued, also when the call failed (a refusal is
 //! forwarded before the connection closes), then stops on the error.
 // Under the protocol core's lints: this code reads what hostile nodes and peers send.

@@ -1,5 +1,20 @@
-//! One relayed distribution connection, in sans-IO parts (DESIGN, "one room per concept":
-//! a session is a handshake machine, then the pump and its lanes). [`handshake`] holds the
-//! relayed handshake on both legs; `relay.rs` is the async shell that moves its bytes, and
-//! carries the connection once it is up.
+//! One relayed distribution connection, a session, in parts with one job each (DESIGN, "one
+//! room per concept"): a handshake machine, then the pump and its lanes.
+//!
+//! - `open`: setting a session up on either gateway (a local node dials an impersonated one, or
+//!   a peer gateway opens a stream to a local node), then `carry`ing it.
+//! - [`handshake`]: the relayed handshake on both legs, sans IO; [`shell`] moves its bytes.
+//! - [`pump`]: the data phase: packets onto lanes and back, merged into the node's socket.
+//! - [`sync`]: what the lanes share (the merger, barriers and deliveries, bulk lanes' flow).
+//! - [`budget`], [`hold`], [`ticks`]: bytes held towards the fabric, senders held back by the
+//!   plug, the nodes' `net_ticktime`.
+//! - `relay`: the relay role (`[fabric] relay`): passing others' sessions on between gateways.
+pub mod budget;
 pub mod handshake;
+pub mod hold;
+pub(crate) mod open;
+pub mod pump;
+pub(crate) mod relay;
+pub mod shell;
+pub mod sync;
+pub mod ticks;
