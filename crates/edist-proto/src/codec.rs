@@ -38,31 +38,37 @@ impl<'a> Reader<'a> {
     }
 
     /// Bytes consumed so far.
+    #[inline]
     pub fn position(&self) -> usize {
         self.pos
     }
 
     /// Moves back (or forward) to `pos`, at most to the end.
+    #[inline]
     pub fn seek(&mut self, pos: usize) {
         self.pos = pos.min(self.buf.len());
     }
 
     /// Bytes left.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.buf.len().saturating_sub(self.pos)
     }
 
     /// True when every byte was read.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
 
     /// The unread bytes (not consumed).
+    #[inline]
     pub fn rest(&self) -> &'a [u8] {
         self.buf.get(self.pos..).unwrap_or_default()
     }
 
     /// Takes every unread byte.
+    #[inline]
     pub fn take_rest(&mut self) -> &'a [u8] {
         let r = self.rest();
         self.pos = self.buf.len();
@@ -70,6 +76,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Takes the next `n` bytes.
+    #[inline]
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
         match end.and_then(|end| self.buf.get(self.pos..end).map(|s| (s, end))) {
@@ -82,6 +89,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Takes `N` bytes as an array.
+    #[inline]
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
         let s = self.bytes(N)?;
         let mut a = [0u8; N];
@@ -89,24 +97,30 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
+    #[inline]
     pub fn u8(&mut self) -> Result<u8, CodecError> {
         let [b] = self.array::<1>()?;
         Ok(b)
     }
+    #[inline]
     pub fn u16(&mut self) -> Result<u16, CodecError> {
         Ok(u16::from_be_bytes(self.array()?))
     }
+    #[inline]
     pub fn u32(&mut self) -> Result<u32, CodecError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
+    #[inline]
     pub fn i32(&mut self) -> Result<i32, CodecError> {
         Ok(i32::from_be_bytes(self.array()?))
     }
+    #[inline]
     pub fn u64(&mut self) -> Result<u64, CodecError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
     /// Peeks at the next byte.
+    #[inline]
     pub fn peek(&self) -> Option<u8> {
         self.buf.get(self.pos).copied()
     }
