@@ -3,8 +3,8 @@
 //! Every test runs its own private `epmd -port <free port>` as a child process (killed on drop),
 //! so the tests neither depend on nor disturb a system epmd on 4369.
 
-mod common;
 use common::{free_port, Epmd};
+use edist_testkit as common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;

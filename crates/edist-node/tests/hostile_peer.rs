@@ -2,7 +2,7 @@
 //! The hostile peer is a raw socket driven by the sans-IO handshake; the well-behaved peer is a
 //! real OTP node.
 
-mod common;
+use edist_testkit as common;
 
 use anyhow::{ensure, Context, Result};
 use common::{host, unique, Epmd, Erl};

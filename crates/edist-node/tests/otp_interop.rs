@@ -1,6 +1,6 @@
 //! The Rust node against real OTP 25 nodes, through a real (private) epmd.
 
-mod common;
+use edist_testkit as common;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{host, unique, Epmd, Erl};

@@ -1,6 +1,6 @@
 //! Two Rust nodes: simultaneous connects resolve to one connection, as between OTP nodes.
 
-mod common;
+use edist_testkit as common;
 
 use anyhow::{ensure, Result};
 use common::{host, unique, Epmd};

@@ -1,7 +1,6 @@
 //! The `edist` binary against a plain `erl -sname b -setcookie C`: the acceptance lines.
 
-#[path = "../../edist-node/tests/common/mod.rs"]
-mod common;
+use edist_testkit as common;
 
 use anyhow::Result;
 use common::{unique, Epmd, Erl};

@@ -1,8 +1,7 @@
 //! `edist doctor` against a healthy gateway (with a near-expiry certificate) and against a
 //! broken setup (no gateway, a certificate from another CA that has expired, a bad config).
 
-#[path = "../../edist-node/tests/common/mod.rs"]
-mod common;
+use edist_testkit as common;
 
 use anyhow::{ensure, Result};
 use common::{free_port, host, unique};

@@ -13,8 +13,7 @@
 //! the logs of a failed test are printed and kept under `$CARGO_TARGET_TMPDIR/gateway-fabric/`
 //! (those of passed tests too with `EDIST_TEST_KEEP=1`).
 
-#[path = "../../edist-node/tests/common/mod.rs"]
-mod common;
+use edist_testkit as common;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{host, require_erl, unique, REPL};

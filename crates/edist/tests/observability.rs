@@ -2,8 +2,7 @@
 //! Prometheus endpoint on), a stock `erl` node behind each, plugged in with `edist erl-flags`;
 //! node a calls node b across the fabric with small and fragmented (> 64 KiB) messages.
 
-#[path = "../../edist-node/tests/common/mod.rs"]
-mod common;
+use edist_testkit as common;
 
 use anyhow::{ensure, Context, Result};
 use common::{host, require_erl, unique, until};

@@ -2,8 +2,7 @@
 //! (`StaticDirectory`), without any epmd daemon. The flags come from the built
 //! `edist erl-flags`.
 
-#[path = "../../edist-node/tests/common/mod.rs"]
-mod common;
+use edist_testkit as common;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{host, require_erl, unique, REPL};

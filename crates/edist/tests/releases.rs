@@ -7,8 +7,7 @@
 //! Skipped, with a message, only when `rebar3` or `mix` is not installed (scripts/setup.sh
 //! installs both with EDIST_WITH_TEST_DEPS=1).
 
-#[path = "../../edist-node/tests/common/mod.rs"]
-mod common;
+use edist_testkit as common;
 
 use anyhow::{ensure, Context, Result};
 use common::{host, require_erl, unique, until};

@@ -1,8 +1,7 @@
 //! `edist gateway` on defaults (no fabric, no certificates): the nodes of one host find each
 //! other through it, and `edist status` shows them.
 
-#[path = "../../edist-node/tests/common/mod.rs"]
-mod common;
+use edist_testkit as common;
 
 use anyhow::{ensure, Context, Result};
 use common::{host, require_erl, unique};

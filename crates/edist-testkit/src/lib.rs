@@ -1,5 +1,6 @@
-//! Test harness: a private epmd and real `erl` nodes, all killed when dropped.
-#![allow(dead_code)]
+//! Test support shared by the workspace's integration tests (dev-only, never published): a
+//! private epmd and real `erl` nodes driven through a REPL, all killed when dropped; unique
+//! names and free ports.
 
 use anyhow::{bail, ensure, Context, Result};
 use edist_node::epmd::EpmdClient;
@@ -40,6 +41,7 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A TCP port on loopback that was free a moment ago.
 pub fn free_port() -> Result<u16> {
     let l = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(l.local_addr()?.port())
@@ -48,10 +50,12 @@ pub fn free_port() -> Result<u16> {
 /// A private epmd on a free port (killed on drop), so tests neither need nor disturb 4369.
 pub struct Epmd {
     child: Child,
+    /// Its port.
     pub port: u16,
 }
 
 impl Epmd {
+    /// Starts one (`epmd -port P`), retrying another port if that one was taken meanwhile.
     pub async fn start() -> Result<Epmd> {
         require_erl();
         for _ in 0..5 {
@@ -83,6 +87,7 @@ impl Epmd {
         bail!("could not start a private epmd")
     }
 
+    /// Its address on loopback.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
@@ -109,6 +114,7 @@ impl Erl {
         Self::start_with(epmd, sname, cookie, eval, &[]).await
     }
 
+    /// The same, with more `erl` arguments (`extra`).
     pub async fn start_with(epmd: &Epmd, sname: &str, cookie: &str, eval: &str, extra: &[&str]) -> Result<Erl> {
         let mut cmd = Command::new("erl");
         cmd.args(["-sname", sname, "-setcookie", cookie, "-noshell", "-noinput"])
