@@ -12,7 +12,7 @@ use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, Transport};
 use crate::session::open::{join_lane, session_to_local, OpenReq};
 use crate::session::shell;
 use crate::session::shell::MsgReader;
-use crate::wire::Msg;
+use crate::wire::{Msg, On};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 /// The link side of the gateway's state.
 pub(super) struct Links {
@@ -456,11 +456,11 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
         tokio::spawn(async move {
             let _hold = hold;
             let mut msgs = MsgReader::new(rx);
-            let mut first = msgs.next("open").await;
+            let mut first = msgs.next("open", On::BiFirst).await;
             let mut origin = None;
             if let Ok(Msg::Forwarded { origin: o }) = first {
                 origin = Some(o);
-                first = msgs.next("open").await;
+                first = msgs.next("open", On::BiFirst).await;
             }
             match first {
                 Ok(Msg::Open { relay, from, to, flags, creation }) => {
@@ -471,7 +471,8 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
                     }
                     inner.sessions.fetch_sub(1, Ordering::Relaxed);
                 }
-                Ok(other) => warn!(%peer, "unexpected first frame {other:?}"),
+                // `On::BiFirst` admits `Open` and `Forwarded` only: this is a second `Forwarded`.
+                Ok(other) => debug!(%peer, "relay stream: {other:?} where an open belongs"),
                 Err(e) => debug!(%peer, "relay stream: {e}"),
             }
         });
@@ -529,10 +530,12 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
 /// of a session (see [`join_lane`]).
 async fn serve_incoming_stream(inner: Arc<Inner>, peer: String, rx: RecvStream) {
     let mut msgs = MsgReader::new(rx);
-    match msgs.next("control").await {
+    match msgs.next("control", On::UniFirst).await {
         Ok(Msg::Control) => read_announcements(&inner, &peer, msgs).await,
         Ok(Msg::Lane { relay, lane }) => join_lane(&inner, &peer, (relay, lane), msgs).await,
-        _ => {}
+        // `On::UniFirst` admits nothing else.
+        Ok(_) => {}
+        Err(e) => debug!(%peer, "incoming stream: {e}"),
     }
 }
 
@@ -541,7 +544,7 @@ async fn read_announcements(inner: &Arc<Inner>, peer: &str, mut msgs: MsgReader<
     loop {
         // Control streams are long-lived: wait as long as it takes.
         let m = loop {
-            match msgs.next("control").await {
+            match msgs.next("control", On::Control).await {
                 Err(shell::SessionError::Timeout(_)) => continue,
                 other => break other,
             }
@@ -560,7 +563,8 @@ async fn read_announcements(inner: &Arc<Inner>, peer: &str, mut msgs: MsgReader<
                 inner.relayed_nodes_changed(peer);
             }
             Ok(Msg::RelayedNodes { gateway, nodes }) => inner.relayed_nodes(peer, gateway, nodes),
-            Ok(other) => warn!(%peer, "unexpected control message {other:?}"),
+            // `On::Control` admits nothing else: another kind is an error, below.
+            Ok(_) => {}
             Err(e) => {
                 debug!(%peer, "control stream ended: {e}");
                 return;

@@ -8,7 +8,7 @@
 //! carries the connection.
 
 use crate::session::handshake::{FarLeg, Leg, LegError, LocalDial, NearLeg, Need};
-use crate::wire::Msg;
+use crate::wire::{Msg, On};
 use bytes::BytesMut;
 use edist_proto::dist::handshake::HandshakeError;
 use edist_proto::dist::DFlags;
@@ -66,10 +66,11 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
         MsgReader { r, buf: BytesMut::with_capacity(4096) }
     }
 
-    /// The next message, within [`STEP_TIMEOUT`].
-    pub async fn next(&mut self, what: &'static str) -> Result<Msg, SessionError> {
+    /// The next message, within [`STEP_TIMEOUT`]; one of a kind that does not belong `on` this
+    /// part of the stream is an error ([`crate::wire::WireError::WrongStream`]) that ends it.
+    pub async fn next(&mut self, what: &'static str, on: On) -> Result<Msg, SessionError> {
         loop {
-            if let Some(m) = Msg::decode(&mut self.buf)? {
+            if let Some(m) = Msg::decode_on(&mut self.buf, on)? {
                 return Ok(m);
             }
             let n = timeout(STEP_TIMEOUT, self.r.read_buf(&mut self.buf))
@@ -188,7 +189,7 @@ where
                 },
                 Err(e) => return Err(e),
             },
-            Need::Peer(what) => leg.peer_msg(msgs.next(what).await?),
+            Need::Peer(what) => leg.peer_msg(msgs.next(what, On::Relay).await?),
             Need::Done if leg.connected().is_some() => return Ok(()),
             Need::Done => return Err(HandshakeError::OutOfOrder("the leg is over").into()),
             Need::Decision => return Err(HandshakeError::OutOfOrder("the leg waits for a decision").into()),
@@ -337,7 +338,7 @@ mod tests {
             };
             far_tx.write_all(&ch.encode()).await.unwrap();
             let mut got = Vec::new();
-            while let Ok(m) = far_msgs.next("far").await {
+            while let Ok(m) = far_msgs.next("far", On::Relay).await {
                 let answer = match &m {
                     // The far node uses the gateway's cookie for a (its gateway's is "y").
                     Msg::Proceed if cb == b"y" => Msg::Connected,
@@ -394,7 +395,7 @@ mod tests {
         let ((mut msgs, mut tx), (mut near_msgs, mut near_tx)) = stream();
         let near = tokio::spawn(async move {
             let mut got = Vec::new();
-            while let Ok(m) = near_msgs.next("near").await {
+            while let Ok(m) = near_msgs.next("near", On::Relay).await {
                 let answer = match &m {
                     Msg::ChallengeOf { challenge, .. } if ca != b"x" => {
                         Some(Msg::Reply { challenge: 77, digest: digest(*challenge, ca) })
@@ -451,5 +452,23 @@ mod tests {
         assert_eq!(SessionError::Refused("x".into()).outcome(), "refused");
         assert_eq!(SessionError::Handshake(HandshakeError::BadDigest).outcome(), "bad_cookie");
         assert_eq!(SessionError::StreamClosed.outcome(), "error");
+    }
+
+    #[tokio::test]
+    async fn a_reader_takes_its_own_kinds_and_ends_at_another() {
+        use crate::wire::{On, WireError};
+        let ((mut msgs, _), (_, mut tx)) = stream();
+        tx.write_all(&Msg::Status("ok".into()).encode()).await.unwrap();
+        tx.write_all(&Msg::NodeDown("a@h".into()).encode()).await.unwrap();
+        assert_eq!(msgs.next("status", On::Relay).await.unwrap(), Msg::Status("ok".into()));
+        let r = msgs.next("status", On::Relay).await;
+        assert!(
+            matches!(r, Err(SessionError::Wire(WireError::WrongStream { on: On::Relay, .. }))),
+            "a node change on a relay stream: {r:?}"
+        );
+        // The same kind is fine on a control stream.
+        let ((mut msgs, _), (_, mut tx)) = stream();
+        tx.write_all(&Msg::NodeDown("a@h".into()).encode()).await.unwrap();
+        assert_eq!(msgs.next("control", On::Control).await.unwrap(), Msg::NodeDown("a@h".into()));
     }
 }
