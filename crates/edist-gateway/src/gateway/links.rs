@@ -10,6 +10,7 @@ use crate::fabric::close::{CLOSE_IDLE, CLOSE_NORMAL, CLOSE_REVOKED};
 use crate::fabric::discovery::Discovery;
 use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, Transport};
 use crate::session::open::{join_lane, session_to_local, OpenReq};
+use crate::session::refusal::SessionRefusal;
 use crate::session::shell;
 use crate::session::shell::MsgReader;
 use crate::wire::{Msg, On};
@@ -226,7 +227,7 @@ pub(crate) async fn link_to(
     if let Some(l) = newest(inner) {
         return Ok(l);
     }
-    let no_link = || shell::SessionError::Refused(format!("no link to {gateway}"));
+    let no_link = || shell::SessionError::Refused(SessionRefusal::NoLink { gateway: gateway.to_string() });
     let (Some(t), true) = (inner.transport.get(), inner.cfg.fabric.membership) else { return Err(no_link()) };
     let gate = lock(&inner.links.dialling).entry(gateway.to_string()).or_default().clone();
     let _dialling = gate.lock().await;
@@ -236,7 +237,11 @@ pub(crate) async fn link_to(
     let addr = inner.links().members.get(gateway).copied().ok_or_else(no_link)?;
     let link = t.dial(addr, Some(gateway)).await.map_err(|e| {
         inner.metrics.link_handshake(gateway, false);
-        shell::SessionError::Refused(format!("dialling {gateway} at {addr}: {e}"))
+        shell::SessionError::Refused(SessionRefusal::DialFailed {
+            gateway: gateway.to_string(),
+            addr: addr.to_string(),
+            error: e.to_string(),
+        })
     })?;
     tokio::spawn(run_link(inner.clone(), link, LinkReason::Traffic));
     // run_link files the link before its first await point.
@@ -448,7 +453,7 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
     };
     while let Ok((mut tx, rx)) = conn.accept_bi().await {
         if inner.closing.load(Ordering::Relaxed) {
-            let _ = tx.write_all(&Msg::Refused("the gateway is shutting down".into()).encode()).await;
+            let _ = tx.write_all(&Msg::Refused(SessionRefusal::ShuttingDown.wire()).encode()).await;
             continue;
         }
         let (inner, peer, conn) = (inner.clone(), peer.clone(), conn.clone());

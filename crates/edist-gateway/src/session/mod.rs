@@ -4,6 +4,7 @@
 //! - `open`: setting a session up on either gateway (a local node dials an impersonated one, or
 //!   a peer gateway opens a stream to a local node), then `carry`ing it.
 //! - [`handshake`]: the relayed handshake on both legs, sans IO; [`shell`] moves its bytes.
+//! - [`refusal`]: why a gateway refuses a session, and the texts of each reason.
 //! - [`pump`]: the data phase: packets onto lanes and back, merged into the node's socket.
 //! - [`sync`]: what the lanes share (the merger, barriers and deliveries, bulk lanes' flow).
 //! - [`budget`], [`hold`], [`ticks`]: bytes held towards the fabric, senders held back by the
@@ -14,6 +15,7 @@ pub mod handshake;
 pub mod hold;
 pub(crate) mod open;
 pub mod pump;
+pub mod refusal;
 pub(crate) mod relay;
 pub mod shell;
 pub mod sync;

@@ -5,6 +5,7 @@
 use super::relay::forward_lane;
 use crate::fabric::link::{Link, RecvStream, SendStream};
 use crate::gateway::{dynamic_name, link_to, lock, Inner, LinkHold, OutboundGuard};
+use crate::session::refusal::SessionRefusal;
 use crate::session::shell::MsgReader;
 use crate::session::{pump, shell, sync, ticks};
 use crate::wire::Msg;
@@ -65,11 +66,13 @@ pub(crate) async fn session_from_local(
     let _ = sock.set_nodelay(true);
     let (creation, gateway) = {
         let reg = inner.registry();
-        let r = reg.remote(target).ok_or_else(|| shell::SessionError::Refused(format!("{target} is unknown")))?;
+        let r = reg.remote(target).ok_or_else(|| {
+            shell::SessionError::Refused(SessionRefusal::UnknownTarget { target: target.to_string() })
+        })?;
         (r.creation, r.gateway.clone())
     };
     let Some(cookie) = inner.cookie.as_deref() else {
-        return Err(shell::SessionError::Refused("no cookie to check local nodes with".into()));
+        return Err(shell::SessionError::Refused(SessionRefusal::NoCookieToCheck));
     };
     let mut leg = shell::near_leg(target, creation, cookie);
     let dial = shell::read_local_name(&mut sock, &mut leg).await?;
@@ -85,10 +88,11 @@ pub(crate) async fn session_from_local(
     let _outbound = match OutboundGuard::admit(inner, &from, from_creation, named.is_some()) {
         Ok(g) => g,
         Err(why) => {
-            inner.metrics.refused("local", "name_taken");
+            let why = SessionRefusal::MayNotDialOut { from: from.clone(), why: why.to_string() };
+            inner.metrics.refused("local", why.metric_reason().unwrap_or_default());
             leg.refuse()?;
             sock.write_all(&leg.take_node_output()).await?;
-            return Err(shell::SessionError::Refused(format!("{from} may not dial out: {why}")));
+            return Err(shell::SessionError::Refused(why));
         }
     };
     let (conn, link_peer, _hold, (mut tx, rx)) = open_session_stream(inner, &gateway).await?;
@@ -132,10 +136,10 @@ pub(crate) async fn open_session_stream(
             Err(e) => error = Some(e),
         }
     }
-    Err(shell::SessionError::Refused(format!(
-        "link to {gateway}: {}",
-        error.map(|e| e.to_string()).unwrap_or_default()
-    )))
+    Err(shell::SessionError::Refused(SessionRefusal::LinkFailed {
+        gateway: gateway.to_string(),
+        error: error.map(|e| e.to_string()).unwrap_or_default(),
+    }))
 }
 
 /// The data phase of a session, on either gateway (see [`pump::pump`]).
@@ -288,15 +292,16 @@ pub(crate) async fn session_to_local(
         None => announced_by(&inner, &from, &peer_gateway).await,
     };
     let Some(port) = port.filter(|_| allowed) else {
-        let _ =
-            tx.write_all(&Msg::Refused(format!("{to} is not here or {from} is not {peer_gateway}'s")).encode()).await;
-        inner.metrics.refused(&peer_gateway, "unknown_node");
-        return Err(shell::SessionError::Refused(format!("{from} -> {to}")));
+        let why = SessionRefusal::NotHere { from: from.clone(), to: to.clone(), peer: peer_gateway.clone() };
+        let _ = tx.write_all(&Msg::Refused(why.wire()).encode()).await;
+        inner.metrics.refused(&peer_gateway, why.metric_reason().unwrap_or_default());
+        return Err(shell::SessionError::Refused(why));
     };
     let origin = origin.unwrap_or_else(|| peer_gateway.clone());
     let Some(cookie) = inner.cookie.as_deref() else {
-        let _ = tx.write_all(&Msg::Refused("no cookie for the local nodes".into()).encode()).await;
-        return Err(shell::SessionError::Refused(format!("{from} -> {to}: no cookie for the local nodes")));
+        let why = SessionRefusal::NoCookieForLocal { from: from.clone(), to: to.clone() };
+        let _ = tx.write_all(&Msg::Refused(why.wire()).encode()).await;
+        return Err(shell::SessionError::Refused(why));
     };
     let (merger, rxs) = MergerGuard::register(&inner, session_id, (&origin, &peer_gateway), (&to, &from));
     // A role that hides the peer's nodes: the handshake makes this a hidden connection both ways.

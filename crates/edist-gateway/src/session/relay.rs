@@ -4,6 +4,7 @@
 use super::open::{announced_by, open_session_stream};
 use crate::fabric::link::{Link, RecvStream, SendStream};
 use crate::gateway::{lock, Inner};
+use crate::session::refusal::SessionRefusal;
 use crate::session::shell;
 use crate::session::shell::MsgReader;
 use crate::wire::Msg;
@@ -24,11 +25,11 @@ pub(crate) async fn forward(
     target: &str,
 ) -> Result<(), shell::SessionError> {
     let Msg::Open { relay: session_id, ref from, .. } = open else { return Ok(()) };
-    let refuse = |why: String| shell::SessionError::Refused(why);
     if !announced_by(inner, from, peer).await {
-        let _ = tx.write_all(&Msg::Refused(format!("{from} is not {peer}'s")).encode()).await;
-        inner.metrics.refused(peer, "unknown_node");
-        return Err(refuse(format!("forwarding {from}: not {peer}'s")));
+        let why = SessionRefusal::NotForwardable { from: from.clone(), peer: peer.to_string() };
+        let _ = tx.write_all(&Msg::Refused(why.wire()).encode()).await;
+        inner.metrics.refused(peer, why.metric_reason().unwrap_or_default());
+        return Err(shell::SessionError::Refused(why));
     }
     let (out, _, _hold, (mut out_tx, mut out_rx)) = open_session_stream(inner, target).await?;
     out_tx.write_all(&Msg::Forwarded { origin: peer.to_string() }.encode()).await?;

@@ -40,7 +40,7 @@ pub enum SessionError {
     #[error("unexpected message from the peer gateway: {0:?}")]
     Unexpected(Msg),
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(crate::session::refusal::SessionRefusal),
 }
 
 impl From<LegError> for SessionError {
@@ -48,7 +48,7 @@ impl From<LegError> for SessionError {
         match e {
             LegError::Handshake(e) => SessionError::Handshake(e),
             LegError::Unexpected(m) => SessionError::Unexpected(m),
-            LegError::Refused(r) => SessionError::Refused(r.to_string()),
+            LegError::Refused(r) => SessionError::Refused(crate::session::refusal::SessionRefusal::Leg(r)),
             LegError::NodeClosed => SessionError::LocalClosed,
         }
     }
@@ -449,7 +449,7 @@ mod tests {
         use crate::metrics::HandshakeOutcome;
         use edist_proto::dist::handshake::HandshakeError;
         assert_eq!(SessionError::Timeout("x").outcome(), "timeout");
-        assert_eq!(SessionError::Refused("x".into()).outcome(), "refused");
+        assert_eq!(SessionError::Refused(crate::session::refusal::SessionRefusal::ShuttingDown).outcome(), "refused");
         assert_eq!(SessionError::Handshake(HandshakeError::BadDigest).outcome(), "bad_cookie");
         assert_eq!(SessionError::StreamClosed.outcome(), "error");
     }
