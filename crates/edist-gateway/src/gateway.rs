@@ -198,7 +198,7 @@ impl Gateway {
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
             cookie,
-            links: Links::default(),
+            links: Links::new(&cfg),
             registry: Mutex::new(Registry::new(&cfg.host)),
             metrics: Metrics::default(),
             sessions: AtomicU64::new(0),

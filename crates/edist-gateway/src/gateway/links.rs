@@ -6,6 +6,7 @@
 
 use super::inventory;
 use super::{lock, Inner, LinkReason, CLOSE_SHUTDOWN};
+use crate::config::Config;
 use crate::fabric::close::{CLOSE_IDLE, CLOSE_NORMAL, CLOSE_REVOKED};
 use crate::fabric::discovery::Discovery;
 use crate::fabric::link::{self, Closed, Link, Linked, RecvStream, Transport};
@@ -33,6 +34,28 @@ pub(super) struct Links {
     dialling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The number of the next link.
     next_id: AtomicU64,
+    /// What of the config the links go by.
+    pub(super) settings: LinkSettings,
+}
+
+/// The links' part of the config, resolved once at start (none of it changes on a reload).
+pub(super) struct LinkSettings {
+    /// This gateway's name.
+    pub(super) name: String,
+    /// `[fabric] membership`: members are dialled on demand, and the registry is membership's.
+    pub(super) membership: bool,
+    /// `[fabric] link_idle_ms`: how long an unused link stays.
+    pub(super) link_idle: Duration,
+}
+
+impl LinkSettings {
+    fn new(cfg: &Config) -> LinkSettings {
+        LinkSettings {
+            name: cfg.name.clone(),
+            membership: cfg.fabric.membership,
+            link_idle: Duration::from_millis(cfg.fabric.link_idle_ms),
+        }
+    }
 }
 
 impl Links {
@@ -44,13 +67,15 @@ impl Links {
     }
 }
 
-impl Default for Links {
-    fn default() -> Links {
+impl Links {
+    /// No links yet, going by `cfg`.
+    pub(super) fn new(cfg: &Config) -> Links {
         Links {
             table: Default::default(),
             dialers: Default::default(),
             dialling: Default::default(),
             next_id: AtomicU64::new(1),
+            settings: LinkSettings::new(cfg),
         }
     }
 }
@@ -182,7 +207,7 @@ const DUPLICATE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// agree without talking: the link the gateway with the smaller name dialled stays; the other
 /// gateway closes the links it dialled itself, once they carry no relayed connection.
 pub(super) fn prune_duplicates_later(inner: &Arc<Inner>, peer: &str) {
-    if inner.cfg.name.as_str() < peer {
+    if inner.links.settings.name.as_str() < peer {
         return;
     }
     let (weak, peer) = (Arc::downgrade(inner), peer.to_string());
@@ -221,14 +246,14 @@ pub(crate) async fn link_to(
     let hop = via.unwrap_or_else(|| gateway.to_string());
     let newest = |inner: &Inner| {
         let st = inner.links();
-        let link = st.peers.get(&hop).and_then(|l| preferred(&inner.cfg.name, &hop, l));
+        let link = st.peers.get(&hop).and_then(|l| preferred(&inner.links.settings.name, &hop, l));
         link.map(|p| (p.conn.clone(), hop.clone(), p.usage.hold()))
     };
     if let Some(l) = newest(inner) {
         return Ok(l);
     }
     let no_link = || shell::SessionError::Refused(SessionRefusal::NoLink { gateway: gateway.to_string() });
-    let (Some(t), true) = (inner.transport.get(), inner.cfg.fabric.membership) else { return Err(no_link()) };
+    let (Some(t), true) = (inner.transport.get(), inner.links.settings.membership) else { return Err(no_link()) };
     let gate = lock(&inner.links.dialling).entry(gateway.to_string()).or_default().clone();
     let _dialling = gate.lock().await;
     if let Some(l) = newest(inner) {
@@ -322,7 +347,7 @@ pub(super) async fn seed_loop(inner: Arc<Inner>, transport: Arc<dyn Transport>, 
     // shows its source address, which over TCP is not its listening one, so the name is what
     // tells whether that gateway is linked already.
     let mut who = HashMap::<std::net::SocketAddr, String>::new();
-    let me = inner.cfg.name.as_str();
+    let me = inner.links.settings.name.as_str();
     loop {
         for source in &sources {
             for addr in source.discover().await {
@@ -360,7 +385,7 @@ const SEED_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Closes links that have carried no relayed connection for `[fabric] link_idle_ms`.
 pub(super) async fn reap_idle_links(inner: Arc<Inner>) {
-    let idle = Duration::from_millis(inner.cfg.fabric.link_idle_ms);
+    let idle = inner.links.settings.link_idle;
     let mut every = tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)));
     loop {
         every.tick().await;
@@ -382,7 +407,7 @@ pub(super) fn run_link(inner: Arc<Inner>, link: Linked, why: LinkReason) -> link
 async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
     let peer = link.peer_name.clone();
     let conn = link.link.clone();
-    if peer == inner.cfg.name {
+    if peer == inner.links.settings.name {
         // A seed that is our own address, seen from the accepting side.
         conn.close(CLOSE_NORMAL, b"that is me");
         return;
@@ -515,12 +540,12 @@ async fn serve_link(inner: Arc<Inner>, link: Linked, why: LinkReason) {
         st.peers.remove(&peer);
         drop(st);
         // A gateway that says it is going away takes its nodes with it, membership or not.
-        if shut_down && inner.cfg.fabric.membership {
+        if shut_down && inner.links.settings.membership {
             inner.forget_gateway(&peer);
         }
         // With membership the registry is membership's: a link closing (idle, say) says
         // nothing about the peer's nodes.
-        if !inner.cfg.fabric.membership {
+        if !inner.links.settings.membership {
             inner.forget_gateway(&peer);
             // And the gateways reached through it.
             let via: Vec<String> =
