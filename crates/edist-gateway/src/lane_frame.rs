@@ -77,10 +77,10 @@ impl LaneCtl {
 
     fn decode(body: &[u8]) -> Result<LaneCtl, FrameError> {
         let mut r = Reader::new(body);
-        let word = |r: Result<u64, CodecError>| r.map_err(|_| FrameError::Control);
-        let (kind, lane) = (r.u8().map_err(|_| FrameError::Control)?, r.u8().map_err(|_| FrameError::Control)?);
-        let (count, bytes) = (word(r.u64())?, word(r.u64())?);
-        r.expect_end().map_err(|_| FrameError::Control)?;
+        let bad = |_: CodecError| FrameError::Control;
+        let (kind, lane) = (r.u8().map_err(bad)?, r.u8().map_err(bad)?);
+        let (count, bytes) = (r.u64().map_err(bad)?, r.u64().map_err(bad)?);
+        r.expect_end().map_err(bad)?;
         match kind {
             AFTER => Ok(LaneCtl::After { lane, count }),
             DELIVERED => Ok(LaneCtl::Delivered { lane, count, bytes }),
