@@ -2899,19 +2899,19 @@ async fn reload_serves_a_renewed_certificate_and_drops_a_revoked_peer() -> Resul
     a.watch_nodedown(&bn).await?;
     a.watch_nodedown(&cn).await?;
     // A dial sent before its peer listened completes a second later (QUIC retransmits its first
-    // packet), as a second link that is then closed: wait until gw-0 holds one link to gw-1,
-    // the same one for over a second, or a dial still under way would meet the renewed
-    // certificate below.
+    // packet), as another link: wait until gw-0's links to gw-1 stay the same for over a
+    // second, or a dial still under way would meet the renewed certificate below. (A second
+    // link that carries a connection stays until that ends.)
     let mut old = Vec::new();
     for _ in 0..15 {
         let before = link_serials(&cluster.host(0)?.status().await?, "gw-1");
         sleep(Duration::from_millis(1200)).await;
         old = link_serials(&cluster.host(0)?.status().await?, "gw-1");
-        if old.len() == 1 && old == before {
+        if !old.is_empty() && old == before {
             break;
         }
     }
-    ensure!(old.len() == 1, "gw-0 does not settle on one link to gw-1: {old:?}");
+    ensure!(!old.is_empty(), "no link from gw-0 to gw-1");
 
     // Renew gw-1's certificate on the "CA machine" (the test) and reload gw-1.
     let certs = cluster.dir.join("certs");
