@@ -2890,9 +2890,13 @@ async fn sigterm_stops_a_gateway_in_order() -> Result<()> {
 async fn reload_serves_a_renewed_certificate_and_drops_a_revoked_peer() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(3).await?;
-    let mut a = cluster.erl(0, "a", &[]).await?;
-    let b = cluster.erl(1, "b", &[]).await?;
-    let c = cluster.erl(2, "c", &[]).await?;
+    // Revoking gw-2 on gw-0 only splits a from c while b sees both: OTP 25's `global` then
+    // tells b to drop one of them (prevent_overlapping_partitions), a or c as its messages
+    // race. The test is about what the gateways keep up, so that is turned off.
+    let partial = ["-kernel", "prevent_overlapping_partitions", "false"];
+    let mut a = cluster.erl(0, "a", &partial).await?;
+    let b = cluster.erl(1, "b", &partial).await?;
+    let c = cluster.erl(2, "c", &partial).await?;
     let (bn, cn) = (b.name.clone(), c.name.clone());
     assert_eq!(a.eval(&format!("net_adm:ping({})", q(&bn))).await?, "pong");
     assert_eq!(a.eval(&format!("net_adm:ping({})", q(&cn))).await?, "pong");
