@@ -59,15 +59,6 @@ impl LinkSettings {
 }
 
 impl Links {
-    /// Stops every dial loop (shutting down).
-    pub(super) fn stop_dialers(&self) {
-        for (_, (_, t)) in lock(&self.dialers).drain() {
-            t.abort();
-        }
-    }
-}
-
-impl Links {
     /// No links yet, going by `cfg`.
     pub(super) fn new(cfg: &Config) -> Links {
         Links {
@@ -76,6 +67,13 @@ impl Links {
             dialling: Default::default(),
             next_id: AtomicU64::new(1),
             settings: LinkSettings::new(cfg),
+        }
+    }
+
+    /// Stops every dial loop (shutting down).
+    pub(super) fn stop_dialers(&self) {
+        for (_, (_, t)) in lock(&self.dialers).drain() {
+            t.abort();
         }
     }
 }
