@@ -31,7 +31,17 @@ pub struct QuicOptions {
     pub initial_streams: u32,
     /// Congestion control of the links. Default BBR.
     pub congestion: Congestion,
+    /// Largest UDP payload MTU discovery looks for (and that peers may send us), 1200 to
+    /// [`DEFAULT_MAX_DATAGRAM`] (the default): a path with jumbo frames carries 4.5x fewer
+    /// packets than a 1500-byte one, and each packet costs a gateway about as much as its
+    /// bytes; on a 1500-byte path the larger probes are lost and the links settle at ~1452.
+    pub max_datagram: u16,
 }
+
+/// The default and largest [`QuicOptions::max_datagram`]. quinn hands the kernel up to ten
+/// datagrams per send (UDP GSO), and the kernel takes at most 65,507 bytes per send: with
+/// larger datagrams every full send failed, and quinn counted its datagrams as lost.
+pub const DEFAULT_MAX_DATAGRAM: u16 = 6550;
 
 /// Congestion controllers of the links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -61,6 +71,7 @@ impl Default for QuicOptions {
             max_uni_streams: DEFAULT_MAX_STREAMS,
             initial_streams: 8,
             congestion: Congestion::default(),
+            max_datagram: DEFAULT_MAX_DATAGRAM,
         }
     }
 }

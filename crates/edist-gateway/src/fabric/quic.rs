@@ -17,7 +17,7 @@ use super::error::{FabricError, Result};
 use super::hello::{Hello, HelloError, HelloKind, HELLO_TIMEOUT, PROTOCOL_VERSION};
 use super::identity::{certificate_identity, TlsIdentity};
 use super::link::{BoxFuture, Closed, Incoming, Link, Linked, RecvStream, SendStream, Transport};
-use super::options::{Congestion, QuicOptions};
+use super::options::{Congestion, QuicOptions, DEFAULT_MAX_DATAGRAM};
 use super::tls::{tls_client_config, tls_server_config, SEED_SERVER_NAME};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, Endpoint, IdleTimeout, TransportConfig, VarInt};
@@ -50,6 +50,12 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
             opts.keep_alive, opts.idle_timeout
         )));
     }
+    if !(MIN_DATAGRAM..=DEFAULT_MAX_DATAGRAM).contains(&opts.max_datagram) {
+        return Err(FabricError::Options(format!(
+            "max_datagram {} must be within {MIN_DATAGRAM}..={DEFAULT_MAX_DATAGRAM}",
+            opts.max_datagram
+        )));
+    }
     let idle = IdleTimeout::try_from(opts.idle_timeout)
         .map_err(|_| FabricError::Options(format!("idle_timeout {:?} is too large", opts.idle_timeout)))?;
     let mut t = TransportConfig::default();
@@ -60,7 +66,8 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
         // Bulk lanes keep about a congestion window each in QUIC's send buffer (session/sync.rs,
         // `LaneFlow`): the rest of this is headroom, so that a small message on the ordered lane never
         // waits for buffer space behind bulk data (it then goes first: stream priority).
-        .send_window(SEND_WINDOW);
+        .send_window(SEND_WINDOW)
+        .mtu_discovery_config(Some(mtu_discovery(opts)));
     match opts.congestion {
         Congestion::Bbr => t.congestion_controller_factory(Arc::new(congestion::CappedBbrConfig::default())),
         Congestion::BbrUncapped => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
@@ -69,6 +76,23 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
     };
     Ok(t)
 }
+
+/// MTU discovery up to `opts.max_datagram` (quinn's default stops at 1452).
+fn mtu_discovery(opts: &QuicOptions) -> quinn::MtuDiscoveryConfig {
+    let mut m = quinn::MtuDiscoveryConfig::default();
+    m.upper_bound(opts.max_datagram)
+        // quinn takes four bursts of lost full-size packets for a black hole and falls back to
+        // 1200 bytes; congestion losses when a bulk transfer starts are such bursts. Without a
+        // short cool-down a link then carried 1200-byte datagrams for its next minute.
+        .black_hole_cooldown(BLACK_HOLE_COOLDOWN);
+    m
+}
+
+/// How soon a link looks for larger datagrams again after quinn suspected a black hole.
+const BLACK_HOLE_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// QUIC's smallest allowed datagram (RFC 9000, 14.1).
+const MIN_DATAGRAM: u16 = 1200;
 
 /// The server half: requires a client certificate chaining to the cluster CA.
 pub fn server_config(id: &TlsIdentity, opts: &QuicOptions) -> Result<quinn::ServerConfig> {
@@ -114,7 +138,12 @@ pub fn endpoint_with(bind: SocketAddr, creds: &Arc<Credentials>, opts: &QuicOpti
     let socket = udp_socket(bind).map_err(bind_err)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_err(std::io::Error::other("no async runtime (not inside tokio)")))?;
-    let mut ep = Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime).map_err(bind_err)?;
+    let mut ep_cfg = quinn::EndpointConfig::default();
+    // What peers may send us: as large as what we look for ourselves.
+    ep_cfg
+        .max_udp_payload_size(opts.max_datagram)
+        .map_err(|e| FabricError::Options(format!("max_datagram {}: {e}", opts.max_datagram)))?;
+    let mut ep = Endpoint::new(ep_cfg, Some(server), socket, runtime).map_err(bind_err)?;
     ep.set_default_client_config(client);
     Ok(ep)
 }
@@ -576,6 +605,39 @@ mod tests {
         transport_config(&QuicOptions::default()).expect("defaults");
         let bad = QuicOptions { keep_alive: Duration::from_secs(5), ..Default::default() };
         assert!(matches!(transport_config(&bad), Err(FabricError::Options(_))));
+        for max_datagram in [1199, DEFAULT_MAX_DATAGRAM + 1] {
+            let bad = QuicOptions { max_datagram, ..Default::default() };
+            assert!(matches!(transport_config(&bad), Err(FabricError::Options(_))), "{max_datagram}");
+        }
+    }
+
+    /// Links look for datagrams up to `max_datagram`: on loopback (MTU 65536) they get there,
+    /// well past quinn's default 1452.
+    #[tokio::test]
+    async fn mtu_discovery_reaches_max_datagram() {
+        use crate::pki::{self, CaOptions, IssueOptions};
+        let dir = std::env::temp_dir().join(format!("edist-mtu-{}", rand::random::<u64>()));
+        pki::init_ca(&dir, "mtu", &CaOptions::default()).expect("ca");
+        pki::issue(&dir, "gw-a", 1, IssueOptions::default()).expect("gw-a");
+        pki::issue(&dir, "gw-b", 1, IssueOptions::default()).expect("gw-b");
+        let opts = QuicOptions::default();
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let a = endpoint(any, &TlsIdentity::load(&dir, "gw-a").expect("a"), &opts).expect("endpoint a");
+        let b = endpoint(any, &TlsIdentity::load(&dir, "gw-b").expect("b"), &opts).expect("endpoint b");
+        let addr = b.local_addr().expect("addr");
+        let acc = tokio::spawn(async move { accept(b.accept().await.expect("incoming"), "gw-b").await });
+        let ab = dial(&a, addr, "gw-b", "gw-a").await.expect("dial");
+        let _ba = acc.await.expect("join").expect("accept");
+        let mut mtu = 0;
+        for _ in 0..50 {
+            mtu = ab.conn.stats().path.current_mtu;
+            if mtu >= opts.max_datagram - 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(mtu >= opts.max_datagram - 20, "MTU {mtu} after 5 s, looking for {}", opts.max_datagram);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A link starts with few streams the peer may open, and a peer that opens many more at
