@@ -1,7 +1,7 @@
 //! Memory per idle fabric link: one accepting endpoint and one dialling endpoint in the same
 //! process (on 127.0.0.1), N links between them, all up and idle with keep-alives; prints the
 //! process's RSS growth per link. `cargo run --release -p edist-gateway --example
-//! idle_link_memory [N]`.
+//! idle_link_memory [N] [MAX_DATAGRAM]`.
 //!
 //! Both ends of each link live in this process, so a link is counted twice (its accepting and
 //! its dialling side); a gateway pays about half of the figure per idle peer.
@@ -28,7 +28,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     pki::init_ca(&dir, "idle", &CaOptions::default())?;
     pki::issue(&dir, "gw-server", 30, IssueOptions::default())?;
     pki::issue(&dir, "gw-client", 30, IssueOptions::default())?;
-    let opts = QuicOptions::default();
+    let mut opts = QuicOptions::default();
+    if let Some(m) = std::env::args().nth(2).and_then(|a| a.parse().ok()) {
+        opts.max_datagram = m;
+    }
     let server = quic::endpoint("127.0.0.1:0".parse()?, &TlsIdentity::load(&dir, "gw-server")?, &opts)?;
     let addr = server.local_addr()?;
     let client_id = TlsIdentity::load(&dir, "gw-client")?;
@@ -58,8 +61,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let after = rss_kib();
     let per = (after.saturating_sub(before)) as f64 / (n - 1) as f64;
     println!(
-        "{} idle links (both ends in this process): RSS {before} KiB -> {after} KiB, {per:.1} KiB per link (both ends)",
-        links.len()
+        "{} idle links (both ends in this process), max_datagram {}: RSS {before} KiB -> {after} KiB, {per:.1} KiB per link (both ends)",
+        links.len(),
+        opts.max_datagram
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -27,7 +27,7 @@
 //! gateway_buffer = 268435456       # the same for all relays together: the memory bound
 //! compress_threshold = 1024        # peers with `compress = true` get lz4 above this size
 //! congestion = "bbr"               # QUIC congestion control: bbr, bbr-uncapped, cubic or newreno
-//! max_datagram = 6550              # largest UDP payload MTU discovery tries (1200..=6550)
+//! max_datagram = 1452              # largest UDP payload MTU discovery tries (1200..=6550: jumbo frames)
 //! transport = "quic"               # or "tcp": TLS over TCP where UDP is blocked
 //! revoked = []                     # certificate serials (hex) or identities refused
 //! seeds = ["gateways.internal:4371"] # DNS names (all their addresses) or ip:port to dial
@@ -223,7 +223,7 @@ pub struct FabricConfig {
     /// random loss), `bbr-uncapped`, `cubic` or `newreno`.
     pub congestion: crate::fabric::options::Congestion,
     /// Largest UDP payload (bytes) the links' MTU discovery looks for, and that peers may send:
-    /// 1200 to 6550 (default 6550: for jumbo frames; a 1500-byte path settles at ~1452).
+    /// 1200 to 6550 (default 1452, Ethernet; 6550 for a network with jumbo frames).
     pub max_datagram: u16,
     /// Certificates refused even though the CA signed them: serial numbers (hex, as `edist
     /// certs issue` prints them) or identities.

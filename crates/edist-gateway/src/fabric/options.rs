@@ -32,16 +32,21 @@ pub struct QuicOptions {
     /// Congestion control of the links. Default BBR.
     pub congestion: Congestion,
     /// Largest UDP payload MTU discovery looks for (and that peers may send us), 1200 to
-    /// [`DEFAULT_MAX_DATAGRAM`] (the default): a path with jumbo frames carries 4.5x fewer
-    /// packets than a 1500-byte one, and each packet costs a gateway about as much as its
-    /// bytes; on a 1500-byte path the larger probes are lost and the links settle at ~1452.
+    /// [`MAX_DATAGRAM`]. Default [`DEFAULT_MAX_DATAGRAM`] (Ethernet). With jumbo frames,
+    /// [`MAX_DATAGRAM`] carries bulk data in 4.5x fewer packets, each of which costs a gateway
+    /// about as much as its bytes; it also costs every link ~8 KiB more memory per end (quinn
+    /// keeps a send buffer as large as its largest probe), which is why it is not the default.
     pub max_datagram: u16,
 }
 
-/// The default and largest [`QuicOptions::max_datagram`]. quinn hands the kernel up to ten
-/// datagrams per send (UDP GSO), and the kernel takes at most 65,507 bytes per send: with
-/// larger datagrams every full send failed, and quinn counted its datagrams as lost.
-pub const DEFAULT_MAX_DATAGRAM: u16 = 6550;
+/// The default [`QuicOptions::max_datagram`]: a 1500-byte Ethernet frame less IPv6 and UDP
+/// headers (quinn's own default).
+pub const DEFAULT_MAX_DATAGRAM: u16 = 1452;
+
+/// The largest [`QuicOptions::max_datagram`]. quinn hands the kernel up to ten datagrams per
+/// send (UDP GSO), and the kernel takes at most 65,507 bytes per send: with larger datagrams
+/// every full send failed, and quinn counted its datagrams as lost.
+pub const MAX_DATAGRAM: u16 = 6550;
 
 /// Congestion controllers of the links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]

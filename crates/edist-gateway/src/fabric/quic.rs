@@ -17,7 +17,7 @@ use super::error::{FabricError, Result};
 use super::hello::{Hello, HelloError, HelloKind, HELLO_TIMEOUT, PROTOCOL_VERSION};
 use super::identity::{certificate_identity, TlsIdentity};
 use super::link::{BoxFuture, Closed, Incoming, Link, Linked, RecvStream, SendStream, Transport};
-use super::options::{Congestion, QuicOptions, DEFAULT_MAX_DATAGRAM};
+use super::options::{Congestion, QuicOptions, MAX_DATAGRAM};
 use super::tls::{tls_client_config, tls_server_config, SEED_SERVER_NAME};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, Endpoint, IdleTimeout, TransportConfig, VarInt};
@@ -50,9 +50,9 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
             opts.keep_alive, opts.idle_timeout
         )));
     }
-    if !(MIN_DATAGRAM..=DEFAULT_MAX_DATAGRAM).contains(&opts.max_datagram) {
+    if !(MIN_DATAGRAM..=MAX_DATAGRAM).contains(&opts.max_datagram) {
         return Err(FabricError::Options(format!(
-            "max_datagram {} must be within {MIN_DATAGRAM}..={DEFAULT_MAX_DATAGRAM}",
+            "max_datagram {} must be within {MIN_DATAGRAM}..={MAX_DATAGRAM}",
             opts.max_datagram
         )));
     }
@@ -605,14 +605,14 @@ mod tests {
         transport_config(&QuicOptions::default()).expect("defaults");
         let bad = QuicOptions { keep_alive: Duration::from_secs(5), ..Default::default() };
         assert!(matches!(transport_config(&bad), Err(FabricError::Options(_))));
-        for max_datagram in [1199, DEFAULT_MAX_DATAGRAM + 1] {
+        for max_datagram in [1199, MAX_DATAGRAM + 1] {
             let bad = QuicOptions { max_datagram, ..Default::default() };
             assert!(matches!(transport_config(&bad), Err(FabricError::Options(_))), "{max_datagram}");
         }
     }
 
-    /// Links look for datagrams up to `max_datagram`: on loopback (MTU 65536) they get there,
-    /// well past quinn's default 1452.
+    /// Links look for datagrams up to `max_datagram`: on loopback (MTU 65536) they get to the
+    /// largest allowed, well past Ethernet's.
     #[tokio::test]
     async fn mtu_discovery_reaches_max_datagram() {
         use crate::pki::{self, CaOptions, IssueOptions};
@@ -620,7 +620,7 @@ mod tests {
         pki::init_ca(&dir, "mtu", &CaOptions::default()).expect("ca");
         pki::issue(&dir, "gw-a", 1, IssueOptions::default()).expect("gw-a");
         pki::issue(&dir, "gw-b", 1, IssueOptions::default()).expect("gw-b");
-        let opts = QuicOptions::default();
+        let opts = QuicOptions { max_datagram: MAX_DATAGRAM, ..Default::default() };
         let any = "127.0.0.1:0".parse().expect("addr");
         let a = endpoint(any, &TlsIdentity::load(&dir, "gw-a").expect("a"), &opts).expect("endpoint a");
         let b = endpoint(any, &TlsIdentity::load(&dir, "gw-b").expect("b"), &opts).expect("endpoint b");
