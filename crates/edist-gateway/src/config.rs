@@ -27,7 +27,8 @@
 //! gateway_buffer = 268435456       # the same for all relays together: the memory bound
 //! compress_threshold = 1024        # peers with `compress = true` get lz4 above this size
 //! congestion = "bbr"               # QUIC congestion control: bbr, bbr-uncapped, cubic or newreno
-//! max_datagram = 1452              # largest UDP payload MTU discovery tries (1200..=6550: jumbo frames)
+//! max_datagram = 1452              # largest UDP payload MTU discovery tries (1200..=6550; default
+//!                                  # 1452, up to 6550 on a host with jumbo frames)
 //! transport = "quic"               # or "tcp": TLS over TCP where UDP is blocked
 //! revoked = []                     # certificate serials (hex) or identities refused
 //! seeds = ["gateways.internal:4371"] # DNS names (all their addresses) or ip:port to dial
@@ -223,8 +224,9 @@ pub struct FabricConfig {
     /// random loss), `bbr-uncapped`, `cubic` or `newreno`.
     pub congestion: crate::fabric::options::Congestion,
     /// Largest UDP payload (bytes) the links' MTU discovery looks for, and that peers may send:
-    /// 1200 to 6550 (default 1452, Ethernet; 6550 for a network with jumbo frames).
-    pub max_datagram: u16,
+    /// 1200 to 6550 (default: 1452, Ethernet's, or up to 6550 when an interface of this host
+    /// has jumbo frames).
+    pub max_datagram: Option<u16>,
     /// Certificates refused even though the CA signed them: serial numbers (hex, as `edist
     /// certs issue` prints them) or identities.
     pub revoked: Vec<String>,
@@ -353,7 +355,7 @@ impl Default for FabricConfig {
             gateway_buffer: DEFAULT_GATEWAY_BUFFER,
             compress_threshold: 1024,
             congestion: Default::default(),
-            max_datagram: crate::fabric::options::DEFAULT_MAX_DATAGRAM,
+            max_datagram: None,
             transport: Default::default(),
             revoked: Vec::new(),
             seeds: Vec::new(),

@@ -244,7 +244,7 @@ impl Gateway {
                 keep_alive: Duration::from_millis(cfg.fabric.keep_alive_ms),
                 idle_timeout: Duration::from_millis(cfg.fabric.idle_timeout_ms),
                 congestion: cfg.fabric.congestion,
-                max_datagram: cfg.fabric.max_datagram,
+                max_datagram: cfg.fabric.max_datagram.unwrap_or_else(crate::fabric::options::host_max_datagram),
                 ..QuicOptions::default()
             };
             let t = crate::fabric::bind(cfg.fabric.transport, cfg.fabric.listen, &creds, &opts, &cfg.name)

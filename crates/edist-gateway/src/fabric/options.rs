@@ -35,7 +35,8 @@ pub struct QuicOptions {
     /// [`MAX_DATAGRAM`]. Default [`DEFAULT_MAX_DATAGRAM`] (Ethernet). With jumbo frames,
     /// [`MAX_DATAGRAM`] carries bulk data in 4.5x fewer packets, each of which costs a gateway
     /// about as much as its bytes; it also costs every link ~8 KiB more memory per end (quinn
-    /// keeps a send buffer as large as its largest probe), which is why it is not the default.
+    /// keeps a send buffer as large as its largest probe), which is why the gateway picks it
+    /// only on a host with jumbo frames ([`host_max_datagram`]).
     pub max_datagram: u16,
 }
 
@@ -47,6 +48,40 @@ pub const DEFAULT_MAX_DATAGRAM: u16 = 1452;
 /// send (UDP GSO), and the kernel takes at most 65,507 bytes per send: with larger datagrams
 /// every full send failed, and quinn counted its datagrams as lost.
 pub const MAX_DATAGRAM: u16 = 6550;
+
+/// The [`QuicOptions::max_datagram`] for this host: [`DEFAULT_MAX_DATAGRAM`] unless one of its
+/// network interfaces (loopback aside) has jumbo frames (Linux's `/sys/class/net`).
+pub fn host_max_datagram() -> u16 {
+    let mtus = std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten().filter_map(|e| {
+        let text = std::fs::read_to_string(e.path().join("mtu")).ok()?;
+        Some((e.file_name().to_string_lossy().into_owned(), text.trim().parse().ok()?))
+    });
+    max_datagram_for(mtus)
+}
+
+/// [`host_max_datagram`] for interfaces `(name, mtu)`: the largest MTU less IPv6 and UDP
+/// headers, within Ethernet's and [`MAX_DATAGRAM`].
+fn max_datagram_for(interfaces: impl IntoIterator<Item = (String, u32)>) -> u16 {
+    let largest = interfaces.into_iter().filter(|(name, _)| name != "lo").map(|(_, mtu)| mtu).max().unwrap_or(0);
+    let payload = largest.saturating_sub(48).clamp(DEFAULT_MAX_DATAGRAM.into(), MAX_DATAGRAM.into());
+    u16::try_from(payload).unwrap_or(DEFAULT_MAX_DATAGRAM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jumbo_frames_raise_max_datagram() {
+        let ifs = |v: &[(&str, u32)]| v.iter().map(|(n, m)| (n.to_string(), *m)).collect::<Vec<_>>();
+        assert_eq!(max_datagram_for(ifs(&[("lo", 65536), ("eth0", 1500)])), DEFAULT_MAX_DATAGRAM);
+        assert_eq!(max_datagram_for(ifs(&[("lo", 65536)])), DEFAULT_MAX_DATAGRAM);
+        assert_eq!(max_datagram_for(ifs(&[("eth0", 1400), ("wg0", 1420)])), DEFAULT_MAX_DATAGRAM);
+        assert_eq!(max_datagram_for(ifs(&[("eth0", 1500), ("eth1", 4000)])), 3952);
+        assert_eq!(max_datagram_for(ifs(&[("eth0", 9000)])), MAX_DATAGRAM);
+        assert!(host_max_datagram() >= DEFAULT_MAX_DATAGRAM);
+    }
+}
 
 /// Congestion controllers of the links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
