@@ -209,11 +209,12 @@ pub fn render(r: &StatusReport, rates: &[PeerRate]) -> String {
                 duration(l.up_ms),
                 if l.relays == 0 { format!(", idle {}", duration(l.idle_ms)) } else { String::new() },
                 l.path.map_or(String::new(), |p| format!(
-                    "; rtt {:.2} ms, cwnd {} KiB, lost {} of {} packets",
+                    "; rtt {:.2} ms, cwnd {} KiB, lost {} of {} packets{}",
                     p.rtt_us as f64 / 1000.0,
                     p.cwnd / 1024,
                     p.lost_packets,
-                    p.sent_packets
+                    p.sent_packets,
+                    if p.mtu > 0 { format!(", datagrams {} B", p.mtu) } else { String::new() }
                 ))
             );
         }
@@ -365,6 +366,7 @@ mod tests {
                     sent_packets: 900,
                     lost_packets: 3,
                     congestion_events: 1,
+                    mtu: 1452,
                 }),
             }],
             roles: vec![PeerRole { peer: "gw-b".into(), role: "device".into(), from: "certificate".into() }],
@@ -386,7 +388,7 @@ mod tests {
         assert!(text.contains("dyn@hosta") && text.contains("connects out only"), "{text}");
         assert!(text.contains("gw-b                 link up  role device (certificate)"), "{text}");
         assert!(text.contains("link 3   dialled: answered at a seed address at 10.0.0.2:4371"), "{text}");
-        assert!(text.contains("up 1h01m, idle 1m01s; rtt 1.25 ms, cwnd 48 KiB, lost 3 of 900 packets"), "{text}");
+        assert!(text.contains("up 1h01m, idle 1m01s; rtt 1.25 ms, cwnd 48 KiB, lost 3 of 900 packets, datagrams 1452 B"), "{text}");
         assert!(text.contains("gw-c                 suspect  10.0.0.3:4371"), "{text}");
         // Counters that went backwards (a restarted gateway) give 0, not a huge rate.
         assert_eq!(rates(&report(3000, 15), &report(0, 0), Duration::from_secs(1))[0].in_bytes_per_s, 0.0);

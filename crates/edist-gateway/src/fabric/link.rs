@@ -43,6 +43,10 @@ pub struct PathStats {
     pub lost_packets: u64,
     /// Times the congestion controller backed off.
     pub congestion_events: u64,
+    /// Largest datagram the path carries now, as MTU discovery found it (bytes; 0: unknown,
+    /// e.g. from a gateway that predates it).
+    #[serde(default)]
+    pub mtu: u16,
 }
 
 /// A link to another gateway.

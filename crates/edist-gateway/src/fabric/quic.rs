@@ -528,6 +528,7 @@ impl Link for QuicLink {
             sent_packets: p.sent_packets,
             lost_packets: p.lost_packets,
             congestion_events: p.congestion_events,
+            mtu: p.current_mtu,
         })
     }
 }
