@@ -388,7 +388,10 @@ mod tests {
         assert!(text.contains("dyn@hosta") && text.contains("connects out only"), "{text}");
         assert!(text.contains("gw-b                 link up  role device (certificate)"), "{text}");
         assert!(text.contains("link 3   dialled: answered at a seed address at 10.0.0.2:4371"), "{text}");
-        assert!(text.contains("up 1h01m, idle 1m01s; rtt 1.25 ms, cwnd 48 KiB, lost 3 of 900 packets, datagrams 1452 B"), "{text}");
+        assert!(
+            text.contains("up 1h01m, idle 1m01s; rtt 1.25 ms, cwnd 48 KiB, lost 3 of 900 packets, datagrams 1452 B"),
+            "{text}"
+        );
         assert!(text.contains("gw-c                 suspect  10.0.0.3:4371"), "{text}");
         // Counters that went backwards (a restarted gateway) give 0, not a huge rate.
         assert_eq!(rates(&report(3000, 15), &report(0, 0), Duration::from_secs(1))[0].in_bytes_per_s, 0.0);
