@@ -49,6 +49,10 @@
 -define(MAX_NAMES_BYTES, 1048576).
 %% Send buffer of the distribution sockets (to the gateway, on loopback).
 -define(DIST_SNDBUF, 131072).
+%% Receive buffer of the distribution sockets: fixed, so the kernel's autotuning (up to
+%% tcp_rmem's maximum, 32 MiB on some hosts) does not let a frozen node take tens of MiB
+%% before its gateway sees that it stopped reading.
+-define(DIST_RECBUF, 262144).
 -define(ALIVE2_REQ, $x).
 -define(ALIVE2_X_RESP, $v).
 -define(ALIVE2_RESP, $y).
@@ -123,11 +127,12 @@ held() ->
 
 init([]) ->
     %% Runs before net_kernel opens any distribution socket. Every distribution connection of
-    %% a plugged node is a loopback one to its gateway: a small kernel send buffer keeps what
-    %% waits there (in order, in front of every small message) short, while the gateway's
-    %% lanes hold the bulk. Options the user set are left alone.
-    default_env(inet_dist_connect_options, [{sndbuf, ?DIST_SNDBUF}]),
-    default_env(inet_dist_listen_options, [{sndbuf, ?DIST_SNDBUF}]),
+    %% a plugged node is a loopback one to its gateway: small kernel buffers keep what waits
+    %% there (in order, in front of every small message) short, while the gateway's lanes hold
+    %% the bulk. Options the user set are left alone.
+    Bufs = [{sndbuf, ?DIST_SNDBUF}, {recbuf, ?DIST_RECBUF}],
+    default_env(inet_dist_connect_options, Bufs),
+    default_env(inet_dist_listen_options, Bufs),
     {ok, #state{}}.
 
 default_env(Key, Value) ->

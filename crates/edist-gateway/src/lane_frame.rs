@@ -42,12 +42,19 @@ pub enum LaneCtl {
     /// `ticktime_ms` (0: not known). Sent when a relay starts and whenever that ticktime
     /// changes, so each side judges its node's silence by the stricter of the two ticktimes.
     /// `ticks`: the sender understands [`LaneCtl::Tick`] (a gateway that predates it reads
-    /// the frame as a plain "alive", and one that predates the ticktime too).
-    Alive { ticktime_ms: u64, ticks: bool },
+    /// the frame as a plain "alive", and one that predates the ticktime too); `stalls`: it
+    /// understands [`LaneCtl::Stalled`].
+    Alive { ticktime_ms: u64, ticks: bool, stalls: bool },
     /// The sender's node ticked: tick towards the far node. Sent only to a gateway that said
     /// `ticks` in its [`LaneCtl::Alive`]; such a gateway then ticks its node only when told,
     /// so the far node's tick timer sees the sender's silences as over one OTP connection.
     Tick,
+    /// The sender's node stopped reading its socket (`true`: nothing written to it for a
+    /// while, with packets waiting) or reads again (`false`). While it is stopped the
+    /// receiver stops reading from its own node, whose distribution port then gets busy as
+    /// over one OTP connection: nothing would reach the stopped node anyway. Sent only to a
+    /// gateway that said `stalls` in its [`LaneCtl::Alive`].
+    Stalled(bool),
 }
 
 const AFTER: u8 = 1;
@@ -55,6 +62,7 @@ const DELIVERED: u8 = 2;
 const SILENT: u8 = 3;
 const ALIVE: u8 = 4;
 const TICK: u8 = 5;
+const STALLED: u8 = 6;
 
 impl LaneCtl {
     /// The frame, length prefix and flag included.
@@ -63,8 +71,11 @@ impl LaneCtl {
             LaneCtl::After { lane, count } => (AFTER, lane, count, 0),
             LaneCtl::Delivered { lane, count, bytes } => (DELIVERED, lane, count, bytes),
             LaneCtl::Silent => (SILENT, 0, 0, 0),
-            LaneCtl::Alive { ticktime_ms, ticks } => (ALIVE, u8::from(ticks), ticktime_ms, 0),
+            LaneCtl::Alive { ticktime_ms, ticks, stalls } => {
+                (ALIVE, u8::from(ticks) | u8::from(stalls) << 1, ticktime_ms, 0)
+            }
             LaneCtl::Tick => (TICK, 0, 0, 0),
+            LaneCtl::Stalled(stalled) => (STALLED, u8::from(stalled), 0, 0),
         };
         let mut b = Vec::with_capacity(22);
         b.extend_from_slice(&(18 | CONTROL).to_be_bytes());
@@ -85,8 +96,9 @@ impl LaneCtl {
             AFTER => Ok(LaneCtl::After { lane, count }),
             DELIVERED => Ok(LaneCtl::Delivered { lane, count, bytes }),
             SILENT => Ok(LaneCtl::Silent),
-            ALIVE => Ok(LaneCtl::Alive { ticktime_ms: count, ticks: lane & 1 == 1 }),
+            ALIVE => Ok(LaneCtl::Alive { ticktime_ms: count, ticks: lane & 1 == 1, stalls: lane & 2 == 2 }),
             TICK => Ok(LaneCtl::Tick),
+            STALLED => Ok(LaneCtl::Stalled(lane & 1 == 1)),
             _ => Err(FrameError::Control),
         }
     }
@@ -217,9 +229,12 @@ mod tests {
             LaneCtl::After { lane: 0, count: 7 },
             LaneCtl::Delivered { lane: 255, count: u64::MAX, bytes: 7 },
             LaneCtl::Silent,
-            LaneCtl::Alive { ticktime_ms: 0, ticks: false },
-            LaneCtl::Alive { ticktime_ms: 60_000, ticks: true },
+            LaneCtl::Alive { ticktime_ms: 0, ticks: false, stalls: false },
+            LaneCtl::Alive { ticktime_ms: 60_000, ticks: true, stalls: false },
+            LaneCtl::Alive { ticktime_ms: 60_000, ticks: false, stalls: true },
             LaneCtl::Tick,
+            LaneCtl::Stalled(true),
+            LaneCtl::Stalled(false),
         ] {
             let mut buf = BytesMut::from(&c.encode()[..]);
             buf.extend_from_slice(&[0, 0, 0, 0]);

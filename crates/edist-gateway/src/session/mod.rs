@@ -9,6 +9,7 @@
 //! - [`sync`]: what the lanes share (the merger, barriers and deliveries, bulk lanes' flow).
 //! - [`budget`], [`hold`], [`ticks`]: bytes held towards the fabric, senders held back by the
 //!   plug, the nodes' `net_ticktime`.
+//! - [`stall`]: whether a node stopped reading (its far node then is not read either).
 //! - `relay`: the relay role (`[fabric] relay`): passing others' sessions on between gateways.
 pub mod budget;
 pub mod handshake;
@@ -18,5 +19,6 @@ pub mod pump;
 pub mod refusal;
 pub(crate) mod relay;
 pub mod shell;
+pub mod stall;
 pub mod sync;
 pub mod ticks;

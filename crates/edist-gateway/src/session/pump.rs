@@ -6,6 +6,7 @@
 use super::budget::{Budget, Held};
 use super::hold::{HeldSenders, Holds, Rate, SenderBytes, LARGE_PACKET};
 use super::shell::SessionError;
+use super::stall::StallWatch;
 use super::sync::{Flow, LaneFlow, LaneSync, Merger, MergerRx, MAX_LANES};
 use super::ticks::Ticktime;
 use crate::config;
@@ -171,6 +172,9 @@ where
     // Lane 0 ending (the far side closed the session stream, or the link died) ends the session.
     let mut lane0_in = tokio::spawn(feed_lane(0, Frames::new(rx, pending_to_sock, true), merger));
     let ticktime = lanes_cfg.net_ticktime.clone();
+    let (lane0_tx, lane0_rx) = mpsc::unbounded_channel();
+    // Weak: the session's end (every lane sender dropped) must not wait for the down half.
+    let mut stall = NodeStall { watch: StallWatch::default(), sync: sync.clone(), lane0: lane0_tx.downgrade() };
     // Whatever reaches the node keeps its connection alive. The far node's ticks come relayed
     // (so our node's tick timer sees the far node's silences as over one OTP connection);
     // from a far gateway that predates relayed ticks, this gateway ticks when it has nothing
@@ -182,12 +186,16 @@ where
                 Ok(None) => break,
                 Err(_) => {
                     if sync.ticks_here() {
-                        sw.write_all(&TICK).await?;
+                        write_node(&mut sw, &TICK, &mut stall).await?;
                     }
+                    stall.caught_up();
                     continue;
                 }
             };
-            sw.write_all(&p).await?;
+            write_node(&mut sw, &p, &mut stall).await?;
+            if merger_rx.is_empty() {
+                stall.caught_up();
+            }
             if p == TICK {
                 continue;
             }
@@ -218,7 +226,10 @@ where
         let rate = Arc::new(Rate::default());
         let (mut per_s, mut sampled) = (0.0f64, (std::time::Instant::now(), 0usize));
         let mut writers = tokio::task::JoinSet::new();
-        let (lane0_tx, lane0_rx) = mpsc::unbounded_channel();
+        // The far node stopped reading (its gateway said so): ours is not read either, until
+        // it reads again or ours closes its end.
+        let mut paused = false;
+        let mut node_hung_up = false;
         let q0 = queued.first().cloned().unwrap_or_default();
         writers.spawn(write_lane(
             0,
@@ -237,15 +248,22 @@ where
             *slot = Some(lane0_tx);
         }
         loop {
+            let stalled = sync.peer_stalled() && !node_hung_up;
+            if stalled != paused {
+                paused = stalled;
+                tracing::debug!(paused, "far node stopped reading: not reading from ours (or reads again)");
+                // Our node's silence while it was not read is not its own.
+                heard = tokio::time::Instant::now();
+            }
             let (p, route) = tokio::select! {
-                p = from_node.next_packet() => match p? {
+                p = from_node.next_packet(), if !paused => match p? {
                     Some(p) => {
                         heard = tokio::time::Instant::now();
                         let lane0 = lanes.first().and_then(|l| l.as_ref());
                         let tt = ticktime.millis();
                         if silent || tt != told {
                             (silent, told) = (false, tt);
-                            let alive = LaneCtl::Alive { ticktime_ms: tt, ticks: true };
+                            let alive = LaneCtl::Alive { ticktime_ms: tt, ticks: true, stalls: true };
                             if lane0.is_none_or(|l| l.send(lane_ctl(alive)).is_err()) {
                                 break;
                             }
@@ -291,8 +309,15 @@ where
                     held.release_drained(Rate::share(per_s));
                     continue;
                 }
+                // Not reading, our node's closing would go unseen: look for it now and then.
+                _ = tokio::time::sleep(PAUSED_CHECK), if paused => {
+                    use futures_util::FutureExt;
+                    let ready = from_node.r.ready(tokio::io::Interest::READABLE).now_or_never();
+                    node_hung_up = matches!(ready, Some(Ok(r)) if r.is_read_closed()) || matches!(ready, Some(Err(_)));
+                    continue;
+                }
                 // The node missed its ticks: the far node stops getting them too.
-                _ = tokio::time::sleep_until(heard + ticktime.silent_after(sync.peer_ticktime())), if !silent => {
+                _ = tokio::time::sleep_until(heard + ticktime.silent_after(sync.peer_ticktime())), if !silent && !paused => {
                     silent = true;
                     if lanes.first().and_then(|l| l.as_ref()).is_none_or(|l| l.send(lane_ctl(LaneCtl::Silent)).is_err()) {
                         break;
@@ -427,6 +452,80 @@ where
 /// How long a session whose one side closed may take to deliver what that side sent before.
 const CLOSE_DRAIN: Duration = Duration::from_secs(5);
 
+/// How often a pump that does not read from its node (the far node stopped reading) looks
+/// whether its node closed its end.
+const PAUSED_CHECK: Duration = Duration::from_millis(500);
+
+/// Whether our node stopped reading, told to the far gateway when that changes.
+struct NodeStall {
+    watch: StallWatch,
+    sync: Arc<LaneSync>,
+    lane0: mpsc::WeakUnboundedSender<Queued>,
+}
+
+impl NodeStall {
+    /// The node took `n` bytes at once.
+    fn took(&mut self, n: usize) {
+        let v = self.watch.took(std::time::Instant::now(), n);
+        self.tell(v);
+    }
+
+    /// The writer waited for the node since `from`; it then took `n` bytes.
+    fn waited(&mut self, from: std::time::Instant, n: usize) {
+        let v = self.watch.waited(from, std::time::Instant::now(), n);
+        self.tell(v);
+    }
+
+    /// Everything that waited for the node was taken.
+    fn caught_up(&mut self) {
+        let v = self.watch.caught_up();
+        self.tell(v);
+    }
+
+    /// Tells the far gateway (if it understands) a new verdict of the watch.
+    fn tell(&self, verdict: Option<bool>) {
+        let Some(stalled) = verdict else { return };
+        tracing::debug!(stalled, "node stopped reading (or reads again)");
+        if let (true, Some(lane0)) = (self.sync.peer_stalls(), self.lane0.upgrade()) {
+            let _ = lane0.send(lane_ctl(LaneCtl::Stalled(stalled)));
+        }
+    }
+}
+
+/// Writes `p` to the node whole, watching whether the node still reads ([`StallWatch`]).
+async fn write_node<W: AsyncWrite + Unpin>(w: &mut W, p: &[u8], stall: &mut NodeStall) -> std::io::Result<()> {
+    use futures_util::FutureExt;
+    let mut rest = p;
+    while !rest.is_empty() {
+        // `write` is cancel-safe: an attempt that timed out wrote nothing.
+        let n = match w.write(rest).now_or_never() {
+            Some(n) => {
+                let n = n?;
+                stall.took(n);
+                n
+            }
+            None => {
+                let from = std::time::Instant::now();
+                let until = tokio::time::Instant::from_std(stall.watch.deadline(from));
+                let n = match tokio::time::timeout_at(until, w.write(rest)).await {
+                    Ok(n) => Some(n?),
+                    Err(_) => None,
+                };
+                stall.waited(from, n.unwrap_or(0));
+                match n {
+                    Some(n) => n,
+                    None => continue,
+                }
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        rest = rest.get(n..).unwrap_or_default();
+    }
+    Ok(())
+}
+
 /// Awaits `f`, logging at debug level if it takes longer than a second (a lane stuck at a
 /// barrier, on flow control or on the transport says so in the log).
 pub(super) async fn noted<T>(what: &str, lane: u64, f: impl std::future::Future<Output = T>) -> T {
@@ -517,8 +616,12 @@ async fn feed_lane<R: AsyncRead + Unpin>(lane: u8, mut frames: Frames<R>, merger
                 merger.sync.set_peer_silent();
                 continue;
             }
-            Frame::Ctl(LaneCtl::Alive { ticktime_ms, ticks }) => {
-                merger.sync.set_peer_alive(ticktime_ms, ticks);
+            Frame::Ctl(LaneCtl::Alive { ticktime_ms, ticks, stalls }) => {
+                merger.sync.set_peer_alive(ticktime_ms, ticks, stalls);
+                continue;
+            }
+            Frame::Ctl(LaneCtl::Stalled(stalled)) => {
+                merger.sync.set_peer_stalled(stalled);
                 continue;
             }
             // In its place among the lane's packets, as the far node wrote it; not a frame the

@@ -84,6 +84,10 @@ struct SyncState {
     /// The far gateway relays its node's ticks ([`LaneCtl::Tick`]): ours gets those, and no
     /// others.
     peer_ticks: bool,
+    /// The far gateway understands [`LaneCtl::Stalled`].
+    peer_stalls: bool,
+    /// The far node stopped reading ([`LaneCtl::Stalled`]): the pump stops reading ours.
+    peer_stalled: bool,
 }
 
 fn set_at<T: Default + Clone>(v: &mut Vec<T>, i: usize, f: impl FnOnce(&mut T)) {
@@ -186,14 +190,31 @@ impl LaneSync {
     }
 
     /// The far node speaks, with this `net_ticktime` (0: not said); `ticks`: its gateway
-    /// relays its ticks.
-    pub(super) fn set_peer_alive(&self, ticktime_ms: u64, ticks: bool) {
+    /// relays its ticks; `stalls`: it understands [`LaneCtl::Stalled`].
+    pub(super) fn set_peer_alive(&self, ticktime_ms: u64, ticks: bool, stalls: bool) {
         let mut st = self.state();
         st.peer_silent = false;
         st.peer_ticks |= ticks;
+        st.peer_stalls |= stalls;
         if ticktime_ms > 0 {
             st.peer_ticktime_ms = ticktime_ms;
         }
+    }
+
+    /// Whether the far gateway may be told that our node stopped reading.
+    pub(super) fn peer_stalls(&self) -> bool {
+        self.state().peer_stalls
+    }
+
+    /// The far node stopped reading (`true`) or reads again; wakes the pump.
+    pub(super) fn set_peer_stalled(&self, stalled: bool) {
+        self.state().peer_stalled = stalled;
+        self.pump.notify_one();
+    }
+
+    /// Whether the far node has stopped reading (then the pump does not read from ours).
+    pub(super) fn peer_stalled(&self) -> bool {
+        self.state().peer_stalled
     }
 
     /// Whether the far gateway relays its node's ticks (then they go to the far gateway too).

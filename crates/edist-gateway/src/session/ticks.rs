@@ -84,15 +84,15 @@ mod tests {
     fn the_far_ticktime_comes_with_alive_and_zero_means_unknown() {
         let sync = LaneSync::default();
         assert_eq!(sync.peer_ticktime(), None);
-        sync.set_peer_alive(0, false);
+        sync.set_peer_alive(0, false, false);
         assert_eq!(sync.peer_ticktime(), None, "a gateway that does not tell its ticktime");
-        sync.set_peer_alive(4000, false);
+        sync.set_peer_alive(4000, false, false);
         assert_eq!(sync.peer_ticktime(), Some(Duration::from_secs(4)));
         // A gateway that predates relayed ticks: ours ticks here until told the far node is silent.
         assert!(sync.ticks_here() && !sync.peer_ticks());
         sync.set_peer_silent();
         assert!(!sync.ticks_here());
-        sync.set_peer_alive(0, false);
+        sync.set_peer_alive(0, false, false);
         assert!(sync.ticks_here());
         assert_eq!(sync.peer_ticktime(), Some(Duration::from_secs(4)), "kept until told otherwise");
     }
@@ -100,12 +100,12 @@ mod tests {
     #[test]
     fn a_gateway_that_relays_ticks_is_the_only_source_of_them() {
         let sync = LaneSync::default();
-        sync.set_peer_alive(60_000, true);
+        sync.set_peer_alive(60_000, true, false);
         assert!(sync.peer_ticks());
         assert!(!sync.ticks_here(), "our node gets the far node's ticks, and no others");
         // Said once, kept: a later `Alive` (after a silence) does not take it back.
         sync.set_peer_silent();
-        sync.set_peer_alive(60_000, false);
+        sync.set_peer_alive(60_000, false, false);
         assert!(sync.peer_ticks() && !sync.ticks_here());
     }
 }
