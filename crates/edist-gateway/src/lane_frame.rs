@@ -49,11 +49,11 @@ pub enum LaneCtl {
     /// `ticks` in its [`LaneCtl::Alive`]; such a gateway then ticks its node only when told,
     /// so the far node's tick timer sees the sender's silences as over one OTP connection.
     Tick,
-    /// The sender's node stopped reading its socket (`true`: nothing written to it for a
-    /// while, with packets waiting) or reads again (`false`). While it is stopped the
-    /// receiver stops reading from its own node, whose distribution port then gets busy as
-    /// over one OTP connection: nothing would reach the stopped node anyway. Sent only to a
-    /// gateway that said `stalls` in its [`LaneCtl::Alive`].
+    /// The sender's node stopped reading its socket (`true`: it took next to nothing of what
+    /// waited for it for a while, `session::stall`) or reads again (`false`). While it is
+    /// stopped the receiver stops reading from its own node, whose distribution port then gets
+    /// busy as over one OTP connection: nothing would reach the stopped node anyway. Sent only
+    /// to a gateway that said `stalls` in its [`LaneCtl::Alive`].
     Stalled(bool),
 }
 
