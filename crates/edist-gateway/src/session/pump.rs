@@ -393,6 +393,7 @@ where
             }
         }
         if node_closed {
+            tracing::debug!("node closed its connection: draining the lanes");
             // The node closed its connection: what it sent before still reaches the far node,
             // as on a TCP connection. The bulk lanes first (the far gateway reports them
             // delivered), then the rest of lane 0, whose end closes the far side.
@@ -411,6 +412,7 @@ where
             reporter.abort_all();
             drop(lanes);
             let _ = timeout(CLOSE_DRAIN, async { while writers.join_next().await.is_some() {} }).await;
+            tracing::debug!("lanes drained and ended");
         }
         Ok::<(), std::io::Error>(())
     };
@@ -432,6 +434,7 @@ where
         }
     };
     if far_closed {
+        tracing::debug!("far side ended the session: closing the node's connection");
         // The far side ended the session stream after all it sent (its bulk lanes reported
         // delivered first): what is queued for the node reaches it before the connection ends.
         let _ = timeout(CLOSE_DRAIN, async {
