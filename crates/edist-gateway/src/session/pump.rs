@@ -230,6 +230,9 @@ where
         // it reads again or ours closes its end.
         let mut paused = false;
         let mut node_hung_up = false;
+        // When a paused pump next looks whether its node closed (a deadline, so that the other
+        // arms firing, such as held senders' 5 ms, do not put it off for ever).
+        let mut hang_up_check = tokio::time::Instant::now();
         let q0 = queued.first().cloned().unwrap_or_default();
         writers.spawn(write_lane(
             0,
@@ -254,6 +257,7 @@ where
                 tracing::debug!(paused, "far node stopped reading: not reading from ours (or reads again)");
                 // Our node's silence while it was not read is not its own.
                 heard = tokio::time::Instant::now();
+                hang_up_check = heard + PAUSED_CHECK;
             }
             let (p, route) = tokio::select! {
                 p = from_node.next_packet(), if !paused => match p? {
@@ -310,8 +314,9 @@ where
                     continue;
                 }
                 // Not reading, our node's closing would go unseen: look for it now and then.
-                _ = tokio::time::sleep(PAUSED_CHECK), if paused => {
+                _ = tokio::time::sleep_until(hang_up_check), if paused => {
                     use futures_util::FutureExt;
+                    hang_up_check += PAUSED_CHECK;
                     let ready = from_node.r.ready(tokio::io::Interest::READABLE).now_or_never();
                     node_hung_up = matches!(ready, Some(Ok(r)) if r.is_read_closed()) || matches!(ready, Some(Err(_)));
                     continue;
@@ -469,8 +474,11 @@ struct NodeStall {
 impl NodeStall {
     /// The node took `n` bytes at once.
     fn took(&mut self, n: usize) {
-        let v = self.watch.took(std::time::Instant::now(), n);
-        self.tell(v);
+        // No clock read per packet while the node keeps up (no window open).
+        if self.watch.watching() {
+            let v = self.watch.took(std::time::Instant::now(), n);
+            self.tell(v);
+        }
     }
 
     /// The writer waited for the node since `from`; it then took `n` bytes.

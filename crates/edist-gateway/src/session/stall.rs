@@ -40,6 +40,11 @@ impl StallWatch {
         self.stalled
     }
 
+    /// Whether a window is open (the node kept the writer waiting since it was last judged).
+    pub fn watching(&self) -> bool {
+        self.window.is_some()
+    }
+
     /// Until when a write that waits for the node may wait before the window is judged.
     pub fn deadline(&self, now: Instant) -> Instant {
         self.window.map_or(now, |w| w.start) + WINDOW
@@ -102,7 +107,9 @@ mod tests {
         let t = Instant::now();
         let mut s = StallWatch::default();
         assert_eq!(s.deadline(t), t + WINDOW);
+        assert!(!s.watching());
         assert_eq!(s.waited(t, t + ms(20), 4096), None);
+        assert!(s.watching(), "a wait opens a window");
         assert_eq!(s.deadline(t + ms(20)), t + WINDOW, "the window keeps its start");
         assert_eq!(s.waited(t + ms(20), t + WINDOW, 0), Some(true));
         assert!(s.stalled());

@@ -59,6 +59,9 @@ pub struct LaneSync {
     pub(super) report: tokio::sync::Notify,
     /// Our outgoing bulk lanes' flows, by lane (grown on demand).
     flows: std::sync::Mutex<Vec<Arc<LaneFlow>>>,
+    /// The far node stopped reading ([`LaneCtl::Stalled`]): the pump stops reading ours. Not
+    /// in `state`: the pump looks at it for every packet of its node.
+    peer_stalled: std::sync::atomic::AtomicBool,
 }
 
 /// A lane, frames and bytes (as they crossed the link) delivered of it.
@@ -86,8 +89,6 @@ struct SyncState {
     peer_ticks: bool,
     /// The far gateway understands [`LaneCtl::Stalled`].
     peer_stalls: bool,
-    /// The far node stopped reading ([`LaneCtl::Stalled`]): the pump stops reading ours.
-    peer_stalled: bool,
 }
 
 fn set_at<T: Default + Clone>(v: &mut Vec<T>, i: usize, f: impl FnOnce(&mut T)) {
@@ -208,13 +209,13 @@ impl LaneSync {
 
     /// The far node stopped reading (`true`) or reads again; wakes the pump.
     pub(super) fn set_peer_stalled(&self, stalled: bool) {
-        self.state().peer_stalled = stalled;
+        self.peer_stalled.store(stalled, std::sync::atomic::Ordering::Relaxed);
         self.pump.notify_one();
     }
 
     /// Whether the far node has stopped reading (then the pump does not read from ours).
     pub(super) fn peer_stalled(&self) -> bool {
-        self.state().peer_stalled
+        self.peer_stalled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the far gateway relays its node's ticks (then they go to the far gateway too).
