@@ -417,6 +417,9 @@ where
             reporter.abort_all();
             drop(lanes);
             let _ = timeout(CLOSE_DRAIN, async { while writers.join_next().await.is_some() {} }).await;
+            // Let the link send the lanes' ends before this task closes the node's socket (tens
+            // of µs): the far node's `nodedown` waits for them, ours does not.
+            tokio::task::yield_now().await;
             tracing::debug!("lanes drained and ended");
         }
         Ok::<(), std::io::Error>(())
