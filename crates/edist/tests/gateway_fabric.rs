@@ -1616,7 +1616,9 @@ async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded_
         ensure!(t.elapsed() < Duration::from_secs(1), "rpc to the lively node took {:?}", t.elapsed());
     }
     // a hangs up on the stopped node: its gateway, which does not read from a while b1 does
-    // not read, still sees the hang-up (it looks every 500 ms) and ends the relay (b2's stays).
+    // not read, still sees the hang-up (it looks every 500 ms) and ends the relay (b2's stays),
+    // after what a sent before had its chance to reach b1 (bulk lanes that b1 does not read
+    // take up to CLOSE_DRAIN, 5 s, to be given up, and their writers as long again).
     // The flood goes first (it would connect again), and b1's gateway has had time to say
     // that b1 stopped reading.
     assert_eq!(a.eval("exit(whereis(flood), kill)").await?, "true");
@@ -1631,7 +1633,7 @@ async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded_
         if open == Some(1) {
             break;
         }
-        ensure!(hung_up.elapsed() < Duration::from_secs(3), "relay to the stopped node still open ({open:?})");
+        ensure!(hung_up.elapsed() < Duration::from_secs(15), "relay to the stopped node still open ({open:?})");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("fabric: relay to the stopped node ended {:?} after a hung up", hung_up.elapsed());
