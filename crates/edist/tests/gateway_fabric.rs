@@ -1574,15 +1574,11 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("VmRSS")
 }
 
-/// A node that stops reading (SIGSTOP) slows only the senders towards it, the gateways buffer
-/// little for it, and a hang-up of the sending node is seen although its gateway does not read
-/// from it meanwhile (the far node stopped reading).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded_and_a_hang_up_is_seen() -> Result<()> {
+async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(2).await?;
-    // No `global` on a: it would connect to b1 again after a hangs up on it (below).
-    let mut a = cluster.erl(0, "a", &["-connect_all", "false"]).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
     let mut b1 = cluster.erl(1, "stalled", &[]).await?;
     let b2 = cluster.erl(1, "lively", &[]).await?;
     let (qb1, qb2) = (q(&b1.name), q(&b2.name));
@@ -1615,28 +1611,6 @@ async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded_
         assert_eq!(a.eval(&format!("rpc:call({qb2}, erlang, node, [])")).await?, b2.name);
         ensure!(t.elapsed() < Duration::from_secs(1), "rpc to the lively node took {:?}", t.elapsed());
     }
-    // a hangs up on the stopped node: its gateway, which does not read from a while b1 does
-    // not read, still sees the hang-up (it looks every 500 ms) and ends the relay (b2's stays),
-    // after what a sent before had its chance to reach b1 (bulk lanes that b1 does not read
-    // take up to CLOSE_DRAIN, 5 s, to be given up, and their writers as long again).
-    // The flood goes first (it would connect again), and b1's gateway has had time to say
-    // that b1 stopped reading.
-    assert_eq!(a.eval("exit(whereis(flood), kill)").await?, "true");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let relays = |st: &Value| st.pointer("/relays_open").and_then(Value::as_u64);
-    let host_a = cluster.host(0)?;
-    ensure!(relays(&host_a.status().await?) == Some(2), "two relays open on host A before the hang-up");
-    assert_eq!(a.eval(&format!("erlang:disconnect_node({qb1})")).await?, "true");
-    let hung_up = Instant::now();
-    loop {
-        let open = relays(&host_a.status().await?);
-        if open == Some(1) {
-            break;
-        }
-        ensure!(hung_up.elapsed() < Duration::from_secs(15), "relay to the stopped node still open ({open:?})");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!("fabric: relay to the stopped node ended {:?} after a hung up", hung_up.elapsed());
     let _ = std::process::Command::new("kill").args(["-CONT", &os_pid]).status();
     for (i, (pid, before)) in gw_pids.iter().zip(rss_before).enumerate() {
         let grown = rss_kib(*pid)?.saturating_sub(before);
