@@ -4,7 +4,7 @@
 
 use crate::fabric::link::Link;
 use crate::policy::{Refusal, Session};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -61,7 +61,7 @@ pub struct LaneSync {
     flows: std::sync::Mutex<Vec<Arc<LaneFlow>>>,
     /// The far node stopped reading ([`LaneCtl::Stalled`]): the pump stops reading ours. Not
     /// in `state`: the pump looks at it for every packet of its node.
-    peer_stalled: std::sync::atomic::AtomicBool,
+    peer_stalled: AtomicBool,
 }
 
 /// A lane, frames and bytes (as they crossed the link) delivered of it.
@@ -209,13 +209,13 @@ impl LaneSync {
 
     /// The far node stopped reading (`true`) or reads again; wakes the pump.
     pub(super) fn set_peer_stalled(&self, stalled: bool) {
-        self.peer_stalled.store(stalled, std::sync::atomic::Ordering::Relaxed);
+        self.peer_stalled.store(stalled, Ordering::Relaxed);
         self.pump.notify_one();
     }
 
     /// Whether the far node has stopped reading (then the pump does not read from ours).
     pub(super) fn peer_stalled(&self) -> bool {
-        self.peer_stalled.load(std::sync::atomic::Ordering::Relaxed)
+        self.peer_stalled.load(Ordering::Relaxed)
     }
 
     /// Whether the far gateway relays its node's ticks (then they go to the far gateway too).
