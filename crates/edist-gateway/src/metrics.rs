@@ -146,6 +146,10 @@ struct PeerStats {
     out: Mutex<Vec<Arc<Traffic>>>,
     /// From the peer (all lanes: incoming lanes do not say their index).
     inbound: Arc<Traffic>,
+    /// Relays not reading from their local node because the far node stopped reading.
+    paused: AtomicU64,
+    /// Relays whose local node stopped reading (the far gateway was told).
+    stalled: AtomicU64,
 }
 
 impl PeerStats {
@@ -257,7 +261,13 @@ impl Metrics {
         let mut traffic = vec![];
         for (name, p) in lock(&self.peers).iter() {
             let lanes: Vec<TrafficCounts> = lock(&p.out).iter().map(|t| t.read()).collect();
-            traffic.push(PeerTraffic { peer: name.clone(), inbound: p.inbound.read(), lanes });
+            traffic.push(PeerTraffic {
+                peer: name.clone(),
+                inbound: p.inbound.read(),
+                lanes,
+                paused: p.paused.load(Ordering::Relaxed),
+                stalled: p.stalled.load(Ordering::Relaxed),
+            });
         }
         let flat2 = |m: &Mutex<BTreeMap<(String, &'static str), u64>>| {
             lock(m).iter().map(|((p, o), n)| (p.clone(), o.to_string(), *n)).collect::<Vec<_>>()
@@ -316,6 +326,12 @@ pub struct PeerTraffic {
     pub inbound: TrafficCounts,
     /// Sent to the peer, by lane (index = lane number).
     pub lanes: Vec<TrafficCounts>,
+    /// Relays not reading from their local node now, because the far node stopped reading.
+    #[serde(default)]
+    pub paused: u64,
+    /// Relays whose local node stopped reading now (the far gateway was told).
+    #[serde(default)]
+    pub stalled: u64,
 }
 
 impl PeerTraffic {
@@ -370,6 +386,35 @@ impl SessionMetrics {
     }
 }
 
+/// One relay's share of a per-peer count of relays in a state (paused, stalled): counted while
+/// set, and no longer once dropped.
+#[derive(Debug)]
+pub struct RelayState {
+    peer: Arc<PeerStats>,
+    count: fn(&PeerStats) -> &AtomicU64,
+    on: bool,
+}
+
+impl RelayState {
+    /// Enters (`true`) or leaves the state.
+    pub fn set(&mut self, on: bool) {
+        if on != self.on {
+            self.on = on;
+            let c = (self.count)(&self.peer);
+            match on {
+                true => c.fetch_add(1, Ordering::Relaxed),
+                false => c.fetch_sub(1, Ordering::Relaxed),
+            };
+        }
+    }
+}
+
+impl Drop for RelayState {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
 /// Counters of a relay's traffic towards the peer gateway.
 #[derive(Debug)]
 pub struct OutMetrics {
@@ -394,6 +439,16 @@ impl OutMetrics {
     /// A packet of `kind` goes to lane `lane` as `wire_bytes` bytes (after compression).
     pub fn sent(&mut self, lane: usize, kind: Kind, wire_bytes: usize) {
         self.traffic(lane).count(kind, wire_bytes);
+    }
+
+    /// Whether this relay does not read from its node because the far node stopped reading.
+    pub fn paused(&self) -> RelayState {
+        RelayState { peer: self.peer.clone(), count: |p| &p.paused, on: false }
+    }
+
+    /// Whether this relay's node stopped reading (it is the far side's relay that pauses).
+    pub fn stalled(&self) -> RelayState {
+        RelayState { peer: self.peer.clone(), count: |p| &p.stalled, on: false }
     }
 
     /// The handle of lane `lane`'s writer.

@@ -160,6 +160,13 @@ fn traffic_line(t: &PeerTraffic, rate: Option<&PeerRate>) -> String {
         i.queued,
         o.queued
     );
+    // Backpressure across the relay, as OTP's busy distribution port: worth seeing at a glance.
+    if t.stalled > 0 {
+        let _ = write!(s, "  {} local node(s) not reading", t.stalled);
+    }
+    if t.paused > 0 {
+        let _ = write!(s, "  {} relay(s) paused (far node not reading)", t.paused);
+    }
     if let Some(r) = rate {
         let _ = write!(
             s,
@@ -333,6 +340,8 @@ mod tests {
                     peer: "gw-b".into(),
                     inbound: TrafficCounts { bytes: bytes_in, messages: 0, fragments: 0, queued: 0 },
                     lanes: vec![lane, lane],
+                    paused: 0,
+                    stalled: 2,
                 }],
                 refusals: vec![("gw-b".into(), "policy".into(), 3)],
                 ..Default::default()
@@ -393,6 +402,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gw-c                 suspect  10.0.0.3:4371"), "{text}");
+        assert!(text.contains("2 local node(s) not reading") && !text.contains("paused"), "{text}");
         // Counters that went backwards (a restarted gateway) give 0, not a huge rate.
         assert_eq!(rates(&report(3000, 15), &report(0, 0), Duration::from_secs(1))[0].in_bytes_per_s, 0.0);
     }

@@ -1621,6 +1621,111 @@ async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded(
     Ok(())
 }
 
+/// A node that hangs up on a far node that stopped reading ends its relay, although its gateway
+/// does not read from it meanwhile (the relay is paused, as OTP's busy distribution port towards
+/// a frozen node): the gateway looks for the hang-up every 500 ms. Both gateways show the state
+/// in `edist status` until then: the frozen node as stalled at its gateway, the relay as paused
+/// at the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_up_while_the_relay_is_paused_ends_it() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b1 = cluster.erl(1, "stalled", &[]).await?;
+    let b2 = cluster.erl(1, "lively", &[]).await?;
+    let (qb1, qb2) = (q(&b1.name), q(&b2.name));
+    assert_eq!(a.eval(&format!("net_adm:ping({qb1})")).await?, "pong");
+    assert_eq!(a.eval(&format!("net_adm:ping({qb2})")).await?, "pong");
+    let os_pid = b1.eval("os:getpid()").await?.trim_matches('"').to_string();
+    let signal = |sig: &str| std::process::Command::new("kill").args([sig, &os_pid]).status();
+    let count = |st: &Value, what: &str| {
+        st["metrics"]["traffic"].as_array().map_or(0, |t| t.iter().map(|p| p[what].as_u64().unwrap_or(0)).sum::<u64>())
+    };
+    // a's end of its connection to b1: the queue of its distribution port, and the bytes its
+    // socket has not handed to a's gateway yet (`ss` in a's host).
+    let ctrl = format!("element(2, lists:keyfind({qb1}, 1, erlang:system_info(dist_ctrl)))");
+    let queue = format!("element(2, erlang:port_info({ctrl}, queue_size))");
+    let sport = a.eval(&format!("element(2, element(2, inet:sockname({ctrl})))")).await?;
+    let ns = cluster.host(0)?.ns.name.clone();
+    let unsent = || -> Result<String> {
+        let filter = format!("sport = :{sport}");
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "ss", "-Htn", "state", "established", &filter])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).unwrap_or("?").to_string())
+    };
+    for attempt in 1.. {
+        ensure!(signal("-STOP")?.success());
+        // 8 MB: more than the kernel's buffers towards b1 take, so its gateway waits on b1 and
+        // says so; less than a's gateway reads before it hears (its relay budget is 32 MB). One
+        // message per process: a sender the plug holds back has sent its message already.
+        a.eval(&format!(
+            "B = binary:copy(<<1>>, 1 bsl 20), [spawn(fun() -> {{sink, {qb1}}} ! {{N, B}} end) || N <- lists:seq(1, 8)], ok"
+        ))
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (stalled, paused) = (
+                count(&cluster.host(1)?.status().await?, "stalled"),
+                count(&cluster.host(0)?.status().await?, "paused"),
+            );
+            if (stalled, paused) == (1, 1) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "stalled at b's gateway {stalled}, paused at a's {paused} (want 1 and 1)"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The case under test: all of the flood is with a's gateway, so a's hang-up reaches it
+        // (a hang-up queued behind bytes a paused gateway does not read waits for them, as it
+        // would in front of a frozen node over one OTP connection). On a busy machine the
+        // pause can come before a's gateway read it all: b1 then reads, and the flood goes again.
+        let t = Instant::now();
+        let (mut q, mut u) = (a.eval(&queue).await?, unsent()?);
+        while (q.as_str(), u.as_str()) != ("0", "0") && t.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (q, u) = (a.eval(&queue).await?, unsent()?);
+        }
+        if (q.as_str(), u.as_str()) == ("0", "0") {
+            break;
+        }
+        ensure!(attempt < 3, "a still holds some of the flood: {q} bytes in its port, {u} in its socket");
+        eprintln!(
+            "fabric: paused before a's gateway read the whole flood ({q} bytes in a's port, {u} in its socket): again"
+        );
+        ensure!(signal("-CONT")?.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(&cluster.host(0)?.status().await?, "paused") != 0 || a.eval(&queue).await? != "0" {
+            ensure!(Instant::now() < deadline, "b1 did not catch up after it went on");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // b2, behind the same gateways, is not held up meanwhile.
+    assert_eq!(a.eval(&format!("rpc:call({qb2}, erlang, node, [])")).await?, b2.name);
+    assert_eq!(a.eval(&format!("erlang:disconnect_node({qb1})")).await?, "true");
+    let hung_up = Instant::now();
+    loop {
+        let st = cluster.host(0)?.status().await?;
+        if (st["relays_open"].as_u64(), count(&st, "paused")) == (Some(1), 0) {
+            break;
+        }
+        // What a sent had its chance to reach b1 first: bulk lanes that b1 does not read take
+        // up to CLOSE_DRAIN (5 s) to be given up, and their writers as long again.
+        ensure!(
+            hung_up.elapsed() < Duration::from_secs(15),
+            "relay to the stopped node still open: {}",
+            st["relays_open"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("fabric: relay paused towards a stopped node ended {:?} after its node hung up", hung_up.elapsed());
+    let _ = signal("-CONT");
+    cluster.passed();
+    Ok(())
+}
+
 /// Ticks cross the fabric as they would one OTP connection: between nodes with `net_ticktime`
 /// 4 s, an idle relayed connection stays up for three times that on the nodes' own ticks alone
 /// (each gateway relays its node's ticks as a small control frame and ticks its node only with

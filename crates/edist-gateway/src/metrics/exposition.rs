@@ -6,7 +6,7 @@
 //! owns the format: `# HELP`/`# TYPE` lines, the `_total` suffix of counters, label escaping,
 //! cumulative histogram buckets.
 
-use super::{Histogram, Metrics, MetricsSnapshot, TrafficCounts, LATENCY_BUCKETS};
+use super::{Histogram, Metrics, MetricsSnapshot, PeerTraffic, TrafficCounts, LATENCY_BUCKETS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -81,6 +81,18 @@ impl Scrape {
     }
 
     fn traffic(&self, e: &mut DescriptorEncoder) -> Fmt {
+        for (name, help, field) in [
+            (
+                "edist_relays_paused",
+                "Relayed connections not read from their local node now, because the far node stopped reading",
+                (|p| p.paused) as fn(&PeerTraffic) -> u64,
+            ),
+            ("edist_relays_stalled", "Relayed connections whose local node stopped reading now", |p| p.stalled),
+        ] {
+            let rows: Vec<(Labels, u64)> =
+                self.snapshot.traffic.iter().map(|p| (vec![("peer", p.peer.clone())], field(p))).collect();
+            self.gauges(e, name, help, &rows)?;
+        }
         let mut sent: Vec<(Labels, TrafficCounts)> = vec![];
         let mut received: Vec<(Labels, TrafficCounts)> = vec![];
         for p in &self.snapshot.traffic {
@@ -186,6 +198,14 @@ mod tests {
         o.sent(1, crate::metrics::Kind::Message, 6);
         o.lane(1).written(Instant::now() - Duration::from_millis(2), 0);
         r.received(&[0, 0, 0, 2, 131, 68], Instant::now(), 0);
+        // A relay that pauses counts while it does; a dropped one (its session ended) no longer.
+        let (mut paused, mut gone) = (o.paused(), o.paused());
+        paused.set(true);
+        gone.set(true);
+        drop(gone);
+        let mut stalled = o.stalled();
+        stalled.set(true);
+        stalled.set(false);
         let t = m.render(&[("edist_local_nodes", "Local nodes", 3)]);
         assert!(t.contains("# TYPE edist_local_nodes gauge\nedist_local_nodes 3\n"), "{t}");
         assert!(t.contains("# TYPE edist_sent_bytes_total counter\n"), "{t}");
@@ -193,6 +213,8 @@ mod tests {
         assert!(t.contains("edist_sent_messages_total{peer=\"gw-b\",lane=\"0\"} 0\n"), "{t}");
         assert!(t.contains("edist_received_messages_total{peer=\"gw-b\"} 1\n"), "{t}");
         assert!(t.contains("# TYPE edist_sent_queued_packets gauge\n"), "{t}");
+        assert!(t.contains("# TYPE edist_relays_paused gauge\nedist_relays_paused{peer=\"gw-b\"} 1\n"), "{t}");
+        assert!(t.contains("edist_relays_stalled{peer=\"gw-b\"} 0\n"), "{t}");
         assert!(t.contains("edist_refusals_total{peer=\"gw-\\\"x\\\"\",reason=\"policy\"} 1\n"), "{t}");
         assert!(t.contains("edist_link_events_total{peer=\"gw-b\",event=\"up\"} 1\n"), "{t}");
         assert!(t.contains("# TYPE edist_gateway_packet_seconds histogram\n"), "{t}");

@@ -13,6 +13,7 @@ use crate::config;
 use crate::fabric::link::Link;
 use crate::lane_frame::{self, maybe_compress, Decoded, Frame, LaneCtl};
 use crate::local::plug::Plug;
+use crate::metrics::RelayState;
 use bytes::BytesMut;
 use edist_proto::dist::lane::{Route, Router, Sender};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -174,7 +175,12 @@ where
     let ticktime = lanes_cfg.net_ticktime.clone();
     let (lane0_tx, lane0_rx) = mpsc::unbounded_channel();
     // Weak: the session's end (every lane sender dropped) must not wait for the down half.
-    let mut stall = NodeStall { watch: StallWatch::default(), sync: sync.clone(), lane0: lane0_tx.downgrade() };
+    let mut stall = NodeStall {
+        watch: StallWatch::default(),
+        sync: sync.clone(),
+        lane0: lane0_tx.downgrade(),
+        shown: m_out.stalled(),
+    };
     // Whatever reaches the node keeps its connection alive. The far node's ticks come relayed
     // (so our node's tick timer sees the far node's silences as over one OTP connection);
     // from a far gateway that predates relayed ticks, this gateway ticks when it has nothing
@@ -229,6 +235,7 @@ where
         // The far node stopped reading (its gateway said so): ours is not read either, until
         // it reads again or ours closes its end.
         let mut paused = false;
+        let mut shown_paused = m_out.paused();
         let mut node_hung_up = false;
         // When a paused pump next looks whether its node closed (a deadline, so that the other
         // arms firing, such as held senders' 5 ms, do not put it off for ever).
@@ -254,6 +261,7 @@ where
             let stalled = sync.peer_stalled() && !node_hung_up;
             if stalled != paused {
                 paused = stalled;
+                shown_paused.set(paused);
                 tracing::debug!(paused, "far node stopped reading: not reading from ours (or reads again)");
                 // Our node's silence while it was not read is not its own.
                 heard = tokio::time::Instant::now();
@@ -472,6 +480,8 @@ struct NodeStall {
     watch: StallWatch,
     sync: Arc<LaneSync>,
     lane0: mpsc::WeakUnboundedSender<Queued>,
+    /// The verdict, counted in the peer's metrics.
+    shown: RelayState,
 }
 
 impl NodeStall {
@@ -497,9 +507,10 @@ impl NodeStall {
     }
 
     /// Tells the far gateway (if it understands) a new verdict of the watch.
-    fn tell(&self, verdict: Option<bool>) {
+    fn tell(&mut self, verdict: Option<bool>) {
         let Some(stalled) = verdict else { return };
         tracing::debug!(stalled, "node stopped reading (or reads again)");
+        self.shown.set(stalled);
         if let (true, Some(lane0)) = (self.sync.peer_stalls(), self.lane0.upgrade()) {
             let _ = lane0.send(lane_ctl(LaneCtl::Stalled(stalled)));
         }
