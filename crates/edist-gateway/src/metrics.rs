@@ -396,6 +396,11 @@ pub struct RelayState {
 }
 
 impl RelayState {
+    /// Whether the relay is in the state.
+    pub fn is_set(&self) -> bool {
+        self.on
+    }
+
     /// Enters (`true`) or leaves the state.
     pub fn set(&mut self, on: bool) {
         if on != self.on {

@@ -1574,17 +1574,27 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("VmRSS")
 }
 
+/// Node a on host 0, connected to "stalled" and "lively" on host 1 (to be stopped, and not);
+/// with the OS pid of the first, for `kill`.
+async fn stalled_and_lively(cluster: &Cluster) -> Result<(Node, Node, Node, String)> {
+    let mut a = cluster.erl(0, "a", &[]).await?;
+    let mut b1 = cluster.erl(1, "stalled", &[]).await?;
+    let b2 = cluster.erl(1, "lively", &[]).await?;
+    for b in [&b1, &b2] {
+        assert_eq!(a.eval(&format!("net_adm:ping({})", q(&b.name))).await?, "pong");
+    }
+    let os_pid = b1.eval("os:getpid()").await?.trim_matches('"').to_string();
+    Ok((a, b1, b2, os_pid))
+}
+
+/// A node that stops reading (SIGSTOP) slows only the senders towards it, and the gateways
+/// buffer little for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(2).await?;
-    let mut a = cluster.erl(0, "a", &[]).await?;
-    let mut b1 = cluster.erl(1, "stalled", &[]).await?;
-    let b2 = cluster.erl(1, "lively", &[]).await?;
+    let (mut a, b1, b2, os_pid) = stalled_and_lively(&cluster).await?;
     let (qb1, qb2) = (q(&b1.name), q(&b2.name));
-    assert_eq!(a.eval(&format!("net_adm:ping({qb1})")).await?, "pong");
-    assert_eq!(a.eval(&format!("net_adm:ping({qb2})")).await?, "pong");
-    let os_pid = b1.eval("os:getpid()").await?.trim_matches('"').to_string();
     let gw_pids: Vec<u32> = (0..2)
         .map(|i| cluster.host(i).ok().and_then(|h| h.gateway.as_ref()).and_then(|c| c.id()).context("gateway pid"))
         .collect::<Result<_>>()?;
@@ -1630,13 +1640,8 @@ async fn a_stalled_receiver_slows_only_its_own_senders_and_memory_stays_bounded(
 async fn a_hang_up_while_the_relay_is_paused_ends_it() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(2).await?;
-    let mut a = cluster.erl(0, "a", &[]).await?;
-    let mut b1 = cluster.erl(1, "stalled", &[]).await?;
-    let b2 = cluster.erl(1, "lively", &[]).await?;
+    let (mut a, b1, b2, os_pid) = stalled_and_lively(&cluster).await?;
     let (qb1, qb2) = (q(&b1.name), q(&b2.name));
-    assert_eq!(a.eval(&format!("net_adm:ping({qb1})")).await?, "pong");
-    assert_eq!(a.eval(&format!("net_adm:ping({qb2})")).await?, "pong");
-    let os_pid = b1.eval("os:getpid()").await?.trim_matches('"').to_string();
     let signal = |sig: &str| std::process::Command::new("kill").args([sig, &os_pid]).status();
     let count = |st: &Value, what: &str| {
         st["metrics"]["traffic"].as_array().map_or(0, |t| t.iter().map(|p| p[what].as_u64().unwrap_or(0)).sum::<u64>())

@@ -234,8 +234,8 @@ where
         let mut writers = tokio::task::JoinSet::new();
         // The far node stopped reading (its gateway said so): ours is not read either, until
         // it reads again or ours closes its end.
-        let mut paused = false;
-        let mut shown_paused = m_out.paused();
+        // (Counted in the peer's metrics while set.)
+        let mut paused = m_out.paused();
         let mut node_hung_up = false;
         // When a paused pump next looks whether its node closed (a deadline, so that the other
         // arms firing, such as held senders' 5 ms, do not put it off for ever).
@@ -259,16 +259,15 @@ where
         }
         loop {
             let stalled = sync.peer_stalled() && !node_hung_up;
-            if stalled != paused {
-                paused = stalled;
-                shown_paused.set(paused);
-                tracing::debug!(paused, "far node stopped reading: not reading from ours (or reads again)");
+            if stalled != paused.is_set() {
+                paused.set(stalled);
+                tracing::debug!(paused = stalled, "far node stopped reading: not reading from ours (or reads again)");
                 // Our node's silence while it was not read is not its own.
                 heard = tokio::time::Instant::now();
                 hang_up_check = heard + PAUSED_CHECK;
             }
             let (p, route) = tokio::select! {
-                p = from_node.next_packet(), if !paused => match p? {
+                p = from_node.next_packet(), if !paused.is_set() => match p? {
                     Some(p) => {
                         heard = tokio::time::Instant::now();
                         let lane0 = lanes.first().and_then(|l| l.as_ref());
@@ -322,7 +321,7 @@ where
                     continue;
                 }
                 // Not reading, our node's closing would go unseen: look for it now and then.
-                _ = tokio::time::sleep_until(hang_up_check), if paused => {
+                _ = tokio::time::sleep_until(hang_up_check), if paused.is_set() => {
                     use futures_util::FutureExt;
                     hang_up_check += PAUSED_CHECK;
                     let ready = from_node.r.ready(tokio::io::Interest::READABLE).now_or_never();
@@ -330,7 +329,7 @@ where
                     continue;
                 }
                 // The node missed its ticks: the far node stops getting them too.
-                _ = tokio::time::sleep_until(heard + ticktime.silent_after(sync.peer_ticktime())), if !silent && !paused => {
+                _ = tokio::time::sleep_until(heard + ticktime.silent_after(sync.peer_ticktime())), if !silent && !paused.is_set() => {
                     silent = true;
                     if lanes.first().and_then(|l| l.as_ref()).is_none_or(|l| l.send(lane_ctl(LaneCtl::Silent)).is_err()) {
                         break;
