@@ -2380,7 +2380,10 @@ async fn the_builtin_device_role_pings_and_calls_and_can_do_nothing_else() -> Re
     ensure!(!file.exists(), "a command ran on the server");
 
     // Refused traffic costs only itself: 90,000 refused messages ahead of it on the same
-    // ordered lane, a call still passes at once (refusals are not charged to the rates).
+    // ordered lane, a call still passes (refusals are not charged to the rates). Charged to
+    // the device role's 10,000 messages/s (a second's burst), the flood alone would take 8 s
+    // or more; uncharged it takes what relaying and refusing it costs (4-7 s on a slow 2-core
+    // VM), hence the bound.
     let r = dev
         .eval(&timed(&format!(
             "[{{rex, {qs}}} ! {{junk, I}} || I <- lists:seq(1, 90000)], gen_server:call({{kv, {qs}}}, {{get, k}}, 30000)"
@@ -2388,7 +2391,7 @@ async fn the_builtin_device_role_pings_and_calls_and_can_do_nothing_else() -> Re
         .await?;
     let (_, ms) = r.trim_end_matches('}').rsplit_once(',').context("timed")?;
     eprintln!("device: a call behind 90,000 refused messages took {ms} ms");
-    ensure!(fast("a call behind 90,000 refused messages", &r, 6000)? == "42", "{r}");
+    ensure!(fast("a call behind 90,000 refused messages", &r, 8000)? == "42", "{r}");
 
     // Group leader, stopping the node.
     let gl0 = srv.eval("element(2, process_info(whereis(kv), group_leader))").await?;
