@@ -2382,8 +2382,8 @@ async fn the_builtin_device_role_pings_and_calls_and_can_do_nothing_else() -> Re
     // Refused traffic costs only itself: 90,000 refused messages ahead of it on the same
     // ordered lane, a call still passes (refusals are not charged to the rates). Charged to
     // the device role's 10,000 messages/s (a second's burst), the flood alone would take 8 s
-    // or more; uncharged it takes what relaying and refusing it costs (4-7 s on a slow 2-core
-    // VM), hence the bound.
+    // or more; uncharged it takes what relaying and refusing it costs (3.0 s alone, 6.6 s in a
+    // full CI run on a slow 2-core VM), hence the bound.
     let r = dev
         .eval(&timed(&format!(
             "[{{rex, {qs}}} ! {{junk, I}} || I <- lists:seq(1, 90000)], gen_server:call({{kv, {qs}}}, {{get, k}}, 30000)"

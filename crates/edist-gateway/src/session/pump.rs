@@ -233,8 +233,7 @@ where
         let (mut per_s, mut sampled) = (0.0f64, (std::time::Instant::now(), 0usize));
         let mut writers = tokio::task::JoinSet::new();
         // The far node stopped reading (its gateway said so): ours is not read either, until
-        // it reads again or ours closes its end.
-        // (Counted in the peer's metrics while set.)
+        // it reads again or ours closes its end. Counted in the peer's metrics while set.
         let mut paused = m_out.paused();
         let mut node_hung_up = false;
         // When a paused pump next looks whether its node closed (a deadline, so that the other
