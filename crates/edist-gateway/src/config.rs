@@ -29,6 +29,7 @@
 //! congestion = "bbr"               # QUIC congestion control: bbr, bbr-uncapped, cubic or newreno
 //! max_datagram = 1452              # largest UDP payload MTU discovery tries (1200..=6550; default
 //!                                  # 1452, up to 6550 on a host with jumbo frames)
+//! stream_window = 1250000          # bytes a peer may send per QUIC stream ahead of the relay
 //! transport = "quic"               # or "tcp": TLS over TCP where UDP is blocked
 //! revoked = []                     # certificate serials (hex) or identities refused
 //! seeds = ["gateways.internal:4371"] # DNS names (all their addresses) or ip:port to dial
@@ -227,6 +228,9 @@ pub struct FabricConfig {
     /// 1200 to 6550 (default: 1452, Ethernet's, or up to 6550 when an interface of this host
     /// has jumbo frames).
     pub max_datagram: Option<u16>,
+    /// QUIC's per-stream receive window (bytes): what a peer gateway may send on one stream
+    /// ahead of what this gateway relayed, 65536 to 67108864 (default 1250000, quinn's).
+    pub stream_window: u32,
     /// Certificates refused even though the CA signed them: serial numbers (hex, as `edist
     /// certs issue` prints them) or identities.
     pub revoked: Vec<String>,
@@ -356,6 +360,7 @@ impl Default for FabricConfig {
             compress_threshold: 1024,
             congestion: Default::default(),
             max_datagram: None,
+            stream_window: crate::fabric::options::DEFAULT_STREAM_WINDOW,
             transport: Default::default(),
             revoked: Vec::new(),
             seeds: Vec::new(),
@@ -494,6 +499,13 @@ impl Config {
         at_least("fabric.relay_buffer", size(f.relay_buffer), fragment, "bytes: one distribution fragment")?;
         at_least("fabric.gateway_buffer", size(f.gateway_buffer), fragment, "bytes: one distribution fragment")?;
         at_least("fabric.link_idle_ms", f.link_idle_ms, 1, "milliseconds; with 0 links close as soon as they open")?;
+        use crate::fabric::options::{MAX_STREAM_WINDOW, MIN_STREAM_WINDOW};
+        if !(MIN_STREAM_WINDOW..=MAX_STREAM_WINDOW).contains(&f.stream_window) {
+            return Err(ConfigError::Invalid(format!(
+                "fabric.stream_window = {}: must be within {MIN_STREAM_WINDOW}..={MAX_STREAM_WINDOW} (bytes per QUIC stream)",
+                f.stream_window
+            )));
+        }
         Ok(())
     }
 
@@ -550,6 +562,8 @@ mod tests {
             ("[fabric]\nrelay_buffer = 65535", "fabric.relay_buffer"),
             ("[fabric]\ngateway_buffer = 0", "fabric.gateway_buffer"),
             ("[fabric]\nlink_idle_ms = 0", "fabric.link_idle_ms"),
+            ("[fabric]\nstream_window = 65535", "fabric.stream_window"),
+            ("[fabric]\nstream_window = 67108865", "fabric.stream_window"),
             ("[local]\nlookup_wait_ms = 901", "local.lookup_wait_ms"),
         ] {
             match Config::from_toml(toml, "x".as_ref()) {
@@ -560,7 +574,7 @@ mod tests {
         // The smallest useful values pass.
         let ok = "[local]\nmax_listeners = 1\nsocket_buffer = 1\nnet_ticktime = 1\nlookup_wait_ms = 0\n\
                   [fabric]\nkeep_alive_ms = 1\nidle_timeout_ms = 2\nlanes = 0\nrelay_buffer = 65536\n\
-                  gateway_buffer = 65536\nlink_idle_ms = 1\ncompress_threshold = 0";
+                  gateway_buffer = 65536\nlink_idle_ms = 1\ncompress_threshold = 0\nstream_window = 65536";
         Config::from_toml(ok, "x".as_ref()).unwrap();
         // And a config built in code is checked when the gateway starts (Gateway::start).
         let mut c = Config::default();

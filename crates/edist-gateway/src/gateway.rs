@@ -245,6 +245,7 @@ impl Gateway {
                 idle_timeout: Duration::from_millis(cfg.fabric.idle_timeout_ms),
                 congestion: cfg.fabric.congestion,
                 max_datagram: cfg.fabric.max_datagram.unwrap_or_else(crate::fabric::options::host_max_datagram),
+                stream_window: cfg.fabric.stream_window,
                 ..QuicOptions::default()
             };
             let t = crate::fabric::bind(cfg.fabric.transport, cfg.fabric.listen, &creds, &opts, &cfg.name)

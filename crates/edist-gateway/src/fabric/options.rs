@@ -38,7 +38,22 @@ pub struct QuicOptions {
     /// keeps a send buffer as large as its largest probe), which is why the gateway picks it
     /// only on a host with jumbo frames ([`host_max_datagram`]).
     pub max_datagram: u16,
+    /// Bytes a peer may send on one stream ahead of what the gateway has relayed (QUIC's
+    /// per-stream receive window), [`MIN_STREAM_WINDOW`] to [`MAX_STREAM_WINDOW`]. Default
+    /// [`DEFAULT_STREAM_WINDOW`].
+    pub stream_window: u32,
 }
+
+/// The default [`QuicOptions::stream_window`]: quinn's own (12.5 MB/s over a 100 ms round trip).
+/// A lost datagram holds its stream's window until it is repaired, so on long lossy paths a
+/// larger window carries more (bench/README.md, "Loss: other rates"), at the cost of longer
+/// waits for small messages behind bulk lanes under loss and of memory: a link may hold this
+/// much per stream for a relay whose node does not read.
+pub const DEFAULT_STREAM_WINDOW: u32 = 1_250_000;
+/// The smallest [`QuicOptions::stream_window`]: one large datagram burst.
+pub const MIN_STREAM_WINDOW: u32 = 64 << 10;
+/// The largest [`QuicOptions::stream_window`].
+pub const MAX_STREAM_WINDOW: u32 = 64 << 20;
 
 /// The default [`QuicOptions::max_datagram`]: a 1500-byte Ethernet frame less IPv6 and UDP
 /// headers (quinn's own default).
@@ -112,6 +127,7 @@ impl Default for QuicOptions {
             initial_streams: 8,
             congestion: Congestion::default(),
             max_datagram: DEFAULT_MAX_DATAGRAM,
+            stream_window: DEFAULT_STREAM_WINDOW,
         }
     }
 }

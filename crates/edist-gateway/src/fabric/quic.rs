@@ -17,7 +17,7 @@ use super::error::{FabricError, Result};
 use super::hello::{Hello, HelloError, HelloKind, HELLO_TIMEOUT, PROTOCOL_VERSION};
 use super::identity::{certificate_identity, TlsIdentity};
 use super::link::{BoxFuture, Closed, Incoming, Link, Linked, RecvStream, SendStream, Transport};
-use super::options::{Congestion, QuicOptions, MAX_DATAGRAM};
+use super::options::{Congestion, QuicOptions, MAX_DATAGRAM, MAX_STREAM_WINDOW, MIN_STREAM_WINDOW};
 use super::tls::{tls_client_config, tls_server_config, SEED_SERVER_NAME};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, Endpoint, IdleTimeout, TransportConfig, VarInt};
@@ -56,6 +56,12 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
             opts.max_datagram
         )));
     }
+    if !(MIN_STREAM_WINDOW..=MAX_STREAM_WINDOW).contains(&opts.stream_window) {
+        return Err(FabricError::Options(format!(
+            "stream_window {} must be within {MIN_STREAM_WINDOW}..={MAX_STREAM_WINDOW}",
+            opts.stream_window
+        )));
+    }
     let idle = IdleTimeout::try_from(opts.idle_timeout)
         .map_err(|_| FabricError::Options(format!("idle_timeout {:?} is too large", opts.idle_timeout)))?;
     let mut t = TransportConfig::default();
@@ -67,6 +73,7 @@ pub fn transport_config(opts: &QuicOptions) -> Result<TransportConfig> {
         // `LaneFlow`): the rest of this is headroom, so that a small message on the ordered lane never
         // waits for buffer space behind bulk data (it then goes first: stream priority).
         .send_window(SEND_WINDOW)
+        .stream_receive_window(opts.stream_window.into())
         .mtu_discovery_config(Some(mtu_discovery(opts)));
     match opts.congestion {
         Congestion::Bbr => t.congestion_controller_factory(Arc::new(congestion::CappedBbrConfig::default())),
@@ -610,6 +617,48 @@ mod tests {
             let bad = QuicOptions { max_datagram, ..Default::default() };
             assert!(matches!(transport_config(&bad), Err(FabricError::Options(_))), "{max_datagram}");
         }
+        for stream_window in [MIN_STREAM_WINDOW - 1, MAX_STREAM_WINDOW + 1] {
+            let bad = QuicOptions { stream_window, ..Default::default() };
+            assert!(matches!(transport_config(&bad), Err(FabricError::Options(_))), "{stream_window}");
+        }
+    }
+
+    /// A peer may send `stream_window` bytes on a stream ahead of what the gateway reads, and
+    /// no more: its writes block there until the gateway reads.
+    #[tokio::test]
+    async fn a_stream_holds_at_most_its_window() {
+        use crate::pki::{self, CaOptions, IssueOptions};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = std::env::temp_dir().join(format!("edist-window-{}", rand::random::<u64>()));
+        pki::init_ca(&dir, "window", &CaOptions::default()).expect("ca");
+        pki::issue(&dir, "gw-a", 1, IssueOptions::default()).expect("gw-a");
+        pki::issue(&dir, "gw-b", 1, IssueOptions::default()).expect("gw-b");
+        let opts = QuicOptions { stream_window: 100_000, ..Default::default() };
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let a = endpoint(any, &TlsIdentity::load(&dir, "gw-a").expect("a"), &opts).expect("endpoint a");
+        let b = endpoint(any, &TlsIdentity::load(&dir, "gw-b").expect("b"), &opts).expect("endpoint b");
+        let addr = b.local_addr().expect("addr");
+        let acc = tokio::spawn(async move { accept(b.accept().await.expect("incoming"), "gw-b").await });
+        let ab = dial(&a, addr, "gw-b", "gw-a").await.expect("dial").linked(&opts).link;
+        let ba = QuicLink::new(acc.await.expect("join").expect("accept").conn, &opts);
+        let mut s = ab.open_uni().await.expect("open uni");
+        let chunk = [7u8; 1000];
+        let mut sent = 0usize;
+        while let Ok(r) = tokio::time::timeout(Duration::from_millis(500), s.write_all(&chunk)).await {
+            r.expect("write");
+            sent += chunk.len();
+            assert!(sent <= 200_000, "{sent} bytes sent, none read, with a 100,000-byte window");
+        }
+        assert!((99_000..=100_000).contains(&sent), "{sent} bytes sent before the window closed");
+        // Reading opens it again.
+        let mut r = ba.accept_uni().await.expect("uni");
+        let mut buf = vec![0u8; sent];
+        r.read_exact(&mut buf).await.expect("read");
+        tokio::time::timeout(Duration::from_secs(5), s.write_all(&chunk))
+            .await
+            .expect("window reopened")
+            .expect("write");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Links look for datagrams up to `max_datagram`: on loopback (MTU 65536) they get to the
