@@ -2380,10 +2380,15 @@ async fn the_builtin_device_role_pings_and_calls_and_can_do_nothing_else() -> Re
     ensure!(!file.exists(), "a command ran on the server");
 
     // Refused traffic costs only itself: 90,000 refused messages ahead of it on the same
-    // ordered lane, a call still passes (refusals are not charged to the rates). Charged to
-    // the device role's 10,000 messages/s (a second's burst), the flood alone would take 8 s
-    // or more; uncharged it takes what relaying and refusing it costs (3.0 s alone, 6.6 s in a
-    // full CI run on a slow 2-core VM), hence the bound.
+    // ordered lane, each refused and counted, and a call behind them still passes. That
+    // refusals are not charged to the role's rates is the ingress unit test's
+    // (`rates_delay_what_passes_and_refusals_do_not_count`); here the time is printed, not
+    // bounded tightly: in a debug build on a slow VM a refused message costs 33-89 µs end to
+    // end (3.0 s alone, 6.6-8.0 s in CI runs), as much as charging it would (100 µs at the
+    // built-in role's 10,000 messages/s), so no bound tells the two apart on every machine.
+    let refused_from_gw1 =
+        |st: &Value| refusals(st).iter().filter(|(p, _, _)| p == "gw-1").map(|(_, _, n)| *n).sum::<u64>();
+    let before = refused_from_gw1(&cluster.host(0)?.status().await?);
     let r = dev
         .eval(&timed(&format!(
             "[{{rex, {qs}}} ! {{junk, I}} || I <- lists:seq(1, 90000)], gen_server:call({{kv, {qs}}}, {{get, k}}, 30000)"
@@ -2391,7 +2396,10 @@ async fn the_builtin_device_role_pings_and_calls_and_can_do_nothing_else() -> Re
         .await?;
     let (_, ms) = r.trim_end_matches('}').rsplit_once(',').context("timed")?;
     eprintln!("device: a call behind 90,000 refused messages took {ms} ms");
-    ensure!(fast("a call behind 90,000 refused messages", &r, 8000)? == "42", "{r}");
+    ensure!(fast("a call behind 90,000 refused messages", &r, 30_000)? == "42", "{r}");
+    let counted = refused_from_gw1(&cluster.host(0)?.status().await?).saturating_sub(before);
+    eprintln!("device: {counted} refusals counted for the flood");
+    ensure!(counted >= 90_000, "{counted} refusals counted for 90,000 refused messages");
 
     // Group leader, stopping the node.
     let gl0 = srv.eval("element(2, process_info(whereis(kv), group_leader))").await?;
