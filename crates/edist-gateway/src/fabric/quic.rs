@@ -623,24 +623,31 @@ mod tests {
         }
     }
 
+    /// Two endpoints on loopback with certificates from a fresh CA, gw-a dialled to gw-b:
+    /// the CA's directory (to remove) and both ends.
+    async fn linked_pair(tag: &str, opts: &QuicOptions) -> (std::path::PathBuf, PeerLink, PeerLink) {
+        use crate::pki::{self, CaOptions, IssueOptions};
+        let dir = std::env::temp_dir().join(format!("edist-{tag}-{}", rand::random::<u64>()));
+        pki::init_ca(&dir, tag, &CaOptions::default()).expect("ca");
+        pki::issue(&dir, "gw-a", 1, IssueOptions::default()).expect("gw-a");
+        pki::issue(&dir, "gw-b", 1, IssueOptions::default()).expect("gw-b");
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let a = endpoint(any, &TlsIdentity::load(&dir, "gw-a").expect("a"), opts).expect("endpoint a");
+        let b = endpoint(any, &TlsIdentity::load(&dir, "gw-b").expect("b"), opts).expect("endpoint b");
+        let addr = b.local_addr().expect("addr");
+        let acc = tokio::spawn(async move { accept(b.accept().await.expect("incoming"), "gw-b").await });
+        let ab = dial(&a, addr, "gw-b", "gw-a").await.expect("dial");
+        (dir, ab, acc.await.expect("join").expect("accept"))
+    }
+
     /// A peer may send `stream_window` bytes on a stream ahead of what the gateway reads, and
     /// no more: its writes block there until the gateway reads.
     #[tokio::test]
     async fn a_stream_holds_at_most_its_window() {
-        use crate::pki::{self, CaOptions, IssueOptions};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = std::env::temp_dir().join(format!("edist-window-{}", rand::random::<u64>()));
-        pki::init_ca(&dir, "window", &CaOptions::default()).expect("ca");
-        pki::issue(&dir, "gw-a", 1, IssueOptions::default()).expect("gw-a");
-        pki::issue(&dir, "gw-b", 1, IssueOptions::default()).expect("gw-b");
         let opts = QuicOptions { stream_window: 100_000, ..Default::default() };
-        let any = "127.0.0.1:0".parse().expect("addr");
-        let a = endpoint(any, &TlsIdentity::load(&dir, "gw-a").expect("a"), &opts).expect("endpoint a");
-        let b = endpoint(any, &TlsIdentity::load(&dir, "gw-b").expect("b"), &opts).expect("endpoint b");
-        let addr = b.local_addr().expect("addr");
-        let acc = tokio::spawn(async move { accept(b.accept().await.expect("incoming"), "gw-b").await });
-        let ab = dial(&a, addr, "gw-b", "gw-a").await.expect("dial").linked(&opts).link;
-        let ba = QuicLink::new(acc.await.expect("join").expect("accept").conn, &opts);
+        let (dir, ab, ba) = linked_pair("window", &opts).await;
+        let (ab, ba) = (ab.linked(&opts).link, QuicLink::new(ba.conn, &opts));
         let mut s = ab.open_uni().await.expect("open uni");
         let chunk = [7u8; 1000];
         let mut sent = 0usize;
@@ -665,19 +672,8 @@ mod tests {
     /// largest allowed, well past Ethernet's.
     #[tokio::test]
     async fn mtu_discovery_reaches_max_datagram() {
-        use crate::pki::{self, CaOptions, IssueOptions};
-        let dir = std::env::temp_dir().join(format!("edist-mtu-{}", rand::random::<u64>()));
-        pki::init_ca(&dir, "mtu", &CaOptions::default()).expect("ca");
-        pki::issue(&dir, "gw-a", 1, IssueOptions::default()).expect("gw-a");
-        pki::issue(&dir, "gw-b", 1, IssueOptions::default()).expect("gw-b");
         let opts = QuicOptions { max_datagram: MAX_DATAGRAM, ..Default::default() };
-        let any = "127.0.0.1:0".parse().expect("addr");
-        let a = endpoint(any, &TlsIdentity::load(&dir, "gw-a").expect("a"), &opts).expect("endpoint a");
-        let b = endpoint(any, &TlsIdentity::load(&dir, "gw-b").expect("b"), &opts).expect("endpoint b");
-        let addr = b.local_addr().expect("addr");
-        let acc = tokio::spawn(async move { accept(b.accept().await.expect("incoming"), "gw-b").await });
-        let ab = dial(&a, addr, "gw-b", "gw-a").await.expect("dial");
-        let _ba = acc.await.expect("join").expect("accept");
+        let (dir, ab, _ba) = linked_pair("mtu", &opts).await;
         let mut mtu = 0;
         for _ in 0..50 {
             mtu = ab.conn.stats().path.current_mtu;
@@ -694,21 +690,10 @@ mod tests {
     /// once (bulk lanes, relays) gets them: the allowance grows as they are accepted.
     #[tokio::test]
     async fn stream_allowance_grows_on_demand() {
-        use crate::pki::{self, CaOptions, IssueOptions};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = std::env::temp_dir().join(format!("edist-allowance-{}", rand::random::<u64>()));
-        pki::init_ca(&dir, "allowance", &CaOptions::default()).expect("ca");
-        pki::issue(&dir, "gw-a", 1, IssueOptions::default()).expect("gw-a");
-        pki::issue(&dir, "gw-b", 1, IssueOptions::default()).expect("gw-b");
         let opts = QuicOptions { initial_streams: 2, max_bidi_streams: 40, ..Default::default() };
-        let a = endpoint("127.0.0.1:0".parse().expect("addr"), &TlsIdentity::load(&dir, "gw-a").expect("a"), &opts)
-            .expect("endpoint a");
-        let b = endpoint("127.0.0.1:0".parse().expect("addr"), &TlsIdentity::load(&dir, "gw-b").expect("b"), &opts)
-            .expect("endpoint b");
-        let addr = b.local_addr().expect("addr");
-        let acc = tokio::spawn(async move { accept(b.accept().await.expect("incoming"), "gw-b").await });
-        let ab = dial(&a, addr, "gw-b", "gw-a").await.expect("dial").linked(&opts).link;
-        let ba = QuicLink::new(acc.await.expect("join").expect("accept").conn, &opts);
+        let (dir, ab, ba) = linked_pair("allowance", &opts).await;
+        let (ab, ba) = (ab.linked(&opts).link, QuicLink::new(ba.conn, &opts));
         assert_eq!(ba.allowed_streams(), (2, 2));
         const N: usize = 100;
         // The peer opens N unidirectional and 40 bidirectional streams, all held open.

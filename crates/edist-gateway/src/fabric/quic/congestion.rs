@@ -166,11 +166,8 @@ impl Controller for CappedBbr {
     }
 
     fn window(&self) -> u64 {
-        let pacing_bps = self.bbr.metrics().pacing_rate.filter(|&bps| bps > 0);
-        let rate = match (pacing_bps, self.delivered.estimate()) {
-            (Some(bps), Some(delivered)) => Some((bps / 8).min(delivered.saturating_mul(MAX_PACING_GAIN))),
-            (bps, _) => bps.map(|bps| bps / 8),
-        };
+        let bound = self.delivered.estimate().map_or(u64::MAX, |d| d.saturating_mul(MAX_PACING_GAIN));
+        let rate = self.bbr.metrics().pacing_rate.map(|bps| (bps / 8).min(bound));
         cap(self.bbr.window(), rate, self.min_rtt)
     }
 
